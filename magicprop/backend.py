@@ -1,0 +1,187 @@
+"""The host-free backend: PropDPM with diffusers' UNet and schedulers (CLI, trainer validation, tests).
+
+Sampling uses DDIM with trailing timesteps on the zero-terminal-SNR schedule (Lin et al. 2023, section 3.3), from
+pure noise, with v-prediction; guidance on the appearance tokens as in ``magicprop.schedule.guide``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .adapter import AppearanceAdapter, null_tokens
+from .checkpoint import load_checkpoint
+from .clip import ClipSpec, clip_norm_stats, clip_tokens, load_clip_vision, projection_fingerprint
+from .conditioning import noise_augment, spatial_condition
+from .config import PropDPMConfig
+from .errors import MagicPropError
+from .propagate import FrameRequest, frame_noise
+from .schedule import guide, sample_scheduler
+
+log = logging.getLogger(__name__)
+
+AUGMENT_SEED_SALT = 0x5EED_A06
+"""Offsets a frame's seed for the previous-latent noise augmentation draw (independent of its initial noise)."""
+
+
+def augment_generator(frame_seed: int) -> torch.Generator:
+    """The generator of a frame's previous-latent noise augmentation (same draw in both backends)."""
+    return torch.Generator(device="cpu").manual_seed(frame_seed ^ AUGMENT_SEED_SALT)
+
+
+def condition_for(request: FrameRequest, config: PropDPMConfig, level: float | None = None) -> torch.Tensor:
+    """The 6 spatial-condition channels of a request in the UNet input space (both backends use this)."""
+    prev = request.prev_latent.to(torch.float32) * config.latent_scale
+    if not config.previous_frame:
+        prev = torch.zeros_like(prev)
+    level = config.prev_noise_augmentation if level is None else level
+    prev = noise_augment(prev, level, augment_generator(request.seed))
+    return spatial_condition(prev, request.depth.to(prev), request.prev_depth.to(prev))
+
+
+class DiffusersDenoiser:
+    """FrameDenoiser on a diffusers UNet2DConditionModel: DDIM (trailing, eta 0 by default) from pure noise."""
+
+    def __init__(
+        self,
+        unet,
+        config: PropDPMConfig,
+        positive: torch.Tensor,
+        steps: int = 20,
+        cfg: float = 1.0,
+        guidance_rescale: float = 0.0,
+        negative: torch.Tensor | None = None,
+        eta: float = 0.0,
+        prev_noise_level: float | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if steps < 1:
+            raise MagicPropError(f"steps={steps}: expected at least 1 sampling step.")
+        self.unet, self.config = unet, config
+        param = next(unet.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.positive = positive.to(self.device, self.dtype)
+        self.negative = (null_tokens(positive) if negative is None else negative).to(self.device, self.dtype)
+        self.steps, self.cfg, self.rescale, self.eta = steps, float(cfg), float(guidance_rescale), float(eta)
+        self.level = prev_noise_level
+        self.on_step = on_step
+        self.scheduler = sample_scheduler(config.schedule)
+        self.scheduler.set_timesteps(steps, device=self.device)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Guided v-prediction for the noisy latent x (1, 4, h, w) at timestep t."""
+        inp = torch.cat([x, cond], dim=1).to(self.dtype)
+        if self.cfg == 1.0:
+            return self.unet(inp, t, encoder_hidden_states=self.positive).sample.float()
+        ctx = torch.cat([self.negative, self.positive])
+        v_uncond, v_cond = self.unet(inp.expand(2, -1, -1, -1), t, encoder_hidden_states=ctx).sample.float().chunk(2)
+        return guide(v_cond, v_uncond, self.cfg, self.rescale)
+
+    @torch.no_grad()
+    def __call__(self, request: FrameRequest) -> torch.Tensor:
+        cond = condition_for(request, self.config, self.level).to(self.device)
+        x = frame_noise(request.prev_latent.shape, request.seed).to(self.device) * self.scheduler.init_noise_sigma
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            v = self.predict(self.scheduler.scale_model_input(x, t), t, cond)
+            if self.eta > 0:  # DDIM's stochastic part draws its noise from the frame's generator
+                variance_noise = torch.randn(x.shape, generator=generator).to(x)
+                x = self.scheduler.step(v, t, x, eta=self.eta, variance_noise=variance_noise).prev_sample
+            else:
+                x = self.scheduler.step(v, t, x, eta=0.0).prev_sample
+            if self.on_step is not None:
+                self.on_step(i + 1, len(timesteps))
+        return (x / self.config.latent_scale).to(request.prev_latent.dtype)
+
+
+def check_clip_model(model, spec: ClipSpec) -> None:
+    """Error if the CLIP vision model cannot produce this checkpoint's tokens; warn if it is another model."""
+    cfg = model.config
+    grid = cfg.image_size // cfg.patch_size
+    tokens = 1 + grid * grid
+    if cfg.projection_dim != spec.token_dim or tokens != spec.num_tokens:
+        raise MagicPropError(
+            f"clip vision model gives {tokens} tokens of width {cfg.projection_dim}, but the checkpoint was trained "
+            f"with {spec.describe()}: load that CLIP vision model."
+        )
+    if spec.fingerprint and projection_fingerprint(model.visual_projection.weight) != spec.fingerprint:
+        log.warning(
+            "The CLIP vision model's weights differ from the one the checkpoint was trained with (%s); appearance "
+            "tokens will not match what the model learned.", spec.describe()
+        )
+
+
+@dataclass
+class StandaloneModels:
+    """Everything the host-free pipeline needs, loaded from local files."""
+
+    config: PropDPMConfig
+    unet: torch.nn.Module
+    adapter: AppearanceAdapter
+    vae: torch.nn.Module
+    clip: torch.nn.Module
+    clip_mean: tuple[float, ...]
+    clip_std: tuple[float, ...]
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | Path, vae: str | Path, clip_vision: str | Path,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> "StandaloneModels":
+        from diffusers import AutoencoderKL
+
+        ckpt = load_checkpoint(checkpoint)
+        clip = load_clip_vision(clip_vision, device, dtype)
+        check_clip_model(clip, ckpt.config.clip)
+        vae_dir = Path(vae)
+        if not (vae_dir / "config.json").is_file():
+            raise MagicPropError(
+                f"vae {str(vae_dir)!r}: expected a local diffusers AutoencoderKL folder (config.json + weights), "
+                "e.g. the vae/ folder of Stable Diffusion 1.5."
+            )
+        vae_model = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=dtype)
+        mean, std = clip_norm_stats(clip_vision)
+        return cls(
+            config=ckpt.config,
+            unet=ckpt.build_unet(dtype).to(device).eval().requires_grad_(False),
+            adapter=ckpt.build_adapter(dtype).to(device).eval().requires_grad_(False),
+            vae=vae_model.to(device).eval().requires_grad_(False),
+            clip=clip, clip_mean=mean, clip_std=std,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """(B, H, W, 3) in [0, 1] -> (B, 4, H/8, W/8) unscaled latents (posterior mean, as ComfyUI's VAE)."""
+        dtype = next(self.vae.parameters()).dtype
+        out = []
+        for i in range(0, images.shape[0], chunk):
+            x = images[i : i + chunk].movedim(-1, 1).to(self.device, dtype) * 2 - 1
+            out.append(self.vae.encode(x).latent_dist.mode().float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """(B, 4, h, w) unscaled latents -> (B, 8h, 8w, 3) images in [0, 1]."""
+        dtype = next(self.vae.parameters()).dtype
+        out = []
+        for i in range(0, latents.shape[0], chunk):
+            x = self.vae.decode(latents[i : i + chunk].to(self.device, dtype)).sample.float()
+            out.append(((x + 1) / 2).clamp(0, 1).movedim(1, -1).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def appearance_tokens(self, reference: torch.Tensor, reference_latent: torch.Tensor) -> torch.Tensor:
+        """(1, H, W, 3) edited reference + its unscaled latent -> (1, 1 + hw/4, C) appearance tokens."""
+        tokens = clip_tokens(self.clip, reference, self.clip_mean, self.clip_std)
+        dtype = next(self.adapter.parameters()).dtype
+        scaled = reference_latent.to(self.device, dtype) * self.config.latent_scale
+        return self.adapter(tokens.to(dtype), scaled).float()

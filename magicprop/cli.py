@@ -1,0 +1,114 @@
+"""Command line: `python -m magicprop {init,propagate} ...`.
+
+Errors from bad input are one line on stderr naming the input and the fix, with exit code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import MagicPropError
+
+log = logging.getLogger("magicprop")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(name: str) -> str:
+    """'auto' -> the current accelerator if torch has one, else 'cpu'."""
+    if name != "auto":
+        return name
+    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return acc.type if acc is not None else "cpu"
+
+
+def _add_init(sub) -> None:
+    p = sub.add_parser("init", help="make an untrained PropDPM checkpoint from SD1.5 or a UNet config")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--unet", type=Path, help="local SD1.5: diffusers folder or single-file checkpoint")
+    src.add_argument("--unet-config", type=Path, help="diffusers UNet config JSON; weights are seeded random")
+    p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.add_argument("--clip-vision", type=Path, help="local CLIPVisionModelWithProjection folder to record")
+    p.add_argument("--single-file-config", type=Path,
+                   help="diffusers config folder (with unet/config.json) for a single-file --unet; default SD1.5's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent-scale", type=float, default=0.18215, help="VAE latent scale (SD1.5: 0.18215)")
+    p.add_argument("--resolution", type=int, default=256, help="training resolution to record")
+
+
+def _add_propagate(sub) -> None:
+    p = sub.add_parser("propagate", help="propagate an edited frame through a video")
+    p.add_argument("--checkpoint", type=Path, required=True, help="PropDPM .safetensors")
+    p.add_argument("--video", type=Path, required=True, help="source video")
+    p.add_argument("--reference", type=Path, required=True, help="the edited frame (image, video size)")
+    p.add_argument("--reference-index", type=int, required=True,
+                   help="index of the edited frame among the selected frames (after --stride)")
+    p.add_argument("--out", type=Path, required=True, help="the mp4 to write")
+    p.add_argument("--vae", type=Path, required=True, help="local diffusers AutoencoderKL folder")
+    p.add_argument("--clip-vision", type=Path, required=True, help="local CLIPVisionModelWithProjection folder")
+    depth = p.add_mutually_exclusive_group(required=True)
+    depth.add_argument("--depth-model", type=Path, help="local transformers depth-estimation model folder")
+    depth.add_argument("--depth-frames", type=Path, help="folder with one depth image per source frame")
+    p.add_argument("--reference-depth", type=Path, help="depth image of the edited reference when the edit changed shape")
+    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--stride", type=int, default=1, help="take every stride-th frame")
+    p.add_argument("--width", type=int, default=None, help="resize frames to this width first (aspect kept)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=1.0, help="appearance guidance; 1 = off (the paper)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality (0 = lossless)")
+    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m magicprop", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_init(sub)
+    _add_propagate(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "init":
+        from .init_model import init_checkpoint
+
+        init_checkpoint(args.out, args.unet, args.unet_config, args.clip_vision, args.seed, args.latent_scale,
+                        args.resolution, args.single_file_config)
+    elif args.command == "propagate":
+        from .pipeline import PropagateJob, run_propagate
+
+        if args.frames is not None and args.frames < 1:
+            raise MagicPropError(f"--frames {args.frames}: expected 1 or more frames.")
+        job = PropagateJob(
+            checkpoint=args.checkpoint, video=args.video, reference=args.reference,
+            reference_index=args.reference_index, out=args.out, vae=args.vae, clip_vision=args.clip_vision,
+            depth_model=args.depth_model, depth_frames=args.depth_frames, reference_depth=args.reference_depth,
+            max_frames=args.frames, stride=args.stride, width=args.width, steps=args.steps, cfg=args.cfg,
+            guidance_rescale=args.guidance_rescale, seed=args.seed, audio=not args.no_audio, crf=args.crf,
+            pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
+        )
+        path = run_propagate(job, progress=not args.quiet)
+        log.info("wrote %s", path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        _run(args)
+    except MagicPropError as e:
+        # the CLI's own output channel: one line, whatever logging the caller configured
+        sys.stderr.write(f"magicprop {args.command}: error: {e}\n")
+        return 2
+    return 0

@@ -1,0 +1,86 @@
+"""Frame geometry shared by the CLI and the trainer: resizing, cropping to the model's grid, image files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .errors import MagicPropError
+
+log = logging.getLogger(__name__)
+
+GRID = 16
+"""Frame sides must be multiples of 16: the VAE downsamples by 8 and the appearance adapter pools by 2."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def resize_width(frames: torch.Tensor, width: int | None) -> torch.Tensor:
+    """(K, H, W, C) -> (K, H', width, C), aspect kept (bicubic, antialiased); None keeps the size."""
+    if width is None or width == frames.shape[2]:
+        return frames
+    if width < GRID:
+        raise MagicPropError(f"width={width}: expected at least {GRID} pixels.")
+    h, w = frames.shape[1:3]
+    height = max(1, round(h * width / w))
+    x = torch.nn.functional.interpolate(frames.movedim(-1, 1), size=(height, width), mode="bicubic", antialias=True)
+    return x.movedim(1, -1).clamp(0, 1)
+
+
+def grid_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred crop to multiples of GRID."""
+    h, w = height // GRID * GRID, width // GRID * GRID
+    if h == 0 or w == 0:
+        raise MagicPropError(
+            f"frame size {width}x{height} is smaller than {GRID}x{GRID}: PropDPM needs sides of at least {GRID} px."
+        )
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_to_grid(frames: torch.Tensor, what: str = "frames", notice: bool = True) -> torch.Tensor:
+    """Centre-crop (K, H, W, C) so both sides are multiples of 16, with a logged notice when anything is cut."""
+    height, width = frames.shape[1:3]
+    top, left, h, w = grid_crop_box(height, width)
+    if (h, w) != (height, width) and notice:
+        log.info("%s are %dx%d; cropped to %dx%d (sides must be multiples of %d).", what, width, height, w, h, GRID)
+    return frames[:, top : top + h, left : left + w]
+
+
+def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
+    """An image file -> (1, H, W, 3) float32 in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise MagicPropError(f"{what} {str(p)!r} does not exist; pass the path of an image file (png, jpg ...).")
+    try:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise MagicPropError(f"{what} {str(p)!r} is not a readable image ({e}).") from None
+    return torch.from_numpy(arr)[None]
+
+
+def save_image(path: str | Path, image: torch.Tensor) -> None:
+    """(H, W, 3) float in [0, 1] -> PNG (atomic)."""
+    from PIL import Image
+
+    from .fileio import atomic_path
+    from .video import to_uint8
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+
+
+def list_images(folder: str | Path, what: str = "image folder") -> list[Path]:
+    """Image files of a folder in name order."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise MagicPropError(f"{what} {str(p)!r} is not a folder of images.")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise MagicPropError(f"{what} {str(p)!r} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files

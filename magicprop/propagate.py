@@ -1,0 +1,151 @@
+"""The autoregressive propagation loop (MagicProp section 3.2, eq. 6), generic over "denoise one frame".
+
+    z^k = PropDPM(m^k, z^{k-1}, m^{k-1}, x^#)
+
+The edited reference sits at ANY absolute index r. Frames r+1 .. K-1 are generated forward and r-1 .. 0 backward,
+each from its predecessor in its direction (the paper starts from x^0 = x^#; going backward is the same model run
+with time reversed, which the trainer covers by sampling both directions). The reference frame's own latent is the
+VAE encoding of the edited reference.
+
+Randomness: the initial noise and any sampler noise of frame k depend only on (seed, k), through ``frame_seed``, so
+a frame's result does not depend on the order frames are made in, on chunking, or on which chains run.
+
+Backends implement ``FrameDenoiser``: diffusers in ``magicprop.backend``, ComfyUI's samplers in ``nodes/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from .errors import MagicPropError
+
+_MASK64 = (1 << 64) - 1
+
+
+def frame_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for frame `index` of a run seeded with `seed` (SplitMix64 finaliser of the pair)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + (int(index) + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+def frame_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Initial noise of one frame: standard normal from a CPU generator seeded with `seed`.
+
+    The same draw as ComfyUI's ``comfy.sample.prepare_noise`` for a one-frame latent, so both backends start from
+    identical noise for the same frame seed.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device="cpu")
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """Everything needed to generate one frame."""
+
+    index: int
+    """Absolute index k of the frame to generate."""
+    source_index: int
+    """Absolute index of its predecessor (k - 1 forward, k + 1 backward; r for the reference's neighbours)."""
+    prev_latent: torch.Tensor
+    """(1, C, h, w) unscaled VAE latent of the predecessor (as VAE.encode returns it)."""
+    depth: torch.Tensor
+    """(1, 1, h, w) depth of frame k at the latent grid, [0, 1], near = 1."""
+    prev_depth: torch.Tensor
+    """(1, 1, h, w) depth of the predecessor (for the reference: the reference depth)."""
+    seed: int
+    """frame_seed(run seed, k): seeds this frame's initial noise and sampler noise."""
+
+
+class FrameDenoiser(Protocol):
+    """Denoise one frame: pure noise -> (1, C, h, w) unscaled latent, conditioned as in the request."""
+
+    def __call__(self, request: FrameRequest) -> torch.Tensor: ...
+
+
+FrameCallback = Callable[[int, torch.Tensor], None]
+"""Called after each generated frame with (absolute index, latent); raise inside it to cancel."""
+
+
+def chain_order(reference_index: int, num_frames: int) -> list[list[int]]:
+    """The chains a run is made of, each a list of absolute indices starting at the reference.
+
+    Forward [r, r+1, .., K-1] first, then backward [r, r-1, .., 0]; chains of one index are dropped.
+    """
+    if num_frames < 1:
+        raise MagicPropError(f"num_frames={num_frames}: expected at least 1 frame.")
+    if not 0 <= reference_index < num_frames:
+        raise MagicPropError(
+            f"reference_index={reference_index} is out of range for a clip of {num_frames} frames: expected "
+            f"0 <= reference_index <= {num_frames - 1} (the index of the frame that was edited)."
+        )
+    chains = [list(range(reference_index, num_frames)), list(range(reference_index, -1, -1))]
+    return [c for c in chains if len(c) > 1]
+
+
+def iter_chain(
+    denoiser: FrameDenoiser,
+    indices: Sequence[int],
+    start_latent: torch.Tensor,
+    depth: torch.Tensor,
+    seed: int,
+    start_depth: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Generate indices[1:], each from the one before it; indices[0] is the frame given by `start_latent`.
+
+    depth: (K, 1, h, w) clip depth at the latent grid, indexed by absolute frame index.
+    start_depth: (1, 1, h, w) depth that goes with `start_latent` (default depth[indices[0]]).
+    Yields (index, latent) as each frame is done.
+    """
+    prev_latent = start_latent
+    prev_depth = depth[indices[0] : indices[0] + 1] if start_depth is None else start_depth
+    for src, k in zip(indices[:-1], indices[1:]):
+        d = depth[k : k + 1]
+        latent = denoiser(FrameRequest(k, src, prev_latent, d, prev_depth, frame_seed(seed, k)))
+        yield k, latent
+        prev_latent, prev_depth = latent, d
+
+
+def propagate(
+    denoiser: FrameDenoiser,
+    reference_latent: torch.Tensor,
+    depth: torch.Tensor,
+    reference_index: int,
+    seed: int,
+    reference_depth: torch.Tensor | None = None,
+    callback: FrameCallback | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Propagate the edited reference through the clip: returns (K, C, h, w) latents, frame r = reference_latent.
+
+    reference_latent: (1, C, h, w) VAE encoding of the edited reference (unscaled).
+    depth: (K, 1, h, w) aligned clip depth at the latent grid.
+    reference_depth: depth of the edited reference when the edit changed its shape (default depth[r]).
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
+    if reference_latent.ndim != 4 or reference_latent.shape[0] != 1:
+        raise MagicPropError(
+            f"reference_latent has shape {tuple(reference_latent.shape)}: expected (1, C, h, w), one encoded frame."
+        )
+    if reference_latent.shape[-2:] != depth.shape[-2:]:
+        raise MagicPropError(
+            f"reference latent grid {tuple(reference_latent.shape[-2:])} differs from the depth grid "
+            f"{tuple(depth.shape[-2:])}: the reference must have the same size as the video frames."
+        )
+    num_frames = depth.shape[0]
+    chains = chain_order(reference_index, num_frames)
+    out = torch.empty((num_frames, *reference_latent.shape[1:]), dtype=reference_latent.dtype, device=out_device)
+    out[reference_index] = reference_latent[0].to(out_device)
+    if callback is not None:
+        callback(reference_index, reference_latent)
+    for indices in chains:
+        for k, latent in iter_chain(denoiser, indices, reference_latent, depth, seed, reference_depth):
+            out[k] = latent[0].to(out_device)
+            if callback is not None:
+                callback(k, latent)
+    return out
