@@ -15,7 +15,9 @@ import torch
 
 from .adapter import AppearanceAdapter, null_tokens
 from .checkpoint import load_checkpoint
-from .clip import ClipSpec, clip_norm_stats, clip_tokens, load_clip_vision, projection_fingerprint
+from .clip import (
+    ClipSpec, check_clip_compatible, clip_norm_stats, clip_tokens, load_clip_vision, projection_fingerprint,
+)
 from .conditioning import noise_augment, spatial_condition
 from .config import PropDPMConfig
 from .errors import MagicPropError
@@ -100,20 +102,10 @@ class DiffusersDenoiser:
 
 
 def check_clip_model(model, spec: ClipSpec) -> None:
-    """Error if the CLIP vision model cannot produce this checkpoint's tokens; warn if it is another model."""
+    """check_clip_compatible for a transformers CLIPVisionModelWithProjection."""
     cfg = model.config
     grid = cfg.image_size // cfg.patch_size
-    tokens = 1 + grid * grid
-    if cfg.projection_dim != spec.token_dim or tokens != spec.num_tokens:
-        raise MagicPropError(
-            f"clip vision model gives {tokens} tokens of width {cfg.projection_dim}, but the checkpoint was trained "
-            f"with {spec.describe()}: load that CLIP vision model."
-        )
-    if spec.fingerprint and projection_fingerprint(model.visual_projection.weight) != spec.fingerprint:
-        log.warning(
-            "The CLIP vision model's weights differ from the one the checkpoint was trained with (%s); appearance "
-            "tokens will not match what the model learned.", spec.describe()
-        )
+    check_clip_compatible(spec, cfg.projection_dim, 1 + grid * grid, projection_fingerprint(model.visual_projection.weight))
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from .errors import MagicPropError
+
+log = logging.getLogger(__name__)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,6 +89,21 @@ class ClipSpec:
         return (
             f"{self.name} ({self.image_size} px, {self.num_tokens} tokens = 1 + {grid}x{grid} patches, "
             f"projection width {self.token_dim})"
+        )
+
+
+def check_clip_compatible(spec: ClipSpec, token_dim: int, num_tokens: int, fingerprint: str | None) -> None:
+    """Error if a CLIP vision model cannot make this checkpoint's tokens; warn if it is another model's weights."""
+    if token_dim != spec.token_dim or num_tokens != spec.num_tokens:
+        raise MagicPropError(
+            f"clip_vision gives {num_tokens} tokens of width {token_dim}, but the checkpoint was trained with "
+            f"{spec.describe()}: load that CLIP vision model."
+        )
+    if spec.fingerprint and fingerprint and fingerprint != spec.fingerprint:
+        log.warning(
+            "The CLIP vision model's weights differ from the ones the checkpoint was trained with (%s, fingerprint "
+            "%s, got %s): appearance tokens will not match what PropDPM learned.", spec.describe(), spec.fingerprint,
+            fingerprint,
         )
 
 

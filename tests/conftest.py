@@ -93,4 +93,14 @@ def comfy_path() -> Path:
 
     args.cpu = True
     args.fp32_text_enc = True
+    import utils.extra_config  # noqa: F401  (as main.py does first: ComfyUI's utils package, before any module
+    # that would otherwise leave comfy/utils.py registered as a top-level "utils")
     return path
+
+
+@pytest.fixture(scope="session")
+def comfy_host(comfy_path, tmp_path_factory):
+    """The real ComfyUI with its core extras and this pack loaded (once per test session)."""
+    from host import Host
+
+    return Host(ROOT, tmp_path_factory.mktemp("comfy"))

@@ -1,0 +1,23 @@
+"""The pack's ComfyUI extension: four nodes on ComfyUI's own types (v3 schema, one entry point)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .appearance import AppearanceAdapterEncode
+from .depth_sequence import DepthSequence
+from .folders import register_model_folders
+from .loader import PropDPMLoader
+from .propagate import AutoregressivePropagate
+
+NODES: list[type[io.ComfyNode]] = [DepthSequence, AppearanceAdapterEncode, PropDPMLoader, AutoregressivePropagate]
+
+
+class MagicPropExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> MagicPropExtension:
+    register_model_folders()
+    return MagicPropExtension()

@@ -1,0 +1,87 @@
+"""DepthSequence: video frames -> clip-consistent depth (one scale for the whole clip), as an IMAGE batch."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+from comfy_api.latest import io
+
+from ..magicprop.depth import DepthEstimator, align_clip_depth, depth_from_image
+from ..magicprop.errors import MagicPropError
+from .folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
+
+
+def estimate_depth(name: str, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(K, H, W) relative inverse depth from a transformers model in models/depth_estimation/<name>.
+
+    The model runs through a ModelPatcher (ComfyUI places it and frees memory for it) and is offloaded after use.
+    """
+    try:
+        path = depth_model_path(name)
+    except FileNotFoundError:
+        raise MagicPropError(
+            f"depth_model {name!r} is not a folder with config.json under models/depth_estimation; put a "
+            "transformers depth-estimation model there (e.g. Depth-Anything-V2-Small-hf)."
+        ) from None
+    offload = comfy.model_management.unet_offload_device()
+    estimator = DepthEstimator.from_folder(path, device=offload)
+    patcher = comfy.model_patcher.ModelPatcher(
+        estimator.model, load_device=comfy.model_management.get_torch_device(), offload_device=offload
+    )
+    comfy.model_management.load_models_gpu([patcher])
+    pbar = comfy.utils.ProgressBar(frames.shape[0])
+    try:
+        return estimator(frames, batch_size=batch_size, on_batch=pbar.update)
+    finally:
+        patcher.detach()
+
+
+class DepthSequence(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DepthSequence",
+            display_name="Depth Sequence (MagicProp)",
+            category="MagicProp",
+            description="Temporally consistent depth for a clip: per-frame depth (from a depth model or any depth "
+                        "preprocessor) aligned by a robust per-frame scale and shift, then one normalisation for the "
+                        "whole clip (near = white). Also a good hint for a depth ControlNet.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The video frames (K, H, W, 3)."),
+                io.Combo.Input("depth_model", options=[NO_DEPTH_MODEL, *depth_model_folders()], default=NO_DEPTH_MODEL,
+                               tooltip="A transformers depth-estimation model folder in models/depth_estimation; "
+                                       "not used when depth_images is connected."),
+                io.Int.Input("batch_size", default=8, min=1, max=256,
+                             tooltip="Frames per depth-model batch (lower it if memory is short)."),
+                io.Image.Input("depth_images", optional=True,
+                               tooltip="Per-frame depth maps from any depth preprocessor node (near = bright), one "
+                                       "per frame; they are aligned across the clip."),
+            ],
+            outputs=[io.Image.Output(display_name="depth", tooltip="Aligned depth (K, H, W, 3), near = 1.")],
+        )
+
+    @classmethod
+    def execute(cls, frames: torch.Tensor, depth_model: str, batch_size: int,
+                depth_images: torch.Tensor | None = None) -> io.NodeOutput:
+        if frames.ndim != 4 or frames.shape[0] == 0:
+            raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected a batch of video frames (K, H, W, 3).")
+        if depth_images is not None:
+            if depth_images.shape[:3] != frames.shape[:3]:
+                raise MagicPropError(
+                    f"depth_images has shape {tuple(depth_images.shape[:3])} but frames has {tuple(frames.shape[:3])}: "
+                    "expected one depth map per frame at the frames' size."
+                )
+            relative = depth_from_image(depth_images)
+        elif depth_model != NO_DEPTH_MODEL:
+            relative = estimate_depth(depth_model, frames, batch_size)
+        else:
+            raise MagicPropError(
+                "DepthSequence needs depth: connect depth_images (any depth preprocessor) or choose a depth_model "
+                "from models/depth_estimation."
+            )
+        aligned = align_clip_depth(relative)  # (K, 1, H, W) in [0, 1]
+        out = aligned[:, 0, :, :, None].expand(-1, -1, -1, 3).contiguous()
+        return io.NodeOutput(out.to(comfy.model_management.intermediate_device()))
