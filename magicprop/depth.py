@@ -87,6 +87,10 @@ def align_clip_depth(
     k_frames, h, w = d.shape
     finite = torch.isfinite(d)
     d = torch.where(finite, d, torch.zeros_like(d))
+    # work in units of the clip's own magnitude, so the degeneracy thresholds mean the same for any model's range
+    magnitude = d[finite].abs().max() if finite.any() else d.new_zeros(())
+    if magnitude > 0:
+        d = d / magnitude
     stride = max(1, int((h * w / max_samples) ** 0.5))
     grid_d, grid_ok = d[:, ::stride, ::stride], finite[:, ::stride, ::stride]
     informative = [bool(grid_ok[k].sum() >= 16) and bool(_spread(grid_d[k][grid_ok[k]]) > _EPS) for k in range(k_frames)]

@@ -28,8 +28,10 @@ def estimate_depth(name: str, frames: torch.Tensor, batch_size: int) -> torch.Te
         ) from None
     offload = comfy.model_management.unet_offload_device()
     estimator = DepthEstimator.from_folder(path, device=offload)
+    holder = torch.nn.Module()  # ModelPatcher sets .device, a read-only property of transformers models
+    holder.net = estimator.model
     patcher = comfy.model_patcher.ModelPatcher(
-        estimator.model, load_device=comfy.model_management.get_torch_device(), offload_device=offload
+        holder, load_device=comfy.model_management.get_torch_device(), offload_device=offload
     )
     comfy.model_management.load_models_gpu([patcher])
     pbar = comfy.utils.ProgressBar(frames.shape[0])

@@ -73,6 +73,9 @@ class Host:
         folder_paths.set_temp_directory(str(workdir / "temp"))
         self.nodes = nodes
         self.server = FakeServer()
+        from host_nodes import register
+
+        register(nodes)
 
     def module(self, name: str):
         """A module of the pack as ComfyUI loaded it, e.g. module("nodes.model")."""

@@ -1,0 +1,227 @@
+"""Graphs of real ComfyUI nodes plus the pack's, executed in-process by ComfyUI's own executor."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from graphs import DEPTH_MODEL, PROPDPM, VIDEO, propagation_graph
+from host import GraphError
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def files(comfy_host, tiny_models, bikes):
+    """The tiny PropDPM, depth model and a real clip where ComfyUI's loaders look for them."""
+    import folder_paths
+
+    shutil.copy(tiny_models["checkpoint"], comfy_host.models / "magicprop" / PROPDPM)
+    dst = comfy_host.models / "depth_estimation" / DEPTH_MODEL
+    if not dst.exists():
+        shutil.copytree(tiny_models["depth"], dst)
+    shutil.copy(bikes, folder_paths.get_input_directory() + "/" + VIDEO)
+    return tiny_models
+
+
+def run_latent(comfy_host, graph, node="12"):
+    ex = comfy_host.run(graph, [node])
+    return comfy_host.output(ex, node, 0)["samples"], comfy_host.output(ex, node, 1)
+
+
+def test_graph_runs_end_to_end_and_is_seeded(comfy_host, files):
+    latents, images = run_latent(comfy_host, propagation_graph(files, seed=1))
+    assert latents.shape == (5, 4, 8, 16) and images.shape == (5, 64, 128, 3)
+    assert torch.isfinite(latents).all()
+    again, _ = run_latent(comfy_host, propagation_graph(files, seed=1))
+    other, _ = run_latent(comfy_host, propagation_graph(files, seed=2))
+    assert torch.equal(latents, again)
+    for k in (0, 1, 3, 4):
+        assert (latents[k] - other[k]).abs().max() > 1e-3, k
+    assert torch.equal(latents[2], other[2]), "the reference frame is the reference's own encoding"
+
+
+def test_progress_reaches_every_frame_with_previews(comfy_host, files):
+    import comfy.utils
+
+    events = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append((value, total, preview)))
+    try:
+        comfy_host.run(propagation_graph(files, steps=2), ["12"], preview_method="latent2rgb")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    mine = [e for e in events if e[1] == 4 * 2]  # (K-1) frames x steps
+    assert mine and mine[-1][0] == 8
+    assert sorted({v for v, _, _ in mine}) == list(range(1, 9))
+    assert any(p is not None for _, _, p in mine), "step previews are sent"
+
+
+def test_lora_equals_merged_weights(comfy_host, files):
+    """An SD1.5 LoRA with kohya key names through LoraLoaderModelOnly == the same LoRA merged by hand."""
+    import folder_paths
+
+    tensors = load_file(str(files["checkpoint"]))
+    g = torch.Generator().manual_seed(0)
+    lora, merged, rank, alpha = {}, dict(tensors), 2, 1.0
+    for key in ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+                "down_blocks.0.attentions.0.proj_in", "up_blocks.1.resnets.0.conv1"):
+        w = tensors[f"unet.{key}.weight"]
+        down = torch.randn((rank, *w.shape[1:]), generator=g) * 0.3
+        up = torch.randn((w.shape[0], rank, *([1] * (w.ndim - 2))), generator=g) * 0.3
+        name = "lora_unet_" + key.replace(".", "_")
+        lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+        lora[f"{name}.alpha"] = torch.tensor(alpha)
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape) * (alpha / rank)
+        merged[f"unet.{key}.weight"] = w + delta
+    save_file(lora, str(comfy_host.models / "loras" / "tiny-lora.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(files["checkpoint"]), "pt") as f:
+        meta = f.metadata()
+    save_file(merged, str(comfy_host.models / "magicprop" / "merged.safetensors"), metadata=meta)
+    assert "tiny-lora.safetensors" in folder_paths.get_filename_list("loras")
+
+    with_lora = propagation_graph(files)
+    with_lora["20"] = {"class_type": "LoraLoaderModelOnly",
+                       "inputs": {"model": ["6", 0], "lora_name": "tiny-lora.safetensors", "strength_model": 1.0}}
+    with_lora["12"]["inputs"]["model"] = ["20", 0]
+    by_hand = propagation_graph(files)
+    by_hand["6"]["inputs"]["checkpoint"] = "merged.safetensors"
+    plain, _ = run_latent(comfy_host, propagation_graph(files))
+    a, _ = run_latent(comfy_host, with_lora)
+    b, _ = run_latent(comfy_host, by_hand)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert (a - plain).abs().max() > 1e-2, "the LoRA changes the result"
+
+
+def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
+    import host_nodes
+
+    graph = propagation_graph(files, frames=5, ref=2, steps=2)
+    graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
+    graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["5", 0],
+        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    graph["12"]["inputs"]["positive"], graph["12"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    host_nodes.CONTROL_LOG.clear()
+    ex = comfy_host.run(graph, ["12"])
+    depth = comfy_host.output(ex, "5", 0).movedim(-1, 1)  # (K, 3, H, W), what ControlNetApplyAdvanced was given
+    seen = []
+    for hint in host_nodes.CONTROL_LOG:
+        assert hint.shape[0] == 1, "one frame's hint per frame"
+        if not seen or not torch.equal(seen[-1], hint):
+            seen.append(hint)
+    order = [3, 4, 1, 0]  # forward from the reference at 2, then backward
+    assert len(seen) == len(order)
+    for hint, k in zip(seen, order):
+        assert torch.equal(hint[0], depth[k]), k
+
+
+def test_mask_keeps_the_source_outside(comfy_host, files):
+    graph = propagation_graph(files, frames=4, ref=1, steps=2)
+    graph["30"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 128, "height": 64}}
+    graph["31"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 32}}
+    graph["32"] = {"class_type": "MaskComposite", "inputs": {"destination": ["30", 0], "source": ["31", 0],
+                                                             "x": 32, "y": 16, "operation": "add"}}
+    graph["12"]["inputs"].update(mask=["32", 0], source_frames=["4", 0], pixel_composite=True)
+    graph["33"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["7", 0]}}
+    ex = comfy_host.run(graph, ["12", "33"])
+    latents, images = comfy_host.output(ex, "12", 0)["samples"], comfy_host.output(ex, "12", 1)
+    source_lat = comfy_host.output(ex, "33", 0)["samples"]
+    frames = comfy_host.output(ex, "4", 0)
+    mask = comfy_host.output(ex, "32", 0)[0]
+    outside_px = mask == 0
+    # latent cells at least one cell away from the mask edge (mask spans x 32..80, y 16..48 -> cells 4..10, 2..6)
+    far = torch.ones(8, 16, dtype=torch.bool)
+    far[1:7, 3:11] = False
+    for k in (0, 2, 3):
+        torch.testing.assert_close(latents[k][:, far], source_lat[k][:, far], atol=1e-4, rtol=1e-4)
+        assert torch.equal(images[k][outside_px], frames[k][outside_px]), "pixel composite is exact"
+        inside = mask > 0
+        assert (images[k][inside] - frames[k][inside]).abs().mean() > 0.02, "the edit is propagated inside"
+
+
+def test_interrupt_between_frames_then_next_prompt_runs(comfy_host, files):
+    import comfy.utils
+    import nodes
+
+    calls = []
+
+    def hook(value, total, preview, **kw):
+        calls.append(value)
+        if total == 4 * 2 and value >= 2:
+            nodes.interrupt_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(GraphError) as err:
+            comfy_host.run(propagation_graph(files, steps=2), ["12"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert err.value.exception_type == "interrupted"
+    latents, _ = run_latent(comfy_host, propagation_graph(files, steps=2))
+    assert latents.shape[0] == 5
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("depth_count", r"source_frames has 3 frames.*depth has 5 frames"),
+    ("hint_count", r"ControlNet.*hint of 3 frames for a clip of 5"),
+    ("reference_size", r"reference is 64x64 but the depth frames are 128x64"),
+    ("reference_index", r"reference_index=5 is out of range for a clip of 5 frames"),
+    ("text_conditioning", r"positive is not appearance conditioning.*AppearanceAdapterEncode"),
+    ("plain_sd", r"plain Stable Diffusion checkpoint.*not a PropDPM"),
+    ("clip_tokens", r"clip_vision gives 5 tokens of width 32.*trained with .*17 tokens"),
+])
+def test_bad_inputs_are_refused_before_sampling(comfy_host, files, tmp_path, case, pattern):
+    import comfy.utils
+
+    graph = propagation_graph(files)
+    p = graph["12"]["inputs"]
+    if case == "depth_count":
+        graph["40"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": 0, "length": 3}}
+        graph["41"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 64}}
+        p.update(mask=["41", 0], source_frames=["40", 0])
+    elif case == "hint_count":
+        graph["40"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["5", 0], "batch_index": 0, "length": 3}}
+        graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
+        graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["40", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+        p["positive"], p["negative"] = ["22", 0], ["22", 1]
+    elif case == "reference_size":
+        graph["40"] = {"class_type": "ImageScale", "inputs": {"image": ["10", 0], "upscale_method": "area",
+                                                              "width": 64, "height": 64, "crop": "center"}}
+        p["reference"] = ["40", 0]
+    elif case == "reference_index":
+        p["reference_index"] = 5
+    elif case == "text_conditioning":
+        graph["40"] = {"class_type": "TestTinyCheckpoint", "inputs": {"vae_folder": str(files["vae"])}}
+        graph["41"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["40", 1], "text": "a red bike"}}
+        p["positive"] = ["41", 0]
+    elif case == "plain_sd":
+        from tiny import tiny_unet
+
+        save_file(tiny_unet().state_dict(), str(comfy_host.models / "magicprop" / "sd15-unet.safetensors"))
+        graph["6"]["inputs"]["checkpoint"] = "sd15-unet.safetensors"
+    elif case == "clip_tokens":
+        from tiny import TINY_CLIP_CONFIG
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        other = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**TINY_CLIP_CONFIG, "image_size": 16}))
+        other.save_pretrained(tmp_path / "clip16")
+        graph["8"]["inputs"]["folder"] = str(tmp_path / "clip16")
+    events = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append(total))
+    try:
+        with pytest.raises(GraphError) as err:
+            comfy_host.run(graph, ["12"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    import re
+
+    assert re.search(pattern, err.value.message), err.value.message
+    assert 4 * 3 not in events, "no frame was sampled"
