@@ -104,3 +104,22 @@ def comfy_host(comfy_path, tmp_path_factory):
     from host import Host
 
     return Host(ROOT, tmp_path_factory.mktemp("comfy"))
+
+
+def cache_dir() -> Path:
+    """Where large generated test models are kept between runs (outside the repository)."""
+    base = os.environ.get("MAGICPROP_TEST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "magicprop", "test-models"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_size_models() -> dict[str, Path]:
+    """SD1.5's VAE and OpenAI CLIP ViT-L/14 vision, real architectures with seeded random weights (fp16 files)."""
+    from tiny import full_size_clip_vision, full_size_vae
+
+    folder = cache_dir()
+    return {"vae": full_size_vae(folder), "clip_vision": full_size_clip_vision(folder)}

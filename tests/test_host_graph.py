@@ -225,3 +225,30 @@ def test_bad_inputs_are_refused_before_sampling(comfy_host, files, tmp_path, cas
 
     assert re.search(pattern, err.value.message), err.value.message
     assert 4 * 3 not in events, "no frame was sampled"
+
+
+def test_full_size_vae_and_clip_vision_through_the_host_loaders(comfy_host, files, full_size_models):
+    """SD1.5's VAE and ViT-L/14 (random weights) load through VAELoader / CLIPVisionLoader into a full graph."""
+    from magicprop.checkpoint import inspect_checkpoint
+    from magicprop.init_model import init_checkpoint
+    from tiny import TINY_UNET_CONFIG
+
+    for kind, path in (("vae", full_size_models["vae"]), ("clip_vision", full_size_models["clip_vision"])):
+        link = comfy_host.models / kind / path.name
+        if not link.exists():
+            link.symlink_to(path)
+    ckpt = init_checkpoint(comfy_host.models / "magicprop" / "tiny-768.safetensors",
+                           unet_config={**TINY_UNET_CONFIG, "cross_attention_dim": 768},
+                           clip_vision=full_size_models["clip_vision"].with_suffix(""), seed=3)
+    spec = inspect_checkpoint(ckpt).clip
+    assert (spec.token_dim, spec.num_tokens, spec.image_size) == (768, 257, 224)
+    graph = propagation_graph(files, frames=3, ref=0, width=64, height=64, steps=2)
+    graph["6"]["inputs"]["checkpoint"] = "tiny-768.safetensors"
+    graph["7"] = {"class_type": "VAELoader", "inputs": {"vae_name": full_size_models["vae"].name}}
+    graph["8"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": full_size_models["clip_vision"].name}}
+    ex = comfy_host.run(graph, ["12"])
+    latents, images = comfy_host.output(ex, "12", 0)["samples"], comfy_host.output(ex, "12", 1)
+    tokens = comfy_host.output(ex, "11", 0)[0][0]
+    assert tokens.shape == (1, 1 + 8 * 8 // 4, 768)
+    assert latents.shape == (3, 4, 8, 8) and images.shape == (3, 64, 64, 3)
+    assert torch.isfinite(latents).all() and torch.isfinite(images).all()

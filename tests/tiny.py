@@ -6,6 +6,7 @@ converter only handles 4-level VAEs) so it downsamples by 8 like SD1.5's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -96,3 +97,60 @@ def save_tiny_models(folder: Path) -> dict[str, Path]:
     model.save_pretrained(paths["depth"])
     processor.save_pretrained(paths["depth"])
     return paths
+
+
+SD15_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "latent_channels": 4, "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+}
+
+VIT_L14_CONFIG = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "image_size": 224, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+}
+
+
+def _save_once(path: Path, make) -> Path:
+    """Create `path` with make(tmp_path) unless it exists; atomic, so a killed run leaves no broken cache."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        make(tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def full_size_vae(folder: Path) -> Path:
+    """SD1.5's AutoencoderKL architecture, seeded random weights, diffusers keys, fp16 safetensors (~167 MB)."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    def make(tmp):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(21)
+            vae = AutoencoderKL(**SD15_VAE_CONFIG)
+        save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
+
+    return _save_once(folder / "sd15-vae-random.safetensors", make)
+
+
+def full_size_clip_vision(folder: Path) -> Path:
+    """OpenAI CLIP ViT-L/14 vision architecture, seeded random weights, fp16, as a file and a transformers folder."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    def make_model():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(22)
+            return CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_L14_CONFIG)).half().eval()
+
+    def make_folder(tmp):
+        make_model().save_pretrained(tmp)
+
+    folder_path = _save_once(folder / "clip-vit-l14-random", make_folder)
+
+    def make_file(tmp):
+        model = CLIPVisionModelWithProjection.from_pretrained(folder_path)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+    return _save_once(folder / "clip-vit-l14-random.safetensors", make_file)

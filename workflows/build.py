@@ -1,0 +1,235 @@
+"""Writes the example workflows: each as a ComfyUI UI file (workflows/*.json, listed by ComfyUI as this pack's
+templates) and its API-format twin (workflows/api/*.json, run by the tests).
+
+    python workflows/build.py
+
+Widget values follow ComfyUI's order (a seed widget is followed by its "control after generate" value, an upload
+combo by its upload button's value). The tests convert each UI file back to API format with the host's own node
+definitions and compare it with its twin, so an edit to one file that is not made to the other is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict  # widget name -> value, in the node's input order
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    outputs: list = field(default_factory=list)  # [(name, type)]
+    inputs: list = field(default_factory=list)  # [(name, type)] socket inputs, in order
+    title: str | None = None
+    col: int = 0
+    extra_widget_values: dict = field(default_factory=dict)  # widget name -> values that follow it in the UI
+
+
+class Graph:
+    def __init__(self, name: str) -> None:
+        self.name, self.nodes = name, {}
+
+    def add(self, node_id, node_type, col, inputs=(), outputs=(), widgets=None, links=None, title=None, after=None):
+        self.nodes[node_id] = Node(node_id, node_type, dict(widgets or {}), dict(links or {}), list(outputs),
+                                   list(inputs), title, col, dict(after or {}))
+        return node_id
+
+    def api(self) -> dict:
+        out = {}
+        for n in self.nodes.values():
+            inputs = dict(n.widgets)
+            for name, (src, slot) in n.links.items():
+                inputs[name] = [str(src), slot]
+            out[str(n.id)] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": n.title or n.type}}
+        return out
+
+    def ui(self) -> dict:
+        links, link_id = [], 0
+        ui_nodes = {}
+        rows: dict[int, float] = {}
+        for order, n in enumerate(self.nodes.values()):
+            y = rows.get(n.col, 0.0)
+            height = 60 + 26 * (len(n.inputs) + len(n.widgets))
+            rows[n.col] = y + height + 40
+            values = []
+            for name, value in n.widgets.items():
+                values.append(value)
+                values.extend(n.extra_widget_values.get(name, []))
+            ui_nodes[n.id] = {
+                "id": n.id, "type": n.type, "pos": [n.col * 380, y], "size": [340, height], "flags": {},
+                "order": order, "mode": 0,
+                "inputs": [{"name": name, "type": kind, "link": None} for name, kind in n.inputs],
+                "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i}
+                            for i, (name, kind) in enumerate(n.outputs)],
+                "properties": {"Node name for S&R": n.type},
+                "widgets_values": values,
+            }
+            if n.title:
+                ui_nodes[n.id]["title"] = n.title
+        for n in self.nodes.values():
+            for name, (src, slot) in n.links.items():
+                link_id += 1
+                kind = self.nodes[src].outputs[slot][1]
+                target = ui_nodes[n.id]
+                entry = next((i for i in target["inputs"] if i["name"] == name), None)
+                if entry is None:  # a widget driven by a link: it gets a socket that names its widget
+                    entry = {"name": name, "type": kind, "widget": {"name": name}, "link": None}
+                    target["inputs"].append(entry)
+                entry["link"] = link_id
+                ui_nodes[src]["outputs"][slot]["links"].append(link_id)
+                links.append([link_id, src, slot, n.id, target["inputs"].index(entry), kind])
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "magicprop/" + self.name)), "revision": 0,
+            "last_node_id": max(self.nodes), "last_link_id": link_id, "nodes": list(ui_nodes.values()),
+            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}},
+            "version": 0.4,
+        }
+
+
+def video_in(g: Graph, frames: int = 16, width: int = 512, height: int = 288) -> None:
+    """Nodes 1-5: the source video, its first frames at a size the model takes (multiples of 16), its depth."""
+    g.add(1, "LoadVideo", 0, outputs=[("VIDEO", "VIDEO")], widgets={"file": "video.mp4"},
+          after={"file": ["image"]})
+    g.add(2, "GetVideoComponents", 0, inputs=[("video", "VIDEO")], links={"video": (1, 0)},
+          outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")])
+    g.add(3, "ImageFromBatch", 1, inputs=[("image", "IMAGE")], links={"image": (2, 0)},
+          widgets={"batch_index": 0, "length": frames}, outputs=[("IMAGE", "IMAGE")], title="Frames to edit")
+    g.add(4, "ImageScale", 1, inputs=[("image", "IMAGE")], links={"image": (3, 0)},
+          widgets={"upscale_method": "area", "width": width, "height": height, "crop": "center"},
+          outputs=[("IMAGE", "IMAGE")], title="Size (multiples of 16)")
+    g.add(5, "DepthSequence", 1, inputs=[("frames", "IMAGE"), ("depth_images", "IMAGE")], links={"frames": (4, 0)},
+          widgets={"depth_model": "Depth-Anything-V2-Small-hf", "batch_size": 8}, outputs=[("depth", "IMAGE")])
+
+
+def reference_frame(g: Graph, ref: int) -> None:
+    """Nodes 6-7: frame `ref` and its depth (the ControlNet hint of the edit)."""
+    g.add(6, "ImageFromBatch", 2, inputs=[("image", "IMAGE")], links={"image": (4, 0)},
+          widgets={"batch_index": ref, "length": 1}, outputs=[("IMAGE", "IMAGE")],
+          title="Frame to edit (= reference_index)")
+    g.add(7, "ImageFromBatch", 2, inputs=[("image", "IMAGE")], links={"image": (5, 0)},
+          widgets={"batch_index": ref, "length": 1}, outputs=[("IMAGE", "IMAGE")], title="Its depth")
+
+
+def image_edit_models(g: Graph, prompt: str) -> None:
+    """Nodes 8-12: an SD1.5 checkpoint, the prompt, and a depth ControlNet on the frame's depth."""
+    g.add(8, "CheckpointLoaderSimple", 2, outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+          widgets={"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"})
+    g.add(9, "CLIPTextEncode", 3, inputs=[("clip", "CLIP")], links={"clip": (8, 1)}, widgets={"text": prompt},
+          outputs=[("CONDITIONING", "CONDITIONING")], title="Edit prompt")
+    g.add(10, "CLIPTextEncode", 3, inputs=[("clip", "CLIP")], links={"clip": (8, 1)},
+          widgets={"text": "blurry, low quality, deformed"}, outputs=[("CONDITIONING", "CONDITIONING")],
+          title="Negative prompt")
+    g.add(11, "ControlNetLoader", 3, outputs=[("CONTROL_NET", "CONTROL_NET")],
+          widgets={"control_net_name": "control_v11f1p_sd15_depth.safetensors"})
+    g.add(12, "ControlNetApplyAdvanced", 3,
+          inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("control_net", "CONTROL_NET"),
+                  ("image", "IMAGE"), ("vae", "VAE")],
+          links={"positive": (9, 0), "negative": (10, 0), "control_net": (11, 0), "image": (7, 0)},
+          widgets={"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+          outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")])
+
+
+def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | None = None) -> None:
+    """Nodes 16-22: PropDPM, the appearance of the edited frame, propagation, the video out."""
+    g.add(16, "PropDPMLoader", col, outputs=[("MODEL", "MODEL"), ("ADAPTER", "MAGICPROP_ADAPTER")],
+          widgets={"checkpoint": "propdpm.safetensors", "weight_dtype": "default"})
+    g.add(17, "CLIPVisionLoader", col, outputs=[("CLIP_VISION", "CLIP_VISION")],
+          widgets={"clip_name": "clip-vit-large-patch14.safetensors"})
+    g.add(18, "AppearanceAdapterEncode", col,
+          inputs=[("adapter", "MAGICPROP_ADAPTER"), ("clip_vision", "CLIP_VISION"), ("vae", "VAE"),
+                  ("reference", "IMAGE")],
+          links={"adapter": (16, 1), "clip_vision": (17, 0), "vae": (8, 2), "reference": reference},
+          outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")])
+    links = {"model": (16, 0), "positive": (18, 0), "negative": (18, 1), "vae": (8, 2), "depth": (5, 0),
+             "reference": reference}
+    widgets = {"reference_index": ref, "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+               "scheduler": "simple"}
+    inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+              ("depth", "IMAGE"), ("reference", "IMAGE"), ("reference_depth", "IMAGE"), ("mask", "MASK"),
+              ("source_frames", "IMAGE")]
+    if mask is not None:
+        links.update(mask=mask, source_frames=(4, 0))
+        widgets["pixel_composite"] = True
+    g.add(19, "AutoregressivePropagate", col + 1, inputs=inputs, links=links, widgets=widgets,
+          outputs=[("LATENT", "LATENT"), ("IMAGE", "IMAGE")], after={"seed": ["fixed"]})
+    g.add(20, "CreateVideo", col + 1, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
+          links={"images": (19, 1), "fps": (2, 2), "audio": (2, 1)}, widgets={"fps": 30.0},
+          outputs=[("VIDEO", "VIDEO")], title="Video (source fps and audio)")
+    g.add(21, "SaveVideo", col + 1, inputs=[("video", "VIDEO")], links={"video": (20, 0)},
+          widgets={"filename_prefix": f"magicprop/{g.name}", "format": "auto", "codec": "auto"})
+
+
+def restyle() -> Graph:
+    """Whole-video restyle: edit frame 0 with SD1.5 + depth ControlNet + prompt, propagate it to every frame."""
+    g = Graph("magicprop_restyle_video")
+    video_in(g)
+    reference_frame(g, 0)
+    image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
+    g.add(13, "VAEEncode", 4, inputs=[("pixels", "IMAGE"), ("vae", "VAE")], links={"pixels": (6, 0), "vae": (8, 2)},
+          outputs=[("LATENT", "LATENT")])
+    g.add(14, "KSampler", 4, inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                     ("latent_image", "LATENT")],
+          links={"model": (8, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (13, 0)},
+          widgets={"seed": 1, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                   "denoise": 0.8}, outputs=[("LATENT", "LATENT")], after={"seed": ["fixed"]}, title="Edit frame 0")
+    g.add(15, "VAEDecode", 4, inputs=[("samples", "LATENT"), ("vae", "VAE")], links={"samples": (14, 0), "vae": (8, 2)},
+          outputs=[("IMAGE", "IMAGE")], title="Edited reference")
+    g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (15, 0)})
+    propagation(g, (15, 0), 0, col=5)
+    return g
+
+
+def local_edit() -> Graph:
+    """Local edit: inpaint a masked region of frame 0, propagate it inside the mask, keep the source outside."""
+    g = Graph("magicprop_local_edit_mask")
+    video_in(g)
+    reference_frame(g, 0)
+    image_edit_models(g, "a bright red bicycle")
+    g.add(23, "SolidMask", 2, widgets={"value": 0.0, "width": 512, "height": 288}, outputs=[("MASK", "MASK")],
+          title="Mask: whole frame off")
+    g.add(24, "SolidMask", 2, widgets={"value": 1.0, "width": 192, "height": 160}, outputs=[("MASK", "MASK")],
+          title="Mask: region to edit")
+    g.add(25, "MaskComposite", 3, inputs=[("destination", "MASK"), ("source", "MASK")],
+          links={"destination": (23, 0), "source": (24, 0)},
+          widgets={"x": 160, "y": 96, "operation": "add"}, outputs=[("MASK", "MASK")],
+          title="Edit mask (or paint one in a Load Image mask editor)")
+    g.add(13, "VAEEncode", 4, inputs=[("pixels", "IMAGE"), ("vae", "VAE")], links={"pixels": (6, 0), "vae": (8, 2)},
+          outputs=[("LATENT", "LATENT")])
+    g.add(26, "SetLatentNoiseMask", 4, inputs=[("samples", "LATENT"), ("mask", "MASK")],
+          links={"samples": (13, 0), "mask": (25, 0)}, outputs=[("LATENT", "LATENT")])
+    g.add(14, "KSampler", 4, inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                     ("latent_image", "LATENT")],
+          links={"model": (8, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (26, 0)},
+          widgets={"seed": 1, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                   "denoise": 1.0}, outputs=[("LATENT", "LATENT")], after={"seed": ["fixed"]},
+          title="Inpaint frame 0")
+    g.add(15, "VAEDecode", 4, inputs=[("samples", "LATENT"), ("vae", "VAE")], links={"samples": (14, 0), "vae": (8, 2)},
+          outputs=[("IMAGE", "IMAGE")])
+    g.add(27, "ImageCompositeMasked", 4, inputs=[("destination", "IMAGE"), ("source", "IMAGE"), ("mask", "MASK")],
+          links={"destination": (6, 0), "source": (15, 0), "mask": (25, 0)},
+          widgets={"x": 0, "y": 0, "resize_source": False}, outputs=[("IMAGE", "IMAGE")],
+          title="Edited reference (source outside the mask)")
+    g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (27, 0)})
+    propagation(g, (27, 0), 0, col=5, mask=(25, 0))
+    return g
+
+
+WORKFLOWS = (restyle, local_edit)
+
+
+def main() -> None:
+    (HERE / "api").mkdir(exist_ok=True)
+    for make in WORKFLOWS:
+        g = make()
+        (HERE / f"{g.name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
+        (HERE / "api" / f"{g.name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
