@@ -21,6 +21,7 @@ from .clip import (
 from .conditioning import noise_augment, spatial_condition
 from .config import PropDPMConfig
 from .errors import MagicPropError
+from .fileio import model_folder
 from .propagate import FrameRequest, frame_noise
 from .schedule import guide, sample_scheduler
 
@@ -130,12 +131,7 @@ class StandaloneModels:
         ckpt = load_checkpoint(checkpoint)
         clip = load_clip_vision(clip_vision, device, dtype)
         check_clip_model(clip, ckpt.config.clip)
-        vae_dir = Path(vae)
-        if not (vae_dir / "config.json").is_file():
-            raise MagicPropError(
-                f"vae {str(vae_dir)!r}: expected a local diffusers AutoencoderKL folder (config.json + weights), "
-                "e.g. the vae/ folder of Stable Diffusion 1.5."
-            )
+        vae_dir = model_folder(vae, "vae", "a diffusers AutoencoderKL, e.g. the vae/ folder of Stable Diffusion 1.5")
         vae_model = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=dtype)
         mean, std = clip_norm_stats(clip_vision)
         return cls(

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import MagicPropError
+from .fileio import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,8 @@ def load_clip_vision(path: str | Path, device: torch.device | str = "cpu", dtype
     """Load a transformers CLIPVisionModelWithProjection from a local folder (never the hub)."""
     from transformers import CLIPVisionModelWithProjection
 
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise MagicPropError(
-            f"clip vision model {str(folder)!r}: expected a local folder with config.json and the weights of a "
-            "transformers CLIPVisionModelWithProjection (e.g. a saved openai/clip-vit-large-patch14)."
-        )
+    folder = model_folder(path, "clip vision model", "a transformers CLIPVisionModelWithProjection, e.g. a saved "
+                          "openai/clip-vit-large-patch14")
     model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, dtype=dtype)
     return model.to(device).eval().requires_grad_(False)
 

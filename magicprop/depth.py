@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .errors import MagicPropError
+from .fileio import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,8 @@ class DepthEstimator:
     ) -> "DepthEstimator":
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        folder = Path(path)
-        if not (folder / "config.json").is_file():
-            raise MagicPropError(
-                f"depth model {str(folder)!r}: expected a local folder with a transformers depth-estimation model "
-                "(config.json, weights, preprocessor_config.json), e.g. a saved Intel/dpt-hybrid-midas or "
-                "depth-anything/Depth-Anything-V2-Small-hf."
-            )
+        folder = model_folder(path, "depth model", "a transformers depth-estimation model with its "
+                              "preprocessor_config.json, e.g. a saved depth-anything/Depth-Anything-V2-Small-hf")
         model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         kind = output_kind or DEPTH_OUTPUT_KIND.get(model.config.model_type)

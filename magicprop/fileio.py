@@ -28,3 +28,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def model_folder(path: str | Path, what: str, expected: str) -> Path:
+    """A local model folder (with config.json), or MagicPropError naming the input and what it should hold."""
+    from .errors import MagicPropError
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise MagicPropError(f"{what} {str(folder)!r}: expected a local folder with config.json and weights: {expected}.")
+    return folder
