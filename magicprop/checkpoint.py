@@ -70,25 +70,30 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        first = f.read(1) if 0 < n <= size - 8 else b""
+    if first != b"{":  # not a safetensors header: say what it is instead
         if head[:2] == b"PK":
             raise CheckpointError(
                 f"{path.name} is a PyTorch zip/pickle file (.ckpt/.pt), not safetensors: PropDPM checkpoints are "
                 "safetensors only, because unpickling can run arbitrary code. Use a .safetensors PropDPM checkpoint "
                 "(the trainer and `python -m magicprop init` write them)."
             )
-        if head[:1] == b"\x80":
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             raise CheckpointError(
                 f"{path.name} is a Python pickle file, not safetensors: PropDPM checkpoints are safetensors only "
                 "(unpickling can run arbitrary code). Use a .safetensors PropDPM checkpoint."
             )
         if len(head) < 8:
             raise CheckpointError(f"{path.name} is {size} bytes long: too short for a safetensors file (empty or truncated).")
-        (n,) = struct.unpack("<Q", head)
         if n > size - 8:
             raise CheckpointError(
                 f"{path.name} is truncated or not a safetensors file: its header claims {n} bytes but the file has "
                 f"{size} bytes. Download or copy it again."
             )
+        raise CheckpointError(f"{path.name} is not a safetensors file (no JSON header).")
+    with open(path, "rb") as f:
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):

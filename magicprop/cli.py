@@ -70,12 +70,53 @@ def _add_propagate(sub) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train PropDPM (plain, or under `accelerate launch -m magicprop train`)")
+    p.add_argument("--config", type=Path, help="TOML training config (see configs/train/*.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=2000 (repeatable)")
+
+
+def _add_train_vae(sub) -> None:
+    p = sub.add_parser("train-vae", help="train a small 4-level AutoencoderKL on the synthetic domain")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (a diffusers AutoencoderKL)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="videos -> training shards (frames + aligned depth)")
+    p.add_argument("--videos", type=Path, required=True, help="folder of videos, or a text file listing them")
+    p.add_argument("--depth-model", type=Path, required=True, help="local transformers depth-estimation folder")
+    p.add_argument("--out", type=Path, required=True, help="shard folder (re-running resumes)")
+    p.add_argument("--frames", type=int, default=30, help="frames per clip at most")
+    p.add_argument("--stride", type=int, default=4, help="take every stride-th frame")
+    p.add_argument("--size", type=int, default=256, help="square frame side after the centre crop")
+    p.add_argument("--min-frames", type=int, default=8, help="shorter clips are skipped")
+    p.add_argument("--clips-per-shard", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="propagate edits through held-out synthetic clips with the shipped models")
+    p.add_argument("--out", type=Path, default=Path("magicprop-demo"), help="where the mp4, strip and metrics go")
+    p.add_argument("--clips", type=int, default=4, help="held-out clips to evaluate")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per frame")
+    p.add_argument("--models", type=Path, default=None, help="demo models folder (default: the shipped ones)")
+    p.add_argument("--train", action="store_true", help="retrain every demo model from scratch first (hours on CPU)")
+    p.add_argument("--train-steps", type=int, default=None, help="with --train: PropDPM steps (default: the recipe's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m magicprop", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_init(sub)
     _add_propagate(sub)
+    _add_train(sub)
+    _add_train_vae(sub)
+    _add_prepare(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -100,11 +141,39 @@ def _run(args: argparse.Namespace) -> None:
         )
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)
+    elif args.command == "train":
+        from .train.config import load_config
+        from .train.loop import train
+
+        path = train(load_config(args.config, args.set), progress=not args.quiet)
+        log.info("wrote %s", path)
+    elif args.command == "prepare":
+        from .prepare import PrepareConfig, prepare
+
+        cfg = PrepareConfig(frames=args.frames, stride=args.stride, size=args.size, min_frames=args.min_frames,
+                            clips_per_shard=args.clips_per_shard)
+        prepare(args.videos, args.depth_model, args.out, cfg, pick_device(args.device), progress=not args.quiet)
+    elif args.command == "demo":
+        from .demo import MODELS_DIR, run_demo, table, train_demo_models
+
+        models = args.models or (args.out / "models" if args.train else MODELS_DIR)
+        if args.train:
+            train_demo_models(models, args.out / "work", args.train_steps, progress=not args.quiet)
+        metrics = run_demo(args.out, models, args.clips, args.steps, progress=not args.quiet)
+        log.info("%s", table(metrics))
+        for name in ("demo.mp4", "strip.png", "metrics.json"):
+            log.info("wrote %s", (args.out / name).resolve())
+    elif args.command == "train-vae":
+        from .train.vae import VAETrainConfig, train_vae
+
+        train_vae(VAETrainConfig(output=str(args.out), steps=args.steps, seed=args.seed), progress=not args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    for noisy in ("accelerate", "diffusers", "transformers"):  # their INFO lines are not this tool's output
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         _run(args)
     except MagicPropError as e:

@@ -120,3 +120,23 @@ def test_newer_format_version_is_refused(tmp_path, models):
     text["format_version"] = 99
     with pytest.raises(CheckpointError, match="Update MagicProp"):
         PropDPMConfig.from_json(json.dumps(text))
+
+
+def test_header_length_that_looks_like_a_pickle_opcode_loads(tmp_path, models):
+    """A safetensors header of 0x80 + 256k bytes starts with the byte pickles start with; it is still safetensors."""
+    import struct
+
+    unet, adapter = models
+    path = save_checkpoint(tmp_path / "p.safetensors", _config(unet, adapter), unet, adapter)
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header)
+    filler = (0x80 - (len(text) + len(', "padding": ""')) % 256) % 256
+    header["__metadata__"]["padding"] = " " * filler
+    text = json.dumps(header)
+    assert len(text) % 256 == 0x80
+    (tmp_path / "q.safetensors").write_bytes(struct.pack("<Q", len(text)) + text.encode() + data[8 + n :])
+    assert (tmp_path / "q.safetensors").read_bytes()[0] == 0x80
+    ckpt = load_checkpoint(tmp_path / "q.safetensors")
+    assert torch.equal(ckpt.unet_state["conv_in.weight"], unet.state_dict()["conv_in.weight"])

@@ -1,0 +1,1 @@
+"""Training PropDPM: data sources, deterministic triplet sampling, the accelerate training loop, export."""

@@ -1,0 +1,89 @@
+"""The frozen encoders of training: the VAE (latents) and CLIP vision (reference tokens), with a per-clip cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..clip import clip_norm_stats, clip_spec_of, clip_tokens, load_clip_vision
+from ..depth import depth_to_latent_grid
+from ..fileio import model_folder
+from .data import ClipData
+
+
+@dataclass
+class EncodedClip:
+    latents: torch.Tensor  # (T, 4, h, w) unscaled VAE latents (posterior mean)
+    tokens: torch.Tensor  # (T, 1+N, C) projected CLIP tokens of every frame (any frame can be the reference)
+    depth: torch.Tensor  # (T, 1, h, w) depth at the latent grid
+
+
+class FrozenEncoders:
+    def __init__(self, vae: str | Path, clip_vision: str | Path, device: torch.device, clip_name: str | None = None):
+        from diffusers import AutoencoderKL
+
+        self.vae = AutoencoderKL.from_pretrained(model_folder(vae, "model.vae", "a diffusers AutoencoderKL"),
+                                                 local_files_only=True).to(device).eval().requires_grad_(False)
+        self.clip = load_clip_vision(clip_vision, device)
+        self.mean, self.std = clip_norm_stats(clip_vision)
+        self.clip_spec = clip_spec_of(self.clip, clip_name) if clip_name else clip_spec_of(self.clip)
+        self.device = device
+        self.latent_scale = float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode(self, clip: ClipData, chunk: int = 16) -> EncodedClip:
+        frames = clip.frames.float() / 255.0  # (T, H, W, 3)
+        latents, tokens = [], []
+        for i in range(0, frames.shape[0], chunk):
+            x = frames[i : i + chunk].to(self.device)
+            latents.append(self.vae.encode(x.movedim(-1, 1) * 2 - 1).latent_dist.mode().float().cpu())
+            tokens.append(clip_tokens(self.clip, x, self.mean, self.std).float().cpu())
+        latents = torch.cat(latents)
+        depth = depth_to_latent_grid(clip.depth[:, None].float(), tuple(latents.shape[-2:]))
+        return EncodedClip(latents, torch.cat(tokens), depth)
+
+
+class ClipCache:
+    """Encoded clips by index: encoded once and kept (cache=True), or encoded each time they are drawn.
+
+    With `disk` set, the whole source is encoded up front into one safetensors file (atomically), which later runs
+    with the same data and encoders load instead of encoding again.
+    """
+
+    def __init__(self, source, encoders: FrozenEncoders, cache: bool = True, disk: str | Path | None = None,
+                 progress: bool = False) -> None:
+        self.source, self.encoders, self.cache = source, encoders, cache
+        self.store: dict[int, EncodedClip] = {}
+        if disk is not None:
+            self._load_or_build(Path(disk), progress)
+
+    def _load_or_build(self, path: Path, progress: bool) -> None:
+        from safetensors.torch import load_file, save_file
+        from tqdm.auto import tqdm
+
+        from ..fileio import atomic_path
+
+        if path.is_file():
+            t = load_file(str(path))
+            for i in range(len(self.source)):
+                self.store[i] = EncodedClip(t[f"{i}.latents"].float(), t[f"{i}.tokens"].float(), t[f"{i}.depth"].float())
+            return
+        tensors = {}
+        for i in tqdm(range(len(self.source)), desc="encode clips", unit="clip", disable=not progress):
+            e = self.encoders.encode(self.source.clip(i))
+            tensors.update({f"{i}.latents": e.latents.half(), f"{i}.tokens": e.tokens.half(), f"{i}.depth": e.depth.half()})
+            self.store[i] = EncodedClip(e.latents.half().float(), e.tokens.half().float(), e.depth.half().float())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+
+    def get(self, index: int) -> EncodedClip:
+        hit = self.store.get(index)
+        if hit is not None:
+            return hit
+        encoded = self.encoders.encode(self.source.clip(index))  # not cached on disk: encoded as drawn
+        if self.cache:
+            self.store[index] = encoded
+        return encoded

@@ -1,0 +1,292 @@
+"""The PropDPM training loop (MagicProp section 3.3.3) on accelerate: one device, DDP, or FSDP/DeepSpeed through
+accelerate's own configuration.
+
+Per sample: a (reference, previous, target) triplet of one clip; the target latent is noised on the
+zero-terminal-SNR schedule and the UNet, given the previous latent and both depths (concatenated) and the
+reference's appearance tokens (cross-attention), predicts v; the loss is the MSE on v. The appearance tokens are
+replaced by zeros with probability `appearance_dropout` (guidance), and the previous latent can be noise-augmented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..adapter import AppearanceAdapter
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..conditioning import noise_augment, spatial_condition
+from ..config import DepthSpec, GapDistribution, PropDPMConfig
+from ..errors import MagicPropError
+from ..fileio import atomic_path
+from ..init_model import initial_models
+from ..schedule import ScheduleConfig, train_scheduler
+from .config import RunConfig
+from .data import make_source, sample_spec
+from .encoders import ClipCache, FrozenEncoders
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+EXPORT_NAME = "propdpm.safetensors"
+
+
+class PropDPMTrainable(torch.nn.Module):
+    """UNet + adapter as one module (one DDP wrapper), computing the v-prediction loss of a batch."""
+
+    def __init__(self, unet, adapter: AppearanceAdapter) -> None:
+        super().__init__()
+        self.unet, self.adapter = unet, adapter
+
+    def forward(self, unet_input, timesteps, tokens, ref_scaled, keep, target_v):
+        context = self.adapter(tokens, ref_scaled) * keep[:, None, None]  # dropped samples see the null (zeros)
+        pred = self.unet(unet_input, timesteps, encoder_hidden_states=context).sample
+        return F.mse_loss(pred.float(), target_v.float())
+
+
+@dataclass
+class TrainState:
+    """What the loop itself must restore on resume (the data position is the step: sampling is deterministic)."""
+
+    step: int = 0
+    samples: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+
+
+def _init_models(cfg: RunConfig):
+    m = cfg.model
+    if m.init_checkpoint:
+        ckpt = load_checkpoint(m.init_checkpoint)
+        return ckpt.build_unet(), ckpt.build_adapter()
+    unet_config = m.unet_config
+    if isinstance(unet_config, str):
+        unet_config = json.loads(Path(unet_config).read_text())
+    return initial_models(m.unet, unet_config, m.seed)
+
+
+def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, source_desc: dict,
+                   step: int) -> PropDPMConfig:
+    """The checkpoint metadata of a training run (DESIGN.md's fields, all from the run itself)."""
+    d, t = cfg.data, cfg.train
+    return PropDPMConfig(
+        unet_config={k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
+        adapter=adapter.config,
+        schedule=ScheduleConfig(),
+        latent_scale=encoders.latent_scale,
+        clip=encoders.clip_spec,
+        appearance_dropout=t.appearance_dropout,
+        gap=GapDistribution(tuple(d.gaps), tuple(d.gap_weights), d.backward),
+        prev_noise_augmentation=t.prev_noise_augmentation,
+        previous_frame=t.previous_frame,
+        resolution=int(source_desc.get("size", 0)) or 256,
+        depth=DepthSpec(model="synthetic (exact)" if d.source == "synthetic" else d.depth_model),
+        vae={"scaling_factor": encoders.latent_scale, "config": {k: v for k, v in dict(encoders.vae.config).items()
+                                                                 if not k.startswith("_")}},
+        training={"steps": step, "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed,
+                  "ema_decay": t.ema_decay, "data": source_desc},
+    )
+
+
+class Batcher:
+    """Assembles the tensors of a list of SampleSpecs from encoded clips."""
+
+    def __init__(self, cache: ClipCache, scheduler, cfg: RunConfig, latent_scale: float, device) -> None:
+        self.cache, self.scheduler, self.cfg, self.scale, self.device = cache, scheduler, cfg, latent_scale, device
+
+    def __call__(self, specs) -> dict[str, torch.Tensor]:
+        t_cfg = self.cfg.train
+        rows = {k: [] for k in ("input", "t", "tokens", "ref", "keep", "v")}
+        for s in specs:
+            clip = self.cache.get(s.clip)
+            target = clip.latents[s.target : s.target + 1] * self.scale
+            prev = clip.latents[s.prev : s.prev + 1] * self.scale
+            g = torch.Generator().manual_seed(s.noise_seed)
+            noise = torch.randn(target.shape, generator=g)
+            if not t_cfg.previous_frame:
+                prev = torch.zeros_like(prev)
+            prev = noise_augment(prev, t_cfg.prev_noise_augmentation, g)
+            t = torch.tensor([s.timestep])
+            noisy = self.scheduler.add_noise(target, noise, t)
+            cond = spatial_condition(prev, clip.depth[s.target : s.target + 1], clip.depth[s.prev : s.prev + 1])
+            rows["input"].append(torch.cat([noisy, cond], 1))
+            rows["t"].append(t)
+            rows["tokens"].append(clip.tokens[s.ref : s.ref + 1])
+            rows["ref"].append(clip.latents[s.ref : s.ref + 1] * self.scale)
+            rows["keep"].append(torch.tensor([0.0 if s.drop_appearance else 1.0]))
+            rows["v"].append(self.scheduler.get_velocity(target, noise, t))
+        return {k: torch.cat(v).to(self.device) for k, v in rows.items()}
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    root = out / CHECKPOINTS
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if root.is_dir() else []
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / CHECKPOINTS / LATEST
+    if pointer.is_file():
+        path = out / CHECKPOINTS / pointer.read_text().strip()
+        if path.is_dir():
+            return path
+    dirs = _checkpoint_dirs(out)
+    return dirs[-1] if dirs else None
+
+
+def save_training_state(acc, out: Path, state: TrainState, keep: int) -> Path:
+    """accelerate's full state (model, optimizer, LR schedule, RNG, loop state), written to a temporary folder
+    and renamed into place; the `latest` pointer moves only after the rename, so a crash at any point leaves
+    the previous checkpoint loadable."""
+    root = out / CHECKPOINTS
+    final = root / f"step-{state.step:08d}"
+    tmp = root / f"step-{state.step:08d}.tmp"
+    if acc.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with atomic_path(root / LATEST) as p:
+            p.write_text(final.name)
+        for old in _checkpoint_dirs(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Run (or resume) training; returns the exported PropDPM checkpoint. `stop_after` ends the run early at that
+    step (as an interruption would), after its checkpoint."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    t_cfg = cfg.train
+    # without an accelerator, several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`) run as
+    # accelerate's MULTI_CPU over gloo
+    acc = Accelerator(mixed_precision=t_cfg.mixed_precision, cpu=not torch.accelerator.is_available())
+    world, rank = acc.num_processes, acc.process_index
+    if t_cfg.batch_size % world:
+        raise MagicPropError(f"train.batch_size={t_cfg.batch_size} is not divisible by {world} processes.")
+    local = t_cfg.batch_size // world
+    out = Path(t_cfg.output_dir)
+
+    source = make_source(cfg.data)
+    encoders = FrozenEncoders(cfg.model.vae, cfg.model.clip_vision, acc.device, cfg.model.clip_name)
+    unet, adapter = _init_models(cfg)
+    if t_cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    module = PropDPMTrainable(unet, adapter).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay)
+    lr_schedule = get_scheduler(t_cfg.lr_schedule, optimizer, num_warmup_steps=t_cfg.warmup_steps * world,
+                                num_training_steps=t_cfg.steps * world)
+    module, optimizer, lr_schedule = acc.prepare(module, optimizer, lr_schedule)
+    state = TrainState()
+    acc.register_for_checkpointing(state)
+    ema = None
+    if t_cfg.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(acc.unwrap_model(module).parameters(), decay=t_cfg.ema_decay)
+        acc.register_for_checkpointing(ema)
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        acc.load_state(str(resume))
+        if ema is not None:
+            ema.to(acc.device)
+        log.info("resumed from %s (step %d)", resume, state.step)
+
+    scheduler = train_scheduler(ScheduleConfig())
+    with acc.main_process_first():  # one process encodes a disk cache, the others load it
+        cache = ClipCache(source, encoders, cfg.data.cache_latents, cfg.data.latent_cache,
+                          progress and acc.is_main_process)
+    batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device)
+    log_path = out / "log.jsonl"
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    end = t_cfg.steps if stop_after is None else min(t_cfg.steps, stop_after)
+    bar = tqdm(total=t_cfg.steps, initial=state.step, disable=not (progress and acc.is_main_process),
+               desc="train", unit="step")
+    t_last, samples_last = time.perf_counter(), state.samples
+    while state.step < end:
+        first = state.step * t_cfg.batch_size + rank * local
+        specs = [sample_spec(t_cfg.seed, first + j, source, cfg.data.gaps, cfg.data.gap_weights,
+                             cfg.data.backward, scheduler.config.num_train_timesteps, t_cfg.appearance_dropout)
+                 for j in range(local)]
+        b = batcher(specs)
+        loss = module(b["input"], b["t"], b["tokens"], b["ref"], b["keep"], b["v"])
+        acc.backward(loss)
+        if t_cfg.grad_clip:
+            acc.clip_grad_norm_(module.parameters(), t_cfg.grad_clip)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(acc.unwrap_model(module).parameters())
+        state.step += 1
+        state.samples += t_cfg.batch_size
+        mean_loss = acc.reduce(loss.detach(), "mean").item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if acc.is_main_process and (state.step % t_cfg.log_every == 0 or state.step == end):
+            now = time.perf_counter()
+            rate = (state.samples - samples_last) / max(now - t_last, 1e-9)
+            t_last, samples_last = now, state.samples
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": state.step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
+                                    "samples_per_s": rate}) + "\n")
+        if state.step % t_cfg.checkpoint_every == 0 or state.step == end:
+            save_training_state(acc, out, state, t_cfg.keep_checkpoints)
+        if acc.is_main_process and t_cfg.validate_every and (state.step % t_cfg.validate_every == 0
+                                                             or state.step == t_cfg.steps):
+            from .validate import validate
+
+            with eval_weights(acc, module, ema) as (unet_e, adapter_e):
+                meta = propdpm_config(cfg, unet_e, adapter_e, encoders, source.describe(), state.step)
+                validate(cfg, (unet_e, adapter_e), encoders, source, out, state.step, meta)
+    bar.close()
+    path = out / EXPORT_NAME
+    if acc.is_main_process:
+        with eval_weights(acc, module, ema) as (unet_e, adapter_e):
+            meta = propdpm_config(cfg, unet_e, adapter_e, encoders, source.describe(), state.step)
+            save_checkpoint(path, meta, unet_e, adapter_e)
+        log.info("exported %s (step %d)", path, state.step)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return path
+
+
+@contextlib.contextmanager
+def eval_weights(acc, module, ema):
+    """(unet, adapter) of the live model in eval mode, with the EMA weights swapped in while inside."""
+    model = acc.unwrap_model(module)
+    params = list(model.parameters())
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    model.eval()
+    try:
+        yield model.unet, model.adapter
+    finally:
+        model.train()
+        if ema is not None:
+            ema.restore(params)

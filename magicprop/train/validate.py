@@ -1,0 +1,48 @@
+"""Periodic validation: propagate a held-out clip with the current weights and save a frame strip."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..backend import StandaloneModels
+from ..evaluate import propagate_frames, psnr, strip
+from ..frames import save_image
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_OFFSET = 1_000_000
+"""Validation clips use synthetic seeds far beyond any training range."""
+
+
+def validation_clip(cfg, source, frames: int = 12):
+    """(source frames, depth, edited reference, ground truth or None) of the held-out clip."""
+    if cfg.data.source == "synthetic":
+        from ..synthetic import SceneConfig, make_clip
+
+        scene = SceneConfig(size=cfg.data.synthetic_size, frames=frames)
+        pair = make_clip(cfg.data.synthetic_seed + HELD_OUT_OFFSET, scene)
+        return pair.source.frames, pair.source.depth, pair.edit.frames[:1], pair.edit.frames
+    clip = source.clip(len(source) - 1)
+    f = clip.frames[:frames].float() / 255
+    return f, clip.depth[:frames], f[:1], f
+
+
+@torch.no_grad()
+def validate(cfg, models: tuple, encoders, source, out: Path, step: int, config=None) -> float:
+    """Propagate the held-out clip from frame 0; write validation/step-N.png; return the mean PSNR."""
+    unet, adapter = models
+    frames, depth, reference, truth = validation_clip(cfg, source)
+    standalone = StandaloneModels(config, unet, adapter, encoders.vae, encoders.clip, encoders.mean, encoders.std)
+    result = propagate_frames(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0)
+    score = float(psnr(result[1:], truth[1:]).mean())
+    picks = sorted({0, 1, 2, len(frames) // 2, len(frames) - 1})
+    image = strip([frames, truth, result], picks)
+    save_image(out / "validation" / f"step-{step:08d}.png", image)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "val_psnr": score}) + "\n")
+    log.info("step %d: validation PSNR %.2f dB", step, score)
+    return score
