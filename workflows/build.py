@@ -55,8 +55,9 @@ class Graph:
         rows: dict[int, float] = {}
         for order, n in enumerate(self.nodes.values()):
             y = rows.get(n.col, 0.0)
-            height = 60 + 26 * (len(n.inputs) + len(n.widgets))
-            rows[n.col] = y + height + 40
+            height = 46 + 24 * (max(len(n.inputs), len(n.outputs)) + len(n.widgets))
+            height += 90 if n.type == "AutoregressivePropagate" else 0  # its filmstrip
+            rows[n.col] = y + height + 60
             values = []
             for name, value in n.widgets.items():
                 values.append(value)
