@@ -46,9 +46,13 @@ def _add_propagate(sub) -> None:
     p = sub.add_parser("propagate", help="propagate an edited frame through a video")
     p.add_argument("--checkpoint", type=Path, required=True, help="PropDPM .safetensors")
     p.add_argument("--video", type=Path, required=True, help="source video")
-    p.add_argument("--reference", type=Path, required=True, help="the edited frame (image, video size)")
-    p.add_argument("--reference-index", type=int, required=True,
-                   help="index of the edited frame among the selected frames (after --stride)")
+    p.add_argument("--reference", type=Path, nargs="+", required=True,
+                   help="the edited frame (image, video size); several for keyframes")
+    p.add_argument("--reference-index", type=int, nargs="+", required=True,
+                   help="index of each edited frame among the selected frames (after --stride)")
+    p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
+    p.add_argument("--anchor-strength", type=float, default=0.0,
+                   help="drift control: pull each frame's latent statistics towards the reference's (0 = off)")
     p.add_argument("--out", type=Path, required=True, help="the mp4 to write")
     p.add_argument("--vae", type=Path, required=True, help="local diffusers AutoencoderKL folder")
     p.add_argument("--clip-vision", type=Path, required=True, help="local CLIPVisionModelWithProjection folder")
@@ -138,6 +142,7 @@ def _run(args: argparse.Namespace) -> None:
             max_frames=args.frames, stride=args.stride, width=args.width, steps=args.steps, cfg=args.cfg,
             guidance_rescale=args.guidance_rescale, seed=args.seed, audio=not args.no_audio, crf=args.crf,
             pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
+            keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength,
         )
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)

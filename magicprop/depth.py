@@ -17,6 +17,7 @@ Anything produce. Non-finite pixels are ignored by the fit and filled afterwards
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -43,29 +44,120 @@ def fit_scale_shift(
 
     Started from the median / inter-quartile match, refined by iteratively reweighted least squares with Tukey's
     biweight on residuals scaled by their median absolute deviation. A degenerate x (no spread) gives s = 0 and
-    t = median(y): a constant frame is placed at its neighbour's typical depth.
+    t = median(y): a constant frame is placed at its neighbour's typical depth. The fit runs in units of each
+    side's own magnitude, so it behaves the same for any model's output range.
     """
-    sx, sy = _spread(x), _spread(y)
-    if sx <= _EPS * (1 + sy):
+    ax, ay = x.abs().max(), y.abs().max()
+    if ay == 0:
+        return x.new_zeros(()), y.new_zeros(())
+    if ax == 0 or not informative(x):
         return x.new_zeros(()), y.median()
+    x, y = x / ax, y / ay
+    sx, sy = _spread(x), _spread(y)
     s = sy / sx
     t = y.median() - s * x.median()
     for _ in range(iterations):
         r = s * x + t - y
-        sigma = 1.4826 * (r - r.median()).abs().median()
-        sigma = torch.clamp(sigma, min=_EPS * (1 + sy))
+        sigma = torch.clamp(1.4826 * (r - r.median()).abs().median(), min=_EPS)
         u = r / (TUKEY_C * sigma)
         w = torch.where(u.abs() < 1, (1 - u * u) ** 2, torch.zeros_like(u))
         sw = w.sum()
         if sw <= 0:
             break
         mx, my = (w * x).sum() / sw, (w * y).sum() / sw
-        var = (w * (x - mx) ** 2).sum()
-        if var <= _EPS:
+        var = (w * (x - mx) ** 2).sum() / sw
+        if var <= _EPS * _EPS:
             break
-        s = (w * (x - mx) * (y - my)).sum() / var
+        s = (w * (x - mx) * (y - my)).sum() / sw / var
         t = my - s * mx
-    return s, t
+    return s * ay / ax, t * ay
+
+
+def informative(x: torch.Tensor) -> bool:
+    """Whether finite samples x vary enough (relative to their magnitude) to be fitted."""
+    if x.numel() < 16:
+        return False
+    scale = x.abs().max()
+    return bool(scale > 0 and _spread(x) > 1e-6 * scale)
+
+
+class ClipDepthAligner:
+    """Streaming clip depth alignment: push frames in clip order, then finish().
+
+    Each frame is fitted (robust scale and shift) to the latest informative aligned frame before it; frames before
+    the first informative one wait and are fitted backward to it. Only the previous aligned frame is kept at full
+    resolution; each aligned frame is passed to `reduce` (e.g. a resize to the latent grid) and stored reduced.
+    The one normalisation of the clip (its min and max over all aligned pixels) is affine, so it is applied to the
+    reduced maps at the end with the same result as before reducing (for any linear `reduce`).
+    """
+
+    def __init__(self, max_samples: int = 65536, iterations: int = 10, reduce=None) -> None:
+        self.max_samples, self.iterations = max_samples, iterations
+        self.reduce = reduce or (lambda m: m)
+        self.ref: tuple[torch.Tensor, torch.Tensor] | None = None  # (aligned map, finite mask)
+        self.waiting: list[tuple[int, torch.Tensor]] = []  # frames seen before the first informative one
+        self.out: dict[int, torch.Tensor] = {}
+        self.lo, self.hi = math.inf, -math.inf
+        self.count = 0
+
+    def _grid(self, d: torch.Tensor, ok: torch.Tensor):
+        h, w = d.shape
+        stride = max(1, int((h * w / self.max_samples) ** 0.5))
+        return d[::stride, ::stride], ok[::stride, ::stride]
+
+    def _place(self, index: int, d: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """Fit frame `index` to the reference frame, record it, and return its aligned map."""
+        if self.ref is not None:
+            rd, rok = self._grid(*self.ref)
+            x, xok = self._grid(d, ok)
+            both = xok & rok
+            if both.sum() >= 16:
+                s, t = fit_scale_shift(x[both], rd[both], self.iterations)
+                d = s * d + t
+        if ok.any():
+            values = d[ok]
+            self.lo, self.hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
+            d = torch.where(ok, d, values.median())  # non-finite pixels take the frame's median
+        self.out[index] = self.reduce(d[None, None])[0, 0]
+        return d
+
+    def push(self, depth: torch.Tensor) -> None:
+        """Add the next frame's relative inverse depth (H, W)."""
+        d = depth.detach().to(torch.float32)
+        ok = torch.isfinite(d)
+        d = torch.where(ok, d, torch.zeros_like(d))
+        index, self.count = self.count, self.count + 1
+        if self.ref is None:
+            x, xok = self._grid(d, ok)
+            if not informative(x[xok]):
+                self.waiting.append((index, depth))
+                return
+            self.ref = (self._place(index, d, ok), ok)  # the anchor keeps its own scale
+            first = self.ref
+            for j, waiting in reversed(self.waiting):  # backward from the anchor
+                wd = waiting.detach().to(torch.float32)
+                wok = torch.isfinite(wd)
+                self._place(j, torch.where(wok, wd, torch.zeros_like(wd)), wok)
+            self.ref, self.waiting = first, []
+            return
+        aligned = self._place(index, d, ok)
+        x, xok = self._grid(d, ok)
+        if informative(x[xok]):
+            self.ref = (aligned, ok)
+
+    def finish(self) -> torch.Tensor:
+        """(K, 1, h, w) aligned depth in [0, 1], near = 1 (0.5 everywhere for a clip without depth variation)."""
+        if self.count == 0:
+            raise MagicPropError("depth: no frames were given; expected a non-empty clip of depth maps.")
+        for j, waiting in self.waiting:  # no informative frame at all: keep each frame as it is
+            wd = waiting.detach().to(torch.float32)
+            wok = torch.isfinite(wd)
+            self._place(j, torch.where(wok, wd, torch.zeros_like(wd)), wok)
+        self.waiting = []
+        maps = torch.stack([self.out[i] for i in range(self.count)])[:, None]
+        if not math.isfinite(self.lo) or self.hi - self.lo <= _EPS * max(abs(self.hi), abs(self.lo), 1e-30):
+            return torch.full_like(maps, 0.5)
+        return ((maps - self.lo) / (self.hi - self.lo)).clamp(0, 1)
 
 
 def align_clip_depth(
@@ -74,7 +166,7 @@ def align_clip_depth(
     """(K, H, W) or (K, 1, H, W) relative inverse depth -> (K, 1, H, W) clip-consistent depth in [0, 1], near = 1.
 
     The first frame with depth variation anchors the chain; every other frame is fitted to its aligned neighbour
-    towards the anchor, on a fixed grid of at most `max_samples` pixels where both are finite.
+    towards the anchor, on a fixed grid of at most `max_samples` pixels where both are finite (ClipDepthAligner).
     """
     if depth.ndim == 4:
         if depth.shape[1] != 1:
@@ -84,40 +176,10 @@ def align_clip_depth(
         raise MagicPropError(
             f"depth has shape {tuple(depth.shape)}: expected a non-empty clip of depth maps (K, H, W)."
         )
-    d = depth.detach().to(torch.float32)
-    k_frames, h, w = d.shape
-    finite = torch.isfinite(d)
-    d = torch.where(finite, d, torch.zeros_like(d))
-    # work in units of the clip's own magnitude, so the degeneracy thresholds mean the same for any model's range
-    magnitude = d[finite].abs().max() if finite.any() else d.new_zeros(())
-    if magnitude > 0:
-        d = d / magnitude
-    stride = max(1, int((h * w / max_samples) ** 0.5))
-    grid_d, grid_ok = d[:, ::stride, ::stride], finite[:, ::stride, ::stride]
-    informative = [bool(grid_ok[k].sum() >= 16) and bool(_spread(grid_d[k][grid_ok[k]]) > _EPS) for k in range(k_frames)]
-    anchor = informative.index(True) if any(informative) else 0
-    aligned = d.clone()
-    # chain outwards from the anchor; a frame is fitted to the latest informative aligned frame before it, so a
-    # constant or empty frame (a fade, a dropped frame) never becomes the reference of the frames after it
-    for order in (range(anchor + 1, k_frames), range(anchor - 1, -1, -1)):
-        ref = anchor
-        for k in order:
-            ok = grid_ok[k] & grid_ok[ref]
-            if ok.sum() >= 16:
-                s, t = fit_scale_shift(grid_d[k][ok], aligned[ref, ::stride, ::stride][ok], iterations)
-                aligned[k] = s * d[k] + t
-            if informative[k]:
-                ref = k
-    if not finite.any():
-        return torch.full((k_frames, 1, h, w), 0.5)
-    lo, hi = aligned[finite].min(), aligned[finite].max()
-    out = (aligned - lo) / (hi - lo) if hi - lo > _EPS else torch.full_like(aligned, 0.5)
-    out = out.clamp(0, 1)
-    # pixels that were not finite take their frame's median aligned depth
-    for k in torch.nonzero(~finite.flatten(1).all(1)).flatten().tolist():
-        fill = out[k][finite[k]].median() if finite[k].any() else out.new_tensor(0.5)
-        out[k] = torch.where(finite[k], out[k], fill)
-    return out.unsqueeze(1)
+    aligner = ClipDepthAligner(max_samples, iterations)
+    for frame in depth:
+        aligner.push(frame)
+    return aligner.finish()
 
 
 def align_to(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,117 @@ def iter_chain(
         prev_latent, prev_depth = latent, d
 
 
+@dataclass(frozen=True)
+class Keyframe:
+    """An edited reference at an absolute index, with the denoiser that carries its appearance."""
+
+    index: int
+    latent: torch.Tensor
+    """(1, C, h, w) unscaled VAE latent of the edited frame."""
+    denoiser: FrameDenoiser
+    depth: torch.Tensor | None = None
+    """(1, 1, h, w) depth of the edited frame when the edit changed shapes (default: the clip's depth there)."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    key: int
+    """Position of the keyframe it starts from (in the sorted keyframe list)."""
+    indices: list[int]
+    """Absolute frame indices, starting at the keyframe."""
+
+
+def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> tuple[list[Chain], dict[int, tuple]]:
+    """The chains of a run with keyframes at `indices` (sorted, distinct) and the blend of every shared frame.
+
+    Before the first keyframe a chain runs backward to frame 0; after the last one forward to K-1. Between two
+    keyframes a < b each runs towards the other up to a `window` of frames around the midpoint, which both chains
+    generate; there the result moves linearly from a's chain to b's (no seam). Returns (chains, blends) where
+    blends[k] = (key_a, key_b, weight of b).
+    """
+    if not indices:
+        raise MagicPropError("keyframes: expected at least one edited reference.")
+    if list(indices) != sorted(set(indices)):
+        raise MagicPropError(f"keyframe indices {list(indices)}: expected distinct indices in increasing order.")
+    for i in indices:
+        chain_order(i, num_frames)  # range check with its message
+    if window < 0:
+        raise MagicPropError(f"window={window}: expected 0 or more frames.")
+    chains: list[Chain] = []
+    blends: dict[int, tuple] = {}
+    first, last = indices[0], indices[-1]
+    if first > 0:
+        chains.append(Chain(0, list(range(first, -1, -1))))
+    for n, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
+        gap = b - a - 1
+        w = min(window, gap)
+        lo = a + 1 + (gap - w) // 2  # first frame of the shared window
+        hi = lo + w - 1
+        a_end = hi if w else a + (gap + 1) // 2  # a's chain covers a+1 .. a_end, b's covers b-1 .. b_start
+        b_start = lo if w else a_end + 1
+        if a_end > a:
+            chains.append(Chain(n, list(range(a, a_end + 1))))
+        if b_start < b:
+            chains.append(Chain(n + 1, list(range(b, b_start - 1, -1))))
+        for k in range(lo, hi + 1):
+            blends[k] = (n, n + 1, (k - lo + 1) / (w + 1))
+    if last < num_frames - 1:
+        chains.append(Chain(len(indices) - 1, list(range(last, num_frames))))
+    return chains, blends
+
+
+def propagate_keyframes(
+    keyframes: Sequence[Keyframe],
+    depth: torch.Tensor,
+    seed: int,
+    window: int = 8,
+    callback: FrameCallback | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Propagate several edited keyframes through the clip: (K, C, h, w) latents, keyframes in their places.
+
+    Every frame comes from its nearest keyframe's chain; where two chains meet they are blended over `window`
+    frames (keyframe_plan). Frame k's noise depends on (seed, k) only, so both chains start frame k from the same
+    noise. The callback sees each frame once, when its final latent is known.
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
+    keyframes = sorted(keyframes, key=lambda kf: kf.index)
+    for kf in keyframes:
+        if kf.latent.ndim != 4 or kf.latent.shape[0] != 1:
+            raise MagicPropError(
+                f"keyframe {kf.index}: latent has shape {tuple(kf.latent.shape)}: expected (1, C, h, w), one frame."
+            )
+        if kf.latent.shape[-2:] != depth.shape[-2:]:
+            raise MagicPropError(
+                f"keyframe {kf.index}: latent grid {tuple(kf.latent.shape[-2:])} differs from the depth grid "
+                f"{tuple(depth.shape[-2:])}: the references must have the same size as the video frames."
+            )
+    num_frames = depth.shape[0]
+    chains, blends = keyframe_plan([kf.index for kf in keyframes], num_frames, window)
+    out = torch.empty((num_frames, *keyframes[0].latent.shape[1:]), dtype=keyframes[0].latent.dtype,
+                      device=out_device)
+    for kf in keyframes:
+        out[kf.index] = kf.latent[0].to(out_device)
+        if callback is not None:
+            callback(kf.index, kf.latent)
+    pending: dict[int, dict[int, torch.Tensor]] = {}
+    for chain in chains:
+        kf = keyframes[chain.key]
+        for k, latent in iter_chain(kf.denoiser, chain.indices, kf.latent, depth, seed, kf.depth):
+            if k in blends:
+                pending.setdefault(k, {})[chain.key] = latent
+                key_a, key_b, w = blends[k]
+                if len(pending[k]) < 2:
+                    continue
+                parts = pending.pop(k)
+                latent = (1 - w) * parts[key_a] + w * parts[key_b]
+            out[k] = latent[0].to(out_device)
+            if callback is not None:
+                callback(k, latent)
+    return out
+
+
 def propagate(
     denoiser: FrameDenoiser,
     reference_latent: torch.Tensor,
@@ -126,26 +237,16 @@ def propagate(
     depth: (K, 1, h, w) aligned clip depth at the latent grid.
     reference_depth: depth of the edited reference when the edit changed its shape (default depth[r]).
     """
-    if depth.ndim != 4 or depth.shape[1] != 1:
-        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
     if reference_latent.ndim != 4 or reference_latent.shape[0] != 1:
         raise MagicPropError(
             f"reference_latent has shape {tuple(reference_latent.shape)}: expected (1, C, h, w), one encoded frame."
         )
-    if reference_latent.shape[-2:] != depth.shape[-2:]:
+    if depth.ndim == 4 and reference_latent.shape[-2:] != depth.shape[-2:]:
         raise MagicPropError(
             f"reference latent grid {tuple(reference_latent.shape[-2:])} differs from the depth grid "
             f"{tuple(depth.shape[-2:])}: the reference must have the same size as the video frames."
         )
-    num_frames = depth.shape[0]
-    chains = chain_order(reference_index, num_frames)
-    out = torch.empty((num_frames, *reference_latent.shape[1:]), dtype=reference_latent.dtype, device=out_device)
-    out[reference_index] = reference_latent[0].to(out_device)
-    if callback is not None:
-        callback(reference_index, reference_latent)
-    for indices in chains:
-        for k, latent in iter_chain(denoiser, indices, reference_latent, depth, seed, reference_depth):
-            out[k] = latent[0].to(out_device)
-            if callback is not None:
-                callback(k, latent)
-    return out
+    if depth.ndim == 4:
+        chain_order(reference_index, depth.shape[0])
+    key = Keyframe(reference_index, reference_latent, denoiser, reference_depth)
+    return propagate_keyframes([key], depth, seed, callback=callback, out_device=out_device)

@@ -24,11 +24,12 @@ def clip_token_shape(clip_vision) -> tuple[int, int]:
     return proj.weight.shape[0], model.vision_model.embeddings.position_embedding.weight.shape[0]
 
 
-def check_reference(reference: torch.Tensor, name: str = "reference") -> None:
-    if reference.ndim != 4 or reference.shape[0] != 1:
+def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:
+    """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16."""
+    if reference.ndim != 4 or reference.shape[0] == 0 or (not batch and reference.shape[0] != 1):
         raise MagicPropError(
-            f"{name} has shape {tuple(reference.shape)}: expected one image (1, H, W, 3), the edited frame; "
-            "pick one image of a batch with ImageFromBatch."
+            f"{name} has shape {tuple(reference.shape)}: expected {'images (N, H, W, 3)' if batch else 'one image (1, H, W, 3)'}, "
+            "the edited frame(s); pick images of a batch with ImageFromBatch."
         )
     h, w = reference.shape[1:3]
     if h % GRID or w % GRID:
@@ -40,7 +41,7 @@ def check_reference(reference: torch.Tensor, name: str = "reference") -> None:
 
 @torch.no_grad()
 def appearance_tokens(handle: AdapterHandle, clip_vision, vae, reference: torch.Tensor) -> torch.Tensor:
-    """(1, 1 + hw/4, C) appearance tokens of the reference, through ComfyUI's CLIP vision (no crop) and VAE."""
+    """(N, 1 + hw/4, C) appearance tokens of N references, through ComfyUI's CLIP vision (no crop) and VAE."""
     width, count = clip_token_shape(clip_vision)
     proj = clip_vision.model.visual_projection.weight
     check_clip_compatible(handle.config.clip, width, count, projection_fingerprint(proj))
@@ -71,7 +72,8 @@ class AppearanceAdapterEncode(io.ComfyNode):
                                                            "(OpenAI CLIP ViT-L/14, 224 px)."),
                 io.Vae.Input("vae", tooltip="The VAE of the video latents (SD1.5's VAE)."),
                 io.Image.Input("reference", tooltip="The edited frame: one image at the video's size (sides multiples "
-                                                    "of 16), made by any image-edit graph."),
+                                                    "of 16), made by any image-edit graph; or a batch of edited "
+                                                    "keyframes."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="The reference's appearance."),

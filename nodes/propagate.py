@@ -1,4 +1,4 @@
-"""AutoregressivePropagate: the edited reference carried through the clip, frame by frame, with ComfyUI's samplers."""
+"""AutoregressivePropagate: edited references carried through the clip, frame by frame, with ComfyUI's samplers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..magicprop.depth import align_to, depth_from_image, depth_to_latent_grid
+from ..magicprop.drift import AnchoredDenoiser
 from ..magicprop.errors import MagicPropError
-from ..magicprop.propagate import chain_order, propagate
+from ..magicprop.propagate import Keyframe, chain_order, keyframe_plan, propagate_keyframes
 from .appearance import check_reference
 from .denoiser import ComfyFrameDenoiser, check_control_hints
 from .model import PropDPMModel
@@ -20,8 +21,32 @@ from .preview import FramePreviews
 from .types import APPEARANCE_KEY
 
 
-def check_inputs(model, positive, negative, depth, reference, reference_index, reference_depth, mask,
-                 source_frames) -> None:
+def parse_keyframe_indices(reference: torch.Tensor, reference_index: int, indices: str, num_frames: int) -> list[int]:
+    """Absolute index of each reference image: reference_index for one, the `keyframe_indices` list for several."""
+    n = reference.shape[0]
+    if n == 1 and not indices.strip():
+        chain_order(reference_index, num_frames)
+        return [reference_index]
+    try:
+        parsed = [int(v) for v in indices.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise MagicPropError(
+            f"keyframe_indices={indices!r}: expected comma-separated frame numbers, one per reference image, "
+            "e.g. \"0, 60, 119\"."
+        ) from None
+    if len(parsed) != n:
+        raise MagicPropError(
+            f"keyframe_indices={indices!r} gives {len(parsed)} indices for {n} reference images: give one frame "
+            "number per edited reference, in the batch's order."
+        )
+    for i in parsed:
+        chain_order(i, num_frames)
+    if parsed != sorted(set(parsed)):
+        raise MagicPropError(f"keyframe_indices={indices!r}: expected distinct frame numbers in increasing order.")
+    return parsed
+
+
+def check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames) -> None:
     """Every input error this node can see, raised before any encoding or sampling."""
     if not isinstance(getattr(model, "model", None), PropDPMModel):
         raise MagicPropError(
@@ -34,19 +59,22 @@ def check_inputs(model, positive, negative, depth, reference, reference_index, r
                 f"{name} is not appearance conditioning: connect the {name} output of AppearanceAdapterEncode "
                 "(text conditioning, e.g. from CLIP Text Encode, cannot drive PropDPM)."
             )
-    if depth.ndim != 4 or depth.shape[0] == 0:
-        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected the DepthSequence output (K, H, W, 3).")
+        if any(t.shape[0] not in (1, len(keys)) for t, _ in cond):
+            raise MagicPropError(
+                f"{name} holds the appearance of {cond[0][0].shape[0]} references but {len(keys)} reference images "
+                "are given: encode the same reference batch with AppearanceAdapterEncode."
+            )
     k, h, w = depth.shape[:3]
-    check_reference(reference)
     if reference.shape[1:3] != (h, w):
         raise MagicPropError(
             f"reference is {reference.shape[2]}x{reference.shape[1]} but the depth frames are {w}x{h}: edit the "
             "frame at the video's size."
         )
-    chain_order(reference_index, k)
-    if reference_depth is not None and (reference_depth.ndim != 4 or reference_depth.shape[:3] != (1, h, w)):
+    if reference_depth is not None and (reference_depth.ndim != 4 or reference_depth.shape[1:3] != (h, w)
+                                        or reference_depth.shape[0] != reference.shape[0]):
         raise MagicPropError(
-            f"reference_depth has shape {tuple(reference_depth.shape)}: expected one depth image (1, {h}, {w}, 3)."
+            f"reference_depth has shape {tuple(reference_depth.shape)}: expected one depth image per reference "
+            f"({reference.shape[0]}, {h}, {w}, 3)."
         )
     if mask is not None:
         m = mask if mask.ndim == 3 else mask[None]
@@ -68,13 +96,37 @@ def check_inputs(model, positive, negative, depth, reference, reference_index, r
     check_control_hints([positive, negative], k)
 
 
-class ProgressReporter:
-    """One ComfyUI progress bar over all the steps of all generated frames, with step previews; finished frames
-    go to the web filmstrip (FramePreviews)."""
+def latent_grid_depth(depth: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """(K, H, W, 3) depth IMAGE -> (K, 1, h, w) at the latent grid, a chunk at a time (no full-size copy of the clip)."""
+    return torch.cat([depth_to_latent_grid(depth_from_image(depth[i : i + chunk])[:, None], grid)
+                      for i in range(0, depth.shape[0], chunk)])
 
-    def __init__(self, model, num_frames: int, steps: int, frames: FramePreviews | None = None) -> None:
-        self.steps, self.total = steps, max(1, (num_frames - 1) * steps)
-        self.done_frames = 0
+
+def select_reference(conditioning: list, i: int) -> list:
+    """The conditioning of reference i of a batch (a single reference's serves every keyframe)."""
+    return [[t[i : i + 1] if t.shape[0] > 1 else t, d] for t, d in conditioning]
+
+
+def check_image_output_unused(prompt: dict | None, node_id: str | None) -> None:
+    """With decode off the IMAGE output is empty: refuse a graph that reads it, before any work."""
+    if not prompt or node_id is None:
+        return
+    for other_id, node in prompt.items():
+        for name, value in node.get("inputs", {}).items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] == 1:
+                raise MagicPropError(
+                    f"decode is off but node {other_id} ({node.get('class_type')}) reads the IMAGE output through "
+                    f"{name!r}: turn decode on, or decode the LATENT output with a VAE Decode node."
+                )
+
+
+class ProgressReporter:
+    """One ComfyUI progress bar over every sampler step of every generated frame, with step previews; finished
+    frames go to the web filmstrip (FramePreviews)."""
+
+    def __init__(self, model, generations: int, steps: int, frames: FramePreviews | None = None) -> None:
+        self.steps, self.total = steps, max(1, generations * steps)
+        self.job = 0
         self.bar = comfy.utils.ProgressBar(self.total)
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
         self.frames = frames
@@ -83,18 +135,17 @@ class ProgressReporter:
 
     def on_step(self, index: int, step: int, total_steps: int, x0: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if step == 1:
+            self.job += 1
         preview = None
         if self.previewer is not None:
             preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
-        self.bar.update_absolute(self.done_frames * self.steps + min(step, self.steps), self.total, preview)
+        self.bar.update_absolute((self.job - 1) * self.steps + min(step, self.steps), self.total, preview)
 
-    def on_frame(self, index: int, latent: torch.Tensor, is_reference: bool) -> None:
+    def on_frame(self, index: int, latent: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         if self.frames is not None:
             self.frames.frame(index, latent)
-        if not is_reference:
-            self.done_frames += 1
-            self.bar.update_absolute(self.done_frames * self.steps, self.total)
 
 
 class AutoregressivePropagate(io.ComfyNode):
@@ -104,8 +155,8 @@ class AutoregressivePropagate(io.ComfyNode):
             node_id="AutoregressivePropagate",
             display_name="Autoregressive Propagate (MagicProp)",
             category="MagicProp",
-            description="Propagates the edited reference through the video with PropDPM, one frame at a time, "
-                        "forward and backward from the reference index, following the clip's depth.",
+            description="Propagates the edited reference(s) through the video with PropDPM, one frame at a time, "
+                        "forward and backward from each edited frame, following the clip's depth.",
             inputs=[
                 io.Model.Input("model", tooltip="PropDPM from Load PropDPM (LoRAs may be applied)."),
                 io.Conditioning.Input("positive", tooltip="AppearanceAdapterEncode's positive (ControlNets may be "
@@ -113,7 +164,8 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="AppearanceAdapterEncode's negative (used when cfg > 1)."),
                 io.Vae.Input("vae", tooltip="The VAE: encodes the reference (and source frames), decodes the result."),
                 io.Image.Input("depth", tooltip="Aligned clip depth from DepthSequence (K frames)."),
-                io.Image.Input("reference", tooltip="The edited frame (one image, the frames' size)."),
+                io.Image.Input("reference", tooltip="The edited frame (one image, the frames' size), or several edited "
+                                                    "frames (a batch) with keyframe_indices."),
                 io.Int.Input("reference_index", default=0, min=0, max=1_000_000,
                              tooltip="Which frame of the clip was edited (0 = first)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -126,8 +178,8 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Scheduler; simple gives trailing timesteps, right for zero-terminal-SNR."),
                 io.Image.Input("reference_depth", optional=True,
-                               tooltip="Depth of the edited reference when the edit changed shapes (default: the "
-                                       "depth of the reference frame)."),
+                               tooltip="Depth of each edited reference when the edit changed shapes (default: the "
+                                       "depth of that frame)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where to edit (1 mask or one per frame); outside it the source is kept."),
                 io.Image.Input("source_frames", optional=True,
@@ -137,10 +189,21 @@ class AutoregressivePropagate(io.ComfyNode):
                                          "output (the latent output keeps them to latent precision)."),
                 io.Boolean.Input("frame_previews", default=True, optional=True,
                                  tooltip="Show each finished frame in the node's filmstrip (a cheap latent preview)."),
+                io.Boolean.Input("decode", default=True, optional=True,
+                                 tooltip="Also decode the frames into the IMAGE output. Turn off when only the LATENT "
+                                         "output is used (e.g. VAE Decode (Tiled) downstream): saves time and memory."),
+                io.String.Input("keyframe_indices", default="", optional=True,
+                                tooltip="With several edited frames in reference: their frame numbers, e.g. \"0, 60, "
+                                        "119\". Each frame comes from its nearest keyframe."),
+                io.Int.Input("keyframe_window", default=8, min=0, max=1000, optional=True,
+                             tooltip="Frames over which the chains of two keyframes are blended where they meet."),
+                io.Float.Input("anchor_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Drift control: pull each frame's latent channel statistics towards the "
+                                       "reference's (inside the mask if one is given); 0 = off."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             outputs=[
-                io.Latent.Output(display_name="LATENT", tooltip="All K frames (the reference in its place)."),
+                io.Latent.Output(display_name="LATENT", tooltip="All K frames (the references in their places)."),
                 io.Image.Output(display_name="IMAGE", tooltip="The K frames decoded with the VAE."),
             ],
         )
@@ -150,33 +213,46 @@ class AutoregressivePropagate(io.ComfyNode):
                 reference_index: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 reference_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 source_frames: torch.Tensor | None = None, pixel_composite: bool = True,
-                frame_previews: bool = True) -> io.NodeOutput:
-        check_inputs(model, positive, negative, depth, reference, reference_index, reference_depth, mask,
-                     source_frames)
+                frame_previews: bool = True, decode: bool = True, keyframe_indices: str = "",
+                keyframe_window: int = 8, anchor_strength: float = 0.0) -> io.NodeOutput:
+        if depth.ndim != 4 or depth.shape[0] == 0:
+            raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected the DepthSequence output (K, H, W, 3).")
+        check_reference(reference, batch=True)
         k = depth.shape[0]
+        keys = parse_keyframe_indices(reference, reference_index, keyframe_indices, k)
+        check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames)
+        if not decode:
+            check_image_output_unused(cls.hidden.prompt, cls.hidden.unique_id)
         config = model.model.model_config.magicprop
-        ref_latent = vae.encode(reference[..., :3]).float()  # (1, 4, h, w), unscaled
-        grid = tuple(ref_latent.shape[-2:])
-        clip_depth = depth_from_image(depth)  # (K, H, W), already aligned by DepthSequence
-        depth_lat = depth_to_latent_grid(clip_depth[:, None], grid)
-        ref_depth = None
-        if reference_depth is not None:
-            placed = align_to(depth_from_image(reference_depth)[0], clip_depth[reference_index])
-            ref_depth = depth_to_latent_grid(placed[None, None], grid)
-        masks = source_latents = None
+        ref_latents = vae.encode(reference[..., :3]).float()  # (N, 4, h, w), unscaled
+        grid = tuple(ref_latents.shape[-2:])
+        depth_lat = latent_grid_depth(depth, grid)  # (K, 1, h, w), already aligned by DepthSequence
+        masks = source_latents = latent_masks = None
         if mask is not None:
-            masks = (mask if mask.ndim == 3 else mask[None]).float()
+            masks = mask if mask.ndim == 3 else mask[None]
             source_latents = vae.encode(source_frames[..., :3]).float()
+            latent_masks = torch.nn.functional.interpolate(masks[:, None].float(), size=grid, mode="area")
 
-        previews = FramePreviews(model, cls.hidden.unique_id, k, reference_index) if frame_previews else None
-        progress = ProgressReporter(model, k, steps, previews)
-        denoiser = ComfyFrameDenoiser(model, positive, negative, config, k, steps, cfg, sampler_name, scheduler,
-                                      source_latents, masks, on_step=progress.on_step)
-        latents = propagate(
-            denoiser, ref_latent, depth_lat, reference_index, seed, ref_depth,
-            callback=lambda idx, lat: progress.on_frame(idx, lat, idx == reference_index),
-            out_device=comfy.model_management.intermediate_device(),
-        )
+        chains, _ = keyframe_plan(keys, k, keyframe_window)
+        previews = FramePreviews(model, cls.hidden.unique_id, k, keys[0]) if frame_previews else None
+        progress = ProgressReporter(model, sum(len(c.indices) - 1 for c in chains), steps, previews)
+        keyframes = []
+        for i, index in enumerate(keys):
+            denoiser = ComfyFrameDenoiser(model, select_reference(positive, i), select_reference(negative, i), config,
+                                          k, steps, cfg, sampler_name, scheduler, source_latents, masks,
+                                          on_step=progress.on_step)
+            if anchor_strength > 0:
+                denoiser = AnchoredDenoiser(denoiser, ref_latents[i : i + 1], anchor_strength, latent_masks, index)
+            ref_depth = None
+            if reference_depth is not None:
+                target = depth_from_image(depth[index : index + 1])[0]
+                placed = align_to(depth_from_image(reference_depth[i : i + 1])[0], target)
+                ref_depth = depth_to_latent_grid(placed[None, None], grid)
+            keyframes.append(Keyframe(index, ref_latents[i : i + 1], denoiser, ref_depth))
+        latents = propagate_keyframes(keyframes, depth_lat, seed, keyframe_window, callback=progress.on_frame,
+                                      out_device=comfy.model_management.intermediate_device())
+        if not decode:
+            return io.NodeOutput({"samples": latents}, None)
         images = vae.decode(latents)
         if masks is not None and pixel_composite:
             m = masks[..., None].to(images)

@@ -104,7 +104,7 @@ def test_audio_is_remuxed(tmp_path, tiny_models, bigbuckbunny):
 
 
 @pytest.mark.parametrize("case,pattern", [
-    ("reference_size", r"--reference is 64x48 but the video is 640x272"),
+    ("reference_size", r"--reference \S+ is 64x48 but the video is 640x272"),
     ("index", r"reference_index=8 is out of range for a clip of 8 frames"),
     ("zero_frames", r"--frames 0: expected 1 or more"),
     ("missing", r"--video '.*nope.mp4' does not exist"),

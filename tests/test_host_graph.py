@@ -115,7 +115,10 @@ def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
         assert hint.shape[0] == 1, "one frame's hint per frame"
         if not seen or not torch.equal(seen[-1], hint):
             seen.append(hint)
-    order = [3, 4, 1, 0]  # forward from the reference at 2, then backward
+    from magicprop.propagate import keyframe_plan
+
+    order = [k for chain in keyframe_plan([2], 5)[0] for k in chain.indices[1:]]  # the frames, as generated
+    assert sorted(order) == [0, 1, 3, 4]
     assert len(seen) == len(order)
     for hint, k in zip(seen, order):
         assert torch.equal(hint[0], depth[k]), k

@@ -171,3 +171,19 @@ def test_exported_checkpoint_runs_in_the_cli(tmp_path, tiny_models, bikes):
                  "--frames", "3", "--width", "64", "--steps", "2", "--device", "cpu"]) == 0
     frames = read_frames(out)
     assert frames.shape[0] == 3 and torch.isfinite(frames).all()
+
+
+def test_latent_disk_cache_is_reused(tmp_path, tiny_models):
+    from magicprop.train.data import SyntheticSource
+    from magicprop.train.encoders import ClipCache, FrozenEncoders
+
+    enc = FrozenEncoders(tiny_models["vae"], tiny_models["clip_vision"], torch.device("cpu"))
+    source = SyntheticSource(2, 0, 32, 4)
+    path = tmp_path / "cache" / "clips.safetensors"
+    first = ClipCache(source, enc, disk=path)
+    assert path.is_file()
+    second = ClipCache(source, enc, disk=path)  # loads, does not encode
+    for i in range(2):
+        for field in ("latents", "tokens", "depth"):
+            assert torch.equal(getattr(first.get(i), field), getattr(second.get(i), field))
+    assert first.get(0).latents.shape == (4, 4, 4, 4) and first.get(0).depth.shape == (4, 1, 4, 4)

@@ -74,6 +74,13 @@ class TrainConfig:
     """Std of noise mixed into the previous-frame latent (drift control; same level at inference)."""
     previous_frame: bool = True
     """False trains the no-previous-frame baseline (the previous-latent channels are always zero)."""
+    rollout_probability: float = 0.0
+    """Share of samples whose previous frame is the model's own rollout (scheduled sampling / self-forcing): the
+    model learns to correct its own errors, the exposure bias that makes autoregressive chains drift."""
+    rollout_length: int = 3
+    """Frames the model generates (one at a time, from a true frame further away) to reach the previous frame."""
+    rollout_steps: int = 4
+    """DDIM steps of each rollout frame (no gradient flows through the rollout)."""
     seed: int = 0
     """Seeds every sample's triplet, timestep and noise (deterministic, resumable, rank-independent)."""
     checkpoint_every: int = 500

@@ -153,11 +153,13 @@ class SampleSpec:
     timestep: int
     drop_appearance: bool
     noise_seed: int
+    rollout: bool = False
+    """Replace the true previous frame by the model's own rollout towards it (drift control)."""
 
 
 def sample_spec(seed: int, index: int, source: ClipSource, gaps, gap_weights, backward: float,
-                num_timesteps: int, appearance_dropout: float) -> SampleSpec:
-    """The triplet, timestep, noise seed and dropout decision of global sample `index`."""
+                num_timesteps: int, appearance_dropout: float, rollout_probability: float = 0.0) -> SampleSpec:
+    """The triplet, timestep, noise seed, dropout and rollout decisions of global sample `index`."""
     g = torch.Generator().manual_seed(frame_seed(seed, index))
     clip = int(torch.randint(len(source), (1,), generator=g))
     frames = source.frames_in(clip)
@@ -170,7 +172,8 @@ def sample_spec(seed: int, index: int, source: ClipSource, gaps, gap_weights, ba
     timestep = int(torch.randint(num_timesteps, (1,), generator=g))
     drop = bool(torch.rand((), generator=g) < appearance_dropout)
     noise_seed = int(torch.randint(2**62, (1,), generator=g))
-    return SampleSpec(clip, ref, prev, target, timestep, drop, noise_seed)
+    rollout = bool(torch.rand((), generator=g) < rollout_probability)
+    return SampleSpec(clip, ref, prev, target, timestep, drop, noise_seed, rollout)
 
 
 def make_source(data_cfg) -> ClipSource:

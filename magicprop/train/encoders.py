@@ -73,7 +73,7 @@ class ClipCache:
         tensors = {}
         for i in tqdm(range(len(self.source)), desc="encode clips", unit="clip", disable=not progress):
             e = self.encoders.encode(self.source.clip(i))
-            tensors.update({f"{i}.latents": e.latents.half(), f"{i}.tokens": e.tokens.half(), f"{i}.depth": e.depth.half()})
+            tensors.update({f"{i}.{k}": getattr(e, k).half().contiguous() for k in ("latents", "tokens", "depth")})
             self.store[i] = EncodedClip(e.latents.half().float(), e.tokens.half().float(), e.depth.half().float())
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

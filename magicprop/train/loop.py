@@ -104,8 +104,10 @@ def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, sour
 class Batcher:
     """Assembles the tensors of a list of SampleSpecs from encoded clips."""
 
-    def __init__(self, cache: ClipCache, scheduler, cfg: RunConfig, latent_scale: float, device) -> None:
+    def __init__(self, cache: ClipCache, scheduler, cfg: RunConfig, latent_scale: float, device,
+                 rollout=None) -> None:
         self.cache, self.scheduler, self.cfg, self.scale, self.device = cache, scheduler, cfg, latent_scale, device
+        self.rollout = rollout  # (encoded clip, spec) -> the model's own (1, 4, h, w) previous latent, unscaled
 
     def __call__(self, specs) -> dict[str, torch.Tensor]:
         t_cfg = self.cfg.train
@@ -113,7 +115,10 @@ class Batcher:
         for s in specs:
             clip = self.cache.get(s.clip)
             target = clip.latents[s.target : s.target + 1] * self.scale
-            prev = clip.latents[s.prev : s.prev + 1] * self.scale
+            prev = clip.latents[s.prev : s.prev + 1]
+            if s.rollout and self.rollout is not None and t_cfg.previous_frame:
+                prev = self.rollout(clip, s)
+            prev = prev * self.scale
             g = torch.Generator().manual_seed(s.noise_seed)
             noise = torch.randn(target.shape, generator=g)
             if not t_cfg.previous_frame:
@@ -129,6 +134,36 @@ class Batcher:
             rows["keep"].append(torch.tensor([0.0 if s.drop_appearance else 1.0]))
             rows["v"].append(self.scheduler.get_velocity(target, noise, t))
         return {k: torch.cat(v).to(self.device) for k, v in rows.items()}
+
+
+class Rollout:
+    """The model's own previous frame for a sample: from the true frame `rollout_length` steps further from the
+    target, it generates frame after frame (as inference does) up to the previous frame, without gradient."""
+
+    def __init__(self, acc, module, meta: PropDPMConfig, cfg: RunConfig) -> None:
+        self.acc, self.module, self.meta, self.cfg = acc, module, meta, cfg
+
+    @torch.no_grad()
+    def __call__(self, clip, spec) -> torch.Tensor:
+        from ..backend import DiffusersDenoiser
+        from ..propagate import iter_chain
+
+        model = self.acc.unwrap_model(self.module)
+        t = self.cfg.train
+        step = 1 if spec.prev > spec.target else -1  # the chain arrives at prev moving towards the target
+        start = min(max(spec.prev + step * t.rollout_length, 0), clip.latents.shape[0] - 1)
+        if start == spec.prev:
+            return clip.latents[spec.prev : spec.prev + 1]
+        device = next(model.parameters()).device
+        tokens = clip.tokens[spec.ref : spec.ref + 1].to(device)
+        ref = clip.latents[spec.ref : spec.ref + 1].to(device) * self.meta.latent_scale
+        context = model.adapter(tokens, ref)
+        denoiser = DiffusersDenoiser(model.unet, self.meta, context, steps=t.rollout_steps)
+        indices = list(range(start, spec.prev - step, -step))
+        latent = clip.latents[start : start + 1]
+        for _, latent in iter_chain(denoiser, indices, latent, clip.depth, spec.noise_seed):
+            pass
+        return latent.cpu()
 
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
@@ -218,7 +253,11 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     with acc.main_process_first():  # one process encodes a disk cache, the others load it
         cache = ClipCache(source, encoders, cfg.data.cache_latents, cfg.data.latent_cache,
                           progress and acc.is_main_process)
-    batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device)
+    rollout = None
+    if t_cfg.rollout_probability > 0:
+        base = acc.unwrap_model(module)
+        rollout = Rollout(acc, module, propdpm_config(cfg, base.unet, base.adapter, encoders, source.describe(), 0), cfg)
+    batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device, rollout)
     log_path = out / "log.jsonl"
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +269,8 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     while state.step < end:
         first = state.step * t_cfg.batch_size + rank * local
         specs = [sample_spec(t_cfg.seed, first + j, source, cfg.data.gaps, cfg.data.gap_weights,
-                             cfg.data.backward, scheduler.config.num_train_timesteps, t_cfg.appearance_dropout)
+                             cfg.data.backward, scheduler.config.num_train_timesteps, t_cfg.appearance_dropout,
+                             t_cfg.rollout_probability)
                  for j in range(local)]
         b = batcher(specs)
         loss = module(b["input"], b["t"], b["tokens"], b["ref"], b["keep"], b["v"])

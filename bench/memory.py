@@ -1,0 +1,202 @@
+"""Peak memory of propagation at K = 16, 64 and 256 frames (one resolution), for the node and for the CLI.
+
+    python bench/memory.py [--size 128 --frames 16 64 256]
+
+Node: AutoregressivePropagate (decode off) runs inside the real ComfyUI host in a fresh process per K; its peak
+host RSS while it runs, minus the RSS before it (which already holds the K-frame IMAGE inputs ComfyUI keeps).
+CLI: `python -m magicprop propagate` on a K-frame video, peak RSS of the whole process.
+On a GPU the node figure is torch.cuda.max_memory_allocated over the node. Each K's growth is set against the
+bytes of the extra output latents; prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+class PeakRSS:
+    """Samples a process's RSS every few milliseconds; .peak is the largest seen (bytes)."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+                for child in self.proc.children(recursive=True):
+                    rss += child.memory_info().rss
+            except Exception:  # the process ended between two samples
+                break
+            self.peak = max(self.peak, rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def node_child(frames: int, size: int, work: Path) -> dict:
+    """In a fresh process: run the node on K frames; return its memory growth."""
+    from conftest import find_comfyui
+
+    sys.path.insert(0, str(find_comfyui()))
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True
+    import utils.extra_config  # noqa: F401
+    import execution
+    import psutil
+    import torch
+
+    from host import Host
+    from magicprop.init_model import init_checkpoint
+    from tiny import TINY_UNET_CONFIG, save_tiny_models
+
+    tiny = save_tiny_models(work / "tiny")
+    host = Host(ROOT, work / "comfy")
+    init_checkpoint(host.models / "magicprop" / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG), seed=0)
+    types = host.module("nodes.types")
+    h = w = size // 8
+
+    class BenchAppearance:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self):
+            t = torch.randn(1, 1 + h * w // 4, 32)
+            info = types.AppearanceInfo("bench", 32, False)
+            return [[t, {types.APPEARANCE_KEY: info}]], [[torch.zeros_like(t), {types.APPEARANCE_KEY: info}]]
+
+    host.nodes.NODE_CLASS_MAPPINGS["BenchAppearance"] = BenchAppearance
+    graph = {
+        "1": {"class_type": "PropDPMLoader", "inputs": {"checkpoint": "m.safetensors", "weight_dtype": "fp32"}},
+        "2": {"class_type": "TestTinyVAE", "inputs": {"folder": str(tiny["vae"])}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames, "color": 8421504}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 3355443}},
+        "5": {"class_type": "BenchAppearance", "inputs": {}},
+        "6": {"class_type": "AutoregressivePropagate", "inputs": {
+            "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "vae": ["2", 0], "depth": ["3", 0],
+            "reference": ["4", 0], "reference_index": 0, "seed": 0, "steps": 1, "cfg": 1.0,
+            "sampler_name": "euler", "scheduler": "simple", "decode": False, "frame_previews": False}},
+    }
+    executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    executor.execute(graph, "warm", {"client_id": None}, ["1", "2", "3", "4", "5"])  # inputs held by the host
+    graph["6"]["inputs"]["seed"] = 1
+    import gc
+
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    with PeakRSS(os.getpid(), 0.002) as peak:
+        executor.execute(graph, "run", {"client_id": None}, ["6"])
+    assert executor.success, executor.status_messages
+    latents = executor.caches.outputs.get("6").outputs[0][0]["samples"]
+    return {"frames": frames, "growth_bytes": peak.peak - before, "latent_bytes": latents.numel() * latents.element_size()}
+
+
+def make_video(path: Path, frames: int, size: int) -> None:
+    from magicprop.synthetic import SceneConfig, make_clip
+    from magicprop.video import write_video
+
+    clip = make_clip(5, SceneConfig(size=size, frames=frames), edit=False)
+    write_video(path, clip.frames, fps=25, crf=18)
+
+
+def cli_run(frames: int, size: int, video: Path, tiny: dict, ckpt: Path, work: Path) -> dict:
+    from magicprop.frames import save_image
+    from magicprop.video import read_frames
+
+    ref = work / "ref.png"
+    if not ref.exists():
+        save_image(ref, read_frames(video, 1)[0])
+    cmd = [sys.executable, "-m", "magicprop", "-q", "propagate", "--checkpoint", str(ckpt), "--video", str(video),
+           "--reference", str(ref), "--reference-index", "0", "--out", str(work / f"out-{frames}.mp4"),
+           "--vae", str(tiny["vae"]), "--clip-vision", str(tiny["clip_vision"]), "--depth-model", str(tiny["depth"]),
+           "--frames", str(frames), "--steps", "1", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with PeakRSS(proc.pid) as peak:
+        proc.wait()
+    if proc.returncode:
+        raise SystemExit(f"CLI failed for K={frames}")
+    h = w = size // 8
+    return {"frames": frames, "peak_bytes": peak.peak, "latent_bytes": frames * 4 * h * w * 4}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "memory.json")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("RESULT " + json.dumps(node_child(args.child, args.size, Path(tmp))), flush=True)
+        return
+
+    node = []
+    for k in args.frames:
+        out = subprocess.run([sys.executable, __file__, "--child", str(k), "--size", str(args.size)],
+                             capture_output=True, text=True, cwd=ROOT)
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(out.stderr[-3000:])
+        node.append(json.loads(line[7:]))
+    from magicprop.init_model import init_checkpoint
+    from tiny import TINY_UNET_CONFIG, save_tiny_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tiny = save_tiny_models(work / "tiny")
+        ckpt = init_checkpoint(work / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG), clip_vision=tiny["clip_vision"])
+        video = work / "long.mp4"
+        make_video(video, max(args.frames), args.size)
+        cli = [cli_run(k, args.size, video, tiny, ckpt, work) for k in args.frames]
+
+    mb = 2**20
+    first, last = args.frames[0], args.frames[-1]
+    n0, n1 = node[0], node[-1]
+    c0, c1 = cli[0], cli[-1]
+    extra_latents = n1["latent_bytes"] - n0["latent_bytes"]
+    result = {"size": args.size, "node": node, "cli": cli,
+              "node_growth_bytes": n1["growth_bytes"] - n0["growth_bytes"],
+              "cli_growth_bytes": c1["peak_bytes"] - c0["peak_bytes"],
+              "extra_latent_bytes": extra_latents,
+              "limit_bytes": 2 * extra_latents + 50 * mb}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"peak memory at {args.size}x{args.size} (MB)")
+    print(f"{'K':>6}{'node growth':>14}{'CLI peak':>12}{'latents':>10}")
+    for a, b in zip(node, cli):
+        print(f"{a['frames']:>6}{a['growth_bytes'] / mb:>14.1f}{b['peak_bytes'] / mb:>12.1f}{a['latent_bytes'] / mb:>10.2f}")
+    print(f"growth {first}->{last} frames: node {result['node_growth_bytes'] / mb:.1f} MB, CLI "
+          f"{result['cli_growth_bytes'] / mb:.1f} MB; limit 2 x extra latents + 50 MB = {result['limit_bytes'] / mb:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Propagation speed, side by side in one process with the same model, size, steps, cfg and sampler:
+
+  (a) AutoregressivePropagate on K frames, executed by ComfyUI's PromptExecutor (upstream nodes cached, decode off);
+  (b) ComfyUI's own KSampler (nodes.common_ksampler) run K-1 times on the same model and conditioning: the anchor,
+      what the host itself achieves per image;
+  (c) the host-free backend (diffusers, DDIM trailing) on the same K frames.
+
+Each figure is the median of --repeats runs after a warm-up. Prints a table and writes JSON.
+
+    python bench/propagate.py                        # CPU: SD1.5-shaped UNet, channels (64, 128, 256, 256), 256 px, 10 steps
+    python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5
+
+The host is found through COMFYUI_PATH (or as the parent of custom_nodes/). Weights are random (speed does not
+depend on their values); the VAE is the tests' tiny 4-level one in every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+PRESETS = {
+    "cpu": {"channels": [64, 128, 256, 256], "size": 256, "steps": 10, "cfg": 1.0, "dtype": "fp32"},
+    "sd15": {"channels": [320, 640, 1280, 1280], "size": 512, "steps": 20, "cfg": 5.0, "dtype": "fp16"},
+}
+
+
+def sd_shaped_config(channels: list[int]) -> dict:
+    """SD1.5's UNet layout (3 cross-attention levels, 2 layers per block, 8 heads, 768 context) at other widths."""
+    return {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": channels,
+            "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768, "norm_num_groups": 32,
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=5, help="K (K-1 frames are generated)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "propagate.json")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+
+    from conftest import find_comfyui
+
+    comfy = find_comfyui()
+    if comfy is None:
+        raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path.insert(0, str(comfy))
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = args.device == "cpu"
+    import utils.extra_config  # noqa: F401  (ComfyUI's own import order)
+    import torch
+
+    from host import Host
+    from magicprop.backend import DiffusersDenoiser
+    from magicprop.checkpoint import load_checkpoint
+    from magicprop.init_model import init_checkpoint
+    from magicprop.propagate import propagate
+    from tiny import save_tiny_models
+
+    work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))
+    tiny = save_tiny_models(work / "tiny")
+    host = Host(ROOT, work / "comfy")
+    ckpt = init_checkpoint(host.models / "magicprop" / "bench.safetensors",
+                           unet_config=sd_shaped_config(preset["channels"]), seed=0)
+    k, size, steps, cfg = args.frames, preset["size"], preset["steps"], preset["cfg"]
+    h = w = size // 8
+    types = host.module("nodes.types")
+    model_mod = host.module("nodes.model")
+
+    # (a) the node, through the executor; everything upstream is cached after the first run
+    graph = {
+        "1": {"class_type": "PropDPMLoader", "inputs": {"checkpoint": "bench.safetensors", "weight_dtype": preset["dtype"]}},
+        "2": {"class_type": "TestTinyVAE", "inputs": {"folder": str(tiny["vae"])}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": k, "color": 8421504}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 3355443}},
+        "5": {"class_type": "BenchAppearance", "inputs": {"tokens": 1 + h * w // 4}},
+        "6": {"class_type": "AutoregressivePropagate", "inputs": {
+            "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "vae": ["2", 0], "depth": ["3", 0],
+            "reference": ["4", 0], "reference_index": 0, "seed": 0, "steps": steps, "cfg": cfg,
+            "sampler_name": "euler", "scheduler": "simple", "decode": False, "frame_previews": False}},
+    }
+
+    class BenchAppearance:
+        """Appearance conditioning of the right shape without a CLIP vision model (speed only)."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"tokens": ("INT", {"default": 17})}}
+
+        RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self, tokens):
+            t = torch.randn(1, tokens, 768)
+            info = types.AppearanceInfo("bench", 768, False)
+            return [[t, {types.APPEARANCE_KEY: info}]], [[torch.zeros_like(t), {types.APPEARANCE_KEY: info}]]
+
+    host.nodes.NODE_CLASS_MAPPINGS["BenchAppearance"] = BenchAppearance
+    import execution
+
+    executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    seed = [0]
+
+    def run_node():
+        seed[0] += 1
+        graph["6"]["inputs"]["seed"] = seed[0]
+        executor.execute(graph, str(seed[0]), {"client_id": None, "preview_method": "none"}, ["6"])
+        assert executor.success, executor.status_messages
+
+    a = median_time(run_node, args.repeats)
+
+    # (a') the same with the web filmstrip's frame previews on, sent through a (fake) server as in the UI
+    import server
+
+    server.PromptServer.instance = host.server
+    host.server.client_id = "bench"
+    graph["6"]["inputs"]["frame_previews"] = True
+    a_previews = median_time(run_node, args.repeats)
+    graph["6"]["inputs"]["frame_previews"] = False
+    sent = sum(1 for event, _ in host.server.messages if event == "magicprop.frame")
+    assert sent >= k, "frame previews were not sent"
+
+    # (b) the host's KSampler on the same model and conditioning, once per generated frame
+    import nodes
+
+    model = executor.caches.outputs.get("1").outputs[0][0]
+    positive, negative = executor.caches.outputs.get("5").outputs[0][0], executor.caches.outputs.get("5").outputs[1][0]
+    concat = torch.randn(1, 6, h, w)
+    positive = [[c[0], {**c[1], model_mod.CONCAT_KEY: concat}] for c in positive]
+    negative = [[c[0], {**c[1], model_mod.CONCAT_KEY: concat}] for c in negative]
+    latent = {"samples": torch.zeros(1, 4, h, w)}
+
+    def run_ksampler():
+        for i in range(k - 1):
+            nodes.common_ksampler(model, i, steps, cfg, "euler", "simple", positive, negative, latent, denoise=1.0)
+
+    b = median_time(run_ksampler, args.repeats)
+
+    # (c) the host-free backend on the same checkpoint
+    core = load_checkpoint(ckpt)
+    dtype = torch.float16 if preset["dtype"] == "fp16" else torch.float32
+    unet = core.build_unet(dtype).to(args.device).eval()
+    tokens = positive[0][0]
+    denoiser = DiffusersDenoiser(unet, core.config, tokens, steps=steps, cfg=cfg)
+    ref = torch.randn(1, 4, h, w)
+    depth = torch.rand(k, 1, h, w)
+
+    def run_core():
+        propagate(denoiser, ref, depth, 0, 0)
+
+    c = median_time(run_core, args.repeats)
+
+    per = k - 1
+    result = {"preset": args.preset, "device": args.device, "device_name": _device_name(torch, args.device),
+              "frames": k, "size": size, "steps": steps, "cfg": cfg, "dtype": preset["dtype"],
+              "repeats": args.repeats,
+              "seconds_per_frame": {"a_node": a / per, "a_node_previews": a_previews / per, "b_ksampler": b / per,
+                                    "c_core": c / per},
+              "a_over_b": a / b, "c_over_b": c / b, "previews_overhead": a_previews / a - 1}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    s = result["seconds_per_frame"]
+    print(f"{args.preset} on {result['device_name']}: K={k}, {size}px, {steps} steps, cfg {cfg}, {preset['dtype']}")
+    print(f"{'variant':<34}{'s/frame':>10}")
+    print(f"{'(a) AutoregressivePropagate':<34}{s['a_node']:>10.3f}")
+    print(f"{'(a) with frame previews':<34}{s['a_node_previews']:>10.3f}")
+    print(f"{'(b) KSampler x (K-1)':<34}{s['b_ksampler']:>10.3f}")
+    print(f"{'(c) host-free backend':<34}{s['c_core']:>10.3f}")
+    print(f"a/b = {result['a_over_b']:.3f}   c/b = {result['c_over_b']:.3f}   "
+          f"previews add {100 * result['previews_overhead']:+.1f}%")
+
+
+def _device_name(torch, device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    main()
