@@ -111,6 +111,18 @@ def _add_demo(sub) -> None:
     p.add_argument("--train-steps", type=int, default=None, help="with --train: PropDPM steps (default: the recipe's)")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks that ship with the package")
+    kinds = p.add_subparsers(dest="bench", required=True)
+    q = kinds.add_parser("quality", help="drift on long held-out synthetic clips, every method side by side")
+    q.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where quality.json/png go")
+    q.add_argument("--clips", type=int, default=3)
+    q.add_argument("--frames", type=int, default=120, help="frames after the reference (long clips)")
+    q.add_argument("--short", type=int, default=30, help="frames after the reference (short clips)")
+    q.add_argument("--steps", type=int, default=10, help="sampling steps per frame")
+    q.add_argument("--models", type=Path, default=None, help="demo models folder (default: the shipped ones)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m magicprop", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
@@ -121,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_vae(sub)
     _add_prepare(sub)
     _add_demo(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -167,6 +180,19 @@ def _run(args: argparse.Namespace) -> None:
         metrics = run_demo(args.out, models, args.clips, args.steps, progress=not args.quiet)
         log.info("%s", table(metrics))
         for name in ("demo.mp4", "strip.png", "metrics.json"):
+            log.info("wrote %s", (args.out / name).resolve())
+    elif args.command == "bench":
+        from .demo import MODELS_DIR
+        from .quality import run_quality, table
+
+        results = run_quality(args.out, args.models or MODELS_DIR, args.clips, args.frames, args.short, args.steps,
+                              progress=not args.quiet)
+        log.info("PSNR (dB) over %d frames after the reference, by window; slope in dB per 100 frames\n%s",
+                 args.frames, table(results))
+        log.info("same motions, %d frames:\n%s", args.short, table(results, "short_run"))
+        if results["skipped"]:
+            log.info("skipped (checkpoint not shipped): %s", ", ".join(results["skipped"]))
+        for name in ("quality.json", "quality.png"):
             log.info("wrote %s", (args.out / name).resolve())
     elif args.command == "train-vae":
         from .train.vae import VAETrainConfig, train_vae

@@ -222,14 +222,3 @@ def make_clip(seed: int, cfg: SceneConfig = SceneConfig(), frames: int | None = 
     if not edit:
         return source
     return ClipPair(source=source, edit=render(motion, edit_look, cfg, frames))
-
-
-def warp(image: torch.Tensor, flow_back: torch.Tensor) -> torch.Tensor:
-    """Carry `image` (H, W, C) of frame k to frame k+1 along the backward flow (H, W, 2) of frame k+1 (bilinear)."""
-    h, w = image.shape[:2]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    gx = (xs + flow_back[..., 0] + 0.5) / w * 2 - 1
-    gy = (ys + flow_back[..., 1] + 0.5) / h * 2 - 1
-    grid = torch.stack([gx, gy], -1)[None]
-    return torch.nn.functional.grid_sample(image.movedim(-1, 0)[None], grid, mode="bilinear",
-                                           padding_mode="border", align_corners=False)[0].movedim(0, -1)

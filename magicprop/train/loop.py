@@ -97,7 +97,9 @@ def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, sour
         vae={"scaling_factor": encoders.latent_scale, "config": {k: v for k, v in dict(encoders.vae.config).items()
                                                                  if not k.startswith("_")}},
         training={"steps": step, "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed,
-                  "ema_decay": t.ema_decay, "data": source_desc},
+                  "ema_decay": t.ema_decay, "data": source_desc, "rollout_probability": t.rollout_probability,
+                  "rollout_length": t.rollout_length, "rollout_steps": t.rollout_steps,
+                  "initialised_from": Path(cfg.model.init_checkpoint or cfg.model.unet or "unet_config").name},
     )
 
 
