@@ -75,31 +75,43 @@ class DiffusersDenoiser:
         self.scheduler = sample_scheduler(config.schedule)
         self.scheduler.set_timesteps(steps, device=self.device)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Guided v-prediction for the noisy latent x (1, 4, h, w) at timestep t."""
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                positive: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided v-prediction for noisy latents x (B, 4, h, w) at timestep t (appearance: positive, (B or 1, T, C))."""
+        pos = self.positive if positive is None else positive
+        b = x.shape[0]
+        pos = pos.expand(b, -1, -1) if pos.shape[0] == 1 else pos
         inp = torch.cat([x, cond], dim=1).to(self.dtype)
         if self.cfg == 1.0:
-            return self.unet(inp, t, encoder_hidden_states=self.positive).sample.float()
-        ctx = torch.cat([self.negative, self.positive])
-        v_uncond, v_cond = self.unet(inp.expand(2, -1, -1, -1), t, encoder_hidden_states=ctx).sample.float().chunk(2)
+            return self.unet(inp, t, encoder_hidden_states=pos).sample.float()
+        ctx = torch.cat([torch.zeros_like(pos) if positive is not None else self.negative.expand(b, -1, -1), pos])
+        v_uncond, v_cond = self.unet(torch.cat([inp, inp]), t, encoder_hidden_states=ctx).sample.float().chunk(2)
         return guide(v_cond, v_uncond, self.cfg, self.rescale)
 
     @torch.no_grad()
     def __call__(self, request: FrameRequest) -> torch.Tensor:
-        cond = condition_for(request, self.config, self.level).to(self.device)
-        x = frame_noise(request.prev_latent.shape, request.seed).to(self.device) * self.scheduler.init_noise_sigma
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        return self.batch([request])
+
+    @torch.no_grad()
+    def batch(self, requests: list[FrameRequest], positive: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise several frames at once, each with its own request (and appearance row of `positive`)."""
+        cond = torch.cat([condition_for(r, self.config, self.level) for r in requests]).to(self.device)
+        x = torch.cat([frame_noise(r.prev_latent.shape, r.seed) for r in requests]).to(self.device)
+        x = x * self.scheduler.init_noise_sigma
+        if positive is not None:
+            positive = positive.to(self.device, self.dtype)
+        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
         timesteps = self.scheduler.timesteps
         for i, t in enumerate(timesteps):
-            v = self.predict(self.scheduler.scale_model_input(x, t), t, cond)
-            if self.eta > 0:  # DDIM's stochastic part draws its noise from the frame's generator
-                variance_noise = torch.randn(x.shape, generator=generator).to(x)
+            v = self.predict(self.scheduler.scale_model_input(x, t), t, cond, positive)
+            if self.eta > 0:  # DDIM's stochastic part draws each frame's noise from that frame's generator
+                variance_noise = torch.cat([torch.randn(x[:1].shape, generator=g) for g in generators]).to(x)
                 x = self.scheduler.step(v, t, x, eta=self.eta, variance_noise=variance_noise).prev_sample
             else:
                 x = self.scheduler.step(v, t, x, eta=0.0).prev_sample
             if self.on_step is not None:
                 self.on_step(i + 1, len(timesteps))
-        return (x / self.config.latent_scale).to(request.prev_latent.dtype)
+        return (x / self.config.latent_scale).to(requests[0].prev_latent.dtype)
 
 
 def check_clip_model(model, spec: ClipSpec) -> None:

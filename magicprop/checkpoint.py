@@ -164,3 +164,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Pro
             f"not match its metadata (in_channels={config.unet_config['in_channels']}): the file is inconsistent."
         )
     return PropDPMCheckpoint(config=config, unet_state=unet, adapter_state=adapter)
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a PropDPM checkpoint with its floating-point weights cast to `dtype` (e.g. fp16 to ship it)."""
+    ckpt = load_checkpoint(src)
+    unet = ckpt.build_unet()
+    adapter = ckpt.build_adapter()
+    return save_checkpoint(dst, ckpt.config, unet.to(dtype), adapter.to(dtype))

@@ -117,8 +117,13 @@ DEMO_CLIP_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_lay
 """The demo's CLIP vision: a tiny ViT with seeded random weights (4x4 patches + class token, 64 wide)."""
 DEMO_CLIP_SEED = 7
 TRAIN_CONFIGS = Path(__file__).resolve().parent / "configs" / "train"
-RECIPES = (("propdpm-main.safetensors", "demo_main.toml"), ("propdpm-noise-aug.safetensors", "demo_noise_aug.toml"),
-           ("propdpm-no-prev.safetensors", "demo_no_prev.toml"))
+RECIPES = (("propdpm-main.safetensors", "demo_main.toml", None),
+           ("propdpm-noise-aug.safetensors", "demo_noise_aug.toml", None),
+           ("propdpm-no-prev.safetensors", "demo_no_prev.toml", None),
+           ("propdpm-rollout.safetensors", "demo_rollout.toml", "propdpm-main.safetensors"),
+           ("propdpm-drift.safetensors", "demo_drift.toml", "propdpm-noise-aug.safetensors"))
+"""(shipped file, recipe in configs/train, checkpoint it is fine-tuned from): the three models of the demo, then
+the two drift-control fine-tunes of the quality benchmark."""
 
 
 def build_demo_clip(folder: Path) -> Path:
@@ -133,9 +138,10 @@ def build_demo_clip(folder: Path) -> Path:
 
 
 def demo_overrides(models: Path, work: Path, filename: str, steps: int | None = None,
-                   clips: int | None = None) -> list[str]:
+                   clips: int | None = None, init: str | None = None) -> list[str]:
     """--set overrides that point a demo recipe at the demo's VAE/CLIP folders and a work folder."""
-    overrides = [f"model.vae={json.dumps(str(models / 'vae'))}",
+    overrides = [f"model.init_checkpoint={json.dumps(str(models / init))}"] if init else []
+    overrides += [f"model.vae={json.dumps(str(models / 'vae'))}",
                  f"model.clip_vision={json.dumps(str(models / 'clip_vision'))}",
                  f"data.latent_cache={json.dumps(str(work / 'cache' / f'synthetic-{clips or 2000}.safetensors'))}",
                  f"train.output_dir={json.dumps(str(work / 'runs' / filename.split('.')[0]))}"]
@@ -147,25 +153,27 @@ def demo_overrides(models: Path, work: Path, filename: str, steps: int | None = 
     return overrides
 
 
-def train_demo_propdpm(models: Path, work: Path, filename: str, recipe: str, steps: int | None = None,
-                       clips: int | None = None, progress: bool = True) -> float:
+def train_demo_propdpm(models: Path, work: Path, filename: str, recipe: str, init: str | None = None,
+                       steps: int | None = None, clips: int | None = None, progress: bool = True) -> float:
     """Train one demo PropDPM from its recipe and copy it into `models`; returns the seconds it took."""
-    import shutil
     import time
 
+    from .checkpoint import convert_checkpoint
     from .train.config import load_config
     from .train.loop import train
 
     t0 = time.perf_counter()
-    path = train(load_config(TRAIN_CONFIGS / recipe, demo_overrides(models, work, filename, steps, clips)), progress)
-    shutil.copy(path, models / filename)
+    cfg = load_config(TRAIN_CONFIGS / recipe, demo_overrides(models, work, filename, steps, clips, init))
+    path = train(cfg, progress)
+    convert_checkpoint(path, models / filename, torch.float16)  # shipped in half precision
     return time.perf_counter() - t0
 
 
 def write_manifest(models: Path, vae_cfg, seconds: dict, budgets: dict | None = None) -> None:
     """MANIFEST.json: what each shipped model is and how to make it again."""
-    recipes = {f: {"config": f"magicprop/configs/train/{r}", **(budgets or {})} for f, r in RECIPES}
-    info = {"scene": {"size": 128, "frames": 31}, "vae": {"config": vae_cfg.__dict__},
+    recipes = {f: {"config": f"magicprop/configs/train/{r}", "fine_tuned_from": i, **(budgets or {})}
+               for f, r, i in RECIPES}
+    info = {"scene": {"size": 128, "frames": 31}, "vae": {"config": {**vae_cfg.__dict__, "output": "vae"}},
             "clip_vision": {"config": DEMO_CLIP_CONFIG, "seed": DEMO_CLIP_SEED},
             "propdpm": recipes, "train_seconds": seconds}
     with atomic_path(models / MANIFEST) as tmp:
@@ -188,7 +196,7 @@ def train_demo_models(models: Path, work: Path, steps: int | None = None, vae_st
     train_vae(vae_cfg, progress)
     seconds = {"vae": time.perf_counter() - t0}
     build_demo_clip(models / "clip_vision")
-    for filename, recipe in RECIPES:
-        seconds[filename] = train_demo_propdpm(models, work, filename, recipe, steps, clips, progress)
+    for filename, recipe, init in RECIPES:
+        seconds[filename] = train_demo_propdpm(models, work, filename, recipe, init, steps, clips, progress)
     budgets = {k: v for k, v in (("steps", steps), ("synthetic_clips", clips)) if v}
     write_manifest(models, vae_cfg, seconds, budgets)

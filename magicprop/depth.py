@@ -121,11 +121,16 @@ class ClipDepthAligner:
         self.out[index] = self.reduce(d[None, None])[0, 0]
         return d
 
-    def push(self, depth: torch.Tensor) -> None:
-        """Add the next frame's relative inverse depth (H, W)."""
+    @staticmethod
+    def _finite(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map with non-finite pixels zeroed, finite mask)."""
         d = depth.detach().to(torch.float32)
         ok = torch.isfinite(d)
-        d = torch.where(ok, d, torch.zeros_like(d))
+        return torch.where(ok, d, torch.zeros_like(d)), ok
+
+    def push(self, depth: torch.Tensor) -> None:
+        """Add the next frame's relative inverse depth (H, W)."""
+        d, ok = self._finite(depth)
         index, self.count = self.count, self.count + 1
         if self.ref is None:
             x, xok = self._grid(d, ok)
@@ -135,9 +140,7 @@ class ClipDepthAligner:
             self.ref = (self._place(index, d, ok), ok)  # the anchor keeps its own scale
             first = self.ref
             for j, waiting in reversed(self.waiting):  # backward from the anchor
-                wd = waiting.detach().to(torch.float32)
-                wok = torch.isfinite(wd)
-                self._place(j, torch.where(wok, wd, torch.zeros_like(wd)), wok)
+                self._place(j, *self._finite(waiting))
             self.ref, self.waiting = first, []
             return
         aligned = self._place(index, d, ok)
@@ -150,9 +153,7 @@ class ClipDepthAligner:
         if self.count == 0:
             raise MagicPropError("depth: no frames were given; expected a non-empty clip of depth maps.")
         for j, waiting in self.waiting:  # no informative frame at all: keep each frame as it is
-            wd = waiting.detach().to(torch.float32)
-            wok = torch.isfinite(wd)
-            self._place(j, torch.where(wok, wd, torch.zeros_like(wd)), wok)
+            self._place(j, *self._finite(waiting))
         self.waiting = []
         maps = torch.stack([self.out[i] for i in range(self.count)])[:, None]
         if not math.isfinite(self.lo) or self.hi - self.lo <= _EPS * max(abs(self.hi), abs(self.lo), 1e-30):

@@ -28,6 +28,7 @@ from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..init_model import initial_models
+from ..propagate import FrameRequest, frame_seed
 from ..schedule import ScheduleConfig, train_scheduler
 from .config import RunConfig
 from .data import make_source, sample_spec
@@ -109,18 +110,21 @@ class Batcher:
     def __init__(self, cache: ClipCache, scheduler, cfg: RunConfig, latent_scale: float, device,
                  rollout=None) -> None:
         self.cache, self.scheduler, self.cfg, self.scale, self.device = cache, scheduler, cfg, latent_scale, device
-        self.rollout = rollout  # (encoded clip, spec) -> the model's own (1, 4, h, w) previous latent, unscaled
+        self.rollout = rollout  # [(encoded clip, spec)] -> the model's own (1, 4, h, w) previous latents, unscaled
 
     def __call__(self, specs) -> dict[str, torch.Tensor]:
         t_cfg = self.cfg.train
         rows = {k: [] for k in ("input", "t", "tokens", "ref", "keep", "v")}
-        for s in specs:
+        rolled = {}
+        if self.rollout is not None and t_cfg.previous_frame:
+            wanted = [(n, s) for n, s in enumerate(specs) if s.rollout]
+            if wanted:
+                outs = self.rollout([(self.cache.get(s.clip), s) for _, s in wanted])
+                rolled = {n: latent for (n, _), latent in zip(wanted, outs)}
+        for n, s in enumerate(specs):
             clip = self.cache.get(s.clip)
             target = clip.latents[s.target : s.target + 1] * self.scale
-            prev = clip.latents[s.prev : s.prev + 1]
-            if s.rollout and self.rollout is not None and t_cfg.previous_frame:
-                prev = self.rollout(clip, s)
-            prev = prev * self.scale
+            prev = rolled.get(n, clip.latents[s.prev : s.prev + 1]) * self.scale
             g = torch.Generator().manual_seed(s.noise_seed)
             noise = torch.randn(target.shape, generator=g)
             if not t_cfg.previous_frame:
@@ -139,33 +143,43 @@ class Batcher:
 
 
 class Rollout:
-    """The model's own previous frame for a sample: from the true frame `rollout_length` steps further from the
-    target, it generates frame after frame (as inference does) up to the previous frame, without gradient."""
+    """The model's own previous frames for a batch of samples: from the true frame `rollout_length` steps further
+    from each target, it generates frame after frame (as inference does, gap 1) up to the previous frame, all
+    rollout samples of the batch together, without gradient."""
 
     def __init__(self, acc, module, meta: PropDPMConfig, cfg: RunConfig) -> None:
         self.acc, self.module, self.meta, self.cfg = acc, module, meta, cfg
 
     @torch.no_grad()
-    def __call__(self, clip, spec) -> torch.Tensor:
+    def __call__(self, items: list) -> list[torch.Tensor]:
+        """items: [(encoded clip, spec)] -> the (1, 4, h, w) unscaled previous latent of each."""
         from ..backend import DiffusersDenoiser
-        from ..propagate import iter_chain
 
         model = self.acc.unwrap_model(self.module)
         t = self.cfg.train
-        step = 1 if spec.prev > spec.target else -1  # the chain arrives at prev moving towards the target
-        start = min(max(spec.prev + step * t.rollout_length, 0), clip.latents.shape[0] - 1)
-        if start == spec.prev:
-            return clip.latents[spec.prev : spec.prev + 1]
         device = next(model.parameters()).device
-        tokens = clip.tokens[spec.ref : spec.ref + 1].to(device)
-        ref = clip.latents[spec.ref : spec.ref + 1].to(device) * self.meta.latent_scale
-        context = model.adapter(tokens, ref)
-        denoiser = DiffusersDenoiser(model.unet, self.meta, context, steps=t.rollout_steps)
-        indices = list(range(start, spec.prev - step, -step))
-        latent = clip.latents[start : start + 1]
-        for _, latent in iter_chain(denoiser, indices, latent, clip.depth, spec.noise_seed):
-            pass
-        return latent.cpu()
+        chains, contexts, current = [], [], []
+        for clip, spec in items:
+            step = 1 if spec.prev > spec.target else -1  # the chain arrives at prev moving towards the target
+            start = min(max(spec.prev + step * t.rollout_length, 0), clip.latents.shape[0] - 1)
+            chains.append(list(range(start, spec.prev - step, -step)))
+            tokens = clip.tokens[spec.ref : spec.ref + 1].to(device)
+            ref = clip.latents[spec.ref : spec.ref + 1].to(device) * self.meta.latent_scale
+            contexts.append(model.adapter(tokens, ref))
+            current.append(clip.latents[start : start + 1])
+        denoiser = DiffusersDenoiser(model.unet, self.meta, contexts[0], steps=t.rollout_steps)
+        for j in range(1, max(len(c) for c in chains)):
+            active = [n for n, c in enumerate(chains) if j < len(c)]
+            requests = []
+            for n in active:
+                clip, spec = items[n]
+                src, k = chains[n][j - 1], chains[n][j]
+                requests.append(FrameRequest(k, src, current[n], clip.depth[k : k + 1], clip.depth[src : src + 1],
+                                             frame_seed(spec.noise_seed, k)))
+            out = denoiser.batch(requests, torch.cat([contexts[n] for n in active])).cpu()
+            for row, n in enumerate(active):
+                current[n] = out[row : row + 1]
+        return current
 
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
