@@ -211,14 +211,16 @@ class ClipPair:
     edit: Clip
 
 
-def make_clip(seed: int, cfg: SceneConfig = SceneConfig(), frames: int | None = None, edit: bool = True):
-    """The clip of a seed: a ClipPair (edit=True) or only the source Clip. Same seed, same clip, anywhere."""
+def make_looks(seed: int, cfg: SceneConfig = SceneConfig(), looks: int = 2, frames: int | None = None) -> list[Clip]:
+    """One motion rendered with `looks` appearances: [source, edit, other edit, ...]. Same seed, same clips."""
     g = torch.Generator().manual_seed(int(seed))
     motion = sample_motion(g, cfg)
     surfaces = motion.shape_kind.shape[0] + 1
-    source_look = sample_appearance(g, surfaces)
-    edit_look = sample_appearance(g, surfaces)
-    source = render(motion, source_look, cfg, frames)
-    if not edit:
-        return source
-    return ClipPair(source=source, edit=render(motion, edit_look, cfg, frames))
+    appearances = [sample_appearance(g, surfaces) for _ in range(looks)]
+    return [render(motion, a, cfg, frames) for a in appearances]
+
+
+def make_clip(seed: int, cfg: SceneConfig = SceneConfig(), frames: int | None = None, edit: bool = True):
+    """The clip of a seed: a ClipPair (edit=True) or only the source Clip. Same seed, same clip, anywhere."""
+    clips = make_looks(seed, cfg, 2 if edit else 1, frames)
+    return ClipPair(source=clips[0], edit=clips[1]) if edit else clips[0]

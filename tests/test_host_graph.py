@@ -255,3 +255,34 @@ def test_full_size_vae_and_clip_vision_through_the_host_loaders(comfy_host, file
     assert tokens.shape == (1, 1 + 8 * 8 // 4, 768)
     assert latents.shape == (3, 4, 8, 8) and images.shape == (3, 64, 64, 3)
     assert torch.isfinite(latents).all() and torch.isfinite(images).all()
+
+
+def test_keyframes_and_anchoring_in_the_node(comfy_host, files):
+    graph = propagation_graph(files, frames=6, ref=0, steps=2)
+    graph["40"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": 5, "length": 1}}
+    graph["41"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["40", 0]}}
+    graph["11"]["inputs"]["reference"] = ["41", 0]
+    graph["12"]["inputs"].update(reference=["41", 0], keyframe_indices="0, 5", keyframe_window=2, anchor_strength=0.5)
+    graph["42"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["41", 0], "vae": ["7", 0]}}
+    ex = comfy_host.run(graph, ["12", "42"])
+    latents = comfy_host.output(ex, "12", 0)["samples"]
+    refs = comfy_host.output(ex, "42", 0)["samples"]
+    assert latents.shape[0] == 6 and torch.isfinite(latents).all()
+    torch.testing.assert_close(latents[0], refs[0])
+    torch.testing.assert_close(latents[5], refs[1])
+    graph["12"]["inputs"]["keyframe_indices"] = "0, 9"
+    with pytest.raises(GraphError, match="out of range"):
+        comfy_host.run(graph, ["12"])
+    graph["12"]["inputs"]["keyframe_indices"] = "0"
+    with pytest.raises(GraphError, match="gives 1 indices for 2 reference images"):
+        comfy_host.run(graph, ["12"])
+
+
+def test_decode_off_returns_latents_only_and_refuses_a_reader_of_images(comfy_host, files):
+    graph = propagation_graph(files, frames=3, ref=0, steps=1)
+    graph["12"]["inputs"]["decode"] = False
+    ex = comfy_host.run(graph, ["12"])
+    assert comfy_host.output(ex, "12", 0)["samples"].shape[0] == 3 and comfy_host.output(ex, "12", 1) is None
+    graph["50"] = {"class_type": "ImageInvert", "inputs": {"image": ["12", 1]}}
+    with pytest.raises(GraphError, match="decode is off but node 50 \\(ImageInvert\\) reads the IMAGE output"):
+        comfy_host.run(graph, ["50"])
