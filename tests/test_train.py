@@ -112,6 +112,8 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
     path = train(cfg, progress=False)  # resumes from step 3, finishes
     assert inspect_checkpoint(path).training["steps"] == 6
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [
+        1, 2, 3, 4, 5, 6], "the steps run before the crash are logged once"
     full = load_config(None, run_args(tiny_models, tmp_path / "full", steps=6, checkpoint_every=3))
     assert_same_weights(path, train(full, progress=False), 1e-6)
 

@@ -182,6 +182,15 @@ class Rollout:
         return current
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines of steps after `step` (written before an interruption, and about to be run again)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
+
+
 def _checkpoint_dirs(out: Path) -> list[Path]:
     root = out / CHECKPOINTS
     return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if root.is_dir() else []
@@ -277,7 +286,9 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     log_path = out / "log.jsonl"
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        with atomic_path(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
+        trim_log(log_path, state.step)
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, stop_after)
     bar = tqdm(total=t_cfg.steps, initial=state.step, disable=not (progress and acc.is_main_process),
                desc="train", unit="step")
