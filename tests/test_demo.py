@@ -54,7 +54,7 @@ def test_two_keyframes_on_a_moving_scene_meet_without_a_seam():
     from magicprop.propagate import Keyframe, keyframe_plan, propagate, propagate_keyframes
     from magicprop.synthetic import SceneConfig, make_looks
 
-    k, window, steps = 24, 8, 6
+    k, window, steps = 24, 12, 6
     source, edit_a, edit_b = make_looks(4_100_000, SceneConfig(size=128, frames=k), 3)
     models = StandaloneModels.load(MODELS_DIR / "propdpm-main.safetensors", MODELS_DIR / "vae", MODELS_DIR / "clip_vision")
     ref_a, ref_b = edit_a.frames[:1], edit_b.frames[-1:]
