@@ -4,7 +4,9 @@ Held-out synthetic clips of 120 frames after the edited reference (and the same 
 propagating the edited frame 0; PSNR and SSIM against the edited rendering per frame. Methods: copying the
 reference; flow-warp propagation without diffusion (exact flow, and a Horn & Schunck estimate from the source
 frames: what EbSynth-style tools do); the no-previous-frame model; PropDPM as in the paper, teacher-forced (each
-frame from the TRUE previous edited frame) and autoregressive; each drift control alone; all together. Only the
+frame from the TRUE previous edited frame) and autoregressive; each drift control alone; all together. "copy true
+previous frame" is the teacher-forced model's own baseline (an oracle, not a method): a model that beats it uses the
+depth to move content, one that matches it has only learnt to copy its previous frame. Only the
 shipped checkpoints are loaded (no training here); a method whose checkpoint is missing is reported as skipped.
 """
 
@@ -37,7 +39,7 @@ ANCHOR_STRENGTH = 0.5
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # copy | flow-exact | flow-estimated | model | teacher-forced
+    kind: str  # copy | copy-previous | flow-exact | flow-estimated | model | teacher-forced
     checkpoint: str | None = None
     anchor: float = 0.0
 
@@ -47,6 +49,7 @@ METHODS = (
     Method("flow warp (exact flow)", "flow-exact"),
     Method("flow warp (Horn-Schunck)", "flow-estimated"),
     Method("no previous frame", "model", "propdpm-no-prev.safetensors"),
+    Method("copy true previous frame", "copy-previous"),
     Method("paper, teacher-forced", "teacher-forced", "propdpm-main.safetensors"),
     Method("paper (autoregressive)", "model", "propdpm-main.safetensors"),
     Method("+ noise augmentation", "model", "propdpm-noise-aug.safetensors"),
@@ -80,6 +83,8 @@ def run_method(method: Method, pair, models: dict, steps: int, seed: int) -> tor
     reference = truth[:1]
     if method.kind == "copy":
         return reference.expand_as(truth)
+    if method.kind == "copy-previous":  # oracle: frame k-1 of the ground truth as frame k
+        return torch.cat([reference, truth[:-1]])
     if method.kind == "flow-exact":
         return propagate_by_flow(reference[0], [f.permute(2, 0, 1) for f in pair.source.flow_back])
     if method.kind == "flow-estimated":
