@@ -1,6 +1,7 @@
 """`python -m magicprop bench quality`: drift on long clips, against ground truth, every method side by side.
 
-Held-out synthetic clips of 120 frames after the edited reference (and the same motions cut to 30), each method
+Held-out synthetic clips of 120 frames after the edited reference (and the same motions cut to 30; shapes bounce
+off the frame's edges so that the last frames move as much as the first), each method
 propagating the edited frame 0; PSNR and SSIM against the edited rendering per frame. Methods: copying the
 reference; flow-warp propagation without diffusion (exact flow, and a Horn & Schunck estimate from the source
 frames: what EbSynth-style tools do); the no-previous-frame model; PropDPM as in the paper, teacher-forced (each
@@ -125,7 +126,7 @@ def run_quality(out: Path, models_dir: Path = MODELS_DIR, clips: int = 3, frames
         for length, key in ((frames, "long"), (short, "short_run")):
             scores = {m.name: {"psnr": [], "ssim": []} for m in methods}
             for c in range(clips):
-                pair = make_clip(QUALITY_SEED + c, SceneConfig(size=size, frames=length + 1))
+                pair = make_clip(QUALITY_SEED + c, SceneConfig(size=size, frames=length + 1, bounce=True))
                 for m in methods:
                     result = run_method(m, pair, models, steps, seed=c)
                     scores[m.name]["psnr"].append(psnr(result, pair.edit.frames))

@@ -38,6 +38,12 @@ class SceneConfig:
     """Typical relative change of a shape's distance per frame."""
     camera_speed: float = 0.02
     """Background pan speed, in frame widths per frame (at unit distance)."""
+    bounce: bool = False
+    """Shapes bounce off the frame's edges and reverse their depth motion every BOUNCE_FRAMES frames, so a long clip
+    keeps moving to its end (benchmarks). Off for training clips, where shapes may also enter and leave the frame."""
+
+
+BOUNCE_FRAMES = 30
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Motion:
     bg_z: float
     bg_tilt: torch.Tensor  # (2,) depth gradient of the background plane
     camera: torch.Tensor  # (2,) pan per frame
+    bounce: bool = False
 
 
 @dataclass
@@ -99,6 +106,7 @@ def sample_motion(g: torch.Generator, cfg: SceneConfig) -> Motion:
         bg_z=float(_uniform(g, (), 3.0, 4.5)),
         bg_tilt=_uniform(g, (2,), -0.8, 0.8),
         camera=(lambda a: torch.stack([a.cos(), a.sin()]) * cfg.camera_speed * 2)(_uniform(g, (), 0, 2 * math.pi)),
+        bounce=cfg.bounce,
     )
 
 
@@ -134,10 +142,22 @@ def _shape_sdf(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return u.abs() + v.abs() - 1  # diamond
 
 
+def _reflect(x, lo: float, hi: float):
+    """x folded into [lo, hi] as by a point bouncing between them (a triangle wave); a tensor or a float."""
+    width = hi - lo
+    y = (x - lo) % (2 * width)
+    if isinstance(y, torch.Tensor):
+        return lo + torch.where(y <= width, y, 2 * width - y)
+    return lo + (y if y <= width else 2 * width - y)
+
+
 def _shape_frame(m: Motion, i: int, t: float):
     """Centre, angle, distance and screen half-extents of shape i at time t."""
-    z = m.z0[i] * max(0.35, 1 + float(m.z_rate[i]) * t)
+    tz = _reflect(t, 0.0, BOUNCE_FRAMES) if m.bounce else t
+    z = m.z0[i] * max(0.35, 1 + float(m.z_rate[i]) * tz)
     center = m.center0[i] + m.velocity[i] * t
+    if m.bounce:
+        center = _reflect(center, -0.85, 0.85)
     angle = m.angle0[i] + m.spin[i] * t
     return center, angle, z, m.radius[i] / z
 

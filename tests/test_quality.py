@@ -25,7 +25,7 @@ def test_bench_quality_writes_every_method_json_plot_and_table(tmp_path, caplog)
             assert len(r["psnr_per_frame"]) == frames + 1 and len(r["ssim_per_frame"]) == frames + 1, name
             assert all(torch.isfinite(torch.tensor(r["psnr_per_frame"][1:]))), name
     # the oracle row is what it says: ground-truth frame k-1 scored as frame k
-    truth = make_clip(QUALITY_SEED, SceneConfig(size=results["size"], frames=5)).edit.frames
+    truth = make_clip(QUALITY_SEED, SceneConfig(size=results["size"], frames=5, bounce=True)).edit.frames
     expected = psnr(truth[:-1], truth[1:])
     assert torch.allclose(torch.tensor(results["long"]["copy true previous frame"]["psnr_per_frame"][1:]), expected,
                           atol=1e-3)
