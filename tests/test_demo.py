@@ -21,6 +21,11 @@ def test_shipped_models_are_small_and_complete():
         if m.checkpoint:
             assert (MODELS_DIR / m.checkpoint).is_file() and m.checkpoint in info["propdpm"]
     assert (MODELS_DIR / "vae" / "config.json").is_file() and (MODELS_DIR / "clip_vision" / "config.json").is_file()
+    # nothing shipped names the machine it was made on
+    for path in [p for p in files if p.suffix == ".json"] + [p for p in files if p.suffix == ".safetensors"]:
+        head = path.read_bytes()[: 2**20].decode("latin-1")
+        for marker in ("/tmp/", "/home/", "/root/", "C:\\"):
+            assert marker not in head, f"{path.relative_to(MODELS_DIR)} names a local path ({marker})"
 
 
 def test_demo_writes_video_strip_and_metrics(tmp_path, caplog):
