@@ -24,6 +24,7 @@ from .backend import DiffusersDenoiser, StandaloneModels
 from .demo import HELD_OUT_SEED, MODELS_DIR, manifest
 from .depth import depth_to_latent_grid
 from .drift import AnchoredDenoiser
+from .errors import MagicPropError
 from .evaluate import propagate_frames, psnr, ssim
 from .fileio import atomic_path
 from .flow import horn_schunck, propagate_by_flow
@@ -111,8 +112,13 @@ def _anchored(models: StandaloneModels, reference, depth, steps: int, seed: int,
 def run_quality(out: Path, models_dir: Path = MODELS_DIR, clips: int = 3, frames: int = 120, short: int = 30,
                 steps: int = 10, progress: bool = True) -> dict:
     """Evaluate every method on `clips` clips of `frames` (and `short`) frames after the reference."""
+    import importlib.util
+
     from tqdm.auto import tqdm
 
+    if importlib.util.find_spec("matplotlib") is None:  # the plot comes last: refuse before the work
+        raise MagicPropError("bench quality plots with matplotlib, which is not installed: pip install matplotlib "
+                             "(or the package's [cli] extra).")
     info = manifest(models_dir)
     size = info["scene"]["size"]
     available = {m.checkpoint for m in METHODS if m.checkpoint and (models_dir / m.checkpoint).is_file()}
