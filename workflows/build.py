@@ -57,7 +57,8 @@ class Graph:
             y = rows.get(n.col, 0.0)
             height = 46 + 24 * (max(len(n.inputs), len(n.outputs)) + len(n.widgets))
             height += 90 if n.type == "AutoregressivePropagate" else 0  # its filmstrip
-            rows[n.col] = y + height + 60
+            room = 280 if n.type in ("KSampler", "AutoregressivePropagate") else 0  # the step preview grows it
+            rows[n.col] = y + height + room + 60
             values = []
             for name, value in n.widgets.items():
                 values.append(value)
@@ -150,13 +151,13 @@ def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | No
     links = {"model": (16, 0), "positive": (18, 0), "negative": (18, 1), "vae": (8, 2), "depth": (5, 0),
              "reference": reference}
     widgets = {"reference_index": ref, "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
-               "scheduler": "simple"}
+               "scheduler": "simple", "pixel_composite": True, "frame_previews": True, "decode": True,
+               "keyframe_indices": "", "keyframe_window": 8, "anchor_strength": 0.0}  # every widget, in node order
     inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
               ("depth", "IMAGE"), ("reference", "IMAGE"), ("reference_depth", "IMAGE"), ("mask", "MASK"),
               ("source_frames", "IMAGE")]
     if mask is not None:
         links.update(mask=mask, source_frames=(4, 0))
-        widgets["pixel_composite"] = True
     g.add(19, "AutoregressivePropagate", col + 1, inputs=inputs, links=links, widgets=widgets,
           outputs=[("LATENT", "LATENT"), ("IMAGE", "IMAGE")], after={"seed": ["fixed"]})
     g.add(20, "CreateVideo", col + 1, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
