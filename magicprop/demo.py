@@ -171,8 +171,13 @@ def train_demo_propdpm(models: Path, work: Path, filename: str, recipe: str, ini
 
 def write_manifest(models: Path, vae_cfg, seconds: dict, budgets: dict | None = None) -> None:
     """MANIFEST.json: what each shipped model is and how to make it again."""
-    recipes = {f: {"config": f"magicprop/configs/train/{r}", "fine_tuned_from": i, **(budgets or {})}
-               for f, r, i in RECIPES}
+    from .train.config import load_config
+
+    def steps_trained(recipe: str) -> int:  # the budget's override, else the recipe's own
+        return (budgets or {}).get("steps") or load_config(TRAIN_CONFIGS / recipe).train.steps
+
+    recipes = {f: {"config": f"magicprop/configs/train/{r}", "fine_tuned_from": i, **(budgets or {}),
+                   "steps_trained": steps_trained(r)} for f, r, i in RECIPES}
     info = {"scene": {"size": 128, "frames": 31}, "vae": {"config": {**vae_cfg.__dict__, "output": "vae"}},
             "clip_vision": {"config": DEMO_CLIP_CONFIG, "seed": DEMO_CLIP_SEED},
             "propdpm": recipes, "train_seconds": seconds}

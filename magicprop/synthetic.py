@@ -145,10 +145,7 @@ def _shape_sdf(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _reflect(x, lo: float, hi: float):
     """x folded into [lo, hi] as by a point bouncing between them (a triangle wave); a tensor or a float."""
     width = hi - lo
-    y = (x - lo) % (2 * width)
-    if isinstance(y, torch.Tensor):
-        return lo + torch.where(y <= width, y, 2 * width - y)
-    return lo + (y if y <= width else 2 * width - y)
+    return hi - abs((x - lo) % (2 * width) - width)
 
 
 def _shape_frame(m: Motion, i: int, t: float):

@@ -22,7 +22,7 @@ def test_shipped_models_are_small_and_complete():
             assert (MODELS_DIR / m.checkpoint).is_file() and m.checkpoint in info["propdpm"]
     assert (MODELS_DIR / "vae" / "config.json").is_file() and (MODELS_DIR / "clip_vision" / "config.json").is_file()
     # nothing shipped names the machine it was made on
-    for path in [p for p in files if p.suffix == ".json"] + [p for p in files if p.suffix == ".safetensors"]:
+    for path in [p for p in files if p.suffix in (".json", ".safetensors")]:
         head = path.read_bytes()[: 2**20].decode("latin-1")
         for marker in ("/tmp/", "/home/", "/root/", "C:\\"):
             assert marker not in head, f"{path.relative_to(MODELS_DIR)} names a local path ({marker})"
@@ -46,6 +46,7 @@ def test_demo_train_retrains_everything_from_scratch(tmp_path):
     train_demo_models(models, tmp_path / "work", steps=2, vae_steps=2, clips=3, vae_clips=2, progress=False)
     info = manifest(models)
     assert set(info["propdpm"]) == {f for f, _, _ in RECIPES}
+    assert all(r["steps_trained"] == 2 for r in info["propdpm"].values())
     metrics = run_demo(tmp_path / "out", models, clips=1, steps=1, progress=False)
     for m in metrics["methods"].values():
         assert all(torch.isfinite(torch.tensor(m["psnr_per_frame"][1:])))
