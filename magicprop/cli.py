@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> None:
         path = train(load_config(args.config, args.set), progress=not args.quiet)
         log.info("wrote %s", path)
     elif args.command == "prepare":
-        from .prepare import PrepareConfig, prepare
+        from .train.prepare import PrepareConfig, prepare
 
         cfg = PrepareConfig(frames=args.frames, stride=args.stride, size=args.size, min_frames=args.min_frames,
                             clips_per_shard=args.clips_per_shard)

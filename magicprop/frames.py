@@ -17,6 +17,12 @@ GRID = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(K, H, W, C) in [0, 1] -> (K, height, width, C): bicubic, antialiased when shrinking, clamped to [0, 1]."""
+    x = torch.nn.functional.interpolate(frames.movedim(-1, 1), size=(height, width), mode="bicubic", antialias=True)
+    return x.movedim(1, -1).clamp(0, 1)
+
+
 def resize_width(frames: torch.Tensor, width: int | None) -> torch.Tensor:
     """(K, H, W, C) -> (K, H', width, C), aspect kept (bicubic, antialiased); None keeps the size."""
     if width is None or width == frames.shape[2]:
@@ -24,9 +30,17 @@ def resize_width(frames: torch.Tensor, width: int | None) -> torch.Tensor:
     if width < GRID:
         raise MagicPropError(f"width={width}: expected at least {GRID} pixels.")
     h, w = frames.shape[1:3]
-    height = max(1, round(h * width / w))
-    x = torch.nn.functional.interpolate(frames.movedim(-1, 1), size=(height, width), mode="bicubic", antialias=True)
-    return x.movedim(1, -1).clamp(0, 1)
+    return resize(frames, max(1, round(h * width / w)), width)
+
+
+def square(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(K, H, W, C) -> (K, size, size, C): the centred square crop, resized (training clips are square crops,
+    MagicProp section 3.3.3)."""
+    h, w = frames.shape[1:3]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    frames = frames[:, top : top + s, left : left + s]
+    return frames if s == size else resize(frames, size, size)
 
 
 def grid_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -50,8 +64,8 @@ def crop_to_grid(frames: torch.Tensor, what: str = "frames", notice: bool = True
 
 def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
     """An image file -> (1, H, W, 3) float32 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
     import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():

