@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), never tests/
 
 
 class PeakRSS:
@@ -57,20 +57,19 @@ class PeakRSS:
 
 def node_child(frames: int, size: int, work: Path) -> dict:
     """In a fresh process: run the node on K frames; return its memory growth."""
-    from conftest import find_comfyui
+    from harness.host import enter_comfyui, find_comfyui
 
-    sys.path.insert(0, str(find_comfyui()))
-    from comfy.cli_args import args as comfy_args
-
-    comfy_args.cpu = True
-    import utils.extra_config  # noqa: F401
+    comfy = find_comfyui()
+    if comfy is None:
+        raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
+    enter_comfyui(comfy, cpu=True)
     import execution
     import psutil
     import torch
 
-    from host import Host
+    from harness.host import Host
     from magicprop.init_model import init_checkpoint
-    from tiny import TINY_UNET_CONFIG, save_tiny_models
+    from magicprop.tiny import TINY_UNET_CONFIG, save_tiny_models
 
     tiny = save_tiny_models(work / "tiny")
     host = Host(ROOT, work / "comfy")
@@ -96,7 +95,8 @@ def node_child(frames: int, size: int, work: Path) -> dict:
     graph = {
         "1": {"class_type": "PropDPMLoader", "inputs": {"checkpoint": "m.safetensors", "weight_dtype": "fp32"}},
         "2": {"class_type": "TestTinyVAE", "inputs": {"folder": str(tiny["vae"])}},
-        "3": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames, "color": 8421504}},
+        "3": {"class_type": "EmptyImage",
+              "inputs": {"width": size, "height": size, "batch_size": frames, "color": 8421504}},
         "4": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 3355443}},
         "5": {"class_type": "BenchAppearance", "inputs": {}},
         "6": {"class_type": "AutoregressivePropagate", "inputs": {
@@ -116,7 +116,8 @@ def node_child(frames: int, size: int, work: Path) -> dict:
         executor.execute(graph, "run", {"client_id": None}, ["6"])
     assert executor.success, executor.status_messages
     latents = executor.caches.outputs.get("6").outputs[0][0]["samples"]
-    return {"frames": frames, "growth_bytes": peak.peak - before, "latent_bytes": latents.numel() * latents.element_size()}
+    return {"frames": frames, "growth_bytes": peak.peak - before,
+            "latent_bytes": latents.numel() * latents.element_size()}
 
 
 def make_video(path: Path, frames: int, size: int) -> None:
@@ -163,17 +164,18 @@ def main() -> None:
     for k in args.frames:
         out = subprocess.run([sys.executable, __file__, "--child", str(k), "--size", str(args.size)],
                              capture_output=True, text=True, cwd=ROOT)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(out.stderr[-3000:])
         node.append(json.loads(line[7:]))
     from magicprop.init_model import init_checkpoint
-    from tiny import TINY_UNET_CONFIG, save_tiny_models
+    from magicprop.tiny import TINY_UNET_CONFIG, save_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tiny = save_tiny_models(work / "tiny")
-        ckpt = init_checkpoint(work / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG), clip_vision=tiny["clip_vision"])
+        ckpt = init_checkpoint(work / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG),
+                               clip_vision=tiny["clip_vision"])
         video = work / "long.mp4"
         make_video(video, max(args.frames), args.size)
         cli = [cli_run(k, args.size, video, tiny, ckpt, work) for k in args.frames]
@@ -193,9 +195,11 @@ def main() -> None:
     print(f"peak memory at {args.size}x{args.size} (MB)")
     print(f"{'K':>6}{'node growth':>14}{'CLI peak':>12}{'latents':>10}")
     for a, b in zip(node, cli):
-        print(f"{a['frames']:>6}{a['growth_bytes'] / mb:>14.1f}{b['peak_bytes'] / mb:>12.1f}{a['latent_bytes'] / mb:>10.2f}")
+        print(f"{a['frames']:>6}{a['growth_bytes'] / mb:>14.1f}{b['peak_bytes'] / mb:>12.1f}"
+              f"{a['latent_bytes'] / mb:>10.2f}")
     print(f"growth {first}->{last} frames: node {result['node_growth_bytes'] / mb:.1f} MB, CLI "
-          f"{result['cli_growth_bytes'] / mb:.1f} MB; limit 2 x extra latents + 50 MB = {result['limit_bytes'] / mb:.1f} MB")
+          f"{result['cli_growth_bytes'] / mb:.1f} MB; limit 2 x extra latents + 50 MB = "
+          f"{result['limit_bytes'] / mb:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@
 
 Each figure is the median of --repeats runs after a warm-up. Prints a table and writes JSON.
 
-    python bench/propagate.py                        # CPU: SD1.5-shaped UNet, channels (64, 128, 256, 256), 256 px, 10 steps
+    python bench/propagate.py                        # CPU: SD1.5-shaped UNet (64 .. 256 channels), 256 px, 10 steps
     python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5
 
 The host is found through COMFYUI_PATH (or as the parent of custom_nodes/). Weights are random (speed does not
-depend on their values); the VAE is the tests' tiny 4-level one in every variant.
+depend on their values); the VAE is the tiny 4-level one of magicprop.tiny in every variant.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), never tests/
 
 PRESETS = {
     "cpu": {"channels": [64, 128, 256, 256], "size": 256, "steps": 10, "cfg": 1.0, "dtype": "fp32"},
@@ -61,24 +61,20 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
 
-    from conftest import find_comfyui
+    from harness.host import enter_comfyui, find_comfyui
 
     comfy = find_comfyui()
     if comfy is None:
         raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, str(comfy))
-    from comfy.cli_args import args as comfy_args
-
-    comfy_args.cpu = args.device == "cpu"
-    import utils.extra_config  # noqa: F401  (ComfyUI's own import order)
+    enter_comfyui(comfy, cpu=args.device == "cpu")
     import torch
 
-    from host import Host
+    from harness.host import Host
     from magicprop.backend import DiffusersDenoiser
     from magicprop.checkpoint import load_checkpoint
     from magicprop.init_model import init_checkpoint
     from magicprop.propagate import propagate
-    from tiny import save_tiny_models
+    from magicprop.tiny import save_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))
     tiny = save_tiny_models(work / "tiny")
@@ -92,7 +88,8 @@ def main() -> None:
 
     # (a) the node, through the executor; everything upstream is cached after the first run
     graph = {
-        "1": {"class_type": "PropDPMLoader", "inputs": {"checkpoint": "bench.safetensors", "weight_dtype": preset["dtype"]}},
+        "1": {"class_type": "PropDPMLoader",
+              "inputs": {"checkpoint": "bench.safetensors", "weight_dtype": preset["dtype"]}},
         "2": {"class_type": "TestTinyVAE", "inputs": {"folder": str(tiny["vae"])}},
         "3": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": k, "color": 8421504}},
         "4": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 3355443}},

@@ -11,19 +11,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
 import comfy.utils
+import torch
 
 from ..magicprop.checkpoint import load_checkpoint
 from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
-from .unet_config import UnsupportedUNet, comfy_unet_config
+from ..magicprop.unet_config import UnsupportedUNet, comfy_unet_config
 
 log = logging.getLogger("magicprop")
 

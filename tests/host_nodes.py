@@ -1,108 +1,14 @@
-"""Test-only ComfyUI nodes that provide tiny models where the host's loaders expect full-size files.
+"""Test-only stand-in nodes (moved to `harness/`, shared with the benchmarks); re-exported for the tests.
 
-They stand in for CheckpointLoaderSimple, VAELoader, CLIPVisionLoader and ControlNetLoader when example workflows
-run in tests ("tiny models substituted"); they are registered by the test session only, never shipped.
+A test node pack in a ComfyUI server process imports this file with only tests/ on sys.path: the repository root
+(for `harness` and `magicprop`) is put there first.
 """
 
-from __future__ import annotations
-
-import importlib.util
-import json
-import os
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CONTROL_LOG: list = []
-"""Every hint a test ControlNet received, in call order."""
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-
-def _unet_config(diffusers_config: dict) -> dict:
-    spec = importlib.util.spec_from_file_location("mp_test_unet_config", ROOT / "nodes" / "unet_config.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.comfy_unet_config(diffusers_config)
-
-
-class TestTinyVAE:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"folder": ("STRING", {"default": ""})}}
-
-    RETURN_TYPES = ("VAE",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, folder):
-        from diffusers import AutoencoderKL
-        from host_models import comfy_vae
-
-        return (comfy_vae(AutoencoderKL.from_pretrained(folder)),)
-
-
-class TestTinyCLIPVision:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"folder": ("STRING", {"default": ""})}}
-
-    RETURN_TYPES = ("CLIP_VISION",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, folder):
-        from transformers import CLIPVisionModelWithProjection
-        from host_models import comfy_clip_vision
-
-        return (comfy_clip_vision(CLIPVisionModelWithProjection.from_pretrained(folder), Path(folder)),)
-
-
-class TestTinyCheckpoint:
-    """(MODEL, CLIP, VAE) of a tiny SD1.5-shaped image model, like CheckpointLoaderSimple gives."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"vae_folder": ("STRING", {"default": ""})}}
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, vae_folder):
-        from diffusers import AutoencoderKL
-        from host_models import comfy_sd15_model, comfy_tiny_text_clip, comfy_vae
-        from tiny import tiny_unet
-
-        unet = tiny_unet(seed=11)
-        model = comfy_sd15_model(_unet_config(dict(unet.config)), unet)
-        return (model, comfy_tiny_text_clip(unet.config.cross_attention_dim), comfy_vae(AutoencoderKL.from_pretrained(vae_folder)))
-
-
-class TestTinyControlNet:
-    """A tiny SD1.5-shaped ControlNet that records the hints it receives (CONTROL_LOG)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0})}}
-
-    RETURN_TYPES = ("CONTROL_NET",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        from host_models import RecordingControlNet
-        from tiny import TINY_UNET_CONFIG
-
-        return (RecordingControlNet.build(_unet_config(dict(TINY_UNET_CONFIG)), CONTROL_LOG, seed),)
-
-
-TEST_NODES = {
-    "TestTinyVAE": TestTinyVAE,
-    "TestTinyCLIPVision": TestTinyCLIPVision,
-    "TestTinyCheckpoint": TestTinyCheckpoint,
-    "TestTinyControlNet": TestTinyControlNet,
-}
-
-
-def register(nodes_module) -> None:
-    for name, cls in TEST_NODES.items():
-        nodes_module.NODE_CLASS_MAPPINGS[name] = cls
+from harness.tiny_nodes import CONTROL_LOG, TEST_NODES, register  # noqa: E402, F401

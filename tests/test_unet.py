@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from tiny import TINY_UNET_CONFIG, tiny_unet
 
 from magicprop.errors import MagicPropError
 from magicprop.unet import load_sd15_unet, widen_to_propdpm
-from tiny import TINY_UNET_CONFIG, tiny_unet
+from magicprop.unet_config import comfy_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,10 +55,7 @@ def _ldm_checkpoint(unet, comfy_path) -> dict[str, torch.Tensor]:
     """The original Stable Diffusion single-file layout of a diffusers UNet, mapped by ComfyUI's own converter."""
     import comfy.utils
 
-    spec = importlib.util.spec_from_file_location("mp_unet_config", os.path.join(ROOT, "nodes", "unet_config.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    key_map = comfy.utils.unet_to_diffusers(mod.comfy_unet_config(dict(unet.config)))
+    key_map = comfy.utils.unet_to_diffusers(comfy_unet_config(dict(unet.config)))
     state = unet.state_dict()
     assert set(state) <= set(key_map), "every UNet tensor must have an original-layout name"
     return {"model.diffusion_model." + key_map[k]: v.clone() for k, v in state.items()}
@@ -86,8 +83,9 @@ def test_single_file_sd15_loads_offline(tmp_path, comfy_path):
 
 
 def test_shipped_sd15_config_is_sd15():
-    from magicprop.unet import SD15_CONFIG_DIR
     import json
+
+    from magicprop.unet import SD15_CONFIG_DIR
 
     cfg = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
     assert cfg["block_out_channels"] == [320, 640, 1280, 1280] and cfg["cross_attention_dim"] == 768

@@ -1,7 +1,7 @@
-"""Tiny configurations of the real architectures with seeded random weights, for tests and benchmarks.
+"""Test-only models: full-size architectures with seeded random weights, cached between runs.
 
-Channel counts are multiples of 32 (ComfyUI's GroupNorm uses 32 groups); the VAE has 4 levels (ComfyUI's key
-converter only handles 4-level VAEs) so it downsamples by 8 like SD1.5's.
+The tiny configurations that tests and benchmarks share live in the package (`magicprop.tiny`); they are
+re-exported here so that `from tiny import ...` keeps working in tests.
 """
 
 from __future__ import annotations
@@ -11,93 +11,16 @@ from pathlib import Path
 
 import torch
 
-TINY_UNET_CONFIG = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [32, 64],
-    "layers_per_block": 1,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 32,
-    "attention_head_dim": 2,
-    "norm_num_groups": 32,
-}
-
-TINY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 32, 64, 64],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 64,
-    "scaling_factor": 0.18215,
-}
-
-TINY_CLIP_CONFIG = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 8,
-    "projection_dim": 32,
-}
-
-
-def tiny_unet(seed: int = 0, in_channels: int = 4):
-    from diffusers import UNet2DConditionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet2DConditionModel(**{**TINY_UNET_CONFIG, "in_channels": in_channels}).eval()
-
-
-def tiny_vae(seed: int = 0):
-    from diffusers import AutoencoderKL
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKL(**TINY_VAE_CONFIG).eval()
-
-
-def tiny_clip(seed: int = 0):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG)).eval()
-
-
-def tiny_depth_model(seed: int = 0):
-    """A tiny DPT (ViT backbone) with its image processor: predicted_depth is relative inverse depth."""
-    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
-
-    config = DPTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
-        patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=32,
-        reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False, head_in_index=-1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DPTForDepthEstimation(config).eval()
-    processor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False, do_pad=False)
-    return model, processor
-
-
-def save_tiny_models(folder: Path) -> dict[str, Path]:
-    """Save the tiny VAE, CLIP vision and depth model as local folders, as a user would have them."""
-    paths = {"vae": folder / "vae", "clip_vision": folder / "clip_vision", "depth": folder / "depth"}
-    tiny_vae(1).save_pretrained(paths["vae"])
-    tiny_clip(2).save_pretrained(paths["clip_vision"])
-    model, processor = tiny_depth_model(3)
-    model.save_pretrained(paths["depth"])
-    processor.save_pretrained(paths["depth"])
-    return paths
-
+from magicprop.tiny import (  # noqa: F401  (re-exported for the tests)
+    TINY_CLIP_CONFIG,
+    TINY_UNET_CONFIG,
+    TINY_VAE_CONFIG,
+    save_tiny_models,
+    tiny_clip,
+    tiny_depth_model,
+    tiny_unet,
+    tiny_vae,
+)
 
 SD15_VAE_CONFIG = {
     "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,

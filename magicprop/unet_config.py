@@ -2,7 +2,8 @@
 
 ComfyUI's own diffusers detection only knows a fixed list of full-size models, so a PropDPM UNet (10 input
 channels, any size) is described here from its diffusers config; the key layout is then mapped by ComfyUI's own
-``comfy.utils.unet_to_diffusers``. Pure Python (no ComfyUI import) so the translation can be tested on its own.
+``comfy.utils.unet_to_diffusers``. Pure Python in the core (no ComfyUI import): the node pack's loader
+(``nodes/model.py``), the host tests and the core's single-file tests use this one translation.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def comfy_unet_config(cfg: dict[str, Any]) -> dict[str, Any]:
     channels = list(cfg["block_out_channels"])
     n = len(channels)
     if any(b not in (CROSS_ATTN_DOWN, PLAIN_DOWN) for b in down) or any(b not in (CROSS_ATTN_UP, PLAIN_UP) for b in up):
-        raise UnsupportedUNet(f"block types {down} / {up}: expected SD1.x blocks ({CROSS_ATTN_DOWN}, {PLAIN_DOWN} ...).")
+        raise UnsupportedUNet(
+            f"block types {down} / {up}: expected SD1.x blocks ({CROSS_ATTN_DOWN}, {PLAIN_DOWN} ...)."
+        )
     if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
         raise UnsupportedUNet(f"mid_block_type {cfg.get('mid_block_type')!r}: expected UNetMidBlock2DCrossAttn.")
     heads = cfg.get("num_attention_heads") or cfg["attention_head_dim"]
