@@ -1,12 +1,22 @@
-"""Training configuration: TOML file -> dataclasses, each field with the reason it exists."""
+"""Training configuration: TOML file + `--set` overrides -> typed dataclasses, each field with the reason it exists.
+
+Every value is checked against its field's type as it is read: a wrong type or an unknown key is one MagicPropError
+line naming the key, the value, the expected type and the fix (the CLI exits with code 2 before any work). Ints are
+accepted for float fields. What the checkpoint records (gap distribution, appearance dropout, previous-frame noise,
+the previous-frame switch, the depth model) takes its defaults from the checkpoint format (`magicprop.config`).
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 
 
@@ -39,16 +49,16 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_size: int = 128
     synthetic_frames: int = 30
-    gaps: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    """Previous->target distances drawn in training (inference always steps by 1)."""
-    gap_weights: list[float] = field(default_factory=lambda: [0.55, 0.2, 0.15, 0.1])
-    backward: float = 0.5
+    gaps: list[int] = field(default_factory=lambda: list(GapDistribution.gaps))
+    """Previous->target distances drawn in training (inference always steps by 1); recorded in the checkpoint."""
+    gap_weights: list[float] = field(default_factory=lambda: list(GapDistribution.weights))
+    backward: float = GapDistribution.backward
     """Probability that the previous frame comes after the target (backward propagation)."""
     cache_latents: bool = True
     """Encode each clip once with the frozen VAE and CLIP and keep the results in memory."""
     latent_cache: str | None = None
     """A file to encode the whole source into once (fp16 safetensors) and reuse in later runs."""
-    depth_model: str = "unknown"
+    depth_model: str = DepthSpec.model
     """Recorded in the checkpoint: what made the training depth."""
 
 
@@ -68,11 +78,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None
     """EMA of the weights (exported instead of the raw weights when set)."""
-    appearance_dropout: float = 0.1
+    appearance_dropout: float = PropDPMConfig.appearance_dropout
     """Probability of training with the null appearance (zeros): enables guidance at inference."""
-    prev_noise_augmentation: float = 0.0
+    prev_noise_augmentation: float = PropDPMConfig.prev_noise_augmentation
     """Std of noise mixed into the previous-frame latent (drift control; same level at inference)."""
-    previous_frame: bool = True
+    previous_frame: bool = PropDPMConfig.previous_frame
     """False trains the no-previous-frame baseline (the previous-latent channels are always zero)."""
     rollout_probability: float = 0.0
     """Share of samples whose previous frame is the model's own rollout (scheduled sampling / self-forcing): the
@@ -101,21 +111,110 @@ class RunConfig:
         return asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str):
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table",
+              list: "an array", type(None): "null (unset)"}
+
+
+def _describe(tp) -> str:
+    """A field type in words: "an integer", "a string or null (unset)", "an array of integers" ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"an array of {_describe(args[0]).split(' ', 1)[1]}s" if args else "an array"
+    if origin is dict:
+        return "a table"
+    return TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check(value: Any, tp) -> tuple[bool, Any]:
+    """(fits, value as stored): `value` checked against the field type `tp`; ints widen to floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            ok, v = _check(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        checked = [_check(v, args[0]) if args else (True, v) for v in value]
+        return all(ok for ok, _ in checked), [v for _, v in checked]
+    if origin is dict:
+        return isinstance(value, dict), value
+    if tp is type(None):
+        return value is None, value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML/--set (JSON), e.g. 16.0, "16", [1, 2]."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _suggest(value: Any, tp, default: Any) -> Any:
+    """The nearest value of the right type (16.0 -> 16 for an integer, "0.5" -> 0.5 for a number), else the default."""
+    candidates = []
+    if isinstance(value, float) and value.is_integer():
+        candidates.append(int(value))
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        candidates.append(bool(value))
+    if isinstance(value, str):
+        candidates += [_parse_value(value), value.lower() == "true" if value.lower() in ("true", "false") else None]
+    elif not isinstance(value, (dict, list)) and value is not None:
+        candidates.append(str(value))
+    for c in candidates:
+        if c is not None and _check(c, tp)[0]:
+            return c
+    return default
+
+
+def _unknown(key: str, known: list[str], where: str) -> MagicPropError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}? " if close else ""
+    return MagicPropError(f"config key {key} is unknown: {hint}known keys in {where}: {', '.join(known)}.")
+
+
+def _build(cls, data: Any, where: str):
+    """cls(**data) with every value type-checked; `where` is the section's dotted name ("" for the root)."""
+    if not isinstance(data, dict):
+        raise MagicPropError(f"config [{where}] = {_show(data)}: expected a table of keys ({where}.key = value).")
+    hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise MagicPropError(f"config [{where}] has unknown keys {unknown}; known keys: {sorted(known)}.")
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name in known else None
-        if is_dataclass(default) and isinstance(value, dict):
-            value = _build(type(default), value, f"{where}.{name}" if where else name)
-        kwargs[name] = value
+        key = f"{where}.{name}" if where else name
+        if name not in known:
+            raise _unknown(key, sorted(known), f"[{where}]" if where else "the config (sections)")
+        tp = hints[name]
+        if is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+            continue
+        ok, stored = _check(value, tp)
+        if not ok:
+            f = known[name]
+            default = f.default if f.default is not MISSING else f.default_factory()
+            raise MagicPropError(
+                f"config {key} = {_show(value)} ({type(value).__name__}): expected {_describe(tp)}; write e.g. "
+                f"{key}={_show(_suggest(value, tp, default))} (in the TOML file or with --set)."
+            )
+        kwargs[name] = stored
     return cls(**kwargs)
 
 
 def _parse_value(text: str) -> Any:
+    """--set values are JSON when they parse as JSON (numbers, true/false, null, arrays, objects), else strings."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -123,7 +222,7 @@ def _parse_value(text: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """A RunConfig from a TOML file plus `section.key=value` overrides (values parsed as JSON when they can be)."""
+    """A typed RunConfig from a TOML file plus `section.key=value` overrides; MagicPropError on any bad key or type."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -140,7 +239,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or len(parts) != 2:
-            raise MagicPropError(f"--set {item!r}: expected section.key=value, e.g. train.steps=2000.")
-        data.setdefault(parts[0], {})[parts[1]] = _parse_value(value)
+        if not sep or len(parts) != 2 or not all(parts):
+            raise MagicPropError(f"--set {item!r}: expected section.key=value, e.g. --set train.steps=2000.")
+        section = data.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise MagicPropError(f"--set {item!r}: {parts[0]} is not a section of the config.")
+        section[parts[1]] = _parse_value(value)
     return _build(RunConfig, data, "")
