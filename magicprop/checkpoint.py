@@ -19,7 +19,7 @@ import torch
 from .adapter import AppearanceAdapter
 from .config import FORMAT_NAME, PropDPMConfig
 from .errors import CheckpointError
-from .fileio import atomic_path
+from .fileio import SNIFF_BYTES, atomic_path, sniff
 from .unet import check_propdpm_unet_config
 
 UNET_PREFIX = "unet."
@@ -69,23 +69,25 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse a safetensors header without loading tensors; CheckpointError says what the file is otherwise."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        first = f.read(1) if 0 < n <= size - 8 else b""
-    if first != b"{":  # not a safetensors header: say what it is instead
-        if head[:2] == b"PK":
+        head = f.read(SNIFF_BYTES)
+    n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+    if not (0 < n <= size - 8 and head[8:9] == b"{"):  # not a safetensors header: say what the file is instead
+        kind = sniff(head)
+        if kind is not None and ("pickle" in kind or "PyTorch" in kind):
             raise CheckpointError(
-                f"{path.name} is a PyTorch zip/pickle file (.ckpt/.pt), not safetensors: PropDPM checkpoints are "
-                "safetensors only, because unpickling can run arbitrary code. Use a .safetensors PropDPM checkpoint "
-                "(the trainer and `python -m magicprop init` write them)."
+                f"{path.name} is {kind}, not safetensors: PropDPM checkpoints are safetensors only, because "
+                "unpickling can run arbitrary code. Use a .safetensors PropDPM checkpoint (the trainer and "
+                "`python -m magicprop init` write them)."
             )
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if kind is not None:
             raise CheckpointError(
-                f"{path.name} is a Python pickle file, not safetensors: PropDPM checkpoints are safetensors only "
-                "(unpickling can run arbitrary code). Use a .safetensors PropDPM checkpoint."
+                f"{path.name} is {kind}, not a PropDPM checkpoint: expected a .safetensors file written by the "
+                "MagicProp trainer or `python -m magicprop init`."
             )
         if len(head) < 8:
-            raise CheckpointError(f"{path.name} is {size} bytes long: too short for a safetensors file (empty or truncated).")
+            raise CheckpointError(
+                f"{path.name} is {size} bytes long: too short for a safetensors file (empty or truncated)."
+            )
         if n > size - 8:
             raise CheckpointError(
                 f"{path.name} is truncated or not a safetensors file: its header claims {n} bytes but the file has "
@@ -124,7 +126,8 @@ def _describe_foreign(path: Path, header: dict[str, Any]) -> str:
                     "PropDPM: train or convert a PropDPM first (`python -m magicprop init --unet <this file>` makes "
                     "an untrained one; the trainer makes a useful one).")
         if c == 9:
-            return f"{path.name} is a Stable Diffusion inpainting checkpoint ({layout} layout, 9 input channels), not a PropDPM."
+            return (f"{path.name} is a Stable Diffusion inpainting checkpoint ({layout} layout, 9 input channels), "
+                    "not a PropDPM.")
         if c is not None:
             return (f"{path.name} holds a UNet with {c} input channels ({layout} layout) but no MagicProp metadata; "
                     "PropDPM files are written by the MagicProp trainer or `python -m magicprop init`.")

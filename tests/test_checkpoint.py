@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import TINY_UNET_CONFIG, tiny_unet
 
 from magicprop.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError
 from magicprop.init_model import initial_models
-from tiny import TINY_UNET_CONFIG, tiny_unet
 
 
 @pytest.fixture()
@@ -140,3 +140,43 @@ def test_header_length_that_looks_like_a_pickle_opcode_loads(tmp_path, models):
     assert (tmp_path / "q.safetensors").read_bytes()[0] == 0x80
     ckpt = load_checkpoint(tmp_path / "q.safetensors")
     assert torch.equal(ckpt.unet_state["conv_in.weight"], unet.state_dict()["conv_in.weight"])
+
+
+@pytest.mark.parametrize("name, content, what", [
+    ("edit.png", None, "is a PNG image, not a PropDPM checkpoint"),
+    ("edit.jpg", None, "is a JPEG image, not a PropDPM checkpoint"),
+    ("clip.mp4", None, "is an MP4/MOV video, not a PropDPM checkpoint"),
+    ("model.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 3\n", "Git LFS pointer"),
+    ("page.safetensors", b"<!DOCTYPE html><html><body>Sign in</body></html>" + b" " * 64, "an HTML page"),
+    ("config.safetensors", b'{\n  "in_channels": 10, "out_channels": 4, "block_out_channels": [32, 64]\n}\n',
+     "a JSON text file"),
+    ("weights.gguf", b"GGUF" + bytes(60), "a GGUF model file"),
+    ("archive.zip", None, "is a zip archive, not a PropDPM checkpoint"),
+])
+def test_a_file_of_another_kind_is_named(tmp_path, name, content, what):
+    """A PNG passed as the checkpoint is called a PNG (not a safetensors header claiming 7e17 bytes)."""
+    import zipfile
+
+    from magicprop.frames import save_image
+
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    elif name.endswith(".png"):
+        save_image(path, torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)))
+    elif name.endswith(".jpg"):
+        from PIL import Image
+
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(path, format="JPEG")
+    elif name.endswith(".mp4"):
+        from magicprop.video import write_video
+
+        write_video(path, torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0)), fps=25)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("readme.txt", "not weights")
+    with pytest.raises(CheckpointError) as e:
+        inspect_checkpoint(path)
+    message = str(e.value)
+    assert message.startswith(name) and what in message and "\n" not in message, message
+    assert "header claims" not in message
