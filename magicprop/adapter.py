@@ -121,5 +121,5 @@ class AppearanceAdapter(nn.Module):
 
 
 def null_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """The unconditional appearance: zeros of the same shape (appearance dropout's null, DESIGN.md)."""
+    """The unconditional appearance: zeros of the same shape (appearance dropout's null; PropDPMConfig.null_tokens)."""
     return torch.zeros_like(tokens)

@@ -1,4 +1,4 @@
-"""The PropDPM checkpoint: one .safetensors file, never pickle (DESIGN.md, "Checkpoint format").
+"""The PropDPM checkpoint: one .safetensors file, never pickle (README, "Checkpoint format").
 
 Layout: ``unet.<key>`` tensors in diffusers' UNet2DConditionModel layout, ``adapter.<key>`` tensors of the
 appearance adapter, and string metadata ``format`` = "magicprop.propdpm" plus ``magicprop`` = the JSON of

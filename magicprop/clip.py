@@ -1,7 +1,7 @@
 """CLIP vision input and tokens, shared by training and inference.
 
 The reference is seen by CLIP as the whole frame resized to a square (no centre crop): a crop would break the
-correspondence between the CLIP patch grid and the latent grid on non-square frames (DESIGN.md). The preprocessing
+correspondence between the CLIP patch grid and the latent grid on non-square frames. The preprocessing
 reproduces ComfyUI's ``clip_preprocess(..., crop=False)`` operation for operation, so that a model trained with
 the host-free trainer sees the same pixels inside ComfyUI.
 """
@@ -148,7 +148,7 @@ def clip_tokens(model, images: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_C
     """(B, H, W, 3) in [0, 1] -> (B, 1+N, C) projected tokens of a transformers CLIPVisionModelWithProjection.
 
     Every token goes through the final layer norm and the visual projection, so token 0 equals the model's
-    image_embeds (the same features ComfyUI's CLIP vision gives, HOST.md).
+    image_embeds (the same features ComfyUI's CLIP vision gives: comfy/clip_vision.py).
     """
     param = next(model.parameters())
     pixels = clip_preprocess(images.to(param.device, torch.float32), model.config.image_size, mean, std)

@@ -1,4 +1,4 @@
-"""What a PropDPM checkpoint records about itself (DESIGN.md, "Checkpoint format").
+"""What a PropDPM checkpoint records about itself (README, "Checkpoint format").
 
 Everything inference needs to reproduce training is here, so that the loaders can infer settings instead of asking
 the user, and refuse a file that does not fit.
@@ -44,7 +44,7 @@ class GapDistribution:
 
 @dataclass(frozen=True)
 class DepthSpec:
-    """The depth convention the model was trained with (DESIGN.md)."""
+    """The depth convention the model was trained with (README, "How it works" and "Checkpoint format")."""
 
     convention: str = "inverse_depth"
     """Relative inverse depth (disparity): larger = nearer."""

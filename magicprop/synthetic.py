@@ -3,8 +3,8 @@
 Each clip is one random motion (a background plane seen by a panning camera, and 2-4 shapes that translate, turn
 and move towards or away from the camera) rendered with two random appearances: the "source" and the "edit".
 Because the motion is shared, the edited rendering is the ground truth of propagating an edited reference frame.
-Every clip also has its exact depth (inverse depth, near = 1 after one normalisation per clip, the convention of
-DESIGN.md) and exact forward optical flow (for flow-warp baselines).
+Every clip also has its exact depth (inverse depth, near = 1 after one normalisation per clip: the checkpoints'
+convention, README "Checkpoint format") and exact forward optical flow (for flow-warp baselines).
 
 Textures live in each surface's own coordinates, so they move, turn and scale with it: what a propagation method
 must carry from frame to frame is exactly what a real video has (appearance attached to moving geometry).

@@ -8,7 +8,6 @@ text context through the existing cross-attention (768 wide for SD1.5).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ import torch
 
 from .conditioning import CONDITION_CHANNELS, LATENT_CHANNELS
 from .errors import MagicPropError
-
-log = logging.getLogger(__name__)
 
 SD15_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd15"
 """A diffusers config of SD1.5 (unet/config.json) shipped with the package for single-file loading, offline."""
