@@ -59,12 +59,12 @@ def test_adapter_tokens_follow_the_latent_grid():
 def test_adapter_errors_are_clear():
     adapter = AppearanceAdapter(AdapterConfig(token_dim=32))
     with pytest.raises(MagicPropError, match="odd side.*multiples of 16"):
-        adapter(torch.randn(1, 17, 32), torch.randn(1, 4, 15, 16))
+        adapter(torch.zeros(1, 17, 32), torch.zeros(1, 4, 15, 16))
     with pytest.raises(MagicPropError, match="square grid"):
-        adapter(torch.randn(1, 1 + 12, 32), torch.randn(1, 4, 16, 16))
+        adapter(torch.zeros(1, 1 + 12, 32), torch.zeros(1, 4, 16, 16))
     with pytest.raises(MagicPropError, match="batch mismatch"):
-        adapter(torch.randn(2, 17, 32), torch.randn(1, 4, 16, 16))
+        adapter(torch.zeros(2, 17, 32), torch.zeros(1, 4, 16, 16))
     with pytest.raises(MagicPropError, match=r"expected \(batch, 1 \+ N, 32\)"):
-        adapter(torch.randn(1, 17, 64), torch.randn(1, 4, 16, 16))
+        adapter(torch.zeros(1, 17, 64), torch.zeros(1, 4, 16, 16))
     with pytest.raises(MagicPropError, match="even"):
         AdapterConfig(token_dim=33)

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import TINY_UNET_CONFIG, tiny_unet
 
 from magicprop.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError
 from magicprop.init_model import initial_models
+from magicprop.tiny import TINY_UNET_CONFIG, tiny_unet
 
 
 @pytest.fixture()

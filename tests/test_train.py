@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from magicprop.checkpoint import inspect_checkpoint, load_checkpoint
+from magicprop.tiny import TINY_UNET_CONFIG
 from magicprop.train.config import load_config
 from magicprop.train.loop import Batcher, PropDPMTrainable, latest_checkpoint, train
-from tiny import TINY_UNET_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +133,8 @@ def test_two_processes_equal_one(tmp_path, tiny_models):
     # Adam divides by sqrt(v): where a gradient is ~0, all-reduce rounding moves that weight by up to ~lr, so the
     # weights are compared relative to how far training moved them (other samples would differ by ~100%)
     init = train(load_config(None, run_args(tiny_models, tmp_path / "init", steps=0)), progress=False)
-    w0, w1, w2 = weights(init), weights(tmp_path / "one" / "propdpm.safetensors"), weights(tmp_path / "two" / "propdpm.safetensors")
+    w0 = weights(init)
+    w1, w2 = weights(tmp_path / "one" / "propdpm.safetensors"), weights(tmp_path / "two" / "propdpm.safetensors")
     moved = torch.cat([(w1[k] - w0[k]).flatten() for k in w0]).norm()
     apart = torch.cat([(w2[k] - w1[k]).flatten() for k in w0]).norm()
     assert apart <= 1e-2 * moved, (apart.item(), moved.item())
@@ -160,19 +160,31 @@ def test_export_has_every_design_field(tmp_path, tiny_models):
 
 
 def test_exported_checkpoint_runs_in_the_cli(tmp_path, tiny_models, bikes):
+    """The trained checkpoint propagates in the CLI; the mp4 holds the decoded latents (frame 0: the reference's)."""
+    from diffusers import AutoencoderKL
+
     from magicprop.cli import main
-    from magicprop.frames import save_image
+    from magicprop.frames import crop_to_grid, load_image, resize_width, save_image
     from magicprop.video import read_frames
 
     path = train(load_config(None, run_args(tiny_models, tmp_path / "run", steps=2)), progress=False)
     save_image(tmp_path / "ref.png", read_frames(bikes, 1)[0])
     out = tmp_path / "out.mp4"
-    assert main(["propagate", "--checkpoint", str(path), "--video", str(bikes), "--reference", str(tmp_path / "ref.png"),
-                 "--reference-index", "0", "--out", str(out), "--vae", str(tiny_models["vae"]),
-                 "--clip-vision", str(tiny_models["clip_vision"]), "--depth-model", str(tiny_models["depth"]),
-                 "--frames", "3", "--width", "64", "--steps", "2", "--device", "cpu"]) == 0
+    assert main(["propagate", "--checkpoint", str(path), "--video", str(bikes),
+                 "--reference", str(tmp_path / "ref.png"), "--reference-index", "0", "--out", str(out),
+                 "--vae", str(tiny_models["vae"]), "--clip-vision", str(tiny_models["clip_vision"]),
+                 "--depth-model", str(tiny_models["depth"]), "--frames", "3", "--width", "64", "--steps", "2",
+                 "--crf", "0", "--pix-fmt", "yuv444p", "--device", "cpu"]) == 0
     frames = read_frames(out)
-    assert frames.shape[0] == 3 and torch.isfinite(frames).all()
+    ref = crop_to_grid(resize_width(load_image(tmp_path / "ref.png"), 64), notice=False)  # (1, 32, 64, 3)
+    assert frames.shape == (3, *ref.shape[1:])
+    vae = AutoencoderKL.from_pretrained(tiny_models["vae"]).eval()
+    with torch.no_grad():  # frame r of a propagation is the reference latent, decoded
+        latent = vae.encode(ref.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+        expected = ((vae.decode(latent).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+    error = (frames[0] - expected[0]).abs()
+    assert error.mean() < 1.5 / 255 and error.max() < 8 / 255, (error.mean() * 255, error.max() * 255)
+    assert (frames[1:] - frames[:1]).abs().mean() > 10 * error.mean(), "the other frames are generated, not copies"
 
 
 def test_latent_disk_cache_is_reused(tmp_path, tiny_models):

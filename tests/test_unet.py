@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from tiny import TINY_UNET_CONFIG, tiny_unet
 
 from magicprop.errors import MagicPropError
+from magicprop.tiny import TINY_UNET_CONFIG, tiny_unet
 from magicprop.unet import load_sd15_unet, widen_to_propdpm
 from magicprop.unet_config import comfy_unet_config
 
