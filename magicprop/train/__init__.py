@@ -1,1 +1,1 @@
-"""Training PropDPM: data sources, deterministic triplet sampling, the accelerate training loop, export."""
+"""Training PropDPM: data preparation and the shard format, clip sources, deterministic triplets, the loop, export."""
