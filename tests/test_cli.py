@@ -78,7 +78,8 @@ def test_propagate_end_to_end_matches_the_core_loop(tmp_path, tiny_models, bikes
     err = (written - expected).abs()
     assert err.mean() < 1.5 / 255 and err.max() < 12 / 255, (err.mean().item() * 255, err.max().item() * 255)
     # frame R is the VAE round trip of the edited reference
-    torch.testing.assert_close(expected[R], models.decode(models.encode(reference))[0])
+    # (decoded alone rather than in a batch of 8: float rounding differs by ~1e-5)
+    torch.testing.assert_close(expected[R], models.decode(models.encode(reference))[0], atol=1e-4, rtol=1e-4)
     assert (written[R] - expected[R]).abs().mean() < 1.5 / 255
     # and the edit is really propagated: other frames are not the source frames
     assert (written[R + 1] - frames[R + 1]).abs().mean() > 0.05
