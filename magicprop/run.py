@@ -63,7 +63,7 @@ def depth_on_grid(depth_images: torch.Tensor, grid: tuple[int, int], chunk: int 
 
 def place_reference_depth(reference_depth: torch.Tensor, depth: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     """Depth of edited references placed on the clip's scale, on the latent grid: (N, H, W) relative inverse depth
-    (any scale) -> (N, 1, h, w) in [0, 1].
+    in [0, 1] (depth images, near = bright, on their own scale) -> (N, 1, h, w) in [0, 1].
 
     Each map is brought to the latent grid first, then fitted to the clip's depth at its keyframe by the robust
     scale-and-shift fit that aligns the clip's own frames (``magicprop.depth.align_to``).

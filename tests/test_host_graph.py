@@ -274,7 +274,7 @@ def test_keyframes_and_anchoring_in_the_node(comfy_host, files):
     with pytest.raises(GraphError, match="out of range"):
         comfy_host.run(graph, ["12"])
     graph["12"]["inputs"]["keyframe_indices"] = "0"
-    with pytest.raises(GraphError, match="gives 1 indices for 2 reference images"):
+    with pytest.raises(GraphError, match="give 1 indices for 2 reference images"):
         comfy_host.run(graph, ["12"])
 
 
