@@ -203,10 +203,12 @@ def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
     _prepare(torch.zeros(1, *size, 1), job, "frames", notice=True)  # the crop notice, once
     depth = clip_depth(job, size, grid, progress)  # (k, 1, h, w)
     k = depth.shape[0]
-    if k < (job.max_frames or 0) or (expected is not None and k < expected):
-        wanted = job.max_frames if expected is None else expected
-        log.warning("%s: found %d frames (after --stride %d) where %d were expected; writing %d frames.",
-                    job.video.name, k, job.stride, wanted, k)
+    if job.max_frames is not None and k < job.max_frames:
+        log.warning("%s has %d frames (after --stride %d) where --frames asked for %d; writing %d frames.",
+                    job.video.name, k, job.stride, job.max_frames, k)
+    elif expected is not None and k < expected:
+        log.warning("%s: %d frames decoded (after --stride %d) where its container lists %d (is the file truncated?); "
+                    "writing %d frames.", job.video.name, k, job.stride, expected, k)
     return JobInputs(info, references, indices, depth, ref_depth)
 
 
