@@ -18,7 +18,7 @@ from .backend import FrozenEncoders, StandaloneModels
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import crop_to_grid, list_images, load_image, resize_width
-from .propagate import check_keyframes
+from .propagate import check_keyframes, keyframe_plan
 from .run import DenoiserFactory, RunInputs, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, write_video
 
@@ -195,6 +195,8 @@ def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
     indices = job.reference_indices
     expected = expected_frames(job, info.frames)
     check_keyframes(indices, expected, references=references.shape[0])  # with their messages, before any model
+    if expected is not None:
+        keyframe_plan(indices, expected, job.keyframe_window)  # and the window
     ref_depth = None
     if job.reference_depths:
         ref_depth = depth_from_image(torch.cat([_frame_image(p, "--reference-depth", job, size)
