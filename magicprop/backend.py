@@ -1,53 +1,40 @@
-"""The host-free backend: PropDPM with diffusers' UNet and schedulers (CLI, trainer validation, tests).
+"""The host-free backend: PropDPM with diffusers' UNet and schedulers (CLI, trainer, benchmarks, tests).
 
 Sampling uses DDIM with trailing timesteps on the zero-terminal-SNR schedule (Lin et al. 2023, section 3.3), from
-pure noise, with v-prediction; guidance on the appearance tokens as in ``magicprop.schedule.guide``.
+pure noise, with v-prediction; guidance on the appearance tokens as in ``magicprop.schedule.guide``. The frozen
+encoders (VAE and CLIP vision) are one class, ``FrozenEncoders``, for inference, training and validation.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .adapter import AppearanceAdapter, null_tokens
 from .checkpoint import load_checkpoint
 from .clip import (
-    ClipSpec, check_clip_compatible, clip_norm_stats, clip_tokens, load_clip_vision, projection_fingerprint,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ClipSpec,
+    check_clip_compatible,
+    clip_norm_stats,
+    clip_spec_of,
+    clip_tokens,
+    load_clip_vision,
+    projection_fingerprint,
 )
-from .conditioning import noise_augment, spatial_condition
+from .conditioning import condition_for
 from .config import PropDPMConfig
 from .errors import MagicPropError
 from .fileio import model_folder
 from .propagate import FrameRequest, frame_noise
 from .schedule import guide, sample_scheduler
 
-log = logging.getLogger(__name__)
-
-AUGMENT_SEED_SALT = 0x5EED_A06
-"""Offsets a frame's seed for the previous-latent noise augmentation draw (independent of its initial noise)."""
-
-
-def augment_generator(frame_seed: int) -> torch.Generator:
-    """The generator of a frame's previous-latent noise augmentation (same draw in both backends)."""
-    return torch.Generator(device="cpu").manual_seed(frame_seed ^ AUGMENT_SEED_SALT)
-
-
-def condition_for(request: FrameRequest, config: PropDPMConfig, level: float | None = None) -> torch.Tensor:
-    """The 6 spatial-condition channels of a request in the UNet input space (both backends use this)."""
-    prev = request.prev_latent.to(torch.float32) * config.latent_scale
-    if not config.previous_frame:
-        prev = torch.zeros_like(prev)
-    level = config.prev_noise_augmentation if level is None else level
-    prev = noise_augment(prev, level, augment_generator(request.seed))
-    return spatial_condition(prev, request.depth.to(prev), request.prev_depth.to(prev))
-
 
 class DiffusersDenoiser:
-    """FrameDenoiser on a diffusers UNet2DConditionModel: DDIM (trailing, eta 0 by default) from pure noise."""
+    """FrameDenoiser on a diffusers UNet2DConditionModel: deterministic DDIM (trailing) from pure noise."""
 
     def __init__(
         self,
@@ -57,10 +44,6 @@ class DiffusersDenoiser:
         steps: int = 20,
         cfg: float = 1.0,
         guidance_rescale: float = 0.0,
-        negative: torch.Tensor | None = None,
-        eta: float = 0.0,
-        prev_noise_level: float | None = None,
-        on_step: Callable[[int, int], None] | None = None,
     ) -> None:
         if steps < 1:
             raise MagicPropError(f"steps={steps}: expected at least 1 sampling step.")
@@ -68,10 +51,8 @@ class DiffusersDenoiser:
         param = next(unet.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.positive = positive.to(self.device, self.dtype)
-        self.negative = (null_tokens(positive) if negative is None else negative).to(self.device, self.dtype)
-        self.steps, self.cfg, self.rescale, self.eta = steps, float(cfg), float(guidance_rescale), float(eta)
-        self.level = prev_noise_level
-        self.on_step = on_step
+        self.negative = null_tokens(positive).to(self.device, self.dtype)
+        self.steps, self.cfg, self.rescale = steps, float(cfg), float(guidance_rescale)
         self.scheduler = sample_scheduler(config.schedule)
         self.scheduler.set_timesteps(steps, device=self.device)
 
@@ -95,22 +76,14 @@ class DiffusersDenoiser:
     @torch.no_grad()
     def batch(self, requests: list[FrameRequest], positive: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise several frames at once, each with its own request (and appearance row of `positive`)."""
-        cond = torch.cat([condition_for(r, self.config, self.level) for r in requests]).to(self.device)
+        cond = torch.cat([condition_for(r, self.config) for r in requests]).to(self.device)
         x = torch.cat([frame_noise(r.prev_latent.shape, r.seed) for r in requests]).to(self.device)
         x = x * self.scheduler.init_noise_sigma
         if positive is not None:
             positive = positive.to(self.device, self.dtype)
-        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
-        timesteps = self.scheduler.timesteps
-        for i, t in enumerate(timesteps):
+        for t in self.scheduler.timesteps:
             v = self.predict(self.scheduler.scale_model_input(x, t), t, cond, positive)
-            if self.eta > 0:  # DDIM's stochastic part draws each frame's noise from that frame's generator
-                variance_noise = torch.cat([torch.randn(x[:1].shape, generator=g) for g in generators]).to(x)
-                x = self.scheduler.step(v, t, x, eta=self.eta, variance_noise=variance_noise).prev_sample
-            else:
-                x = self.scheduler.step(v, t, x, eta=0.0).prev_sample
-            if self.on_step is not None:
-                self.on_step(i + 1, len(timesteps))
+            x = self.scheduler.step(v, t, x, eta=0.0).prev_sample
         return (x / self.config.latent_scale).to(requests[0].prev_latent.dtype)
 
 
@@ -118,45 +91,49 @@ def check_clip_model(model, spec: ClipSpec) -> None:
     """check_clip_compatible for a transformers CLIPVisionModelWithProjection."""
     cfg = model.config
     grid = cfg.image_size // cfg.patch_size
-    check_clip_compatible(spec, cfg.projection_dim, 1 + grid * grid, projection_fingerprint(model.visual_projection.weight))
+    fingerprint = projection_fingerprint(model.visual_projection.weight)
+    check_clip_compatible(spec, cfg.projection_dim, 1 + grid * grid, fingerprint)
 
 
-@dataclass
-class StandaloneModels:
-    """Everything the host-free pipeline needs, loaded from local files."""
+class FrozenEncoders:
+    """The frozen models around PropDPM: the VAE (latents <-> images) and CLIP vision (reference tokens).
 
-    config: PropDPMConfig
-    unet: torch.nn.Module
-    adapter: AppearanceAdapter
-    vae: torch.nn.Module
-    clip: torch.nn.Module
-    clip_mean: tuple[float, ...]
-    clip_std: tuple[float, ...]
+    Each is given as a local folder (a diffusers AutoencoderKL, a transformers CLIPVisionModelWithProjection) or as
+    a loaded module; `clip_vision` may be None where no tokens are needed (the VAE trainer).
+    """
 
-    @classmethod
-    def load(
-        cls, checkpoint: str | Path, vae: str | Path, clip_vision: str | Path,
-        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-    ) -> "StandaloneModels":
-        from diffusers import AutoencoderKL
+    def __init__(
+        self, vae: str | Path | torch.nn.Module, clip_vision: str | Path | torch.nn.Module | None = None,
+        device: torch.device | str = "cpu", clip_name: str | None = None, dtype: torch.dtype = torch.float32,
+        vae_input: str = "vae",
+    ) -> None:
+        """`vae_input` names the input the VAE folder came from, for error messages (e.g. "model.vae")."""
+        if isinstance(vae, torch.nn.Module):
+            self.vae = vae
+        else:
+            from diffusers import AutoencoderKL
 
-        ckpt = load_checkpoint(checkpoint)
-        clip = load_clip_vision(clip_vision, device, dtype)
-        check_clip_model(clip, ckpt.config.clip)
-        vae_dir = model_folder(vae, "vae", "a diffusers AutoencoderKL, e.g. the vae/ folder of Stable Diffusion 1.5")
-        vae_model = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=dtype)
-        mean, std = clip_norm_stats(clip_vision)
-        return cls(
-            config=ckpt.config,
-            unet=ckpt.build_unet(dtype).to(device).eval().requires_grad_(False),
-            adapter=ckpt.build_adapter(dtype).to(device).eval().requires_grad_(False),
-            vae=vae_model.to(device).eval().requires_grad_(False),
-            clip=clip, clip_mean=mean, clip_std=std,
-        )
+            expected = "a diffusers AutoencoderKL, e.g. the vae/ folder of Stable Diffusion 1.5"
+            folder = model_folder(vae, vae_input, expected)
+            self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        self.vae = self.vae.to(device).eval().requires_grad_(False)
+        self.clip, self.mean, self.std = None, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        if isinstance(clip_vision, torch.nn.Module):
+            self.clip = clip_vision.to(device).eval().requires_grad_(False)
+        elif clip_vision is not None:
+            self.clip = load_clip_vision(clip_vision, device, dtype)
+            self.mean, self.std = clip_norm_stats(clip_vision)
+        self.clip_name = clip_name
+        self.latent_scale = float(self.vae.config.scaling_factor)
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.vae.parameters()).device
+
+    @property
+    def clip_spec(self) -> ClipSpec:
+        """What a checkpoint records about this CLIP vision model."""
+        return clip_spec_of(self.clip, self.clip_name) if self.clip_name else clip_spec_of(self.clip)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, chunk: int = 8) -> torch.Tensor:
@@ -179,9 +156,62 @@ class StandaloneModels:
         return torch.cat(out)
 
     @torch.no_grad()
+    def clip_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) in [0, 1] -> (B, 1+N, C) projected CLIP tokens (``magicprop.clip.clip_tokens``)."""
+        if self.clip is None:
+            raise MagicPropError("these encoders have no CLIP vision model: pass clip_vision to make tokens.")
+        return clip_tokens(self.clip, images, self.mean, self.std)
+
+    @torch.no_grad()
+    def appearance_tokens(self, adapter: AppearanceAdapter, reference: torch.Tensor, reference_latent: torch.Tensor,
+                          latent_scale: float) -> torch.Tensor:
+        """(1, H, W, 3) edited reference + its unscaled latent -> (1, 1 + hw/4, C) appearance tokens."""
+        tokens = self.clip_tokens(reference)
+        param = next(adapter.parameters())
+        scaled = reference_latent.to(param.device, param.dtype) * latent_scale
+        return adapter(tokens.to(param.dtype), scaled).float()
+
+
+@dataclass
+class StandaloneModels:
+    """A PropDPM (UNet, adapter, its checkpoint config) with its frozen encoders: everything a host-free run needs."""
+
+    config: PropDPMConfig
+    unet: torch.nn.Module
+    adapter: AppearanceAdapter
+    encoders: FrozenEncoders
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | Path, vae: str | Path, clip_vision: str | Path,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> "StandaloneModels":
+        ckpt = load_checkpoint(checkpoint)
+        encoders = FrozenEncoders(vae, clip_vision, device, dtype=dtype)
+        check_clip_model(encoders.clip, ckpt.config.clip)
+        return cls(
+            config=ckpt.config,
+            unet=ckpt.build_unet(dtype).to(device).eval().requires_grad_(False),
+            adapter=ckpt.build_adapter(dtype).to(device).eval().requires_grad_(False),
+            encoders=encoders,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def encode(self, images: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        return self.encoders.encode(images, chunk)
+
+    def decode(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        return self.encoders.decode(latents, chunk)
+
     def appearance_tokens(self, reference: torch.Tensor, reference_latent: torch.Tensor) -> torch.Tensor:
         """(1, H, W, 3) edited reference + its unscaled latent -> (1, 1 + hw/4, C) appearance tokens."""
-        tokens = clip_tokens(self.clip, reference, self.clip_mean, self.clip_std)
-        dtype = next(self.adapter.parameters()).dtype
-        scaled = reference_latent.to(self.device, dtype) * self.config.latent_scale
-        return self.adapter(tokens.to(dtype), scaled).float()
+        return self.encoders.appearance_tokens(self.adapter, reference, reference_latent, self.config.latent_scale)
+
+    def denoiser(self, reference: torch.Tensor, reference_latent: torch.Tensor, steps: int = 20, cfg: float = 1.0,
+                 guidance_rescale: float = 0.0) -> DiffusersDenoiser:
+        """The FrameDenoiser carrying one edited reference's appearance."""
+        tokens = self.appearance_tokens(reference, reference_latent)
+        return DiffusersDenoiser(self.unet, self.config, tokens, steps, cfg, guidance_rescale)

@@ -47,7 +47,7 @@ def _add_propagate(sub) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="PropDPM .safetensors")
     p.add_argument("--video", type=Path, required=True, help="source video")
     p.add_argument("--reference", type=Path, nargs="+", required=True,
-                   help="the edited frame (image, video size); several for keyframes")
+                   help="the edited frame (image at the video's size, or its --width size); several for keyframes")
     p.add_argument("--reference-index", type=int, nargs="+", required=True,
                    help="index of each edited frame among the selected frames (after --stride)")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
@@ -59,7 +59,8 @@ def _add_propagate(sub) -> None:
     depth = p.add_mutually_exclusive_group(required=True)
     depth.add_argument("--depth-model", type=Path, help="local transformers depth-estimation model folder")
     depth.add_argument("--depth-frames", type=Path, help="folder with one depth image per source frame")
-    p.add_argument("--reference-depth", type=Path, help="depth image of the edited reference when the edit changed shape")
+    p.add_argument("--reference-depth", type=Path, nargs="+",
+                   help="depth image of each edited reference when the edit changed shape (one per --reference)")
     p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
     p.add_argument("--stride", type=int, default=1, help="take every stride-th frame")
     p.add_argument("--width", type=int, default=None, help="resize frames to this width first (aspect kept)")

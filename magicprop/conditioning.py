@@ -8,18 +8,42 @@ previous depth m^{k-1}. The UNet input has 4 + 6 channels, in this order:
     [8]    target depth m^k                   (inverse depth, near = 1, mapped from [0, 1] to [-1, 1])
     [9]    previous depth m^{k-1}             (same mapping)
 
-Both backends (diffusers and ComfyUI) build the 6 conditioning channels with ``spatial_condition``.
+This module is the one owner of that recipe: ``condition_for`` builds the 6 channels of a request for the trainer
+(``magicprop.train.loop.Batcher``), the diffusers backend and the ComfyUI denoiser alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 
 from .errors import MagicPropError
+from .propagate import FrameRequest
 
 LATENT_CHANNELS = 4
 CONDITION_CHANNELS = 6  # previous latent (4) + target depth (1) + previous depth (1)
-CHANNEL_ORDER = ("noisy_latent", "previous_latent", "target_depth", "previous_depth")
+
+AUGMENT_SEED_SALT = 0x5EED_A06
+"""Offsets a frame's seed for the previous-latent noise augmentation draw (independent of its initial noise)."""
+
+
+class ConditionSettings(Protocol):
+    """What the recipe reads from a checkpoint's config (``PropDPMConfig`` has these fields)."""
+
+    latent_scale: float
+    previous_frame: bool
+    prev_noise_augmentation: float
+
+
+@dataclass(frozen=True)
+class ConditionRecipe:
+    """The recipe's settings where no checkpoint config exists yet (the trainer, from its run config)."""
+
+    latent_scale: float
+    previous_frame: bool = True
+    prev_noise_augmentation: float = 0.0
 
 
 def depth_to_input(depth: torch.Tensor) -> torch.Tensor:
@@ -59,3 +83,21 @@ def noise_augment(
     noise = torch.randn(latent_scaled.shape, generator=generator, device="cpu", dtype=torch.float32)
     noise = noise.to(latent_scaled)
     return (1 - level * level) ** 0.5 * latent_scaled + level * noise
+
+
+def augment_generator(seed: int) -> torch.Generator:
+    """The generator of a frame's previous-latent noise augmentation, from the request's seed."""
+    return torch.Generator(device="cpu").manual_seed(seed ^ AUGMENT_SEED_SALT)
+
+
+def condition_for(request: FrameRequest, settings: ConditionSettings) -> torch.Tensor:
+    """The (1, 6, h, w) extra input channels of one request, in the UNet's input space.
+
+    The previous latent is scaled like the noisy latent, zeroed for a model trained without it, and noise-augmented
+    at the checkpoint's level with a generator seeded from the request's seed; the depths are centred.
+    """
+    prev = request.prev_latent.to(torch.float32) * settings.latent_scale
+    if not settings.previous_frame:
+        prev = torch.zeros_like(prev)
+    prev = noise_augment(prev, settings.prev_noise_augmentation, augment_generator(request.seed))
+    return spatial_condition(prev, request.depth.to(prev), request.prev_depth.to(prev))

@@ -1,4 +1,9 @@
-"""Video in, edited video out, without ComfyUI: the `python -m magicprop propagate` job."""
+"""Video in, edited video out, without ComfyUI: the `python -m magicprop propagate` job.
+
+The job reads its files (references, depth, the video's frames for depth), builds the run's inputs on the latent
+grid and runs them through ``magicprop.run``, the same core the ComfyUI node uses; frames are decoded and written
+in chunks.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .backend import DiffusersDenoiser, StandaloneModels
-from .depth import ClipDepthAligner, DepthEstimator, align_to, depth_from_image, depth_to_latent_grid
+from .backend import FrozenEncoders, StandaloneModels
+from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import crop_to_grid, list_images, load_image, resize_width
-from .drift import AnchoredDenoiser
-from .propagate import Keyframe, keyframe_plan, propagate_keyframes
-from .video import iter_frames, probe, write_video
+from .propagate import check_keyframes, keyframe_plan
+from .run import DenoiserFactory, RunInputs, generated_frames, propagate_run, run_inputs
+from .video import VideoInfo, iter_frames, probe, write_video
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,8 @@ class PropagateJob:
     clip_vision: Path
     depth_model: Path | None = None
     depth_frames: Path | None = None
-    reference_depth: Path | None = None
+    reference_depth: Path | list[Path] | None = None
+    """Depth image of each edited reference when the edit changed shapes (one per reference)."""
     max_frames: int | None = None
     stride: int = 1
     width: int | None = None
@@ -56,6 +62,11 @@ class PropagateJob:
         return [Path(r) for r in (self.reference if isinstance(self.reference, (list, tuple)) else [self.reference])]
 
     @property
+    def reference_depths(self) -> list[Path]:
+        r = self.reference_depth
+        return [] if r is None else [Path(p) for p in (r if isinstance(r, (list, tuple)) else [r])]
+
+    @property
     def reference_indices(self) -> list[int]:
         r = self.reference_index
         return list(r) if isinstance(r, (list, tuple)) else [r]
@@ -66,7 +77,8 @@ def _prepare(images: torch.Tensor, job: PropagateJob, what: str, notice: bool = 
 
 
 def _check_files(job: PropagateJob) -> None:
-    for name, paths in (("checkpoint", [job.checkpoint]), ("video", [job.video]), ("reference", job.references)):
+    for name, paths in (("checkpoint", [job.checkpoint]), ("video", [job.video]), ("reference", job.references),
+                        ("reference-depth", job.reference_depths)):
         for p in map(Path, paths):
             if not p.is_file():
                 raise MagicPropError(f"--{name} {str(p)!r} does not exist; pass an existing file.")
@@ -74,6 +86,11 @@ def _check_files(job: PropagateJob) -> None:
         raise MagicPropError(
             f"--reference gives {len(job.references)} images but --reference-index gives {len(job.reference_indices)} "
             "indices: give one frame index per edited reference."
+        )
+    if job.reference_depths and len(job.reference_depths) != len(job.references):
+        raise MagicPropError(
+            f"--reference-depth gives {len(job.reference_depths)} images for {len(job.references)} references: give "
+            "one depth image per edited reference, in the same order."
         )
     for name in ("vae", "clip_vision", "depth_model"):
         p = getattr(job, name)
@@ -99,8 +116,10 @@ def _depth_maps(job: PropagateJob, estimator: DepthEstimator | None, size: tuple
         for i, _frame in enumerate(iter_frames(job.video, job.max_frames, job.stride)):
             path = next(files, None)
             if path is None:
-                raise MagicPropError(f"--depth-frames has fewer images than the {i + 1} selected frames "
-                                     f"(stride {job.stride}); expected one depth image per source frame, in name order.")
+                raise MagicPropError(
+                    f"--depth-frames has fewer images than the {i + 1} selected frames (stride {job.stride}); "
+                    "expected one depth image per source frame, in name order."
+                )
             image = load_image(path, "depth frame")
             if image.shape[1:3] != size:
                 raise MagicPropError(f"--depth-frames image {path.name} is {image.shape[2]}x{image.shape[1]} but the "
@@ -129,9 +148,98 @@ def clip_depth(job: PropagateJob, size: tuple[int, int], grid: tuple[int, int], 
     return aligner.finish()
 
 
+def _frame_image(path: Path, what: str, job: PropagateJob, size: tuple[int, int]) -> torch.Tensor:
+    """An image that stands for a frame of the video (reference, reference depth), prepared like the frames.
+
+    It may be at the video's size or at its --width size (then it is taken as is); either way it is then cropped to
+    the grid like the frames.
+    """
+    image = load_image(path, what)
+    height, width = size
+    resized = resize_width(torch.zeros(1, height, width, 1), job.width).shape[1:3]
+    final = crop_to_grid(torch.zeros(1, *resized, 1), notice=False).shape[1:3]
+    if image.shape[1:3] not in {tuple(size), tuple(resized), tuple(final)}:
+        sizes = f"{width}x{height}"
+        if job.width is not None:
+            sizes += f" (--width {job.width}: {resized[1]}x{resized[0]})"
+        fix = ("the edited reference must be a frame of this video, at the video's size." if job.width is None else
+               "give it at either size: --width applies to both the video and the reference.")
+        raise MagicPropError(f"{what} {path.name} is {image.shape[2]}x{image.shape[1]} but the video is {sizes}: {fix}")
+    return _prepare(image, job, what)
+
+
+@dataclass
+class JobInputs:
+    """What the job read from its files, before any PropDPM model is loaded."""
+
+    info: VideoInfo
+    references: torch.Tensor
+    """(N, H, W, 3) edited references, prepared like the frames."""
+    indices: list[int]
+    depth: torch.Tensor
+    """(K, 1, h, w) aligned clip depth on the latent grid."""
+    reference_depth: torch.Tensor | None
+    """(N, H, W) relative inverse depth of the edited references, or None."""
+
+    def run_inputs(self, encoders: FrozenEncoders | StandaloneModels) -> RunInputs:
+        """The run's inputs: the references encoded, their depth placed on the latent grid (``magicprop.run``)."""
+        return run_inputs(encoders.encode(self.references), self.indices, self.depth, self.reference_depth)
+
+
+def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
+    """Check the job and read its inputs; every input error is raised before the depth model runs."""
+    _check_files(job)
+    info = probe(job.video)
+    size = (info.height, info.width)
+    references = torch.cat([_frame_image(p, "--reference", job, size) for p in job.references])
+    indices = job.reference_indices
+    expected = expected_frames(job, info.frames)
+    check_keyframes(indices, expected, references=references.shape[0])  # with their messages, before any model
+    if expected is not None:
+        keyframe_plan(indices, expected, job.keyframe_window)  # and the window
+    ref_depth = None
+    if job.reference_depths:
+        ref_depth = depth_from_image(torch.cat([_frame_image(p, "--reference-depth", job, size)
+                                                for p in job.reference_depths]))
+    grid = (references.shape[1] // 8, references.shape[2] // 8)
+    _prepare(torch.zeros(1, *size, 1), job, "frames", notice=True)  # the crop notice, once
+    depth = clip_depth(job, size, grid, progress)  # (k, 1, h, w)
+    k = depth.shape[0]
+    if job.max_frames is not None and k < job.max_frames:
+        log.warning("%s has %d frames (after --stride %d) where --frames asked for %d; writing %d frames.",
+                    job.video.name, k, job.stride, job.max_frames, k)
+    elif expected is not None and k < expected:
+        log.warning("%s: %d frames decoded (after --stride %d) where its container lists %d (is the file truncated?); "
+                    "writing %d frames.", job.video.name, k, job.stride, expected, k)
+    return JobInputs(info, references, indices, depth, ref_depth)
+
+
 def _decoded_frames(models: StandaloneModels, latents: torch.Tensor, chunk: int = 8):
     for i in range(0, latents.shape[0], chunk):
         yield from models.decode(latents[i : i + chunk])
+
+
+def propagate_latents(job: PropagateJob, progress: bool = True,
+                      make_denoiser: DenoiserFactory | None = None) -> tuple[torch.Tensor, JobInputs, StandaloneModels]:
+    """The job's (K, C, h, w) latents. `make_denoiser` replaces the checkpoint's diffusers denoisers (tests)."""
+    from tqdm.auto import tqdm
+
+    loaded = read_job(job, progress)
+    models = StandaloneModels.load(job.checkpoint, job.vae, job.clip_vision, job.device, job.dtype)
+    inputs = loaded.run_inputs(models)
+
+    def checkpoint_denoiser(i: int, _index: int):
+        return models.denoiser(loaded.references[i : i + 1], inputs.reference_latents[i : i + 1], job.steps,
+                               job.cfg, job.guidance_rescale)
+
+    with tqdm(total=generated_frames(inputs, job.keyframe_window), desc="propagate", unit="frame",
+              disable=not progress) as bar:
+        def count(index: int, _latent) -> None:
+            bar.update(0 if index in inputs.indices else 1)
+
+        latents = propagate_run(inputs, make_denoiser or checkpoint_denoiser, job.seed, job.keyframe_window,
+                                job.anchor_strength, callback=count)
+    return latents, loaded, models
 
 
 def run_propagate(job: PropagateJob, progress: bool = True) -> Path:
@@ -140,59 +248,7 @@ def run_propagate(job: PropagateJob, progress: bool = True) -> Path:
     Memory stays flat in the clip's length beyond its latents: frames are streamed for depth, only latent-grid
     depth is kept, and frames are decoded and encoded to the file in chunks.
     """
-    from tqdm.auto import tqdm
-
-    _check_files(job)
-    info = probe(job.video)
-    size = (info.height, info.width)
-    references = []
-    for path in job.references:
-        image = load_image(path, "--reference")
-        if image.shape[1:3] != size:
-            raise MagicPropError(
-                f"--reference {path.name} is {image.shape[2]}x{image.shape[1]} but the video is {info.width}x"
-                f"{info.height}: the edited reference must be a frame of this video, at the video's size."
-            )
-        references.append(image)
-    indices = job.reference_indices
-    expected = expected_frames(job, info.frames)
-    if expected is not None:
-        keyframe_plan(indices, expected, job.keyframe_window)  # index checks, with their messages, before any model
-    ref_depth_img = None
-    if job.reference_depth is not None:
-        if len(references) != 1:
-            raise MagicPropError("--reference-depth goes with a single --reference.")
-        ref_depth_img = load_image(job.reference_depth, "--reference-depth")
-        if ref_depth_img.shape[1:3] != size:
-            raise MagicPropError(
-                f"--reference-depth is {ref_depth_img.shape[2]}x{ref_depth_img.shape[1]}: expected the video size "
-                f"{info.width}x{info.height}."
-            )
-    references = _prepare(torch.cat(references), job, "reference")
-    grid = (references.shape[1] // 8, references.shape[2] // 8)
-    _prepare(torch.zeros(1, *size, 1), job, "frames", notice=True)  # the crop notice, once
-    depth_lat = clip_depth(job, size, grid, progress)  # (k, 1, h, w)
-    k = depth_lat.shape[0]
-    chains, _ = keyframe_plan(indices, k, job.keyframe_window)
-    models = StandaloneModels.load(job.checkpoint, job.vae, job.clip_vision, job.device, job.dtype)
-    ref_latents = models.encode(references)  # (n, 4, h, w)
-    keyframes = []
-    for i, index in enumerate(indices):
-        reference, latent = references[i : i + 1], ref_latents[i : i + 1]
-        ref_depth = None
-        if ref_depth_img is not None:
-            # the edited shape's depth, placed on the clip's scale by the same robust fit as the clip's frames
-            rd = depth_to_latent_grid(depth_from_image(_prepare(ref_depth_img, job, "reference depth"))[:, None], grid)
-            ref_depth = align_to(rd[0, 0], depth_lat[index, 0])[None, None]
-        tokens = models.appearance_tokens(reference, latent)
-        denoiser = DiffusersDenoiser(models.unet, models.config, tokens, job.steps, job.cfg, job.guidance_rescale)
-        if job.anchor_strength > 0:
-            denoiser = AnchoredDenoiser(denoiser, latent, job.anchor_strength)
-        keyframes.append(Keyframe(index, latent, denoiser, ref_depth))
-    with tqdm(total=sum(len(c.indices) - 1 for c in chains), desc="propagate", unit="frame",
-              disable=not progress) as bar:
-        latents = propagate_keyframes(keyframes, depth_lat, job.seed, job.keyframe_window,
-                                      callback=lambda idx, _lat: bar.update(0 if idx in indices else 1))
-    fps = Fraction(info.fps) / job.stride
+    latents, loaded, models = propagate_latents(job, progress)
+    fps = Fraction(loaded.info.fps) / job.stride
     return write_video(job.out, _decoded_frames(models, latents), fps, audio_from=job.video if job.audio else None,
                        crf=job.crf, pix_fmt=job.pix_fmt)

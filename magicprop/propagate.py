@@ -10,7 +10,8 @@ VAE encoding of the edited reference.
 Randomness: the initial noise and any sampler noise of frame k depend only on (seed, k), through ``frame_seed``, so
 a frame's result does not depend on the order frames are made in, on chunking, or on which chains run.
 
-Backends implement ``FrameDenoiser``: diffusers in ``magicprop.backend``, ComfyUI's samplers in ``nodes/``.
+Backends implement ``FrameDenoiser``: diffusers in ``magicprop.backend``, ComfyUI's samplers in ``nodes/``. A whole
+run (references, keyframes, anchoring) is assembled by ``magicprop.run``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,28 @@ class Chain:
     """Absolute frame indices, starting at the keyframe."""
 
 
+def check_keyframes(indices: Sequence[int], num_frames: int | None, references: int | None = None) -> list[int]:
+    """Every check on keyframe indices, in one place (both front ends call it before any model work).
+
+    One index per edited reference (when `references` is given), distinct and increasing, each inside the clip
+    (when `num_frames` is known). Returns the indices as a list.
+    """
+    indices = [int(i) for i in indices]
+    if references is not None and len(indices) != references:
+        raise MagicPropError(
+            f"keyframe indices {indices} give {len(indices)} indices for {references} reference images: give one "
+            "frame index per edited reference, in the references' order."
+        )
+    if not indices:
+        raise MagicPropError("keyframes: expected at least one edited reference.")
+    if indices != sorted(set(indices)):
+        raise MagicPropError(f"keyframe indices {indices}: expected distinct indices in increasing order.")
+    if num_frames is not None:
+        for i in indices:
+            chain_order(i, num_frames)  # range check with its message
+    return indices
+
+
 def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> tuple[list[Chain], dict[int, tuple]]:
     """The chains of a run with keyframes at `indices` (sorted, distinct) and the blend of every shared frame.
 
@@ -138,12 +161,7 @@ def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> t
     generate; there the result moves linearly from a's chain to b's (no seam). Returns (chains, blends) where
     blends[k] = (key_a, key_b, weight of b).
     """
-    if not indices:
-        raise MagicPropError("keyframes: expected at least one edited reference.")
-    if list(indices) != sorted(set(indices)):
-        raise MagicPropError(f"keyframe indices {list(indices)}: expected distinct indices in increasing order.")
-    for i in indices:
-        chain_order(i, num_frames)  # range check with its message
+    check_keyframes(indices, num_frames)
     if window < 0:
         raise MagicPropError(f"window={window}: expected 0 or more frames.")
     chains: list[Chain] = []

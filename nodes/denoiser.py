@@ -1,7 +1,7 @@
 """The core's "denoise one frame" protocol on ComfyUI's own samplers (comfy.sample.sample).
 
-Per frame: the spatial condition (core ``condition_for``) goes into every conditioning dict under CONCAT_KEY, a
-ControlNet chain gets that frame's hint, the frame's noise is the core's ``frame_noise`` (the same draw as
+Per frame: the spatial condition (``magicprop.conditioning.condition_for``) goes into every conditioning dict under
+CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the core's ``frame_noise`` (the same draw as
 ``comfy.sample.prepare_noise``), and the sampler's own noise is seeded with the frame seed.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 import comfy.model_management
 import comfy.sample
+import torch
 
-from ..magicprop.backend import condition_for
+from ..magicprop.conditioning import condition_for
 from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
 from ..magicprop.propagate import FrameRequest, frame_noise

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 from comfy_api.latest import io
 
-from ..magicprop.depth import align_to, depth_from_image, depth_to_latent_grid
-from ..magicprop.drift import AnchoredDenoiser
+from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
-from ..magicprop.propagate import Keyframe, chain_order, keyframe_plan, propagate_keyframes
+from ..magicprop.propagate import check_keyframes
+from ..magicprop.run import RunInputs, depth_on_grid, generated_frames, latent_masks, propagate_run, run_inputs
 from .appearance import check_reference
 from .denoiser import ComfyFrameDenoiser, check_control_hints
 from .model import PropDPMModel
@@ -21,29 +20,28 @@ from .preview import FramePreviews
 from .types import APPEARANCE_KEY
 
 
-def parse_keyframe_indices(reference: torch.Tensor, reference_index: int, indices: str, num_frames: int) -> list[int]:
-    """Absolute index of each reference image: reference_index for one, the `keyframe_indices` list for several."""
-    n = reference.shape[0]
-    if n == 1 and not indices.strip():
-        chain_order(reference_index, num_frames)
+def parse_keyframe_indices(reference_index: int, indices: str, references: int) -> list[int]:
+    """Frame numbers of the references as given: `reference_index` for one reference and an empty
+    `keyframe_indices`, else the parsed list (checked by the core's check_keyframes)."""
+    if references == 1 and not indices.strip():
         return [reference_index]
     try:
-        parsed = [int(v) for v in indices.replace(";", ",").split(",") if v.strip()]
+        return [int(v) for v in indices.replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise MagicPropError(
             f"keyframe_indices={indices!r}: expected comma-separated frame numbers, one per reference image, "
             "e.g. \"0, 60, 119\"."
         ) from None
-    if len(parsed) != n:
-        raise MagicPropError(
-            f"keyframe_indices={indices!r} gives {len(parsed)} indices for {n} reference images: give one frame "
-            "number per edited reference, in the batch's order."
-        )
-    for i in parsed:
-        chain_order(i, num_frames)
-    if parsed != sorted(set(parsed)):
-        raise MagicPropError(f"keyframe_indices={indices!r}: expected distinct frame numbers in increasing order.")
-    return parsed
+
+
+def node_run_inputs(vae, depth: torch.Tensor, reference: torch.Tensor, keys: list[int],
+                    reference_depth: torch.Tensor | None = None) -> RunInputs:
+    """The run's inputs from the node's: references encoded with ComfyUI's VAE, the DepthSequence clip depth and the
+    reference depth (placed by the core) on the latent grid."""
+    ref_latents = vae.encode(reference[..., :3]).float()  # (N, 4, h, w), unscaled
+    depth_lat = depth_on_grid(depth, tuple(ref_latents.shape[-2:]))  # (K, 1, h, w), aligned by DepthSequence
+    raw = None if reference_depth is None else depth_from_image(reference_depth)
+    return run_inputs(ref_latents, keys, depth_lat, raw)
 
 
 def check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames) -> None:
@@ -94,12 +92,6 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
                 f"{source_frames.shape[1]} but depth has {k} frames of {w}x{h}: expected the same video."
             )
     check_control_hints([positive, negative], k)
-
-
-def latent_grid_depth(depth: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -> torch.Tensor:
-    """(K, H, W, 3) depth IMAGE -> (K, 1, h, w) at the latent grid, a chunk at a time (no full-size copy of the clip)."""
-    return torch.cat([depth_to_latent_grid(depth_from_image(depth[i : i + chunk])[:, None], grid)
-                      for i in range(0, depth.shape[0], chunk)])
 
 
 def select_reference(conditioning: list, i: int) -> list:
@@ -216,41 +208,35 @@ class AutoregressivePropagate(io.ComfyNode):
                 frame_previews: bool = True, decode: bool = True, keyframe_indices: str = "",
                 keyframe_window: int = 8, anchor_strength: float = 0.0) -> io.NodeOutput:
         if depth.ndim != 4 or depth.shape[0] == 0:
-            raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected the DepthSequence output (K, H, W, 3).")
+            raise MagicPropError(
+                f"depth has shape {tuple(depth.shape)}: expected the DepthSequence output (K, H, W, 3)."
+            )
         check_reference(reference, batch=True)
         k = depth.shape[0]
-        keys = parse_keyframe_indices(reference, reference_index, keyframe_indices, k)
+        keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, reference.shape[0]), k,
+                               references=reference.shape[0])
         check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames)
         if not decode:
             check_image_output_unused(cls.hidden.prompt, cls.hidden.unique_id)
         config = model.model.model_config.magicprop
-        ref_latents = vae.encode(reference[..., :3]).float()  # (N, 4, h, w), unscaled
-        grid = tuple(ref_latents.shape[-2:])
-        depth_lat = latent_grid_depth(depth, grid)  # (K, 1, h, w), already aligned by DepthSequence
-        masks = source_latents = latent_masks = None
+        inputs = node_run_inputs(vae, depth, reference, keys, reference_depth)
+        grid = tuple(inputs.depth.shape[-2:])
+        masks = source_latents = anchor_masks = None
         if mask is not None:
             masks = mask if mask.ndim == 3 else mask[None]
             source_latents = vae.encode(source_frames[..., :3]).float()
-            latent_masks = torch.nn.functional.interpolate(masks[:, None].float(), size=grid, mode="area")
+            anchor_masks = latent_masks(masks, grid)
 
-        chains, _ = keyframe_plan(keys, k, keyframe_window)
         previews = FramePreviews(model, cls.hidden.unique_id, k, keys[0]) if frame_previews else None
-        progress = ProgressReporter(model, sum(len(c.indices) - 1 for c in chains), steps, previews)
-        keyframes = []
-        for i, index in enumerate(keys):
-            denoiser = ComfyFrameDenoiser(model, select_reference(positive, i), select_reference(negative, i), config,
-                                          k, steps, cfg, sampler_name, scheduler, source_latents, masks,
-                                          on_step=progress.on_step)
-            if anchor_strength > 0:
-                denoiser = AnchoredDenoiser(denoiser, ref_latents[i : i + 1], anchor_strength, latent_masks, index)
-            ref_depth = None
-            if reference_depth is not None:
-                target = depth_from_image(depth[index : index + 1])[0]
-                placed = align_to(depth_from_image(reference_depth[i : i + 1])[0], target)
-                ref_depth = depth_to_latent_grid(placed[None, None], grid)
-            keyframes.append(Keyframe(index, ref_latents[i : i + 1], denoiser, ref_depth))
-        latents = propagate_keyframes(keyframes, depth_lat, seed, keyframe_window, callback=progress.on_frame,
-                                      out_device=comfy.model_management.intermediate_device())
+        progress = ProgressReporter(model, generated_frames(inputs, keyframe_window), steps, previews)
+
+        def make_denoiser(i: int, _index: int) -> ComfyFrameDenoiser:
+            return ComfyFrameDenoiser(model, select_reference(positive, i), select_reference(negative, i), config, k,
+                                      steps, cfg, sampler_name, scheduler, source_latents, masks,
+                                      on_step=progress.on_step)
+
+        latents = propagate_run(inputs, make_denoiser, seed, keyframe_window, anchor_strength, anchor_masks,
+                                callback=progress.on_frame, out_device=comfy.model_management.intermediate_device())
         if not decode:
             return io.NodeOutput({"samples": latents}, None)
         images = vae.decode(latents)

@@ -6,10 +6,9 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from graphs import DEPTH_MODEL, PROPDPM, VIDEO, propagation_graph
 from host import GraphError
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.host
 
@@ -150,6 +149,7 @@ def test_mask_keeps_the_source_outside(comfy_host, files):
 
 def test_interrupt_between_frames_then_next_prompt_runs(comfy_host, files):
     import comfy.utils
+
     import nodes
 
     calls = []
@@ -232,9 +232,10 @@ def test_bad_inputs_are_refused_before_sampling(comfy_host, files, tmp_path, cas
 
 def test_full_size_vae_and_clip_vision_through_the_host_loaders(comfy_host, files, full_size_models):
     """SD1.5's VAE and ViT-L/14 (random weights) load through VAELoader / CLIPVisionLoader into a full graph."""
+    from tiny import TINY_UNET_CONFIG
+
     from magicprop.checkpoint import inspect_checkpoint
     from magicprop.init_model import init_checkpoint
-    from tiny import TINY_UNET_CONFIG
 
     for kind, path in (("vae", full_size_models["vae"]), ("clip_vision", full_size_models["clip_vision"])):
         link = comfy_host.models / kind / path.name
@@ -274,7 +275,7 @@ def test_keyframes_and_anchoring_in_the_node(comfy_host, files):
     with pytest.raises(GraphError, match="out of range"):
         comfy_host.run(graph, ["12"])
     graph["12"]["inputs"]["keyframe_indices"] = "0"
-    with pytest.raises(GraphError, match="gives 1 indices for 2 reference images"):
+    with pytest.raises(GraphError, match="give 1 indices for 2 reference images"):
         comfy_host.run(graph, ["12"])
 
 

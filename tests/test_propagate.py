@@ -85,7 +85,7 @@ def test_bad_indices_are_refused(run_parts):
     with pytest.raises(MagicPropError, match="at least 1 frame"):
         chain_order(0, 0)
     with pytest.raises(MagicPropError, match="same size"):
-        propagate(denoiser, torch.randn(1, 4, 6, 6), depth, 0, seed=0)
+        propagate(denoiser, torch.zeros(1, 4, 6, 6), depth, 0, seed=0)
     assert chain_order(0, 1) == [] and chain_order(2, 3) == [[2, 1, 0]]
 
 

@@ -1,4 +1,4 @@
-"""The frozen encoders of training: the VAE (latents) and CLIP vision (reference tokens), with a per-clip cache."""
+"""Training's view of the frozen encoders (``magicprop.backend.FrozenEncoders``): encoded clips and their cache."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..clip import clip_norm_stats, clip_spec_of, clip_tokens, load_clip_vision
+from ..backend import FrozenEncoders
 from ..depth import depth_to_latent_grid
-from ..fileio import model_folder
 from .data import ClipData
+
+__all__ = ["ClipCache", "EncodedClip", "FrozenEncoders", "encode_clip"]
 
 
 @dataclass
@@ -20,29 +21,18 @@ class EncodedClip:
     depth: torch.Tensor  # (T, 1, h, w) depth at the latent grid
 
 
-class FrozenEncoders:
-    def __init__(self, vae: str | Path, clip_vision: str | Path, device: torch.device, clip_name: str | None = None):
-        from diffusers import AutoencoderKL
-
-        self.vae = AutoencoderKL.from_pretrained(model_folder(vae, "model.vae", "a diffusers AutoencoderKL"),
-                                                 local_files_only=True).to(device).eval().requires_grad_(False)
-        self.clip = load_clip_vision(clip_vision, device)
-        self.mean, self.std = clip_norm_stats(clip_vision)
-        self.clip_spec = clip_spec_of(self.clip, clip_name) if clip_name else clip_spec_of(self.clip)
-        self.device = device
-        self.latent_scale = float(self.vae.config.scaling_factor)
-
-    @torch.no_grad()
-    def encode(self, clip: ClipData, chunk: int = 16) -> EncodedClip:
-        frames = clip.frames.float() / 255.0  # (T, H, W, 3)
-        latents, tokens = [], []
-        for i in range(0, frames.shape[0], chunk):
-            x = frames[i : i + chunk].to(self.device)
-            latents.append(self.vae.encode(x.movedim(-1, 1) * 2 - 1).latent_dist.mode().float().cpu())
-            tokens.append(clip_tokens(self.clip, x, self.mean, self.std).float().cpu())
-        latents = torch.cat(latents)
-        depth = depth_to_latent_grid(clip.depth[:, None].float(), tuple(latents.shape[-2:]))
-        return EncodedClip(latents, torch.cat(tokens), depth)
+@torch.no_grad()
+def encode_clip(encoders: FrozenEncoders, clip: ClipData, chunk: int = 16) -> EncodedClip:
+    """Latents and CLIP tokens of every frame of a clip, and its depth on the latent grid."""
+    frames = clip.frames.float() / 255.0  # (T, H, W, 3)
+    latents, tokens = [], []
+    for i in range(0, frames.shape[0], chunk):
+        x = frames[i : i + chunk]
+        latents.append(encoders.encode(x, chunk))
+        tokens.append(encoders.clip_tokens(x).float().cpu())
+    latents = torch.cat(latents)
+    depth = depth_to_latent_grid(clip.depth[:, None].float(), tuple(latents.shape[-2:]))
+    return EncodedClip(latents, torch.cat(tokens), depth)
 
 
 class ClipCache:
@@ -68,11 +58,11 @@ class ClipCache:
         if path.is_file():
             t = load_file(str(path))
             for i in range(len(self.source)):
-                self.store[i] = EncodedClip(t[f"{i}.latents"].float(), t[f"{i}.tokens"].float(), t[f"{i}.depth"].float())
+                self.store[i] = EncodedClip(*(t[f"{i}.{k}"].float() for k in ("latents", "tokens", "depth")))
             return
         tensors = {}
         for i in tqdm(range(len(self.source)), desc="encode clips", unit="clip", disable=not progress):
-            e = self.encoders.encode(self.source.clip(i))
+            e = encode_clip(self.encoders, self.source.clip(i))
             tensors.update({f"{i}.{k}": getattr(e, k).half().contiguous() for k in ("latents", "tokens", "depth")})
             self.store[i] = EncodedClip(e.latents.half().float(), e.tokens.half().float(), e.depth.half().float())
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +73,7 @@ class ClipCache:
         hit = self.store.get(index)
         if hit is not None:
             return hit
-        encoded = self.encoders.encode(self.source.clip(index))  # not cached on disk: encoded as drawn
+        encoded = encode_clip(self.encoders, self.source.clip(index))  # not cached on disk: encoded as drawn
         if self.cache:
             self.store[index] = encoded
         return encoded

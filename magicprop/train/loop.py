@@ -4,7 +4,8 @@ accelerate's own configuration.
 Per sample: a (reference, previous, target) triplet of one clip; the target latent is noised on the
 zero-terminal-SNR schedule and the UNet, given the previous latent and both depths (concatenated) and the
 reference's appearance tokens (cross-attention), predicts v; the loss is the MSE on v. The appearance tokens are
-replaced by zeros with probability `appearance_dropout` (guidance), and the previous latent can be noise-augmented.
+replaced by zeros with probability `appearance_dropout` (guidance); the condition channels follow
+``magicprop.conditioning.condition_for``, the recipe inference uses (noise augmentation included).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from ..adapter import AppearanceAdapter
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..conditioning import noise_augment, spatial_condition
+from ..conditioning import ConditionRecipe, condition_for
 from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 from ..fileio import atomic_path
@@ -81,7 +82,7 @@ def _init_models(cfg: RunConfig):
 
 def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, source_desc: dict,
                    step: int) -> PropDPMConfig:
-    """The checkpoint metadata of a training run (DESIGN.md's fields, all from the run itself)."""
+    """The checkpoint metadata of a training run (the README's "Checkpoint format" fields, all from the run itself)."""
     d, t = cfg.data, cfg.train
     return PropDPMConfig(
         unet_config={k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
@@ -111,6 +112,7 @@ class Batcher:
                  rollout=None) -> None:
         self.cache, self.scheduler, self.cfg, self.scale, self.device = cache, scheduler, cfg, latent_scale, device
         self.rollout = rollout  # [(encoded clip, spec)] -> the model's own (1, 4, h, w) previous latents, unscaled
+        self.recipe = ConditionRecipe(latent_scale, cfg.train.previous_frame, cfg.train.prev_noise_augmentation)
 
     def __call__(self, specs) -> dict[str, torch.Tensor]:
         t_cfg = self.cfg.train
@@ -124,15 +126,13 @@ class Batcher:
         for n, s in enumerate(specs):
             clip = self.cache.get(s.clip)
             target = clip.latents[s.target : s.target + 1] * self.scale
-            prev = rolled.get(n, clip.latents[s.prev : s.prev + 1]) * self.scale
-            g = torch.Generator().manual_seed(s.noise_seed)
-            noise = torch.randn(target.shape, generator=g)
-            if not t_cfg.previous_frame:
-                prev = torch.zeros_like(prev)
-            prev = noise_augment(prev, t_cfg.prev_noise_augmentation, g)
+            noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(s.noise_seed))
             t = torch.tensor([s.timestep])
             noisy = self.scheduler.add_noise(target, noise, t)
-            cond = spatial_condition(prev, clip.depth[s.target : s.target + 1], clip.depth[s.prev : s.prev + 1])
+            # the inference recipe, with the sample's noise seed as the frame seed
+            request = FrameRequest(s.target, s.prev, rolled.get(n, clip.latents[s.prev : s.prev + 1]),
+                                   clip.depth[s.target : s.target + 1], clip.depth[s.prev : s.prev + 1], s.noise_seed)
+            cond = condition_for(request, self.recipe)
             rows["input"].append(torch.cat([noisy, cond], 1))
             rows["t"].append(t)
             rows["tokens"].append(clip.tokens[s.ref : s.ref + 1])
@@ -250,7 +250,8 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     out = Path(t_cfg.output_dir)
 
     source = make_source(cfg.data)
-    encoders = FrozenEncoders(cfg.model.vae, cfg.model.clip_vision, acc.device, cfg.model.clip_name)
+    encoders = FrozenEncoders(cfg.model.vae, cfg.model.clip_vision, acc.device, cfg.model.clip_name,
+                              vae_input="model.vae")
     unet, adapter = _init_models(cfg)
     if t_cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -281,7 +282,8 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     rollout = None
     if t_cfg.rollout_probability > 0:
         base = acc.unwrap_model(module)
-        rollout = Rollout(acc, module, propdpm_config(cfg, base.unet, base.adapter, encoders, source.describe(), 0), cfg)
+        meta = propdpm_config(cfg, base.unet, base.adapter, encoders, source.describe(), 0)
+        rollout = Rollout(acc, module, meta, cfg)
     batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device, rollout)
     log_path = out / "log.jsonl"
     if acc.is_main_process:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..backend import FrozenEncoders
 from ..fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,12 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True) -> Path:
             opt.step()
             sched.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    vae.eval()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(pool[i : i + 64]).latent_dist.mode() for i in range(0, min(len(pool), 512), 64)])
-        recon = torch.cat([vae.decode(vae.encode(pool[i : i + 64]).latent_dist.mode()).sample
-                           for i in range(0, min(len(pool), 256), 64)])
+    encoders = FrozenEncoders(vae)  # encode and decode as inference does (posterior mean)
+    images = (pool.movedim(1, -1) + 1) / 2
+    latents = encoders.encode(images[:512], chunk=64)
+    recon = encoders.decode(encoders.encode(images[:256], chunk=64), chunk=64)
     scale = float(1.0 / latents.std())
-    mse = F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (pool[: len(recon)] + 1) / 2).item()
+    mse = F.mse_loss(recon, images[: len(recon)]).item()
     vae.register_to_config(scaling_factor=round(scale, 5))
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

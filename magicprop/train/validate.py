@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..backend import StandaloneModels
-from ..evaluate import propagate_frames, psnr, strip
+from ..backend import FrozenEncoders, StandaloneModels
+from ..evaluate import psnr, strip
 from ..frames import save_image
+from ..run import propagate_images
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ def validation_clip(cfg, source, frames: int = 12):
 
 
 @torch.no_grad()
-def validate(cfg, models: tuple, encoders, source, out: Path, step: int, config=None) -> float:
+def validate(cfg, models: tuple, encoders: FrozenEncoders, source, out: Path, step: int, config=None) -> float:
     """Propagate the held-out clip from frame 0; write validation/step-N.png; return the mean PSNR."""
     unet, adapter = models
     frames, depth, reference, truth = validation_clip(cfg, source)
-    standalone = StandaloneModels(config, unet, adapter, encoders.vae, encoders.clip, encoders.mean, encoders.std)
-    result = propagate_frames(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0)
+    standalone = StandaloneModels(config, unet, adapter, encoders)
+    result = propagate_images(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0)
     score = float(psnr(result[1:], truth[1:]).mean())
     picks = sorted({0, 1, 2, len(frames) // 2, len(frames) - 1})
     image = strip([frames, truth, result], picks)

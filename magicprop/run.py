@@ -1,0 +1,172 @@
+"""One propagation run, whatever the front end: encoded references, keyframe indices and per-frame conditions on
+the latent grid, a denoiser per keyframe, optional anchoring -> the latents of every frame.
+
+The command line (``magicprop.pipeline``), the ComfyUI node (``nodes/propagate.py``), the benchmarks and the
+trainer's validation all go through ``run_inputs`` (checks, reference-depth placement) and ``propagate_run``
+(keyframes, anchoring, the autoregressive loop of ``magicprop.propagate``). They differ only in how they encode
+the references and which FrameDenoiser they make (diffusers' DDIM or ComfyUI's samplers).
+
+Everything a run reads per frame sits on the latent grid (h, w) = (H/8, W/8): the clip depth, and the reference
+depth, placed on the clip's scale there. Per-frame conditions beyond depth (e.g. motion) join ``RunInputs`` beside
+``depth``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .depth import align_to, depth_from_image, depth_to_latent_grid
+from .drift import AnchoredDenoiser
+from .errors import MagicPropError
+from .propagate import (
+    FrameCallback,
+    FrameDenoiser,
+    FrameRequest,
+    Keyframe,
+    check_keyframes,
+    frame_seed,
+    keyframe_plan,
+    propagate_keyframes,
+)
+
+DenoiserFactory = Callable[[int, int], FrameDenoiser]
+"""(position i of the reference in the batch, its absolute frame index) -> the denoiser carrying its appearance."""
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a propagation run reads, on the latent grid."""
+
+    reference_latents: torch.Tensor
+    """(N, C, h, w) unscaled VAE latents of the edited references, in keyframe order."""
+    indices: tuple[int, ...]
+    """Absolute frame index of each reference (distinct, increasing)."""
+    depth: torch.Tensor
+    """(K, 1, h, w) aligned clip depth in [0, 1], near = 1."""
+    reference_depth: torch.Tensor | None = None
+    """(N, 1, h, w) depth of each edited reference placed on the clip's scale, or None (the clip's depth there)."""
+
+    @property
+    def num_frames(self) -> int:
+        return self.depth.shape[0]
+
+
+def depth_on_grid(depth_images: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """(K, H, W, 3) depth IMAGE (near = bright) -> (K, 1, h, w) on the latent grid, a chunk at a time (no full-size
+    float copy of the clip)."""
+    return torch.cat([depth_to_latent_grid(depth_from_image(depth_images[i : i + chunk])[:, None], grid)
+                      for i in range(0, depth_images.shape[0], chunk)])
+
+
+def place_reference_depth(reference_depth: torch.Tensor, depth: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """Depth of edited references placed on the clip's scale, on the latent grid: (N, H, W) relative inverse depth
+    in [0, 1] (depth images, near = bright, on their own scale) -> (N, 1, h, w) in [0, 1].
+
+    Each map is brought to the latent grid first, then fitted to the clip's depth at its keyframe by the robust
+    scale-and-shift fit that aligns the clip's own frames (``magicprop.depth.align_to``).
+    """
+    if reference_depth.ndim != 3 or reference_depth.shape[0] != len(indices):
+        raise MagicPropError(
+            f"reference depth has shape {tuple(reference_depth.shape)}: expected one depth map per edited "
+            f"reference ({len(indices)}, H, W)."
+        )
+    grid = tuple(depth.shape[-2:])
+    small = depth_to_latent_grid(reference_depth[:, None].float(), grid)
+    return torch.stack([align_to(small[i, 0], depth[k, 0]) for i, k in enumerate(indices)])[:, None]
+
+
+def run_inputs(reference_latents: torch.Tensor, indices: Sequence[int], depth: torch.Tensor,
+               reference_depth: torch.Tensor | None = None) -> RunInputs:
+    """Check and assemble a run's inputs; `reference_depth` is (N, H, W) raw depth of the edited references, placed
+    here (``place_reference_depth``)."""
+    if reference_latents.ndim != 4 or reference_latents.shape[0] == 0:
+        raise MagicPropError(
+            f"reference latents have shape {tuple(reference_latents.shape)}: expected (N, C, h, w), one per edited "
+            "reference."
+        )
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
+    if reference_latents.shape[-2:] != depth.shape[-2:]:
+        raise MagicPropError(
+            f"reference latent grid {tuple(reference_latents.shape[-2:])} differs from the depth grid "
+            f"{tuple(depth.shape[-2:])}: the references must have the same size as the video frames."
+        )
+    indices = check_keyframes(indices, depth.shape[0], references=reference_latents.shape[0])
+    placed = None if reference_depth is None else place_reference_depth(reference_depth, depth, indices)
+    return RunInputs(reference_latents, tuple(indices), depth, placed)
+
+
+def latent_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(M, H, W) pixel masks -> (M, 1, h, w) coverage on the latent grid (area average)."""
+    return torch.nn.functional.interpolate(masks[:, None].float(), size=grid, mode="area")
+
+
+def generated_frames(inputs: RunInputs, window: int = 8) -> int:
+    """How many frames a run samples (shared frames where chains meet count twice): a progress bar's total."""
+    chains, _ = keyframe_plan(list(inputs.indices), inputs.num_frames, window)
+    return sum(len(c.indices) - 1 for c in chains)
+
+
+def propagate_run(
+    inputs: RunInputs,
+    make_denoiser: DenoiserFactory,
+    seed: int,
+    window: int = 8,
+    anchor_strength: float = 0.0,
+    masks: torch.Tensor | None = None,
+    callback: FrameCallback | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Run the propagation: (K, C, h, w) latents, each reference in its place.
+
+    anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.drift``),
+    inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given.
+    """
+    if not 0.0 <= anchor_strength <= 1.0:
+        raise MagicPropError(f"anchor strength={anchor_strength}: expected a value in [0, 1] (0 = off).")
+    keyframes = []
+    for i, index in enumerate(inputs.indices):
+        latent = inputs.reference_latents[i : i + 1]
+        denoiser = make_denoiser(i, index)
+        if anchor_strength > 0:
+            denoiser = AnchoredDenoiser(denoiser, latent, anchor_strength, masks, index)
+        ref_depth = None if inputs.reference_depth is None else inputs.reference_depth[i : i + 1]
+        keyframes.append(Keyframe(index, latent, denoiser, ref_depth))
+    return propagate_keyframes(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device)
+
+
+def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth: torch.Tensor,
+                           seed: int) -> torch.Tensor:
+    """Frame k generated in one step from the TRUE frame k-1 (no accumulated error): (K, C, h, w), frame 0 given."""
+    out = [latents[:1]]
+    for k in range(1, latents.shape[0]):
+        out.append(denoiser(FrameRequest(k, k - 1, latents[k - 1 : k], depth[k : k + 1], depth[k - 1 : k],
+                                         frame_seed(seed, k))))
+    return torch.cat(out)
+
+
+# -- host-free runs on images (benchmarks, validation); `models` is a magicprop.backend.StandaloneModels ----------
+
+def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, reference_index: int, steps: int = 20,
+                     seed: int = 0, cfg: float = 1.0, anchor_strength: float = 0.0,
+                     callback: FrameCallback | None = None) -> torch.Tensor:
+    """(1, H, W, 3) edited reference + (K, H, W) clip depth in [0, 1] -> (K, H, W, 3) propagated frames."""
+    ref_latent = models.encode(reference)
+    inputs = run_inputs(ref_latent, [reference_index],
+                        depth_to_latent_grid(depth[:, None].float(), tuple(ref_latent.shape[-2:])))
+    denoiser = models.denoiser(reference, ref_latent, steps, cfg)
+    latents = propagate_run(inputs, lambda _i, _k: denoiser, seed, anchor_strength=anchor_strength,
+                            callback=callback)
+    return models.decode(latents)
+
+
+def teacher_forced(models, frames: torch.Tensor, depth: torch.Tensor, steps: int = 20, seed: int = 0) -> torch.Tensor:
+    """(K, H, W, 3) true edited frames + (K, H, W) depth -> (K, H, W, 3): each frame in one step of the chain from the
+    true previous frame, with frame 0 as the reference."""
+    latents = models.encode(frames)
+    depth_lat = depth_to_latent_grid(depth[:, None].float(), tuple(latents.shape[-2:]))
+    denoiser = models.denoiser(frames[:1], latents[:1], steps)
+    return models.decode(teacher_forced_latents(denoiser, latents, depth_lat, seed))
