@@ -3,6 +3,8 @@ one accumulation of per-clip scores into the per-method figures both benchmarks 
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 
@@ -39,7 +41,8 @@ def slope_per_100_frames(per_frame: torch.Tensor) -> float:
 class Scores:
     """Per-frame PSNR and SSIM of every clip, per method; `summary` averages over clips."""
 
-    def __init__(self, names) -> None:
+    def __init__(self, names: Iterable[str]) -> None:
+        names = list(names)
         self.psnr: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.ssim: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
