@@ -9,7 +9,6 @@ ground truth next to two baselines, and writes an mp4, a PNG strip and a metrics
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -24,8 +23,6 @@ from .models import MODELS_DIR, load_models, manifest
 from .report import strip
 from .report import table as _table
 from .seeds import DEMO_SEED
-
-log = logging.getLogger(__name__)
 
 WINDOW = 10
 """Frames per window of the tables: 1-10, 11-20, 21-30 after the reference."""

@@ -11,7 +11,6 @@ content, one that matches it has only learnt to copy its previous frame. Only th
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from ..errors import MagicPropError
@@ -23,8 +22,6 @@ from .models import MODELS_DIR, load_models, manifest
 from .report import plot
 from .report import table as _table
 from .seeds import QUALITY_SEED
-
-log = logging.getLogger(__name__)
 
 WINDOW = 30
 """Frames per window of the tables: 1-30, 31-60, ... after the reference."""
