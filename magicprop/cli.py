@@ -173,7 +173,8 @@ def _run(args: argparse.Namespace) -> None:
                             clips_per_shard=args.clips_per_shard)
         prepare(args.videos, args.depth_model, args.out, cfg, pick_device(args.device), progress=not args.quiet)
     elif args.command == "demo":
-        from .demo import MODELS_DIR, run_demo, table, train_demo_models
+        from .benchmarks.demo import run_demo, table
+        from .benchmarks.models import MODELS_DIR, train_demo_models
 
         models = args.models or (args.out / "models" if args.train else MODELS_DIR)
         if args.train:
@@ -183,8 +184,8 @@ def _run(args: argparse.Namespace) -> None:
         for name in ("demo.mp4", "strip.png", "metrics.json"):
             log.info("wrote %s", (args.out / name).resolve())
     elif args.command == "bench":
-        from .demo import MODELS_DIR
-        from .quality import run_quality, table
+        from .benchmarks.models import MODELS_DIR
+        from .benchmarks.quality import run_quality, table
 
         results = run_quality(args.out, args.models or MODELS_DIR, args.clips, args.frames, args.short, args.steps,
                               progress=not args.quiet)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
+from magicprop.benchmarks import models as shipped
+from magicprop.benchmarks.demo import STRIP_FRAMES, run_demo
+from magicprop.benchmarks.methods import DEMO_METHODS
+from magicprop.benchmarks.metrics import psnr
+from magicprop.benchmarks.models import MODELS_DIR, RECIPES, load_models, manifest, train_demo_models
+from magicprop.benchmarks.seeds import DEMO_SEED
 from magicprop.cli import main
-from magicprop.demo import MODELS_DIR, METHODS, RECIPES, manifest, run_demo, train_demo_models
-from magicprop.video import probe
+from magicprop.frames import load_image
+from magicprop.synthetic import SceneConfig, make_clip
+from magicprop.video import read_frames
 
 
 def test_shipped_models_are_small_and_complete():
@@ -17,7 +23,7 @@ def test_shipped_models_are_small_and_complete():
     files = [p for p in MODELS_DIR.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
     assert total < 20 * 2**20, f"shipped demo models take {total / 2**20:.1f} MB"
-    for m in METHODS:
+    for m in DEMO_METHODS:
         if m.checkpoint:
             assert (MODELS_DIR / m.checkpoint).is_file() and m.checkpoint in info["propdpm"]
     assert (MODELS_DIR / "vae" / "config.json").is_file() and (MODELS_DIR / "clip_vision" / "config.json").is_file()
@@ -28,25 +34,79 @@ def test_shipped_models_are_small_and_complete():
             assert marker not in head, f"{path.relative_to(MODELS_DIR)} names a local path ({marker})"
 
 
+def _tiles(image: torch.Tensor, rows: int, cols: int, size: int, gap: int = 2) -> torch.Tensor:
+    """(rows, cols, size, size, 3) tiles of a strip laid out by benchmarks.report.strip."""
+    step = size + gap
+    return torch.stack([torch.stack([image[r * step : r * step + size, c * step : c * step + size]
+                                     for c in range(cols)]) for r in range(rows)])
+
+
 def test_demo_writes_video_strip_and_metrics(tmp_path, caplog):
     out = tmp_path / "demo"
     with caplog.at_level("INFO"):
         assert main(["demo", "--out", str(out), "--clips", "1", "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {m.name for m in METHODS}
+    assert list(metrics["methods"]) == [m.name for m in DEMO_METHODS]
     for m in metrics["methods"].values():
-        assert len(m["psnr_per_frame"]) == 31 and set(m["psnr_windows"]) == {"1-10", "11-20", "21-30"}
-    assert probe(out / "demo.mp4").frames == 31
-    assert (out / "strip.png").stat().st_size > 1000
+        assert len(m["psnr_per_frame"]) == 31 and list(m["psnr_windows"]) == ["1-10", "11-20", "21-30"]
     assert str((out / "strip.png").resolve()) in caplog.text and "copy reference" in caplog.text
+
+    pair = make_clip(DEMO_SEED, SceneConfig(**manifest()["scene"]))  # the first clip: the one the files show
+    source, truth = pair.source.frames, pair.edit.frames
+    k, size = truth.shape[:2]
+    picks = [*STRIP_FRAMES, k - 1]
+    quant = 0.5 / 255 + 1e-6  # 8-bit rounding of the PNG
+    # strip: source | edited reference | PropDPM | ground truth, one row each, at the chosen frames
+    image = load_image(out / "strip.png")[0]
+    assert image.shape == (4 * (size + 2) - 2, len(picks) * (size + 2) - 2, 3)
+    assert (image[size : size + 2] == 1).all() and (image[:, size : size + 2] == 1).all()  # white gaps
+    tiles = _tiles(image, 4, len(picks), size)
+    assert (tiles[0] - source[picks]).abs().max() <= quant
+    assert (tiles[1] - truth[:1]).abs().max() <= quant
+    assert (tiles[3] - truth[picks]).abs().max() <= quant
+    propagated = tiles[2]
+    assert propagated.std() > 0.05 and not torch.equal(propagated[1], propagated[-1])  # content, and it moves
+    # mp4: source | PropDPM | ground truth side by side, every frame, equal to them within the codec's loss
+    video = read_frames(out / "demo.mp4")
+    assert video.shape == (k, size, 3 * size, 3)
+    left, middle, right = video[..., :size, :], video[..., size : 2 * size, :], video[..., 2 * size :, :]
+    assert psnr(left, source).min() > 30 and psnr(right, truth).min() > 30
+    assert psnr(middle[picks], propagated).min() > 30
+    assert psnr(left, truth).max() < 25  # the panels are where they should be: source and edit differ
 
 
 def test_demo_train_retrains_everything_from_scratch(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from magicprop.checkpoint import load_checkpoint
+    from magicprop.init_model import initial_models
+    from magicprop.train.config import load_config
+    from magicprop.train.vae import VAETrainConfig, vae_config
+
     models = tmp_path / "models"
     train_demo_models(models, tmp_path / "work", steps=2, vae_steps=2, clips=3, vae_clips=2, progress=False)
     info = manifest(models)
     assert set(info["propdpm"]) == {f for f, _, _ in RECIPES}
     assert all(r["steps_trained"] == 2 for r in info["propdpm"].values())
+
+    def changed(a: torch.Tensor, b: torch.Tensor) -> float:  # fraction of entries that differ
+        return float((a.float() != b.float()).float().mean())
+
+    # training moved the weights away from where they started: the VAE and the PropDPM from their seeded init ...
+    vae_cfg = VAETrainConfig(**info["vae"]["config"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(vae_cfg.seed)
+        vae_init = AutoencoderKL(**vae_config(vae_cfg))
+    vae = AutoencoderKL.from_pretrained(models / "vae")
+    assert changed(vae.encoder.conv_in.weight, vae_init.encoder.conv_in.weight) > 0.5
+    recipe = load_config(shipped.TRAIN_CONFIGS / "demo_main.toml").model
+    unet_init, _ = initial_models(None, recipe.unet_config, recipe.seed)
+    trained = {f: load_checkpoint(models / f).unet_state["conv_in.weight"] for f, _, _ in RECIPES}
+    assert changed(trained[shipped.MAIN], unet_init.conv_in.weight.half()) > 0.5
+    # ... and each fine-tune from the model it was fine-tuned from
+    for tuned, _, start in RECIPES:
+        if start:
+            assert changed(trained[tuned], trained[start]) > 0.5, tuned
     metrics = run_demo(tmp_path / "out", models, clips=1, steps=1, progress=False)
     for m in metrics["methods"].values():
         assert all(torch.isfinite(torch.tensor(m["psnr_per_frame"][1:])))
@@ -54,15 +114,14 @@ def test_demo_train_retrains_everything_from_scratch(tmp_path):
 
 def test_two_keyframes_on_a_moving_scene_meet_without_a_seam():
     """Two different edits at frames 0 and K-1 of a moving synthetic scene, with the shipped main model."""
-    from magicprop.backend import DiffusersDenoiser, StandaloneModels
+    from magicprop.backend import DiffusersDenoiser
     from magicprop.depth import depth_to_latent_grid
-    from magicprop.evaluate import psnr
     from magicprop.propagate import Keyframe, keyframe_plan, propagate, propagate_keyframes
     from magicprop.synthetic import SceneConfig, make_looks
 
     k, window, steps = 24, 12, 6
     source, edit_a, edit_b = make_looks(4_100_000, SceneConfig(size=128, frames=k), 3)
-    models = StandaloneModels.load(MODELS_DIR / "propdpm-main.safetensors", MODELS_DIR / "vae", MODELS_DIR / "clip_vision")
+    models = load_models(MODELS_DIR, [shipped.MAIN])[shipped.MAIN]
     ref_a, ref_b = edit_a.frames[:1], edit_b.frames[-1:]
     lat_a, lat_b = models.encode(ref_a), models.encode(ref_b)
     depth = depth_to_latent_grid(source.depth[:, None], tuple(lat_a.shape[-2:]))

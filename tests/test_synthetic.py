@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magicprop.flow import horn_schunck, warp
+from magicprop.benchmarks.flow_baseline import horn_schunck, warp
 from magicprop.synthetic import SceneConfig, make_clip
 
 

@@ -1,0 +1,58 @@
+"""Scoring against ground truth: per-frame PSNR and SSIM, means over windows of frames after the reference, and the
+one accumulation of per-clip scores into the per-method figures both benchmarks report."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR in dB of (K, H, W, 3) images in [0, 1]."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
+    """Per-frame SSIM (Wang et al. 2004, via kornia; 11x11 Gaussian window) of (K, H, W, 3) images in [0, 1]."""
+    import kornia
+
+    return kornia.metrics.ssim(a.movedim(-1, 1).float(), b.movedim(-1, 1).float(), window).flatten(1).mean(1)
+
+
+def windows(last: int, width: int) -> list[tuple[int, int]]:
+    """Windows (first, last) of `width` frames covering frames 1 .. last after the reference (the last may be short)."""
+    return [(a, min(a + width - 1, last)) for a in range(1, last + 1, width)]
+
+
+def window_means(per_frame: torch.Tensor, spans: list[tuple[int, int]]) -> dict[str, float]:
+    """{"a-b": mean of frames a..b} of a (K,) per-frame metric."""
+    return {f"{a}-{b}": float(per_frame[a : b + 1].mean()) for a, b in spans}
+
+
+def slope_per_100_frames(per_frame: torch.Tensor) -> float:
+    """Least-squares slope of a (K,) per-frame metric over frames 1 .. K-1, per 100 frames (drift)."""
+    idx = torch.arange(1, per_frame.shape[0], dtype=torch.float32)
+    fit = torch.linalg.lstsq(torch.stack([idx, torch.ones_like(idx)], 1), per_frame[1:, None]).solution
+    return 100 * float(fit[0])
+
+
+class Scores:
+    """Per-frame PSNR and SSIM of every clip, per method; `summary` averages over clips."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        names = list(names)
+        self.psnr: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.ssim: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def add(self, name: str, result: torch.Tensor, truth: torch.Tensor) -> None:
+        """Score one method's (K, H, W, 3) result on one clip against its ground truth."""
+        self.psnr[name].append(psnr(result, truth))
+        self.ssim[name].append(ssim(result, truth))
+
+    def summary(self, name: str, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, dict]:
+        """(mean per-frame PSNR, {psnr/ssim per frame and per window}) of one method over its clips."""
+        p, s = torch.stack(self.psnr[name]).mean(0), torch.stack(self.ssim[name]).mean(0)
+        return p, {"psnr_per_frame": p.tolist(), "ssim_per_frame": s.tolist(),
+                   "psnr_windows": window_means(p, spans), "ssim_windows": window_means(s, spans)}
