@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
+import torch
 from comfy_api.latest import io
 
 from ..magicprop.adapter import null_tokens
@@ -27,8 +26,9 @@ def clip_token_shape(clip_vision) -> tuple[int, int]:
 def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:
     """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16."""
     if reference.ndim != 4 or reference.shape[0] == 0 or (not batch and reference.shape[0] != 1):
+        expected = "images (N, H, W, 3)" if batch else "one image (1, H, W, 3)"
         raise MagicPropError(
-            f"{name} has shape {tuple(reference.shape)}: expected {'images (N, H, W, 3)' if batch else 'one image (1, H, W, 3)'}, "
+            f"{name} has shape {tuple(reference.shape)}: expected {expected}, "
             "the edited frame(s); pick images of a batch with ImageFromBatch."
         )
     h, w = reference.shape[1:3]

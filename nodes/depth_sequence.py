@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 from ..magicprop.depth import DepthEstimator, align_clip_depth, depth_from_image
@@ -69,7 +68,8 @@ class DepthSequence(io.ComfyNode):
     def execute(cls, frames: torch.Tensor, depth_model: str, batch_size: int,
                 depth_images: torch.Tensor | None = None) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] == 0:
-            raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected a batch of video frames (K, H, W, 3).")
+            raise MagicPropError(
+                f"frames has shape {tuple(frames.shape)}: expected a batch of video frames (K, H, W, 3).")
         if depth_images is not None:
             if depth_images.shape[:3] != frames.shape[:3]:
                 raise MagicPropError(

@@ -6,9 +6,8 @@ from __future__ import annotations
 import base64
 import io
 
-import torch
-
 import latent_preview
+import torch
 
 START_EVENT = "magicprop.start"
 FRAME_EVENT = "magicprop.frame"

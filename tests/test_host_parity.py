@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
+from host_models import comfy_clip_vision, comfy_vae
 
 from magicprop.backend import DiffusersDenoiser, StandaloneModels
-from magicprop.checkpoint import load_checkpoint
 from magicprop.propagate import FrameRequest, frame_seed
-from host_models import comfy_clip_vision, comfy_vae
 
 pytestmark = pytest.mark.host
 
@@ -64,8 +61,8 @@ def test_model_prediction_matches_core(comfy_host, both, t):
 
 
 def test_appearance_tokens_match_core(comfy_host, both, tiny_models, tmp_path):
-    from transformers import CLIPVisionModelWithProjection
     from diffusers import AutoencoderKL
+    from transformers import CLIPVisionModelWithProjection
 
     core, _, handle = both
     appearance = comfy_host.module("nodes.appearance")

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-
 from graphs import propagation_graph
 from test_host_graph import files  # noqa: F401  (the fixture)
 from test_train import run_args

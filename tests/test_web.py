@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_host_workflows import ROOT
 
 pytestmark = pytest.mark.host

@@ -5,7 +5,6 @@
 - `metrics`: PSNR, SSIM, windows of frames, and the one per-method accumulation of scores.
 - `report`: the one table printer, the frame strip and the quality plot.
 - `seeds`: the seed ranges of training, validation, VAE, demo and quality clips.
-- `propagation`: the propagation runs the benchmarks score (plain, teacher-forced, anchored).
 - `flow_baseline`: Horn & Schunck optical flow and flow-warp propagation (the non-diffusion baseline).
 - `demo`, `quality`: the two benchmarks.
 """

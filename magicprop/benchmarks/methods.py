@@ -15,9 +15,9 @@ import torch
 
 from ..backend import StandaloneModels
 from ..propagate import FrameCallback
+from ..run import propagate_images, teacher_forced
 from .flow_baseline import horn_schunck, propagate_by_flow
 from .models import DRIFT, MAIN, NO_PREV, NOISE_AUG, ROLLOUT
-from .propagation import anchored, propagate_frames, teacher_forced
 
 ANCHOR_STRENGTH = 0.5
 
@@ -67,7 +67,6 @@ def run_method(method: Method, pair, models: dict[str, StandaloneModels], steps:
         return propagate_by_flow(reference[0], list(horn_schunck(pair.source.frames[:-1], pair.source.frames[1:])))
     m = models[method.checkpoint]
     if method.kind == "teacher-forced":
-        return teacher_forced(m, pair, steps, seed)
-    if method.anchor:
-        return anchored(m, reference, pair.source.depth, steps, seed, method.anchor)
-    return propagate_frames(m, reference, pair.source.depth, 0, steps=steps, seed=seed, callback=callback)
+        return teacher_forced(m, truth, pair.source.depth, steps=steps, seed=seed)
+    return propagate_images(m, reference, pair.source.depth, 0, steps=steps, seed=seed,
+                            anchor_strength=method.anchor, callback=callback)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import FrozenEncoders
+from ..benchmarks.seeds import VAE_RUN_STRIDE, VAE_SEED
 from ..fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class VAETrainConfig:
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6
     clips: int = 400
-    """Distinct synthetic clips the frames are drawn from (seeds 2_000_000 + i: disjoint from PropDPM's)."""
+    """Distinct synthetic clips the frames are drawn from (seeds from benchmarks.seeds.VAE_SEED: disjoint from
+    PropDPM's)."""
     seed: int = 0
 
 
@@ -54,7 +56,7 @@ def frame_pool(cfg: VAETrainConfig) -> torch.Tensor:
     scene = SceneConfig(size=cfg.size)
     frames = []
     for i in range(cfg.clips):
-        pair = make_clip(2_000_000 + cfg.seed * 100_000 + i, scene)
+        pair = make_clip(VAE_SEED + cfg.seed * VAE_RUN_STRIDE + i, scene)
         frames += [pair.source.frames[::3], pair.edit.frames[::3]]
     return torch.cat(frames).movedim(-1, 1) * 2 - 1
 

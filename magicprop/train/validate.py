@@ -9,14 +9,13 @@ from pathlib import Path
 import torch
 
 from ..backend import FrozenEncoders, StandaloneModels
-from ..evaluate import psnr, strip
+from ..benchmarks.metrics import psnr
+from ..benchmarks.report import strip
+from ..benchmarks.seeds import VALIDATION_OFFSET
 from ..frames import save_image
 from ..run import propagate_images
 
 log = logging.getLogger(__name__)
-
-HELD_OUT_OFFSET = 1_000_000
-"""Validation clips use synthetic seeds far beyond any training range."""
 
 
 def validation_clip(cfg, source, frames: int = 12):
@@ -25,7 +24,7 @@ def validation_clip(cfg, source, frames: int = 12):
         from ..synthetic import SceneConfig, make_clip
 
         scene = SceneConfig(size=cfg.data.synthetic_size, frames=frames)
-        pair = make_clip(cfg.data.synthetic_seed + HELD_OUT_OFFSET, scene)
+        pair = make_clip(cfg.data.synthetic_seed + VALIDATION_OFFSET, scene)
         return pair.source.frames, pair.source.depth, pair.edit.frames[:1], pair.edit.frames
     clip = source.clip(len(source) - 1)
     f = clip.frames[:frames].float() / 255
