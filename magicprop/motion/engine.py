@@ -181,7 +181,10 @@ class _DualTVL1(_OpenCVEstimator):
 
 
 class _RAFT:
-    """torchvision's RAFT from a local state dict; inputs padded to a multiple of 8, scaled to [-1, 1]."""
+    """torchvision's RAFT from a local state dict; inputs scaled to [-1, 1] and edge-padded to a multiple of 8 and to
+    at least 128 px per side (its correlation pyramid downsamples the 1/8-resolution features 3 more times)."""
+
+    MIN_SIDE = 128
 
     def __init__(self, settings: FlowSettings):
         self.check(settings)
@@ -222,7 +225,7 @@ class _RAFT:
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
         h, w = a.shape[1:3]
-        ph, pw = (-h) % 8, (-w) % 8
+        ph, pw = max(self.MIN_SIDE, h + (-h) % 8) - h, max(self.MIN_SIDE, w + (-w) % 8) - w
 
         def prep(x):  # (N, h, w, 3) in [0, 1] -> (N, 3, h+ph, w+pw) in [-1, 1], edges replicated
             x = x.to(device, torch.float32).permute(0, 3, 1, 2) * 2 - 1
