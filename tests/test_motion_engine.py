@@ -3,7 +3,6 @@ one-shot, the working resolution gives flow in the right units, RAFT plumbing fr
 
 from __future__ import annotations
 
-import math
 import sys
 import types
 
@@ -20,6 +19,7 @@ from magicprop.motion.engine import (
     consistency,
     inside,
     resize_flow,
+    similarity_flow,
     warp,
 )
 from magicprop.video import read_frames
@@ -33,26 +33,10 @@ def texture(bigbuckbunny) -> torch.Tensor:
     return F.interpolate(crop, size=(256, 256), mode="area")
 
 
-def rigid_flow(h: int, w: int, degrees: float, tx: float, ty: float, scale: float = 1.0) -> torch.Tensor:
-    """(1, 2, h, w) flow of a similarity about the frame centre: p -> s R (p - c) + c + t, minus p."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    a = math.radians(degrees)
-    x, y = xs - cx, ys - cy
-    nx = scale * (math.cos(a) * x - math.sin(a) * y) + cx + tx
-    ny = scale * (math.sin(a) * x + math.cos(a) * y) + cy + ty
-    return torch.stack([nx - xs, ny - ys])[None].float()
-
-
 def moved(texture: torch.Tensor, degrees: float, tx: float, ty: float, scale: float = 1.0) -> torch.Tensor:
-    """Frame b whose content at M p is a's content at p: b = a sampled through the inverse motion (exact flow)."""
+    """Frame b whose content at M p is the texture's content at p (M a similarity): its flow is known exactly."""
     h, w = texture.shape[-2:]
-    inv_s = 1 / scale
-    # inverse similarity: rotate by -degrees, scale 1/s, translate by -(R^-1 t)/s
-    a = math.radians(-degrees)
-    itx = -inv_s * (math.cos(a) * tx - math.sin(a) * ty)
-    ity = -inv_s * (math.sin(a) * tx + math.cos(a) * ty)
-    return warp(texture, rigid_flow(h, w, -degrees, itx, ity, inv_s), mode="bicubic").clamp(0, 1)
+    return warp(texture, similarity_flow(h, w, degrees, tx, ty, scale, inverse=True), mode="bicubic").clamp(0, 1)
 
 
 def hwc(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +55,7 @@ EPE_BOUND = {("dis", "medium"): (0.25, 0.98), ("dis", "fast"): (0.4, 0.98), ("di
 @pytest.mark.parametrize("estimator,preset", list(EPE_BOUND))
 def test_opencv_estimators_recover_known_motion(texture, estimator, preset):
     a, b = texture, moved(texture, **MOTION)
-    truth = rigid_flow(256, 256, **MOTION)
+    truth = similarity_flow(256, 256, **MOTION)
     engine = FlowEngine(FlowSettings(estimator=estimator, preset=preset))
     flow = engine.flow(hwc(a), hwc(b))
     assert flow.shape == (1, 2, 256, 256) and flow.dtype == torch.float32
@@ -90,7 +74,7 @@ def test_forward_backward_consistent_on_rigid_motion(texture):
     assert vab[:, 24:-24, 24:-24].float().mean() > 0.97
     assert vba[:, 24:-24, 24:-24].float().mean() > 0.97
     # content leaving the frame is never valid: the top-right corner moves out (tx > 0, ty < 0)
-    truth = rigid_flow(256, 256, **MOTION)
+    truth = similarity_flow(256, 256, **MOTION)
     xs = torch.arange(256.0)
     landing_x, landing_y = xs + truth[:, 0], xs[:, None] + truth[:, 1]
     far_out = (landing_x < -2) | (landing_x > 257) | (landing_y < -2) | (landing_y > 257)
@@ -136,10 +120,9 @@ def test_validity_false_where_an_occluder_appears(texture):
 
 
 def test_consistency_formula_on_exact_flows():
-    truth = rigid_flow(64, 64, 5.0, 2.0, 1.0)
-    # the exact inverse of a similarity is a similarity: compose(f, f_inv) = 0, and the check passes inside the frame
-    inv = rigid_flow(64, 64, -5.0, 0.0, 0.0)
-    back = compose(rigid_flow(64, 64, 0.0, -2.0, -1.0), inv)  # rotate back after translating back
+    truth = similarity_flow(64, 64, 5.0, 2.0, 1.0)
+    # with the exact inverse, compose(f, f_inv) = 0 and the check passes wherever the target is inside the frame
+    back = similarity_flow(64, 64, 5.0, 2.0, 1.0, inverse=True)
     valid = consistency(truth, back)
     assert valid[inside(truth)].float().mean() > 0.99 and not valid[~inside(truth)].any()
     assert compose(truth, back)[:, :, 16:-16, 16:-16].abs().max() < 0.05
@@ -159,12 +142,12 @@ def test_warp_resize_compose():
     assert (warp(image, shift, padding="zeros")[..., -2:] == 0).all()
     assert torch.allclose(warp(image, torch.zeros(2, 2, 20, 30)), image, atol=1e-5)
     # resize_flow scales the vectors per axis with the grid
-    up = resize_flow(rigid_flow(20, 30, 0.0, 3.0, -2.0), (40, 90))
+    up = resize_flow(similarity_flow(20, 30, 0.0, 3.0, -2.0), (40, 90))
     assert up.shape == (1, 2, 40, 90)
     assert torch.allclose(up[0, 0], torch.full((40, 90), 9.0), atol=1e-5)
     assert torch.allclose(up[0, 1], torch.full((40, 90), -4.0), atol=1e-5)
     # composing two translations adds them; composing with zero is identity
-    t1, t2 = rigid_flow(20, 30, 0.0, 1.5, 0.5), rigid_flow(20, 30, 0.0, -4.0, 2.0)
+    t1, t2 = similarity_flow(20, 30, 0.0, 1.5, 0.5), similarity_flow(20, 30, 0.0, -4.0, 2.0)
     assert torch.allclose(compose(t1, t2), t1 + t2, atol=1e-5)
     assert torch.allclose(compose(t1, torch.zeros_like(t1)), t1)
 
