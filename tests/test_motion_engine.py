@@ -206,6 +206,21 @@ def test_streaming_equals_one_shot(bikes):
     assert torch.equal(to_key.forward[2], one.forward[2])  # frame 2 -> 3 is also a consecutive pair
 
 
+def test_streaming_reads_frames_as_it_goes(texture):
+    """A decoder is consumed batch by batch: at most batch + 1 frames ahead of the pairs done (memory flat in K)."""
+    small = F.interpolate(texture, size=(48, 48), mode="area")
+    yielded, seen = [], []
+
+    def decoder():
+        for i in range(11):
+            yielded.append(i)
+            yield hwc(moved(small, 0.0, float(i), 0.0))[0]
+
+    motion = FlowEngine().consecutive(decoder(), batch=3, callback=lambda n: seen.append((n, len(yielded))))
+    assert len(motion) == 10 and [n for n, _ in seen] == list(range(1, 11))
+    assert all(read <= n + 4 for n, read in seen), seen
+
+
 # -- RAFT plumbing (seeded random weights; quality is not tested) ------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def _sha256(path: Path) -> str:
 
 def _gray_u8(frames: torch.Tensor) -> list:
     """(N, h, w, 3) floats in [0, 1] -> N contiguous uint8 grey images (what the OpenCV estimators take)."""
-    gray = (frames.float() @ torch.tensor(_GRAY)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    gray = (frames.float() @ torch.tensor(_GRAY, device=frames.device)).clamp(0, 1).mul(255).round().to(torch.uint8)
     return [g.contiguous().numpy() for g in gray.cpu()]
 
 
@@ -205,6 +205,7 @@ class _RAFT:
         self.variant = variant
         self.iterations = settings.raft_iterations
         self.model = model.eval().requires_grad_(False).to(settings.device)
+        logger.info("flow: torchvision %s loaded from %s on %s", variant, Path(settings.weights).name, settings.device)
 
     @staticmethod
     def check(settings: FlowSettings) -> None:
