@@ -221,7 +221,4 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         filled = result.filled.float()
         masks = iter(filled) if is_frame_folder(job.mask_out) else (m[..., None].expand(-1, -1, 3) for m in filled)
         write_video(job.mask_out, masks, fps, crf=job.crf, pix_fmt=job.pix_fmt)
-    if result.cuts:
-        log.info("hard cuts at frames %s: a keyframe there (another --reference/--reference-index) keeps the edit "
-                 "on the new shot.", ", ".join(map(str, result.cuts)))
     return path
