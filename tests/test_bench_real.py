@@ -19,8 +19,8 @@ def smoke(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench_real")
     results = real.run_real(out, progress=False, clips=["carphone"], edits=["identity"],
-                            known=["bigbuckbunny still"], spatial_edits=["stripes"], frames=4, estimators=["dis"],
-                            strategies=[DEFAULT_STRATEGY], speed=False)
+                            known=["bigbuckbunny still"], spatial_edits=["stripes"], frames=4,
+                            estimators=["dis", "raft"], strategies=[DEFAULT_STRATEGY], speed=False)
     return out, results
 
 
