@@ -263,7 +263,7 @@ def test_raft_large_detected_and_foreign_files_refused(tmp_path):
     from safetensors.torch import save_file
     from torchvision.models.optical_flow import raft_large
 
-    from magicprop.motion.engine import load_raft_state, raft_variant
+    from magicprop.motion.raft import load_raft_state, raft_variant
 
     torch.manual_seed(0)
     state = raft_large(weights=None, progress=False).state_dict()
