@@ -106,8 +106,13 @@ def test_video_to_flow_propagation_to_video(host):
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-def test_controlnet_aux_optical_flow_is_accepted(host, backward):
-    executor = host.run(flow_graph({"backward": backward, "drop_last": False}))
+def test_controlnet_aux_optical_flow_is_accepted(host, backward, caplog):
+    graph = flow_graph({"backward": backward, "drop_last": False})
+    graph["7"]["inputs"]["strategy"] = "mixed"  # needs flow to the keyframe, which external flow cannot give
+    with caplog.at_level("WARNING"):
+        executor = host.run(graph)
+    assert any("cannot be extended to the keyframes" in r.getMessage() and "'accumulate'" in r.getMessage()
+               for r in caplog.records)
     images = host.output(executor, "7", 0)
     frames, reference = host.output(executor, "4"), host.output(executor, "6")
     assert images.shape == (K, HEIGHT, WIDTH, 3)
