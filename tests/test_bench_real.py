@@ -52,7 +52,7 @@ def test_identity_truth_is_the_source_and_copy_reference_is_direct_psnr(smoke):
     _, results = smoke
     # the clip straight from the decoder (carphone is 176x144: below the working size, so not resized)
     frames = torch.stack([f for _, f in zip(range(5), iter_frames(real.data_folder() / "carphone_pristine.mp4"))])
-    source = real.load_clip("carphone", 352, 4)
+    source = real.load_clip("carphone", 320, 4)
     assert torch.equal(source, frames)
     truth = real.EDITS["identity"](source)
     assert torch.equal(truth, source)
@@ -80,8 +80,8 @@ def test_colour_edits_are_per_pixel_maps():
 def test_known_path_meets_its_bounds(smoke):
     _, results = smoke
     stats = results["path_statistics"]
-    assert stats == json.loads(json.dumps(real.path_statistics(real.PATH, (198, 352))))
-    assert stats["frames"] == 120 and stats["size"] == [198, 352]
+    assert stats["frames"] == 120 and stats["size"] == [180, 320]  # 16:9 at the default long side
+    assert stats == json.loads(json.dumps(real.path_statistics(real.PATH, (180, 320))))
     assert max(abs(r) for r in stats["rotation_deg"]) <= 10.0 + 1e-9 and stats["rotation_deg"][1] > 9.9
     assert 0.8 - 1e-9 <= stats["zoom"][0] and stats["zoom"][1] <= 1.25 + 1e-9
     assert stats["translation_x_of_width"] >= 0.25
@@ -96,7 +96,7 @@ def test_known_motion_is_rendered_from_the_path():
     import torch.nn.functional as F
 
     size = (198, 352)
-    source, truths = real.known_motion_clip(real.KNOWN[0], ["stripes"], frames=6)
+    source, truths = real.known_motion_clip(real.KNOWN[0], ["stripes"], long_side=352, frames=6)
     assert source.shape == (7, *size, 3) and truths["stripes"].shape == source.shape
     assert (truths["stripes"] - source).abs().mean() > 0.05  # the edit shows
     grid_id = torch.stack(torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")[::-1], -1)

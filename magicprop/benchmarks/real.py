@@ -17,7 +17,7 @@ reference, applied to every source frame: the ceiling of what the fill of flow p
 and flow propagation for every estimator and strategy: `flow propagation (<estimator>)` with the default strategy,
 `flow propagation (<estimator>, <strategy>)` with the others. Flow rows are also scored on their flow-carried (not
 filled) pixels alone, next to copy-reference on the same pixels, with the share of filled pixels. Frames are
-processed at a modest resolution (long side `long_side`, 352 by default; never upscaled). A speed section times flow
+processed at a modest resolution (long side `long_side`, 320 by default; never upscaled). A speed section times flow
 estimation (forward and backward) and propagation (both directions from a middle reference) at 512x512 on the CPU.
 """
 
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 COPY = "copy reference"
 TRANSFER = "colour transfer (no flow)"
 WINDOW = 30  # frames per scored window
+SLOW = {"dualtvl1": "left out by default: at OpenCV's default parameters DualTVL1 costs seconds per pair on a CPU "
+                    "(speed.seconds_per_pair), about 2 hours for this benchmark; pass estimators=[..., 'dualtvl1']"}
+"""Estimators the default run leaves out, with the reason recorded in the results."""
 
 
 # -- clips ----------------------------------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def _resize(frames: torch.Tensor, long_side: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
 
 
-def load_clip(name: str, long_side: int = 352, frames: int | None = None) -> torch.Tensor:
+def load_clip(name: str, long_side: int = 320, frames: int | None = None) -> torch.Tensor:
     """(K, H, W, 3) source frames of clip `name` (reference first), at most `frames` after the reference."""
     from ..video import iter_frames
 
@@ -370,7 +373,7 @@ def path_statistics(path: CameraPath, size: tuple[int, int], frames: int = PATH_
     return stats
 
 
-def known_motion_clip(clip: KnownClip, edits: Sequence[str], long_side: int = 352, frames: int = PATH_FRAMES,
+def known_motion_clip(clip: KnownClip, edits: Sequence[str], long_side: int = 320, frames: int = PATH_FRAMES,
                       path: CameraPath = PATH) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Source frames (frames + 1, H, W, 3) of a still moved along `path`, and the ground truth of each spatial edit.
 
@@ -521,7 +524,7 @@ def run_real(
     known_frames: int = PATH_FRAMES,
     estimators: Sequence[str] | None = None,
     strategies: Sequence[str] | None = None,
-    long_side: int = 352,
+    long_side: int = 320,
     speed: bool = True,
     strip: bool = True,
 ) -> dict:
@@ -556,8 +559,12 @@ def run_real(
     strategies = [DEFAULT_STRATEGY] + [s for s in STRATEGIES if s != DEFAULT_STRATEGY] if strategies is None \
         else list(strategies)
     skipped = {}
+    if estimators is None:
+        estimators = [e for e in ESTIMATORS if e not in SLOW]
+        for e in SLOW:
+            skipped[row_name(e, DEFAULT_STRATEGY, DEFAULT_STRATEGY)] = SLOW[e]
     engines = {}
-    for est in estimators or list(ESTIMATORS):
+    for est in estimators:
         weights = str(flow_weights) if est == "raft" and flow_weights is not None else None
         if est == "raft" and weights is None:
             skipped[row_name(est, DEFAULT_STRATEGY, DEFAULT_STRATEGY)] = \
@@ -610,6 +617,8 @@ def run_real(
             log.info("bench real: %s done", kname)
     if speed:
         results["speed"] = measure_speed(default_estimator, DEFAULT_STRATEGY)
+        results["speed"]["seconds_per_pair"] = pair_seconds(
+            [e for e in ESTIMATORS if e != "raft" or flow_weights is not None], long_side, flow_weights)
     results["choice"] = choose_default(results)
     results["acceptance"] = acceptance(results, default_row)
     out = Path(out)
@@ -754,6 +763,23 @@ def measure_speed(estimator: str, strategy: str, size: int = 512, frames: int = 
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
 
 
+def pair_seconds(estimators: Sequence[str], long_side: int, flow_weights: Path | None = None, pairs: int = 3) -> dict:
+    """Seconds per frame pair (one direction) of each estimator at the benchmark's resolution (bigbuckbunny)."""
+    clip = load_clip("bigbuckbunny", long_side, pairs)
+    out = {}
+    for est in estimators:
+        weights = str(flow_weights) if est == "raft" and flow_weights is not None else None
+        try:
+            engine = FlowEngine(FlowSettings(estimator=est, weights=weights))
+        except MagicPropError:
+            continue
+        engine.flow(clip[:1], clip[1:2])  # build the solver outside the timing
+        t0 = time.perf_counter()
+        engine.flow(clip[:-1], clip[1:])
+        out[est] = (time.perf_counter() - t0) / pairs
+    return out
+
+
 # -- report ---------------------------------------------------------------------------------------------------------
 
 
@@ -815,6 +841,8 @@ def table(results: dict) -> str:
         s = results["speed"]
         lines.append(f"speed at {s['size'][1]}x{s['size'][0]} on CPU ({s['estimator']}, {s['strategy']}): flow "
                      f"{s['flow_fps']:.1f} frames/s (both directions), propagation {s['propagate_fps']:.1f} frames/s")
+        lines.append("seconds per pair at the benchmark's resolution: " + ", ".join(
+            f"{e} {v:.3f}" for e, v in s.get("seconds_per_pair", {}).items()))
     stats = results.get("path_statistics")
     if stats and results["known_motion"]:
         lines.append(f"known path: rotation {stats['rotation_deg'][0]:.1f}..{stats['rotation_deg'][1]:.1f} deg, zoom "
