@@ -157,6 +157,7 @@ class EditMapping:
     params: torch.Tensor  # (4, 3) affine matrix or (M, 3) lattice values
     local: torch.Tensor | None = None  # (ty, tx, 4, 3) per-tile affine corrections, or None
     scores: dict = field(default_factory=dict)  # held-out mean squared error of each candidate
+    _local_maps: dict = field(default_factory=dict, repr=False, compare=False)  # frame size -> per-pixel local
 
     def _global(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "affine":
@@ -171,15 +172,16 @@ class EditMapping:
         frames = frames[None] if single else frames
         k, h, w, _ = frames.shape
         out = torch.empty(k, h, w, 3, dtype=torch.float32)
-        tiles = None
-        if self.local is not None:
-            tiles = _tile_weights(h, w, tuple(self.local.shape[:2]))
-            table = self.local.reshape(-1, 4, 3)
+        a = None
+        if self.local is not None:  # per-pixel affine corrections (H*W, 4, 3), one per frame size
+            a = self._local_maps.get((h, w))
+            if a is None:
+                tidx, tw = _tile_weights(h, w, tuple(self.local.shape[:2]))
+                a = self._local_maps[(h, w)] = (self.local.reshape(-1, 4, 3)[tidx] * tw[..., None, None]).sum(1)
         for i in range(k):  # frame by frame: memory flat in the clip's length
             x = frames[i].reshape(-1, 3).float()
             y = self._global(x)
-            if tiles is not None:
-                a = (table[tiles[0]] * tiles[1][..., None, None]).sum(1)  # (N, 4, 3)
+            if a is not None:
                 y = y + (_features(x)[:, None, :] @ a)[:, 0]
             out[i] = y.reshape(h, w, 3).clamp(0, 1)
         return out[0] if single else out
