@@ -128,3 +128,32 @@ def test_optical_flow_of_the_wrong_shape_is_refused_in_one_line(host):
     message = e.value.message
     assert "\n" not in message.strip()
     assert "external_flow" in message and f"({K - 1}, {HEIGHT}, {WIDTH}, 2)" in message and f"({K - 2}," in message
+
+
+def test_raft_from_models_folder_is_recorded_and_reused(host):
+    """RAFT (torchvision raft_small, seeded random weights: plumbing only) from models/optical_flow: the flow records
+    the file, and FlowPropagate's direct strategy re-estimates flow to the keyframe with the same file."""
+    import folder_paths
+    from safetensors.torch import save_file
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    folder = host.models / "optical_flow"
+    folder.mkdir(exist_ok=True)
+    paths, extensions = folder_paths.folder_names_and_paths["optical_flow"]  # registered by the pack
+    if str(folder) not in paths:
+        folder_paths.folder_names_and_paths["optical_flow"] = ([str(folder), *paths], extensions)
+    save_file(raft_small(weights=None).state_dict(), str(folder / "raft-small-test.safetensors"))
+    graph = flow_graph()
+    graph["10"]["inputs"].update(estimator="raft", raft_weights="raft-small-test.safetensors", work_size=64)
+    graph["7"]["inputs"]["strategy"] = "direct"
+    executor = host.run(graph)
+    motion = host.output(executor, "10", 0)
+    assert motion.settings["estimator"] == "raft" and motion.settings["weights"] == "raft-small-test.safetensors"
+    assert len(motion.settings["weights_sha256"]) == 16 and motion.work_size == (32, 64)
+    assert host.output(executor, "7", 0).shape == (K, HEIGHT, WIDTH, 3)
+
+    graph["10"]["inputs"]["raft_weights"] = "none"
+    with pytest.raises(GraphError) as e:
+        host.run(graph)
+    assert "\n" not in e.value.message.strip() and "models/optical_flow" in e.value.message
