@@ -102,7 +102,7 @@ def test_static_clip_carries_the_reference_unchanged(engine, bunny):
 def test_known_motion_carried_edit_matches_ground_truth(engine, clip):
     src, truth = clip.source.frames, clip.edit.frames
     copy = psnr(truth[:1].expand_as(truth), truth)[1:]
-    exact = flow_propagate(src, truth[:1], [0], engine, motion=_exact_motion(clip.source), strategy="accumulate")
+    exact = flow_propagate(src, truth[:1], [0], None, motion=_exact_motion(clip.source), strategy="accumulate")
     carried = exact.filled < 0.01
     err = (exact.frames - truth).abs().amax(-1)[carried]
     assert float(err.median()) < 0.02 and float(carried[1:].float().mean()) > 0.7
@@ -190,10 +190,13 @@ def test_bad_inputs_give_one_line(engine, clip):
         dict(references=ref, indices=[0, 4]),  # two indices, one reference
         dict(references=ref, indices=[0], strategy="nearest"),
         dict(references=ref, indices=[0], mask=torch.ones(2, 64, 64)),
+        dict(references=ref, indices=[0], engine=None),  # no engine and no motion
+        dict(references=ref, indices=[0], engine=None, motion=_exact_motion(clip.source), strategy="direct"),
+        dict(references=ref, indices=[0], motion=_exact_motion(make_clip(1, SceneConfig(size=64, frames=5)).source)),
     ]
     for kwargs in cases:
         with pytest.raises(MagicPropError) as err:
-            flow_propagate(src, engine=engine, **kwargs)
+            flow_propagate(src, **{"engine": engine, **kwargs})
         assert "\n" not in str(err.value) and len(str(err.value)) < 300, str(err.value)
 
 

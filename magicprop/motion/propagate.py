@@ -144,6 +144,8 @@ STRATEGIES: dict[str, Callable] = {
     "accumulate": _by_flow(_accumulated),
     "mixed": _mixed,
 }
+KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed"})
+"""Strategies that estimate new flow (frame -> keyframe) with the engine; the others need only the motion."""
 DEFAULT_STRATEGY = "direct"
 """Chosen by measurement (synthetic clips with ground truth and `bench real`): see the module's tests and README."""
 
@@ -167,7 +169,8 @@ def detect_cuts(motion: Motion) -> list[int]:
     return cuts
 
 
-def _check_inputs(frames, references, indices, strategy, mask, motion) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_inputs(frames, references, indices, strategy, mask, motion,
+                  engine) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise MagicPropError(f"flow propagation frames {shape}: expected a (K, H, W, 3) RGB clip.")
@@ -193,6 +196,10 @@ def _check_inputs(frames, references, indices, strategy, mask, motion) -> tuple[
         if mask.ndim != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
             raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
                                  f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    if engine is None and (motion is None or strategy in KEYFRAME_FLOW_STRATEGIES):
+        need = "a motion" if motion is None else f"strategy {strategy!r} estimates flow to the keyframes"
+        raise MagicPropError(f"flow propagation without a flow engine: {need}; pass a FlowEngine, or the motion with "
+                             f"one of {sorted(set(STRATEGIES) - KEYFRAME_FLOW_STRATEGIES)}.")
     if motion is not None and (len(motion) != k - 1 or tuple(motion.frame_size) != (h, w)):
         raise MagicPropError(f"motion has {len(motion)} pairs of {motion.frame_size} frames but the clip has {k} "
                              f"frames of {(h, w)}: pass the motion estimated from these frames.")
@@ -203,7 +210,7 @@ def flow_propagate(
     frames: torch.Tensor,
     references: torch.Tensor,
     indices: Sequence[int],
-    engine: FlowEngine,
+    engine: FlowEngine | None,
     motion: Motion | None = None,
     strategy: str = DEFAULT_STRATEGY,
     window: int = 8,
@@ -218,7 +225,7 @@ def flow_propagate(
     frame k (it may raise to cancel).
     """
     indices = [int(i) for i in indices]
-    references, mask = _check_inputs(frames, references, indices, strategy, mask, motion)
+    references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
     chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
     frames = frames.float()
     num, h, w, _ = frames.shape
