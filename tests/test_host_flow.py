@@ -157,3 +157,14 @@ def test_raft_from_models_folder_is_recorded_and_reused(host):
     with pytest.raises(GraphError) as e:
         host.run(graph)
     assert "\n" not in e.value.message.strip() and "models/optical_flow" in e.value.message
+
+
+def test_flow_of_other_frames_is_refused_in_one_line(host):
+    graph = flow_graph()
+    graph["11"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": 0, "length": K - 1}}
+    graph["7"]["inputs"]["frames"] = ["11", 0]  # flow of K frames, propagation over K-1
+    with pytest.raises(GraphError) as e:
+        host.run(graph)
+    message = e.value.message.strip()
+    assert "\n" not in message and message.startswith(f"flow was estimated from {K} frames")
+    assert "connect the same frames to OpticalFlowSequence and FlowPropagate" in message

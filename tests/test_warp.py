@@ -155,3 +155,10 @@ def test_cut_notices_on_bikes(tmp_path, bikes, caplog):
     notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hard cut at frame")]
     assert [int(m.split()[4]) for m in notices] == [30, 76], notices
     assert all("add an edited keyframe at frame" in m for m in notices)
+
+
+def test_bench_real_is_a_bench_subcommand():
+    from magicprop.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "real", "--out", "results", "--flow-weights", "raft.pth"])
+    assert (args.command, args.bench, str(args.out), str(args.flow_weights)) == ("bench", "real", "results", "raft.pth")
