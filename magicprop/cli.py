@@ -77,6 +77,7 @@ def _add_propagate(sub) -> None:
 
 def _add_warp(sub) -> None:
     from .motion.engine import DIS_PRESETS, ESTIMATORS
+    from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("warp", help="carry edited frame(s) along the video's optical flow (no model)")
     # str, not Path: a trailing slash (a frame folder to create) must survive
@@ -96,8 +97,10 @@ def _add_warp(sub) -> None:
                                                      "--flow raft")
     p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset (faster to better)")
     p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
-    p.add_argument("--strategy", default=None,
-                   help="how the edit follows the flow (direct, chain, accumulate, mixed); default: the measured best")
+    p.add_argument("--strategy", default=None, metavar="|".join(sorted(STRATEGIES)),
+                   help=f"how the edit follows the flow: direct (flow from each frame to its keyframe), chain (frame "
+                        f"to frame), accumulate (consecutive flow composed), mixed (the valid of direct and "
+                        f"accumulate per pixel); default {DEFAULT_STRATEGY}, the measured best")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..magicprop.errors import MagicPropError
 from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
-from ..magicprop.motion.propagate import DEFAULT_STRATEGY, STRATEGIES, flow_propagate
+from ..magicprop.motion.propagate import DEFAULT_STRATEGY, KEYFRAME_FLOW_STRATEGIES, STRATEGIES, flow_propagate
 from .flow import frame_callback, placed, resolve_weights
 from .propagate import parse_keyframe_indices
 from .types import ExternalFlow, Flow
@@ -20,9 +20,6 @@ log = logging.getLogger(__name__)
 
 FALLBACK_STRATEGY = "accumulate"
 """What flow that cannot be extended to keyframes (external flow) is propagated with."""
-KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed"})
-"""Strategies of magicprop.motion.propagate that estimate new flow from each frame to its keyframe (the others use
-the consecutive flow only)."""
 
 
 def check_flow(motion, frames: torch.Tensor) -> None:

@@ -11,13 +11,14 @@ definitions and compare it with its twin, so an edit to one file that is not mad
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FLOW_STRATEGY = "mixed"
-"""FlowPropagate's strategy in the flow workflow: the default of magicprop.motion.propagate (kept equal by a test)."""
+sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
+from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
 
 
 @dataclass
