@@ -46,10 +46,10 @@ def hwc(x: torch.Tensor) -> torch.Tensor:
 MOTION = dict(degrees=3.0, tx=4.0, ty=-3.0, scale=1.02)  # up to ~10 px at the corners of 256 px frames
 
 # measured end-point errors (px, mean over the interior, 24 px margin) on this case at 256 px: DIS medium 0.11,
-# fast 0.22, ultrafast 0.39, Farneback 0.45, DualTVL1 0.34; bounds (mean, share under 1 px) leave room for other
+# fast 0.22, ultrafast 0.39, Farneback 0.32, DualTVL1 0.05; bounds (mean, share under 1 px) leave room for other
 # OpenCV builds
 EPE_BOUND = {("dis", "medium"): (0.25, 0.98), ("dis", "fast"): (0.4, 0.98), ("dis", "ultrafast"): (0.7, 0.95),
-             ("farneback", "medium"): (0.7, 0.85), ("dualtvl1", "medium"): (0.6, 0.9)}
+             ("farneback", "medium"): (0.6, 0.95), ("dualtvl1", "medium"): (0.2, 0.98)}
 
 
 @pytest.mark.parametrize("estimator,preset", list(EPE_BOUND))
