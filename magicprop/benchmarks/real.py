@@ -474,7 +474,7 @@ class Case:
 
 
 def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, engines: dict, strategies: list[str],
-                default_strategy: str, bar, keep: set) -> tuple[dict, dict]:
+                default_strategy: str, keep: set) -> tuple[dict, dict]:
     """Every row for each (case, ground truth) of one source clip; returns (results by case, kept frames)."""
     from ..motion.colour import fit_edit_mapping
     from ..motion.propagate import flow_propagate
@@ -502,9 +502,10 @@ def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, en
                 r["filled"] = _window_means(res.filled.float().flatten(1).mean(1))
                 r["cuts"] = list(res.cuts)
                 rows[name] = r
-                if (case.clip, case.edit, name) in keep:
-                    kept[(case.clip, case.edit)] = (source, truth, res.frames)
-                bar.update(1)
+                if (case.clip, case.edit, name) in keep:  # strip panels only (results cross process borders)
+                    k = source.shape[0] - 1
+                    kept[(case.clip, case.edit)] = {t: (source[t], truth[0], res.frames[t], truth[t])
+                                                    for t in sorted({max(1, k // 2), k})}
         results[case] = rows
     return results, kept
 
@@ -527,13 +528,15 @@ def run_real(
     long_side: int = 320,
     speed: bool = True,
     strip: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Run the benchmark; write `out`/real.json (and `out`/real.png with `strip`); return the results.
 
     Defaults are the full benchmark; the arguments cut it down (tests): `clips`/`edits` of the colour suite (names
     from CLIPS/EDITS; an empty list skips the suite), `known`/`spatial_edits` of the known-motion suite (KNOWN /
     SPATIAL_EDITS), `frames` after the reference at most, `estimators` (default: every one in ESTIMATORS; RAFT only
-    with `flow_weights`), `strategies` (default: every one in STRATEGIES).
+    with `flow_weights`), `strategies` (default: every one in STRATEGIES). Clips run in `workers` processes (default:
+    one per CPU core); the results do not depend on it.
     """
     from tqdm.auto import tqdm
 
@@ -590,31 +593,38 @@ def run_real(
                    "path": asdict(PATH)},
         "skipped": skipped, "colour": {}, "known_motion": {},
     }
-    n_flow = len(engines) * len(strategies)
-    total = (len(clips) * len(edits) + len(known) * len(spatial_edits)) * n_flow
+    n = min(known_frames, PATH_FRAMES) if frames is None else min(frames, known_frames, PATH_FRAMES)
+    settings = {e: eng.settings for e, eng in engines.items()}
+    jobs = [("colour", c, edits, long_side, frames, settings, strategies, keep) for c in clips] + \
+        [("known_motion", k, spatial_edits, long_side, n, settings, strategies, keep) for k in known]
+    workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
     kept = {}
-    with tqdm(total=total, desc="bench real", unit="run", disable=not progress) as bar:
-        for c in clips:
-            source = load_clip(c, long_side, frames)
-            cases = [(Case("colour", c, e), EDITS[e](source)) for e in edits]
-            scored, k = _score_clip(cases, source, engines, strategies, DEFAULT_STRATEGY, bar, keep)
-            kept.update(k)
-            results["colour"][c] = {"frames": source.shape[0], "size": list(source.shape[1:3]),
-                                    "edits": {case.edit: rows for case, rows in scored.items()}}
-            log.info("bench real: %s done", c)
-        stats = path_statistics(PATH, (round(long_side * 9 / 16), long_side))
-        results["path_statistics"] = stats
-        if known and not stats["meets_bounds"]:
-            log.warning("bench real: the known camera path misses its bounds: %s", stats)
-        n = min(known_frames, PATH_FRAMES) if frames is None else min(frames, known_frames, PATH_FRAMES)
-        for kname in known:
-            source, truths = known_motion_clip(_known(kname), spatial_edits, long_side, n)
-            cases = [(Case("known motion", kname, e), t) for e, t in truths.items()]
-            scored, k = _score_clip(cases, source, engines, strategies, DEFAULT_STRATEGY, bar, keep)
-            kept.update(k)
-            results["known_motion"][kname] = {"frames": source.shape[0], "size": list(source.shape[1:3]),
-                                              "edits": {case.edit: rows for case, rows in scored.items()}}
-            log.info("bench real: %s done", kname)
+    with tqdm(total=len(jobs), desc="bench real", unit="clip", disable=not progress) as bar:
+        if workers > 1 and jobs:
+            # fork, before this process runs any torch op (no thread pool to inherit); each clip is one job
+            import concurrent.futures
+            import multiprocessing
+
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            with pool:
+                done = [pool.submit(_job, *j) for j in jobs]
+                for f in concurrent.futures.as_completed(done):
+                    f.result()
+                    bar.update(1)
+            outcomes = [f.result() for f in done]
+        else:
+            outcomes = []
+            for j in jobs:
+                outcomes.append(_job(*j))
+                bar.update(1)
+    for (key, clip, entry, k) in outcomes:
+        results[key][clip] = entry
+        kept.update(k)
+    stats = path_statistics(PATH, (round(long_side * 9 / 16), long_side))
+    results["path_statistics"] = stats
+    if known and not stats["meets_bounds"]:
+        log.warning("bench real: the known camera path misses its bounds: %s", stats)
+    results["config"]["workers"] = workers
     if speed:
         results["speed"] = measure_speed(default_estimator, DEFAULT_STRATEGY)
         results["speed"]["seconds_per_pair"] = pair_seconds(
@@ -628,6 +638,24 @@ def run_real(
     if strip and kept:
         write_strip(kept, out / "real.png")
     return results
+
+
+def _job(key: str, clip: str, edits: list[str], long_side: int, frames: int | None, settings: dict,
+         strategies: list[str], keep: set) -> tuple[str, str, dict, dict]:
+    """One clip of one suite, every edit, estimator and strategy (a process-pool job: arguments pickle)."""
+    from ..motion.propagate import DEFAULT_STRATEGY
+
+    engines = {e: MemoFlowEngine(s) for e, s in settings.items()}
+    if key == "colour":
+        source = load_clip(clip, long_side, frames)
+        cases = [(Case("colour", clip, e), EDITS[e](source)) for e in edits]
+    else:
+        source, truths = known_motion_clip(_known(clip), edits, long_side, frames)
+        cases = [(Case("known motion", clip, e), t) for e, t in truths.items()]
+    scored, kept = _score_clip(cases, source, engines, strategies, DEFAULT_STRATEGY, keep)
+    log.info("bench real: %s done", clip)
+    return key, clip, {"frames": source.shape[0], "size": list(source.shape[1:3]),
+                       "edits": {case.edit: rows for case, rows in scored.items()}}, kept
 
 
 STRIP = {"bigbuckbunny": "false colour", "bikes": "channel mix", "bigbuckbunny still": "stripes",
@@ -789,16 +817,15 @@ def write_strip(kept: dict, path: Path, columns: Sequence[str] = ("source", "edi
     from PIL import Image, ImageDraw
 
     tiles, labels = [], []
-    width = max(s.shape[2] for s, _, _ in kept.values())
-    for (clip, edit), (source, truth, result) in kept.items():
-        k = source.shape[0] - 1
-        for t in sorted({max(1, k // 2), k}):
-            row = torch.stack([source[t], truth[0], result[t], truth[t]]).float()
-            if source.shape[2] != width:  # a smaller clip, enlarged to the strip's width
+    width = max(p[0].shape[1] for panels in kept.values() for p in panels.values())
+    for (clip, edit), panels in kept.items():
+        for t, row in panels.items():
+            row = torch.stack(row).float()
+            if row.shape[2] != width:  # a smaller clip, enlarged to the strip's width
                 size = (round(row.shape[1] * width / row.shape[2]), width)
                 row = F.interpolate(row.permute(0, 3, 1, 2), size=size, mode="bilinear").permute(0, 2, 3, 1)
-            tiles.append(torch.cat([torch.nn.functional.pad(x.permute(2, 0, 1), (2, 2, 2, 2), value=1.0)
-                                    .permute(1, 2, 0) for x in row], 1))
+            tiles.append(torch.cat([F.pad(x.permute(2, 0, 1), (2, 2, 2, 2), value=1.0).permute(1, 2, 0)
+                                    for x in row], 1))
             labels.append(f"{clip}, {edit}: frame {t}")
     head = 16
     canvas_w = tiles[0].shape[1]
