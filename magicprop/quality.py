@@ -4,7 +4,8 @@ Held-out synthetic clips of 120 frames after the edited reference (and the same 
 off the frame's edges so that the last frames move as much as the first), each method
 propagating the edited frame 0; PSNR and SSIM against the edited rendering per frame. Methods: copying the
 reference; flow-warp propagation without diffusion (exact flow, and a Horn & Schunck estimate from the source
-frames: what EbSynth-style tools do); the no-previous-frame model; PropDPM as in the paper, teacher-forced (each
+frames: what EbSynth-style tools do); flow propagation (magicprop.motion: the engine's estimators, every strategy,
+fill from the edit's colour mapping); the no-previous-frame model; PropDPM as in the paper, teacher-forced (each
 frame from the TRUE previous edited frame) and autoregressive; each drift control alone; all together. "copy true
 previous frame" is the teacher-forced model's own baseline (an oracle, not a method): a model that beats it uses the
 depth to move content, one that matches it has only learnt to copy its previous frame. Only the
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .backend import DiffusersDenoiser, StandaloneModels
+from .benchmarks.real import row_name
 from .demo import HELD_OUT_SEED, MODELS_DIR, manifest
 from .depth import depth_to_latent_grid
 from .drift import AnchoredDenoiser
@@ -28,6 +30,8 @@ from .errors import MagicPropError
 from .evaluate import propagate_frames, psnr, ssim
 from .fileio import atomic_path
 from .flow import horn_schunck, propagate_by_flow
+from .motion.engine import FlowEngine, FlowSettings
+from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES, flow_propagate
 from .propagate import FrameRequest, frame_seed
 from .synthetic import SceneConfig, make_clip
 
@@ -44,12 +48,26 @@ class Method:
     kind: str  # copy | copy-previous | flow-exact | flow-estimated | model | teacher-forced
     checkpoint: str | None = None
     anchor: float = 0.0
+    estimator: str | None = None
+    strategy: str | None = None
+
+
+FLOW_ESTIMATORS = ("dis", "farneback", "dualtvl1")
+"""Estimators of the flow-propagation rows (RAFT needs a local weights file: measured by `bench real --flow-weights`).
+DualTVL1 costs seconds per pair, so only its default-strategy row is run."""
+
+
+def _flow_methods() -> tuple[Method, ...]:
+    strategies = [DEFAULT_STRATEGY] + [s for s in STRATEGIES if s != DEFAULT_STRATEGY]
+    return tuple(Method(row_name(e, s, DEFAULT_STRATEGY), "flow-propagation", estimator=e, strategy=s)
+                 for e in FLOW_ESTIMATORS for s in strategies if e != "dualtvl1" or s == DEFAULT_STRATEGY)
 
 
 METHODS = (
     Method("copy reference", "copy"),
     Method("flow warp (exact flow)", "flow-exact"),
     Method("flow warp (Horn-Schunck)", "flow-estimated"),
+    *_flow_methods(),
     Method("no previous frame", "model", "propdpm-no-prev.safetensors"),
     Method("copy true previous frame", "copy-previous"),
     Method("paper, teacher-forced", "teacher-forced", "propdpm-main.safetensors"),
@@ -91,6 +109,9 @@ def run_method(method: Method, pair, models: dict, steps: int, seed: int) -> tor
         return propagate_by_flow(reference[0], [f.permute(2, 0, 1) for f in pair.source.flow_back])
     if method.kind == "flow-estimated":
         return propagate_by_flow(reference[0], list(horn_schunck(pair.source.frames[:-1], pair.source.frames[1:])))
+    if method.kind == "flow-propagation":
+        engine = FlowEngine(FlowSettings(estimator=method.estimator))
+        return flow_propagate(pair.source.frames, reference, [0], engine, strategy=method.strategy).frames
     m = models[method.checkpoint]
     if method.kind == "teacher-forced":
         return _teacher_forced(m, pair, steps, seed)
@@ -109,6 +130,18 @@ def _anchored(models: StandaloneModels, reference, depth, steps: int, seed: int,
     return models.decode(latents)
 
 
+def _estimator_ok(method: Method) -> bool:
+    """False when the method's flow estimator cannot run here (no cv2, or DualTVL1 without cv2.optflow)."""
+    if method.estimator is None:
+        return True
+    try:
+        FlowEngine(FlowSettings(estimator=method.estimator))
+    except MagicPropError as err:
+        log.warning("bench quality: %s skipped: %s", method.name, err)
+        return False
+    return True
+
+
 def run_quality(out: Path, models_dir: Path = MODELS_DIR, clips: int = 3, frames: int = 120, short: int = 30,
                 steps: int = 10, progress: bool = True) -> dict:
     """Evaluate every method on `clips` clips of `frames` (and `short`) frames after the reference."""
@@ -124,9 +157,11 @@ def run_quality(out: Path, models_dir: Path = MODELS_DIR, clips: int = 3, frames
     available = {m.checkpoint for m in METHODS if m.checkpoint and (models_dir / m.checkpoint).is_file()}
     models = {c: StandaloneModels.load(models_dir / c, models_dir / "vae", models_dir / "clip_vision")
               for c in sorted(available)}
-    methods = [m for m in METHODS if m.checkpoint is None or m.checkpoint in available]
+    methods = [m for m in METHODS if (m.checkpoint is None or m.checkpoint in available) and _estimator_ok(m)]
     skipped = [m.name for m in METHODS if m not in methods]
     results: dict = {"frames": frames, "short": short, "clips": clips, "steps": steps, "size": size,
+                     "unmeasured": {row_name("raft", DEFAULT_STRATEGY, DEFAULT_STRATEGY): "needs a local RAFT weights "
+                                    "file: measured by `bench real --flow-weights`"},
                      "skipped": skipped, "long": {}, "short_run": {}}
     with tqdm(total=clips * len(methods) * 2, desc="bench quality", unit="run", disable=not progress) as bar:
         for length, key in ((frames, "long"), (short, "short_run")):
@@ -180,9 +215,9 @@ def plot(results: dict, path: Path) -> None:
 def table(results: dict, key: str = "long") -> str:
     rows = results[key]
     wins = list(next(iter(rows.values()))["psnr_windows"])
-    head = f"{'method':<28}" + "".join(f"{w:>10}" for w in wins) + f"{'slope/100':>11}"
+    head = f"{'method':<42}" + "".join(f"{w:>10}" for w in wins) + f"{'slope/100':>11}"
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:<28}" + "".join(f"{r['psnr_windows'][w]:>10.2f}" for w in wins)
+        lines.append(f"{name:<42}" + "".join(f"{r['psnr_windows'][w]:>10.2f}" for w in wins)
                      + f"{r['psnr_slope_per_100_frames']:>11.2f}")
     return "\n".join(lines)
