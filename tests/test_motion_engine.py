@@ -196,6 +196,8 @@ def test_streaming_equals_one_shot(bikes):
         assert torch.equal(a.forward, b.forward) and torch.equal(a.backward, b.backward)
         assert torch.equal(a.valid_forward, b.valid_forward) and torch.equal(a.valid_backward, b.valid_backward)
     assert (one.forward.float() - quantised.forward.float()).abs().mean() < 0.05
+    listed = engine.consecutive(list(frames), batch=4)  # a list: its length is known, results preallocated
+    assert torch.equal(listed.forward, one.forward) and torch.equal(listed.valid_backward, one.valid_backward)
     # flow to a keyframe: pairs (frame i, key), batched or not
     key = frames[3]
     to_key = engine.to_keyframe(frames, key, batch=4)

@@ -92,6 +92,10 @@ class FlowSettings:
                 f"flow weights {record['weights']!r} recorded with the flow: pass the path of that file to re-estimate "
                 "flow with the same RAFT model."
             )
+        sha = record.get("weights_sha256")
+        if weights is not None and sha and Path(weights).is_file() and not _sha256(Path(weights)).startswith(sha):
+            logger.warning("flow weights %s differ from the file the flow was estimated with (sha256 %s...): new flow "
+                           "to keyframes may not match it", Path(weights).name, sha)
         known = {f for f in asdict(cls()) if f not in ("weights", "device")}
         kwargs = {k: v for k, v in record.items() if k in known}
         return cls(**kwargs, weights=weights, device=device)
@@ -273,7 +277,7 @@ def similarity_flow(h: int, w: int, degrees: float = 0.0, tx: float = 0.0, ty: f
 # -- the engine ------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # tensors inside: compare fields explicitly
 class Motion:
     """Flow of N frame pairs (a_i, b_i) in both directions, at working resolution, fp16 on the CPU.
 
@@ -404,9 +408,9 @@ class FlowEngine:
         """
         if batch < 1:
             raise MagicPropError(f"flow batch={batch}: expected 1 or more frame pairs per batch.")
-        total = frames.shape[0] - 1 if isinstance(frames, torch.Tensor) else None
+        total = len(frames) - 1 if hasattr(frames, "__len__") else None  # known: the results are preallocated
         if total is not None and total < 1:
-            raise MagicPropError(f"flow frames: got {frames.shape[0]} frame(s); expected at least 2.")
+            raise MagicPropError(f"flow frames: got {len(frames)} frame(s); expected at least 2.")
         size: list[tuple[int, int]] = []
 
         def pairs():
@@ -443,7 +447,7 @@ class FlowEngine:
         if batch < 1:
             raise MagicPropError(f"flow batch={batch}: expected 1 or more frame pairs per batch.")
         key = self.prepare(keyframe)
-        total = frames.shape[0] if isinstance(frames, torch.Tensor) else None
+        total = len(frames) if hasattr(frames, "__len__") else None
         size = tuple(_as_frame(keyframe).shape[-3:-1])
 
         def pairs():
