@@ -1,9 +1,9 @@
 """Occlusion against ground truth: the flow's forward-backward check finds what the synthetic renderer hides.
 
 The renderer knows which surface every pixel shows, so a pixel of frame t is occluded in frame s when its exact
-flow lands on another surface there (or outside the frame). The check under test is the one flow propagation uses
-on composed consecutive flows (accumulated_flow), on pairs 8 and 12 frames apart of clips moving over 3 px per frame
-with shapes crossing the background and each other.
+flow lands on another surface there (or outside the frame). The check under test is engine.consistency on composed
+consecutive flows (accumulated_flow with OCCLUSION_CHECK), on pairs 8 and 12 frames apart of clips moving over 3 px
+per frame with shapes crossing the background and each other.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from magicprop.benchmarks.real import EDITS
 from magicprop.motion.engine import FlowEngine, FlowSettings, Motion, resize_flow, warp
-from magicprop.motion.propagate import accumulated_flow, flow_propagate
+from magicprop.motion.propagate import OCCLUSION_CHECK, accumulated_flow, flow_propagate
 from magicprop.synthetic import SceneConfig, make_clip, occlusion, scene_motion
 
 CFG = SceneConfig(size=128, frames=33, speed=0.05, camera_speed=0.08, bounce=True)
@@ -51,7 +51,7 @@ def test_invalid_class_matches_ground_truth_occlusion(scenes):
     tp = fp = fn = 0
     for _, clip, motion, estimated in items:
         for s in STARTS:
-            for k, _, valid in accumulated_flow(estimated.to_float(), list(range(s, CFG.frames))):
+            for k, _, valid in accumulated_flow(estimated.to_float(), list(range(s, CFG.frames)), OCCLUSION_CHECK):
                 if k - s not in GAPS:
                     continue
                 occluded, known = occlusion(motion, CFG, k, s)
