@@ -35,16 +35,6 @@ def check_flow(motion, frames: torch.Tensor) -> None:
         )
 
 
-def check_mask(mask: torch.Tensor | None, k: int, h: int, w: int) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    m = mask if mask.ndim == 3 else mask[None]
-    if m.ndim != 3 or m.shape[0] not in (1, k) or tuple(m.shape[1:]) != (h, w):
-        raise MagicPropError(f"mask has shape {tuple(mask.shape)}: expected 1 or {k} masks of {w}x{h} (one for all "
-                             "frames, or one per frame).")
-    return m.float().cpu()
-
-
 def keyframe_engine(motion: Motion, strategy: str) -> tuple[FlowEngine | None, str]:
     """The engine that extends `motion` to keyframes (the estimator it records, same settings), and the strategy to
     run; flow from elsewhere cannot be extended, so such runs fall back to accumulated flow (logged)."""
@@ -122,7 +112,7 @@ class FlowPropagate(io.ComfyNode):
         if (flow is None) == (external_flow is None) and k > 1:
             raise MagicPropError("FlowPropagate needs exactly one of flow (from OpticalFlowSequence) or external_flow "
                                  "(controlnet_aux's OPTICAL_FLOW): connect one of them.")
-        masks = check_mask(mask, k, h, w)
+        masks = None if mask is None else mask.float().cpu()  # its shape is checked by the core, before any work
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))
             flow = external_motion(external_flow, flow_direction, (h, w))

@@ -168,3 +168,17 @@ def test_flow_of_other_frames_is_refused_in_one_line(host):
     message = e.value.message.strip()
     assert "\n" not in message and message.startswith(f"flow was estimated from {K} frames")
     assert "connect the same frames to OpticalFlowSequence and FlowPropagate" in message
+
+
+def test_mask_keeps_the_source_outside(host):
+    graph = flow_graph()
+    graph["12"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": WIDTH, "height": HEIGHT}}
+    graph["13"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 32}}
+    graph["14"] = {"class_type": "MaskComposite", "inputs": {"destination": ["12", 0], "source": ["13", 0],
+                                                             "x": 16, "y": 16, "operation": "add"}}
+    graph["7"]["inputs"]["mask"] = ["14", 0]
+    executor = host.run(graph)
+    images, filled, frames = host.output(executor, "7", 0), host.output(executor, "7", 1), host.output(executor, "4")
+    outside = host.output(executor, "14")[0] == 0
+    assert torch.equal(images[:, outside], frames[:, outside]) and not filled[:, outside].any()
+    assert (images[:, ~outside] - frames[:, ~outside]).abs().mean() > 0.2  # inverted colours inside
