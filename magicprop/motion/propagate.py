@@ -153,10 +153,11 @@ KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed"})
 DEFAULT_STRATEGY = "direct"
 """Chosen by measurement, PSNR per 30-frame window after the reference (DIS medium): on `bench quality`'s three
 synthetic clips of 120 frames direct 22.34 / 17.30 / 18.03 / 19.59 dB, chain 21.77 / 17.27 / 17.97 / 18.71, mixed
-21.44 / 16.51 / 17.11 / 17.85, accumulate 21.40 / 16.42 / 16.86 / 17.10 (copy 17.31 / 14.28 / 14.97 / 15.45); on
+22.24 / 16.70 / 17.36 / 18.81, accumulate 22.34 / 16.67 / 17.28 / 18.73 (copy 17.31 / 14.28 / 14.97 / 15.45); on
 bigbuckbunny 0-120 at 320 px with a false-colour edit direct 28.44 / 23.78 / 24.10 / 23.46, chain 24.76 / 19.99 /
-19.40 / 19.60, mixed 22.98 / 17.55 / 16.49 / 17.13, accumulate 22.72 / 16.82 / 15.65 / 15.95 (copy 18.84 / 12.93 /
-11.78 / 11.79). Composed flows drift and their check passes some of the drift; the fill beats a drifted sample."""
+19.40 / 19.60, mixed 24.31 / 19.15 / 18.33 / 19.10, accumulate 24.34 / 18.56 / 17.57 / 18.17 (copy 18.84 / 12.93 /
+11.78 / 11.79). Composed flows drift, and chaining resamples and piles up flow noise; one estimate to the keyframe
+does neither."""
 
 
 def detect_cuts(motion: Motion) -> list[int]:
