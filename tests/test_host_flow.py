@@ -102,7 +102,8 @@ def test_video_to_flow_propagation_to_video(host):
     assert images.shape == (K, HEIGHT, WIDTH, 3) and filled.shape == (K, HEIGHT, WIDTH)
     assert torch.allclose(images[REF], reference[0], atol=1e-6)  # the edited frame itself is kept
     core = flow_propagate(frames, reference, [REF], None, motion=motion, strategy="accumulate", window=8)
-    assert torch.equal(images, core.frames) and torch.equal(filled, core.filled.float())  # the node is the core
+    # the node is the core (equal alone; within float reordering after other tests changed torch's thread settings)
+    assert (images - core.frames).abs().max() < 0.5 / 255 and (filled - core.filled.float()).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
