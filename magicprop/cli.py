@@ -1,4 +1,4 @@
-"""Command line: `python -m magicprop {init,propagate} ...`.
+"""Command line: `python -m magicprop {init,propagate,warp,...} ...`.
 
 Errors from bad input are one line on stderr naming the input and the fix, with exit code 2; nothing is written.
 """
@@ -75,6 +75,45 @@ def _add_propagate(sub) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
 
 
+def _add_warp(sub) -> None:
+    from .motion.engine import DIS_PRESETS, ESTIMATORS
+    from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES
+
+    p = sub.add_parser("warp", help="carry edited frame(s) along the video's optical flow (no model)")
+    # str, not Path: a trailing slash (a frame folder to create) must survive
+    p.add_argument("--video", type=str, required=True,
+                   help="source video file, or a folder of numbered PNG frames (see --fps)")
+    p.add_argument("--reference", type=Path, nargs="+", required=True,
+                   help="the edited frame (image, video size); several for keyframes")
+    p.add_argument("--reference-index", type=int, nargs="+", required=True,
+                   help="index of each edited frame among the selected frames (after --stride)")
+    p.add_argument("--out", type=str, required=True,
+                   help="the mp4 to write, or a folder for PNG frames (an existing folder or a path ending in '/')")
+    p.add_argument("--mask-out", type=str, help="also write the masks of filled pixels (not carried by flow): "
+                                                 "an mp4 or a PNG folder")
+    # names are checked by the engine (one-line error listing the registry), not by argparse (usage dump)
+    p.add_argument("--flow", default="dis", metavar="|".join(ESTIMATORS), help="optical flow estimator")
+    p.add_argument("--flow-weights", type=Path, help="RAFT weights file (.safetensors or torchvision .pth), for "
+                                                     "--flow raft")
+    p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset (faster to better)")
+    p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
+    p.add_argument("--strategy", default=None, metavar="|".join(sorted(STRATEGIES)),
+                   help=f"how the edit follows the flow: direct (flow from each frame to its keyframe), chain (frame "
+                        f"to frame), accumulate (consecutive flow composed), mixed (the valid of direct and "
+                        f"accumulate per pixel); default {DEFAULT_STRATEGY}, the measured best")
+    p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
+    p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
+                                             "source frame; the source is kept outside it")
+    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--stride", type=int, default=1, help="take every stride-th frame")
+    p.add_argument("--width", type=int, default=None, help="resize frames to this width first (aspect kept)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a PNG-folder --video (default 25)")
+    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality of an mp4 --out (0 = lossless)")
+    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
+    p.add_argument("--device", default="auto", help="where RAFT runs (the OpenCV estimators use the CPU)")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train PropDPM (plain, or under `accelerate launch -m magicprop train`)")
     p.add_argument("--config", type=Path, help="TOML training config (see configs/train/*.toml)")
@@ -122,6 +161,9 @@ def _add_bench(sub) -> None:
     q.add_argument("--short", type=int, default=30, help="frames after the reference (short clips)")
     q.add_argument("--steps", type=int, default=10, help="sampling steps per frame")
     q.add_argument("--models", type=Path, default=None, help="demo models folder (default: the shipped ones)")
+    r = kinds.add_parser("real", help="flow propagation on real clips (colour edits) and known camera motion")
+    r.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where real.json and the strip go")
+    r.add_argument("--flow-weights", type=Path, default=None, help="RAFT weights file; without it RAFT is skipped")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_init(sub)
     _add_propagate(sub)
+    _add_warp(sub)
     _add_train(sub)
     _add_train_vae(sub)
     _add_prepare(sub)
@@ -160,6 +203,20 @@ def _run(args: argparse.Namespace) -> None:
         )
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)
+    elif args.command == "warp":
+        from .warp import WarpJob, run_warp
+
+        job = WarpJob(
+            video=args.video, reference=args.reference, reference_index=args.reference_index, out=args.out,
+            flow=args.flow, flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
+            strategy=args.strategy, keyframe_window=args.keyframe_window, mask=args.mask, mask_out=args.mask_out,
+            max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
+            crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device),
+        )
+        path = run_warp(job, progress=not args.quiet)
+        log.info("wrote %s", path)
+        if args.mask_out is not None:
+            log.info("wrote %s", args.mask_out)
     elif args.command == "train":
         from .train.config import load_config
         from .train.loop import train
@@ -182,6 +239,13 @@ def _run(args: argparse.Namespace) -> None:
         metrics = run_demo(args.out, models, args.clips, args.steps, progress=not args.quiet)
         log.info("%s", table(metrics))
         for name in ("demo.mp4", "strip.png", "metrics.json"):
+            log.info("wrote %s", (args.out / name).resolve())
+    elif args.command == "bench" and args.bench == "real":
+        from .benchmarks.real import run_real, table
+
+        results = run_real(args.out, flow_weights=args.flow_weights, progress=not args.quiet)
+        log.info("%s", table(results))
+        for name in ("real.json", "real.png"):
             log.info("wrote %s", (args.out / name).resolve())
     elif args.command == "bench":
         from .benchmarks.models import MODELS_DIR

@@ -3,8 +3,11 @@
 Each clip is one random motion (a background plane seen by a panning camera, and 2-4 shapes that translate, turn
 and move towards or away from the camera) rendered with two random appearances: the "source" and the "edit".
 Because the motion is shared, the edited rendering is the ground truth of propagating an edited reference frame.
-Every clip also has its exact depth (inverse depth, near = 1 after one normalisation per clip: the checkpoints'
-convention, README "Checkpoint format") and exact forward optical flow (for flow-warp baselines).
+Every clip also has its exact depth (inverse depth, near = 1 after one normalisation per clip, the checkpoints'
+convention, README "Checkpoint format"), exact forward and backward optical flow (for flow-warp baselines) and the
+id of the surface each pixel shows, so occlusion has ground truth: `occlusion` marks the pixels of frame t whose
+surface point is hidden (or out of the frame) in frame s, from the exact flow between any two frames (`exact_flow`),
+anti-aliased rims excluded.
 
 Textures live in each surface's own coordinates, so they move, turn and scale with it: what a propagation method
 must carry from frame to frame is exactly what a real video has (appearance attached to moving geometry).
@@ -83,6 +86,8 @@ class Clip:
     depth: torch.Tensor  # (T, H, W) in [0, 1], near = 1, one normalisation per clip
     flow: torch.Tensor  # (T-1, H, W, 2) forward flow in pixels (x, y): where each pixel of frame k is in k+1
     flow_back: torch.Tensor  # (T-1, H, W, 2) backward flow: where each pixel of frame k+1 was in frame k
+    surface: torch.Tensor  # (T, H, W) int64 id of the surface each pixel shows: 0 background, 1.. the shapes
+    rim: torch.Tensor  # (T, H, W) bool: anti-aliased shape edges (a blend of two surfaces)
 
 
 def _uniform(g: torch.Generator, shape, lo: float, hi: float) -> torch.Tensor:
@@ -165,18 +170,44 @@ def _local(px, py, center, angle, half):
     return (c * dx + s * dy) / half[0], (-s * dx + c * dy) / half[1]
 
 
+def _grid(size: int):
+    """Pixel centres in screen units ([-1, 1]) and the size of one pixel."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    py, px = torch.meshgrid(coords, coords, indexing="ij")
+    return px, py, 2.0 / size
+
+
+def _layers(motion: Motion, t: float, px, py, pixel: float):
+    """The shapes at time t, far to near: (i, u, v, alpha (H, W, 1), surface depth (H, W)) for each."""
+    order = sorted(range(motion.shape_kind.shape[0]), key=lambda i: -float(_shape_frame(motion, i, t)[2]))
+    for i in order:
+        center, angle, z, half = _shape_frame(motion, i, t)
+        u, v = _local(px, py, center, angle, half)
+        sdf = _shape_sdf(int(motion.shape_kind[i]), u, v)
+        alpha = ((-sdf * min(float(half[0]), float(half[1]))) / pixel + 0.5).clamp(0, 1)[..., None]
+        surf_z = z * (1 - motion.bulge[i] * (1 - (u * u + v * v).clamp(max=1)))
+        yield i, u, v, alpha, surf_z
+
+
+def _shape_moved(motion: Motion, i: int, u, v, px, py, t: float) -> torch.Tensor:
+    """(H, W, 2) screen displacement to where the points (u, v) of shape i are at time t."""
+    c1, a1, _, h1 = _shape_frame(motion, i, t)
+    ca, sa = a1.cos(), a1.sin()
+    lx, ly = u * h1[0], v * h1[1]
+    return torch.stack([c1[0] + ca * lx - sa * ly - px, c1[1] + sa * lx + ca * ly - py], -1)
+
+
 def render(motion: Motion, appearance: Appearance, cfg: SceneConfig, frames: int | None = None) -> Clip:
-    """Render a clip: frames, exact normalised depth and exact forward flow."""
+    """Render a clip: frames, exact normalised depth, exact forward and backward flow, surface ids and rims."""
     n_frames = cfg.frames if frames is None else frames
     if n_frames < 1:
         raise MagicPropError(f"frames={n_frames}: expected at least 1 frame.")
     size = cfg.size
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
-    py, px = torch.meshgrid(coords, coords, indexing="ij")
-    pixel = 2.0 / size
-    n = motion.shape_kind.shape[0]
+    px, py, pixel = _grid(size)
     rgb = torch.zeros(n_frames, size, size, 3)
     inv_depth = torch.zeros(n_frames, size, size)
+    surface = torch.zeros(n_frames, size, size, dtype=torch.long)
+    rim = torch.zeros(n_frames, size, size, dtype=torch.bool)
     flows = {d: torch.zeros(max(n_frames - 1, 0), size, size, 2) for d in (1, -1)}
 
     def surface_color(idx, u, v):
@@ -193,22 +224,14 @@ def render(motion: Motion, appearance: Appearance, cfg: SceneConfig, frames: int
         color = surface_color(0, bu, bv)
         z_buf = bg_z.clone()
         moved = {d: (-d * motion.camera / motion.bg_z).expand(size, size, 2).clone() for d in steps}
-        order = sorted(range(n), key=lambda i: -float(_shape_frame(motion, i, t)[2]))  # far to near
-        for i in order:
-            center, angle, z, half = _shape_frame(motion, i, t)
-            u, v = _local(px, py, center, angle, half)
-            sdf = _shape_sdf(int(motion.shape_kind[i]), u, v)
-            alpha = ((-sdf * min(float(half[0]), float(half[1]))) / pixel + 0.5).clamp(0, 1)[..., None]
-            surf_z = z * (1 - motion.bulge[i] * (1 - (u * u + v * v).clamp(max=1)))
+        for i, u, v, alpha, surf_z in _layers(motion, t, px, py, pixel):
             color = color * (1 - alpha) + surface_color(i + 1, u, v) * alpha
             inside = alpha[..., 0] > 0.5
             z_buf = torch.where(inside, surf_z, z_buf)
+            surface[t] = torch.where(inside, i + 1, surface[t])
+            rim[t] |= (alpha[..., 0] > 0) & (alpha[..., 0] < 1)
             for d in steps:  # where this surface point is in the neighbouring frame
-                c1, a1, _, h1 = _shape_frame(motion, i, t + d)
-                ca, sa = a1.cos(), a1.sin()
-                lx, ly = u * h1[0], v * h1[1]
-                there = torch.stack([c1[0] + ca * lx - sa * ly - px, c1[1] + sa * lx + ca * ly - py], -1)
-                moved[d] = torch.where(inside[..., None], there, moved[d])
+                moved[d] = torch.where(inside[..., None], _shape_moved(motion, i, u, v, px, py, t + d), moved[d])
         rgb[t] = color.clamp(0, 1)
         inv_depth[t] = 1.0 / z_buf
         if 1 in moved:
@@ -217,7 +240,44 @@ def render(motion: Motion, appearance: Appearance, cfg: SceneConfig, frames: int
             flows[-1][t - 1] = moved[-1] / pixel
     lo, hi = inv_depth.min(), inv_depth.max()
     depth = (inv_depth - lo) / (hi - lo).clamp_min(1e-8)
-    return Clip(frames=rgb, depth=depth, flow=flows[1], flow_back=flows[-1])
+    return Clip(frames=rgb, depth=depth, flow=flows[1], flow_back=flows[-1], surface=surface, rim=rim)
+
+
+def exact_flow(motion: Motion, cfg: SceneConfig, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact flow from frame t to frame s, any distance apart: ((H, W, 2) pixels, surface ids, rims) of frame t.
+
+    flow(p) is where the surface point seen at pixel p of frame t is in frame s (whether or not it is visible there).
+    """
+    px, py, pixel = _grid(cfg.size)
+    surface = torch.zeros(cfg.size, cfg.size, dtype=torch.long)
+    rim = torch.zeros(cfg.size, cfg.size, dtype=torch.bool)
+    moved = (-(s - t) * motion.camera / motion.bg_z).expand(cfg.size, cfg.size, 2).clone()
+    for i, u, v, alpha, _ in _layers(motion, t, px, py, pixel):
+        inside = alpha[..., 0] > 0.5
+        surface = torch.where(inside, i + 1, surface)
+        rim |= (alpha[..., 0] > 0) & (alpha[..., 0] < 1)
+        moved = torch.where(inside[..., None], _shape_moved(motion, i, u, v, px, py, s), moved)
+    return moved / pixel, surface, rim
+
+
+def occlusion(motion: Motion, cfg: SceneConfig, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth occlusion of frame t with respect to frame s: (occluded, known), each (H, W) bool.
+
+    A pixel of frame t is occluded when the surface point it shows is not visible in frame s: the backward flow
+    t -> s lands on another surface there, or outside the frame. `known` is False at anti-aliased rims (of frame t,
+    or where the flow lands in frame s), where the surface id is a matter of threshold.
+    """
+    flow, surface_t, rim_t = exact_flow(motion, cfg, t, s)
+    _, surface_s, rim_s = exact_flow(motion, cfg, s, t)
+    size = cfg.size
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    qx = (xs + flow[..., 0]).round().long()
+    qy = (ys + flow[..., 1]).round().long()
+    inside = (qx >= 0) & (qx < size) & (qy >= 0) & (qy < size)
+    qx, qy = qx.clamp(0, size - 1), qy.clamp(0, size - 1)
+    occluded = ~inside | (surface_s[qy, qx] != surface_t)
+    known = ~rim_t & ~(inside & rim_s[qy, qx])
+    return occluded, known
 
 
 @dataclass
@@ -231,10 +291,15 @@ class ClipPair:
 def make_looks(seed: int, cfg: SceneConfig = SceneConfig(), looks: int = 2, frames: int | None = None) -> list[Clip]:
     """One motion rendered with `looks` appearances: [source, edit, other edit, ...]. Same seed, same clips."""
     g = torch.Generator().manual_seed(int(seed))
-    motion = sample_motion(g, cfg)
+    motion = sample_motion(g, cfg)  # first draw of the seed's generator: scene_motion(seed, cfg) is this motion
     surfaces = motion.shape_kind.shape[0] + 1
     appearances = [sample_appearance(g, surfaces) for _ in range(looks)]
     return [render(motion, a, cfg, frames) for a in appearances]
+
+
+def scene_motion(seed: int, cfg: SceneConfig = SceneConfig()) -> Motion:
+    """The motion of a seed's clips (for exact_flow and occlusion)."""
+    return sample_motion(torch.Generator().manual_seed(int(seed)), cfg)
 
 
 def make_clip(seed: int, cfg: SceneConfig = SceneConfig(), frames: int | None = None, edit: bool = True):

@@ -1,10 +1,19 @@
-"""Video files with PyAV: decode frames, write an mp4 at the source fps with the source audio remuxed."""
+"""Video with PyAV: decode frames, write an mp4 at the source fps with the source audio remuxed.
+
+A video may also be a folder of numbered PNG frames (what compositing tools and EbSynth exchange; lossless): a path
+that is an existing folder, or that ends in a slash, is read and written as one. Frames are read in natural name
+order (frame2 before frame10), 8-bit or 16-bit; written atomically as zero-padded names (00000.png ...).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import logging
+import os
+import re
+import secrets
+import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +38,115 @@ class VideoInfo:
     has_audio: bool
 
 
+FRAME_SUFFIXES = (".png",)
+FRAME_DIGITS = 5
+"""Zero-padded width of written frame names; longer clips keep counting (natural order still sorts them)."""
+DEFAULT_FOLDER_FPS = Fraction(25)
+_FRAME_NAME = re.compile(r"^\d+\.png$")
+
+
+def is_frame_folder(path: str | Path) -> bool:
+    """True when `path` names a folder of frames: an existing folder, or a path ending in a slash."""
+    text = os.fspath(path)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
+    """The PNG frames of a folder in natural name order (frame2.png before frame10.png)."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise MagicPropError(f"{what} {os.fspath(folder)!r} is not an existing folder; pass a folder of numbered PNG "
+                             "frames (or a video file).")
+    files = sorted((f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES and not f.name.startswith(".")),
+                   key=lambda f: _natural_key(f.name))
+    if not files:
+        raise MagicPropError(f"{what} {os.fspath(folder)!r} has no PNG frames; expected numbered PNG files "
+                             "(00000.png, 00001.png ...).")
+    return files
+
+
+def read_png(path: str | Path) -> torch.Tensor:
+    """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            frame = next(c.decode(video=0))
+    except (av.error.FFmpegError, StopIteration) as e:
+        raise MagicPropError(f"frame {str(path)!r} is not a readable PNG ({e}); re-export the frame.") from None
+    if frame.format.name.startswith(("rgb48", "rgba64", "gray16", "ya16")):
+        return torch.from_numpy(frame.to_ndarray(format="rgb48le").astype(np.float32) / 65535.0)
+    return torch.from_numpy(frame.to_ndarray(format="rgb24")).float() / 255.0
+
+
+def write_png(path: str | Path, image: torch.Tensor, bits: int = 8) -> None:
+    """(H, W, 3) or (H, W) float in [0, 1] -> an RGB or grey PNG of 8 or 16 bits (rounded, not truncated)."""
+    import av
+
+    grey = image.ndim == 2
+    if bits == 8:
+        arr, fmt, out_fmt = to_uint8(image), "gray" if grey else "rgb24", "gray" if grey else "rgb24"
+    elif bits == 16:
+        arr = (image.clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+        fmt, out_fmt = ("gray16le", "gray16be") if grey else ("rgb48le", "rgb48be")
+    else:
+        raise MagicPropError(f"PNG bits={bits}: expected 8 or 16.")
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = arr.shape[1], arr.shape[0], out_fmt
+    packets = codec.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt)) + codec.encode(None)
+    Path(path).write_bytes(b"".join(bytes(p) for p in packets))
+
+
+def check_frame_folder_out(path: str | Path, what: str = "--out") -> None:
+    """Refuse, before any work, an output folder that holds files other than frames this module writes."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MagicPropError(f"{what} {os.fspath(path)!r} is a file; pass a folder path ending in '/' for PNG frames.")
+    if p.is_dir():
+        other = [f.name for f in p.iterdir() if not _FRAME_NAME.match(f.name)]
+        if other:
+            raise MagicPropError(
+                f"{what} {os.fspath(path)!r} holds other files ({', '.join(sorted(other)[:3])}); frames would replace "
+                "the folder: pass a new or empty folder, or one holding only frames written here."
+            )
+
+
+def write_frames(path: str | Path, frames: Iterable[torch.Tensor], bits: int = 8) -> Path:
+    """Write (H, W, 3) or (H, W) frames in [0, 1] as 00000.png, 00001.png ... into the folder `path`, atomically.
+
+    The frames go into a hidden sibling folder first; only a complete set replaces `path` (an existing folder of
+    frames written here is swapped out as a whole, so no stale frame of a longer earlier run stays behind).
+    Frames may be a generator (streamed, flat memory).
+    """
+    target = Path(path)
+    check_frame_folder_out(target, "frame folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+    tmp.mkdir()
+    old = None
+    try:
+        n = 0
+        for frame in frames:
+            write_png(tmp / f"{n:0{FRAME_DIGITS}d}.png", frame, bits)
+            n += 1
+        if n == 0:
+            raise MagicPropError("no frames to write: the frame folder would be empty.")
+        if target.exists():
+            old = target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old is not None and old.exists():
+            shutil.rmtree(old)
+    return target
+
+
 def _open(path: str | Path):
     import av
 
@@ -45,7 +163,20 @@ def _open(path: str | Path):
     return container
 
 
-def probe(path: str | Path) -> VideoInfo:
+def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
+    """Size, frame rate, frame count and audio of a video file or frame folder.
+
+    `fps` is the rate of a frame folder (which does not record one; default 25, with a notice); a video file's own
+    rate is used for files.
+    """
+    if is_frame_folder(path):
+        files = list_frames(path)
+        first = read_png(files[0])
+        if fps is None:
+            log.info("video %s is a frame folder without a frame rate; using %s fps (pass --fps to set it).",
+                     os.fspath(path), DEFAULT_FOLDER_FPS)
+        rate = DEFAULT_FOLDER_FPS if fps is None else Fraction(fps).limit_denominator(100000)
+        return VideoInfo(first.shape[1], first.shape[0], rate, len(files), False)
     with _open(path) as c:
         s = c.streams.video[0]
         fps = s.average_rate or s.guessed_rate or Fraction(25)
@@ -54,11 +185,24 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1) -> Iterator[torch.Tensor]:
-    """Yield (H, W, 3) float32 frames in [0, 1]: every `stride`-th frame, at most `max_frames` of them."""
+    """Yield (H, W, 3) float32 frames in [0, 1]: every `stride`-th frame, at most `max_frames` of them.
+
+    A frame folder's frames must all have the first one's size."""
     import av
 
     if stride < 1:
         raise MagicPropError(f"stride={stride}: expected 1 or more (take every stride-th frame).")
+    if is_frame_folder(path):
+        files = list_frames(path)[::stride][:max_frames]
+        size = None
+        for f in files:
+            frame = read_png(f)
+            size = size or frame.shape
+            if frame.shape != size:
+                raise MagicPropError(f"video frame {f.name} is {frame.shape[1]}x{frame.shape[0]} but the first frame "
+                                     f"is {size[1]}x{size[0]}: every frame of a folder must have one size.")
+            yield frame
+        return
     c = _open(path)
     n = 0
     try:
@@ -102,9 +246,15 @@ def write_video(
 
     The audio is cut to the written video's duration, starting at `audio_start` seconds of the source. Audio that
     the mp4 container cannot hold as is gets transcoded to AAC. Frames may be a generator (streamed, flat memory).
+    A frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead (no audio; the codec arguments do
+    not apply).
     """
     import av
 
+    if is_frame_folder(path):
+        return write_frames(path, frames)
+    if audio_from is not None and is_frame_folder(audio_from):
+        audio_from = None  # a frame folder has no audio
     fps = Fraction(fps).limit_denominator(100000)
     it = iter(frames)
     first = next(it, None)

@@ -1,4 +1,4 @@
-"""The pack's ComfyUI extension: four nodes on ComfyUI's own types (v3 schema, one entry point)."""
+"""The pack's ComfyUI extension: its nodes on ComfyUI's own types (v3 schema, one entry point)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .appearance import AppearanceAdapterEncode
 from .depth_sequence import DepthSequence
+from .flow import OpticalFlowSequence
+from .flow_propagate import FlowPropagate
 from .folders import register_model_folders
 from .loader import PropDPMLoader
 from .propagate import AutoregressivePropagate
 
-NODES: list[type[io.ComfyNode]] = [DepthSequence, AppearanceAdapterEncode, PropDPMLoader, AutoregressivePropagate]
+NODES: list[type[io.ComfyNode]] = [DepthSequence, AppearanceAdapterEncode, PropDPMLoader, AutoregressivePropagate,
+                                   OpticalFlowSequence, FlowPropagate]
 
 
 class MagicPropExtension(ComfyExtension):

@@ -1,4 +1,5 @@
-"""Model folders of the pack: models/magicprop (PropDPM .safetensors) and models/depth_estimation (folders)."""
+"""Model folders of the pack: models/magicprop (PropDPM .safetensors), models/depth_estimation (folders) and
+models/optical_flow (RAFT weights, .safetensors or torchvision .pth)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import folder_paths
 PROPDPM_FOLDER = "magicprop"
 DEPTH_FOLDER = "depth_estimation"
 NO_DEPTH_MODEL = "none"
+FLOW_FOLDER = "optical_flow"
+NO_FLOW_WEIGHTS = "none"
 
 
 def register_model_folders() -> None:
     """Add the pack's default folders, keeping any paths extra_model_paths.yaml already gave these names."""
-    for name, extensions in ((PROPDPM_FOLDER, {".safetensors"}), (DEPTH_FOLDER, set())):
+    for name, extensions in ((PROPDPM_FOLDER, {".safetensors"}), (DEPTH_FOLDER, set()),
+                             (FLOW_FOLDER, {".safetensors", ".pth", ".pt"})):
         default = os.path.join(folder_paths.models_dir, name)
         paths, _ = folder_paths.folder_names_and_paths.get(name, ([], set()))
         if default not in paths:
@@ -42,3 +46,12 @@ def depth_model_path(name: str) -> str:
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
     raise FileNotFoundError(name)
+
+
+def flow_weight_files() -> list[str]:
+    return folder_paths.get_filename_list(FLOW_FOLDER)
+
+
+def flow_weights_path(name: str) -> str | None:
+    """Full path of a file in models/optical_flow, or None when there is no such file."""
+    return folder_paths.get_full_path(FLOW_FOLDER, name)

@@ -45,7 +45,8 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
 
 
 def test_workflows_are_listed_as_templates():
-    assert {p.stem for p in UI_FILES} == {"magicprop_restyle_video", "magicprop_local_edit_mask"}
+    assert {p.stem for p in UI_FILES} == {"magicprop_restyle_video", "magicprop_local_edit_mask",
+                                          "magicprop_flow_restyle"}
     for path in UI_FILES:
         ui = json.loads(path.read_text())
         assert ui["version"] == 0.4 and ui["nodes"] and ui["links"]
@@ -59,6 +60,14 @@ def test_api_twin_matches_ui_file(comfy_host, path):
     converted = ui_to_api(ui, comfy_host.nodes.NODE_CLASS_MAPPINGS)
     stripped = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()}
     assert converted == stripped
+
+
+def test_flow_workflow_uses_the_default_strategy():
+    from magicprop.motion.propagate import DEFAULT_STRATEGY
+
+    twin = json.loads((ROOT / "workflows" / "api" / "magicprop_flow_restyle.json").read_text())
+    (node,) = [n for n in twin.values() if n["class_type"] == "FlowPropagate"]
+    assert node["inputs"]["strategy"] == DEFAULT_STRATEGY  # workflows/build.py FLOW_STRATEGY follows the core
 
 
 def substitute_tiny(api: dict, tiny: dict) -> dict:

@@ -21,6 +21,7 @@ def test_bench_quality_writes_every_method_json_plot_and_table(tmp_path, caplog)
                      "--steps", "1"]) == 0
     results = json.loads((out / "quality.json").read_text())
     assert results["skipped"] == [] and list(results["long"]) == [m.name for m in QUALITY_METHODS]
+    assert "flow propagation (dis)" in results["long"] and "flow propagation (raft)" in results["unmeasured"]
     for run, frames in (("long", 4), ("short_run", 2)):
         for name, r in results[run].items():
             assert len(r["psnr_per_frame"]) == frames + 1 and len(r["ssim_per_frame"]) == frames + 1, name

@@ -11,11 +11,14 @@ definitions and compare it with its twin, so an edit to one file that is not mad
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
+from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
 
 
 @dataclass
@@ -94,8 +97,8 @@ class Graph:
         }
 
 
-def video_in(g: Graph, frames: int = 16, width: int = 512, height: int = 288) -> None:
-    """Nodes 1-5: the source video, its first frames at a size the model takes (multiples of 16), its depth."""
+def video_frames(g: Graph, frames: int = 16, width: int = 512, height: int = 288) -> None:
+    """Nodes 1-4: the source video and its first frames at a size the model takes (multiples of 16)."""
     g.add(1, "LoadVideo", 0, outputs=[("VIDEO", "VIDEO")], widgets={"file": "video.mp4"},
           after={"file": ["image"]})
     g.add(2, "GetVideoComponents", 0, inputs=[("video", "VIDEO")], links={"video": (1, 0)},
@@ -105,6 +108,11 @@ def video_in(g: Graph, frames: int = 16, width: int = 512, height: int = 288) ->
     g.add(4, "ImageScale", 1, inputs=[("image", "IMAGE")], links={"image": (3, 0)},
           widgets={"upscale_method": "area", "width": width, "height": height, "crop": "center"},
           outputs=[("IMAGE", "IMAGE")], title="Size (multiples of 16)")
+
+
+def video_in(g: Graph, frames: int = 16, width: int = 512, height: int = 288) -> None:
+    """Nodes 1-5: the source video, its first frames at a size the model takes (multiples of 16), its depth."""
+    video_frames(g, frames, width, height)
     g.add(5, "DepthSequence", 1, inputs=[("frames", "IMAGE"), ("depth_images", "IMAGE")], links={"frames": (4, 0)},
           widgets={"depth_model": "Depth-Anything-V2-Small-hf", "batch_size": 8}, outputs=[("depth", "IMAGE")])
 
@@ -222,7 +230,48 @@ def local_edit() -> Graph:
     return g
 
 
-WORKFLOWS = (restyle, local_edit)
+def flow_restyle() -> Graph:
+    """Whole-video restyle without PropDPM: edit frame 0 with SD1.5 + depth ControlNet + prompt, then carry the edit
+    to every frame along the clip's optical flow (OpticalFlowSequence + FlowPropagate), saved with fps and audio."""
+    g = Graph("magicprop_flow_restyle")
+    video_frames(g, frames=120)
+    g.add(6, "ImageFromBatch", 2, inputs=[("image", "IMAGE")], links={"image": (4, 0)},
+          widgets={"batch_index": 0, "length": 1}, outputs=[("IMAGE", "IMAGE")],
+          title="Frame to edit (= reference_index)")
+    g.add(7, "DepthSequence", 2, inputs=[("frames", "IMAGE"), ("depth_images", "IMAGE")], links={"frames": (6, 0)},
+          widgets={"depth_model": "Depth-Anything-V2-Small-hf", "batch_size": 8}, outputs=[("depth", "IMAGE")],
+          title="Its depth (ControlNet hint)")
+    image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
+    g.add(13, "VAEEncode", 4, inputs=[("pixels", "IMAGE"), ("vae", "VAE")], links={"pixels": (6, 0), "vae": (8, 2)},
+          outputs=[("LATENT", "LATENT")])
+    g.add(14, "KSampler", 4, inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                     ("latent_image", "LATENT")],
+          links={"model": (8, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (13, 0)},
+          widgets={"seed": 1, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                   "denoise": 0.8}, outputs=[("LATENT", "LATENT")], after={"seed": ["fixed"]}, title="Edit frame 0")
+    g.add(15, "VAEDecode", 4, inputs=[("samples", "LATENT"), ("vae", "VAE")], links={"samples": (14, 0), "vae": (8, 2)},
+          outputs=[("IMAGE", "IMAGE")], title="Edited reference")
+    g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (15, 0)})
+    g.add(30, "OpticalFlowSequence", 5, inputs=[("frames", "IMAGE")], links={"frames": (4, 0)},
+          widgets={"estimator": "dis", "dis_preset": "medium", "raft_weights": "none", "work_size": 512,
+                   "batch_size": 8},
+          outputs=[("flow", "MAGICPROP_FLOW"), ("preview", "IMAGE")])
+    g.add(31, "FlowPropagate", 5,
+          inputs=[("frames", "IMAGE"), ("reference", "IMAGE"), ("flow", "MAGICPROP_FLOW"),
+                  ("external_flow", "OPTICAL_FLOW"), ("mask", "MASK")],
+          links={"frames": (4, 0), "reference": (15, 0), "flow": (30, 0)},
+          widgets={"reference_index": 0, "strategy": FLOW_STRATEGY, "flow_direction": "forward",
+                   "keyframe_indices": "", "keyframe_window": 8},  # every widget, in node order
+          outputs=[("IMAGE", "IMAGE"), ("filled", "MASK")])
+    g.add(20, "CreateVideo", 6, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
+          links={"images": (31, 0), "fps": (2, 2), "audio": (2, 1)}, widgets={"fps": 30.0},
+          outputs=[("VIDEO", "VIDEO")], title="Video (source fps and audio)")
+    g.add(21, "SaveVideo", 6, inputs=[("video", "VIDEO")], links={"video": (20, 0)},
+          widgets={"filename_prefix": f"magicprop/{g.name}", "format": "auto", "codec": "auto"})
+    return g
+
+
+WORKFLOWS = (restyle, local_edit, flow_restyle)
 
 
 def main() -> None:

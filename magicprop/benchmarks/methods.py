@@ -3,7 +3,8 @@
 Each method propagates the edited frame 0 of a synthetic clip pair (magicprop.synthetic.ClipPair) through the
 clip. Kinds: copying the reference; copying the TRUE previous edited frame (an oracle, not a method: the
 teacher-forced model's own baseline); flow-warp propagation without diffusion (the synthetic domain's exact flow, or
-a Horn & Schunck estimate from the source frames: what EbSynth-style tools do); a shipped PropDPM run
+a Horn & Schunck estimate from the source frames); flow propagation (magicprop.motion: an engine estimator, a
+strategy, the fill from the edit's colour mapping: what EbSynth-style tools do); a shipped PropDPM run
 autoregressively (optionally with statistics anchoring) or teacher-forced from the true previous frames.
 """
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..backend import StandaloneModels
+from ..errors import MagicPropError
+from ..motion.engine import FlowEngine, FlowSettings
+from ..motion.propagate import DEFAULT_STRATEGY, STRATEGIES, flow_propagate
 from ..propagate import FrameCallback
 from ..run import propagate_images, teacher_forced
 from .flow_baseline import horn_schunck, propagate_by_flow
@@ -25,9 +29,29 @@ ANCHOR_STRENGTH = 0.5
 @dataclass(frozen=True)
 class Method:
     name: str  # the row name in the tables and the key in the JSON
-    kind: str  # copy | copy-previous | flow-exact | flow-estimated | model | teacher-forced
+    kind: str  # copy | copy-previous | flow-exact | flow-estimated | flow-propagation | model | teacher-forced
     checkpoint: str | None = None  # shipped PropDPM file (model kinds)
     anchor: float = 0.0  # statistics anchoring strength (model kind), 0 = off
+    estimator: str | None = None  # flow-propagation: the engine's estimator
+    strategy: str | None = None  # flow-propagation: the propagation strategy
+
+
+def flow_row_name(estimator: str, strategy: str = DEFAULT_STRATEGY) -> str:
+    """`flow propagation (<estimator>)` for the default strategy, `flow propagation (<estimator>, <strategy>)`."""
+    return f"flow propagation ({estimator})" if strategy == DEFAULT_STRATEGY else \
+        f"flow propagation ({estimator}, {strategy})"
+
+
+FLOW_ESTIMATORS = ("dis", "farneback", "dualtvl1")
+"""Estimators of the flow-propagation rows (RAFT needs a local weights file: `bench real --flow-weights`). DualTVL1
+costs seconds per pair, so only its default-strategy row is run."""
+FLOW_METHODS = tuple(
+    Method(flow_row_name(e, s), "flow-propagation", estimator=e, strategy=s)
+    for e in FLOW_ESTIMATORS
+    for s in (DEFAULT_STRATEGY, *(s for s in STRATEGIES if s != DEFAULT_STRATEGY))
+    if e != "dualtvl1" or s == DEFAULT_STRATEGY
+)
+UNMEASURED = {flow_row_name("raft"): "needs a local RAFT weights file: measured by `bench real --flow-weights`"}
 
 
 COPY = Method("copy reference", "copy")
@@ -42,7 +66,7 @@ OWN_ROLLOUT = Method("+ own-rollout training", "model", ROLLOUT)
 ANCHORED = Method("+ statistics anchoring", "model", MAIN, ANCHOR_STRENGTH)
 ALL_CONTROLS = Method("all drift controls", "model", DRIFT, ANCHOR_STRENGTH)
 
-QUALITY_METHODS = (COPY, FLOW_EXACT, FLOW_ESTIMATED, NO_PREVIOUS, COPY_PREVIOUS, TEACHER_FORCED, PAPER,
+QUALITY_METHODS = (COPY, FLOW_EXACT, FLOW_ESTIMATED, *FLOW_METHODS, NO_PREVIOUS, COPY_PREVIOUS, TEACHER_FORCED, PAPER,
                    NOISE_AUGMENTED, OWN_ROLLOUT, ANCHORED, ALL_CONTROLS)
 """Rows of `bench quality`, in table order."""
 DEMO_PAPER = replace(PAPER, name="PropDPM")
@@ -65,8 +89,22 @@ def run_method(method: Method, pair, models: dict[str, StandaloneModels], steps:
         return propagate_by_flow(reference[0], [f.permute(2, 0, 1) for f in pair.source.flow_back])
     if method.kind == "flow-estimated":
         return propagate_by_flow(reference[0], list(horn_schunck(pair.source.frames[:-1], pair.source.frames[1:])))
+    if method.kind == "flow-propagation":
+        engine = FlowEngine(FlowSettings(estimator=method.estimator))
+        return flow_propagate(pair.source.frames, reference, [0], engine, strategy=method.strategy).frames
     m = models[method.checkpoint]
     if method.kind == "teacher-forced":
         return teacher_forced(m, truth, pair.source.depth, steps=steps, seed=seed)
     return propagate_images(m, reference, pair.source.depth, 0, steps=steps, seed=seed,
                             anchor_strength=method.anchor, callback=callback)
+
+
+def runs_here(method: Method) -> str | None:
+    """None when `method` can run on this machine, else why not (a flow estimator missing cv2 or cv2.optflow)."""
+    if method.estimator is None:
+        return None
+    try:
+        FlowEngine(FlowSettings(estimator=method.estimator))
+    except MagicPropError as err:
+        return str(err)
+    return None

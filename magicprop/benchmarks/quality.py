@@ -11,17 +11,20 @@ content, one that matches it has only learnt to copy its previous frame. Only th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..synthetic import SceneConfig, make_clip
-from .methods import QUALITY_METHODS, run_method
+from .methods import QUALITY_METHODS, UNMEASURED, run_method, runs_here
 from .metrics import Scores, slope_per_100_frames, windows
 from .models import MODELS_DIR, load_models, manifest
 from .report import plot
 from .report import table as _table
 from .seeds import QUALITY_SEED
+
+log = logging.getLogger(__name__)
 
 WINDOW = 30
 """Frames per window of the tables: 1-30, 31-60, ... after the reference."""
@@ -41,10 +44,15 @@ def run_quality(out: Path, models_dir: Path = MODELS_DIR, clips: int = 3, frames
     size = info["scene"]["size"]
     available = {m.checkpoint for m in QUALITY_METHODS if m.checkpoint and (models_dir / m.checkpoint).is_file()}
     models = load_models(models_dir, sorted(available))
-    methods = [m for m in QUALITY_METHODS if m.checkpoint is None or m.checkpoint in available]
+    why_not = {m.name: runs_here(m) for m in QUALITY_METHODS}
+    for name, why in why_not.items():
+        if why:
+            log.warning("bench quality: %s skipped: %s", name, why)
+    methods = [m for m in QUALITY_METHODS
+               if (m.checkpoint is None or m.checkpoint in available) and not why_not[m.name]]
     skipped = [m.name for m in QUALITY_METHODS if m not in methods]
     results: dict = {"frames": frames, "short": short, "clips": clips, "steps": steps, "size": size,
-                     "skipped": skipped, "long": {}, "short_run": {}}
+                     "skipped": skipped, "unmeasured": UNMEASURED, "long": {}, "short_run": {}}
     with tqdm(total=clips * len(methods) * 2, desc="bench quality", unit="run", disable=not progress) as bar:
         for length, key in ((frames, "long"), (short, "short_run")):
             scores = Scores(m.name for m in methods)
@@ -70,4 +78,4 @@ def table(results: dict, key: str = "long") -> str:
     spans = list(next(iter(rows.values()))["psnr_windows"])
     cells = {name: [*(f"{r['psnr_windows'][w]:.2f}" for w in spans), f"{r['psnr_slope_per_100_frames']:.2f}"]
              for name, r in rows.items()}
-    return _table([*((w, 10) for w in spans), ("slope/100", 11)], cells, 28)
+    return _table([*((w, 10) for w in spans), ("slope/100", 11)], cells, max(28, 2 + max(map(len, rows))))

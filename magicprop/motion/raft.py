@@ -1,0 +1,112 @@
+"""torchvision's RAFT (Teed & Deng, "RAFT: Recurrent All-Pairs Field Transforms for Optical Flow", ECCV 2020) as a
+flow estimator, from a local weights file only (nothing is downloaded: the builder gets weights=None).
+
+raft_small or raft_large is told apart by the weights file; .safetensors, or torchvision's .pth loaded with
+torch.load(weights_only=True) so that no code in the file runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from magicprop.errors import MagicPropError
+
+if TYPE_CHECKING:
+    from magicprop.motion.engine import FlowSettings
+
+logger = logging.getLogger(__name__)
+
+
+class RAFTEstimator:
+    """torchvision's RAFT from a local state dict; inputs scaled to [-1, 1] and edge-padded to a multiple of 8 and to
+    at least 128 px per side (its correlation pyramid downsamples the 1/8-resolution features 3 more times)."""
+
+    MIN_SIDE = 128
+
+    def __init__(self, settings: FlowSettings):
+        self.check(settings)
+        from torchvision.models.optical_flow import raft_large, raft_small
+
+        state = load_raft_state(settings.weights)
+        variant = raft_variant(state, settings.weights)
+        model = (raft_small if variant == "raft_small" else raft_large)(weights=None, progress=False)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise MagicPropError(
+                f"flow weights {settings.weights!r} do not fit torchvision's {variant} ({first}): use a torchvision "
+                "RAFT state dict (e.g. Raft_Large_Weights.C_T_SKHT_V2 saved as .pth or .safetensors)."
+            ) from None
+        self.variant = variant
+        self.iterations = settings.raft_iterations
+        self.model = model.eval().requires_grad_(False).to(settings.device)
+        logger.info("flow: torchvision %s loaded from %s on %s", variant, Path(settings.weights).name, settings.device)
+
+    @staticmethod
+    def check(settings: FlowSettings) -> None:
+        fix = ("put a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) in "
+               "models/optical_flow/ and pass its path, or pick estimator 'dis'")
+        if not settings.weights:
+            raise MagicPropError(f"flow weights: none given for estimator 'raft': {fix}.")
+        if not Path(settings.weights).is_file():
+            raise MagicPropError(f"flow weights {settings.weights!r}: no such file: {fix}.")
+        if Path(settings.weights).suffix not in (".safetensors", ".pth", ".pt"):
+            raise MagicPropError(f"flow weights {settings.weights!r}: expected a .safetensors or .pth file: {fix}.")
+        try:
+            import torchvision.models.optical_flow  # noqa: F401
+        except ImportError as e:
+            raise MagicPropError(f"flow estimator 'raft' needs torchvision ({e}): `pip install torchvision` "
+                                 "matching your torch, or pick estimator 'dis'.") from None
+
+    @torch.inference_mode()
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        h, w = a.shape[1:3]
+        ph, pw = max(self.MIN_SIDE, h + (-h) % 8) - h, max(self.MIN_SIDE, w + (-w) % 8) - w
+
+        def prep(x):  # (N, h, w, 3) in [0, 1] -> (N, 3, h+ph, w+pw) in [-1, 1], edges replicated
+            x = x.to(device, torch.float32).permute(0, 3, 1, 2) * 2 - 1
+            return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+        flow = self.model(prep(a), prep(b), num_flow_updates=self.iterations)[-1]
+        return flow[:, :, :h, :w].float().cpu()
+
+
+def load_raft_state(path: str) -> dict[str, torch.Tensor]:
+    """A RAFT state dict from .safetensors or torchvision's .pth (loaded with weights_only=True: no code runs)."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which file and what it should be
+        raise MagicPropError(f"flow weights {path!r} could not be read ({type(e).__name__}: {e}): expected a "
+                             "torchvision RAFT state dict saved as .safetensors or .pth.") from None
+    for key in ("state_dict", "model"):  # training checkpoints wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MagicPropError(f"flow weights {path!r} hold no tensor state dict: expected a torchvision RAFT "
+                             "state dict saved as .safetensors or .pth.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def raft_variant(state: dict[str, torch.Tensor], path: str = "weights") -> str:
+    """'raft_small' or 'raft_large', from the first feature-encoder convolution's width (32 vs 64 channels)."""
+    w = state.get("feature_encoder.convnormrelu.0.weight")
+    if w is not None and w.shape[0] in (32, 64):
+        return "raft_small" if w.shape[0] == 32 else "raft_large"
+    hint = " (it looks like the original princeton-vl RAFT layout)" if any(k.startswith("fnet.") for k in state) else ""
+    raise MagicPropError(
+        f"flow weights {path!r} are not a torchvision RAFT state dict{hint}: expected the key "
+        "'feature_encoder.convnormrelu.0.weight' of raft_small or raft_large; use torchvision's weights "
+        "(torchvision.models.optical_flow.Raft_Large_Weights / Raft_Small_Weights)."
+    )

@@ -1,0 +1,224 @@
+"""Video in, the edit carried along the video's optical flow out, no model: the `python -m magicprop warp` job.
+
+EbSynth-style propagation without weights: the engine (magicprop.motion.engine) estimates the clip's flow once and
+flow propagation (magicprop.motion.propagate) carries the edited reference(s) to every frame. Video in and out may be
+a video file or a folder of numbered PNG frames (magicprop.video).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from .errors import MagicPropError
+from .frames import load_image, resize_width
+from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, read_png, write_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarpJob:
+    """Inputs of one flow-propagation run (the CLI's arguments)."""
+
+    video: str | Path
+    """A video file, or a folder of numbered PNG frames."""
+    reference: list[Path]
+    """The edited frame(s), at the video's size; several for keyframes."""
+    reference_index: list[int]
+    """Index of each edited frame among the selected frames (after stride)."""
+    out: str | Path
+    """An mp4 (with the source audio), or a folder for PNG frames (an existing folder, or a path ending in '/')."""
+    flow: str = "dis"
+    flow_weights: Path | None = None
+    """RAFT weights file (.safetensors or torchvision .pth); only for flow='raft'."""
+    flow_preset: str = "medium"
+    flow_size: int = 512
+    """Long side of the working resolution of the flow (frames larger than it are downscaled for estimation)."""
+    strategy: str | None = None
+    """A name in magicprop.motion.propagate.STRATEGIES; None = its default."""
+    keyframe_window: int = 8
+    mask: Path | None = None
+    """Where the edit applies: one image for every frame, or a folder with one per source frame."""
+    mask_out: str | Path | None = None
+    """Where the masks of filled pixels (not carried by flow) go: an mp4 or a PNG folder."""
+    max_frames: int | None = None
+    stride: int = 1
+    width: int | None = None
+    fps: float | None = None
+    """Frame rate of a PNG-folder video (which does not record one)."""
+    audio: bool = True
+    crf: int = 18
+    pix_fmt: str = "yuv420p"
+    device: str = "cpu"
+    batch: int = 8
+    """Frame pairs per flow-estimation batch."""
+
+    def settings(self):
+        from .motion.engine import FlowSettings
+
+        weights = str(self.flow_weights) if self.flow_weights is not None else None
+        return FlowSettings(estimator=self.flow, preset=self.flow_preset, weights=weights, work_size=self.flow_size,
+                            device=self.device)
+
+
+def _strategy(job: WarpJob) -> str:
+    from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES
+
+    name = DEFAULT_STRATEGY if job.strategy is None else job.strategy
+    if name not in STRATEGIES:
+        raise MagicPropError(f"--strategy {name!r}: expected one of {sorted(STRATEGIES)} (default {DEFAULT_STRATEGY}).")
+    return name
+
+
+def _check_paths(job: WarpJob) -> None:
+    video = Path(job.video)
+    if is_frame_folder(job.video):
+        list_frames(job.video, "--video")
+    elif not video.is_file():
+        raise MagicPropError(f"--video {str(video)!r} does not exist; pass a video file or a folder of PNG frames.")
+    if len(job.reference) != len(job.reference_index):
+        raise MagicPropError(
+            f"--reference gives {len(job.reference)} images but --reference-index gives {len(job.reference_index)} "
+            "indices: give one frame index per edited reference."
+        )
+    for p in job.reference:
+        if not Path(p).is_file():
+            raise MagicPropError(f"--reference {str(p)!r} does not exist; pass the edited frame as an image file.")
+    if job.mask is not None and not Path(job.mask).exists():
+        raise MagicPropError(f"--mask {str(job.mask)!r} does not exist; pass a mask image or a folder of masks.")
+    if job.max_frames is not None and job.max_frames < 1:
+        raise MagicPropError(f"--frames {job.max_frames}: expected 1 or more frames.")
+    if job.stride < 1:
+        raise MagicPropError(f"--stride {job.stride}: expected 1 or more (take every stride-th frame).")
+    for name, path in (("--out", job.out), ("--mask-out", job.mask_out)):
+        if path is not None and is_frame_folder(path):
+            check_frame_folder_out(path, name)
+    if job.mask_out is not None and Path(job.mask_out).resolve() == Path(job.out).resolve():
+        raise MagicPropError(f"--mask-out {str(job.mask_out)!r} is also --out: give the masks their own path.")
+
+
+def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
+    """How many frames the job selects, when the container says how many it has."""
+    if container_frames is None:
+        return None
+    n = -(-container_frames // job.stride)
+    return n if job.max_frames is None else min(n, job.max_frames)
+
+
+def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
+    images = []
+    for path in job.reference:
+        image = load_image(path, "--reference")
+        if image.shape[1:3] != size:
+            raise MagicPropError(
+                f"--reference {Path(path).name} is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x"
+                f"{size[0]}: the edited reference must be a frame of this video at the video's size (edit the frame "
+                "exported from the video, before --width)."
+            )
+        images.append(image)
+    return resize_width(torch.cat(images), job.width)
+
+
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) -> (..., H, W): a mask drawn in any colour on black."""
+    return image.amax(-1)
+
+
+def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | None:
+    """(1 or K, H', W') float mask at the output size, or None."""
+    if job.mask is None:
+        return None
+    what = "--mask"
+    if Path(job.mask).is_dir():
+        files = list_frames(job.mask, what)[:: job.stride]
+        if count is not None and len(files) < count:
+            raise MagicPropError(f"--mask folder has {len(files)} masks for the {count} selected frames (stride "
+                                 f"{job.stride}): expected one mask per source frame, in name order.")
+        files = files[:count] if count is not None else files
+        masks = []
+        for f in files:
+            m = read_png(f)
+            if m.shape[:2] != size:
+                raise MagicPropError(f"--mask {f.name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x"
+                                     f"{size[0]}: expected masks at the video's size.")
+            masks.append(m)
+        image = torch.stack(masks)
+    else:
+        image = load_image(job.mask, what)
+        if image.shape[1:3] != size:
+            raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
+                                 "expected a mask at the video's size (white = edit, black = keep the source).")
+    return _grey(resize_width(image, job.width)).clamp(0, 1)
+
+
+def check_job(job: WarpJob):
+    """Every input error the job can see, before any frame is decoded or any flow estimated.
+
+    Returns (engine, strategy, info, references, mask): the flow engine (its checks done: cv2 importable, estimator
+    known, RAFT weights present), the strategy's name, the video's info, the references at the output size and the
+    mask (or None).
+    """
+    from .motion.engine import FlowEngine
+    from .propagate import keyframe_plan
+
+    _check_paths(job)
+    engine = FlowEngine(job.settings())
+    strategy = _strategy(job)
+    info = probe(job.video, job.fps)
+    size = (info.height, info.width)
+    references = _load_references(job, size)
+    expected = selected_count(job, info.frames)
+    if expected is not None:
+        keyframe_plan(list(job.reference_index), expected, job.keyframe_window)
+    mask = _load_mask(job, size, expected)
+    return engine, strategy, info, references, mask
+
+
+def read_selected(job: WarpJob) -> torch.Tensor:
+    """(K, H', W', 3) frames the job works on: every stride-th, at most max_frames, resized to `width`."""
+    frames = [resize_width(f[None], job.width)[0] for f in iter_frames(job.video, job.max_frames, job.stride)]
+    if not frames:
+        raise MagicPropError(f"--video {str(job.video)!r} has no decodable frames.")
+    return torch.stack(frames)
+
+
+def run_warp(job: WarpJob, progress: bool = True) -> Path:
+    """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any work.
+
+    The clip's consecutive flow is estimated streaming from the decoder (memory flat in the clip's length beyond the
+    fp16 flow fields and the frames flow propagation samples); results are encoded to the files frame by frame.
+    """
+    from tqdm.auto import tqdm
+
+    from .motion.propagate import flow_propagate
+    from .propagate import keyframe_plan
+
+    engine, strategy, info, references, mask = check_job(job)
+    frames = read_selected(job)
+    k = frames.shape[0]
+    indices = list(job.reference_index)
+    keyframe_plan(indices, k, job.keyframe_window)  # for containers that do not say how many frames they hold
+    if mask is not None and mask.shape[0] > 1:
+        if mask.shape[0] < k:
+            raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected one "
+                                 "mask per source frame, in name order.")
+        mask = mask[:k]
+    with tqdm(total=max(k - 1, 0), desc=f"flow ({job.flow})", unit="pair", disable=not progress) as bar:
+        motion = engine.consecutive(frames, batch=job.batch, callback=lambda n: bar.update(n - bar.n)) if k > 1 \
+            else None
+    with tqdm(total=k, desc=f"propagate ({strategy})", unit="frame", disable=not progress) as bar:
+        result = flow_propagate(frames, references, indices, engine, motion=motion, strategy=strategy,
+                                window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1))
+    fps = Fraction(info.fps) / job.stride
+    audio = job.video if job.audio and info.has_audio else None
+    path = write_video(job.out, iter(result.frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)
+    if job.mask_out is not None:
+        filled = result.filled.float()
+        masks = iter(filled) if is_frame_folder(job.mask_out) else (m[..., None].expand(-1, -1, 3) for m in filled)
+        write_video(job.mask_out, masks, fps, crf=job.crf, pix_fmt=job.pix_fmt)
+    return path

@@ -1,0 +1,140 @@
+"""FlowPropagate: edited reference(s) carried through the clip along its optical flow (EbSynth-style, no model)."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import torch
+from comfy_api.latest import io
+
+from ..magicprop.errors import MagicPropError
+from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
+from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
+from ..magicprop.motion.propagate import DEFAULT_STRATEGY, KEYFRAME_FLOW_STRATEGIES, STRATEGIES, flow_propagate
+from .flow import frame_callback, placed, resolve_weights
+from .propagate import parse_keyframe_indices
+from .types import ExternalFlow, Flow
+
+log = logging.getLogger(__name__)
+
+FALLBACK_STRATEGY = "accumulate"
+"""What flow that cannot be extended to keyframes (external flow) is propagated with."""
+
+
+def check_flow(motion, frames: torch.Tensor) -> None:
+    """The MAGICPROP_FLOW input must come from these frames."""
+    if not isinstance(motion, Motion):
+        raise MagicPropError(f"flow is a {type(motion).__name__}: connect the flow output of OpticalFlowSequence.")
+    k, h, w = frames.shape[:3]
+    if len(motion) != k - 1 or tuple(motion.frame_size) != (h, w):
+        fh, fw = motion.frame_size
+        raise MagicPropError(
+            f"flow was estimated from {len(motion) + 1} frames of {fw}x{fh} but frames has {k} frames of {w}x{h}: "
+            "connect the same frames to OpticalFlowSequence and FlowPropagate."
+        )
+
+
+def keyframe_engine(motion: Motion, strategy: str) -> tuple[FlowEngine | None, str]:
+    """The engine that extends `motion` to keyframes (the estimator it records, same settings), and the strategy to
+    run; flow from elsewhere cannot be extended, so such runs fall back to accumulated flow (logged)."""
+    record = motion.settings
+    if record.get("estimator") not in ESTIMATORS:
+        if strategy in KEYFRAME_FLOW_STRATEGIES:
+            log.warning("FlowPropagate: flow from %s cannot be extended to the keyframes that strategy %r needs; "
+                        "using %r (consecutive flow composed to the keyframe) instead.",
+                        record.get("estimator"), strategy, FALLBACK_STRATEGY)
+            strategy = FALLBACK_STRATEGY
+        return None, strategy
+    weights = resolve_weights(record.get("weights"))
+    settings = FlowSettings.from_record(record, weights, device=str(comfy.model_management.unet_offload_device()))
+    return FlowEngine(settings), strategy
+
+
+class FlowPropagate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FlowPropagate",
+            display_name="Flow Propagate (MagicProp)",
+            category="MagicProp",
+            description="Carries the edited reference(s) to every frame along the clip's optical flow, forward and "
+                        "backward from each edited frame (no model). What the flow cannot see (occluded, revealed) is "
+                        "filled from the source frame given the edit's colours.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The source video frames (K, H, W, 3), as given to "
+                                                 "OpticalFlowSequence."),
+                io.Image.Input("reference", tooltip="The edited frame (one image, the frames' size), or several edited "
+                                                    "frames (a batch) with keyframe_indices."),
+                io.Int.Input("reference_index", default=0, min=0, max=1_000_000,
+                             tooltip="Which frame of the clip was edited (0 = first)."),
+                io.Combo.Input("strategy", options=sorted(STRATEGIES), default=DEFAULT_STRATEGY,
+                               tooltip="direct: flow from each frame straight to its keyframe; chain: frame to frame; "
+                                       "accumulate: consecutive flow composed to the keyframe; mixed: the best valid "
+                                       f"of them per pixel. Default {DEFAULT_STRATEGY} (measured best)."),
+                Flow.Input("flow", optional=True, tooltip="OpticalFlowSequence's flow of the same frames."),
+                ExternalFlow.Input("external_flow", optional=True,
+                                   tooltip="Instead of flow: controlnet_aux's OPTICAL_FLOW (K-1, H, W, 2) in pixels, "
+                                           "e.g. from its Unimatch node; see flow_direction."),
+                io.Combo.Input("flow_direction", options=list(DIRECTIONS), default="forward", optional=True,
+                               tooltip="Direction of external_flow: forward = frame k to k+1 (controlnet_aux's "
+                                       "default), backward = k+1 to k (its backward_flow option)."),
+                io.String.Input("keyframe_indices", default="", optional=True,
+                                tooltip="With several edited frames in reference: their frame numbers, e.g. \"0, 60, "
+                                        "119\". Each frame comes from its nearest keyframe."),
+                io.Int.Input("keyframe_window", default=8, min=0, max=1000, optional=True,
+                             tooltip="Frames over which the chains of two keyframes are blended where they meet."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where the edit applies (1 mask or one per frame); outside it the source frames "
+                                      "are kept."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="IMAGE", tooltip="All K frames with the edit carried along the flow."),
+                io.Mask.Output(display_name="filled", tooltip="Pixels the flow could not carry, filled from the "
+                                                              "source frame in the edit's colours (1 = filled)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames: torch.Tensor, reference: torch.Tensor, reference_index: int, strategy: str,
+                flow: Motion | None = None, external_flow: torch.Tensor | None = None,
+                flow_direction: str = "forward", keyframe_indices: str = "", keyframe_window: int = 8,
+                mask: torch.Tensor | None = None) -> io.NodeOutput:
+        if frames.ndim != 4 or frames.shape[0] < 1:
+            raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected video frames (K, H, W, 3).")
+        k, h, w = frames.shape[:3]
+        if reference.ndim != 4 or tuple(reference.shape[1:3]) != (h, w):
+            raise MagicPropError(f"reference has shape {tuple(reference.shape)}: expected edited frame(s) of the "
+                                 f"frames' size (N, {h}, {w}, 3); edit the frame at the video's size.")
+        keys = parse_keyframe_indices(reference, reference_index, keyframe_indices, k)
+        if strategy not in STRATEGIES:
+            raise MagicPropError(f"strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
+        if (flow is None) == (external_flow is None) and k > 1:
+            raise MagicPropError("FlowPropagate needs exactly one of flow (from OpticalFlowSequence) or external_flow "
+                                 "(controlnet_aux's OPTICAL_FLOW): connect one of them.")
+        masks = None if mask is None else mask.float().cpu()  # its shape is checked by the core, before any work
+        if external_flow is not None:
+            check_external_flow(external_flow, k, (h, w))
+            flow = external_motion(external_flow, flow_direction, (h, w))
+        elif flow is not None:
+            check_flow(flow, frames)
+        engine, strategy = keyframe_engine(flow, strategy) if flow is not None else (None, strategy)
+        frames = frames[..., :3].float().cpu()
+        with placed(engine):
+            result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
+                                    strategy=strategy, window=keyframe_window, mask=masks,
+                                    callback=_counter(frame_callback(k)))
+        device = comfy.model_management.intermediate_device()
+        return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))
+
+
+def _counter(on_done):
+    """flow_propagate's per-frame callback (a frame index) -> a count of frames done for the progress bar."""
+    done = [0]
+
+    def on_frame(_index: int) -> None:
+        done[0] += 1
+        on_done(done[0])
+
+    return on_frame
+

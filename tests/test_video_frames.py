@@ -1,0 +1,99 @@
+"""Frame folders as video: natural order, 8/16-bit PNG round trips, atomic writes, and the same API as video files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from magicprop.errors import MagicPropError
+from magicprop.video import (
+    is_frame_folder,
+    iter_frames,
+    list_frames,
+    probe,
+    read_frames,
+    read_png,
+    write_frames,
+    write_png,
+    write_video,
+)
+
+
+def _frames(k: int = 4, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:
+    return torch.rand(k, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_frame_folder_is_chosen_by_the_path(tmp_path):
+    (tmp_path / "dir").mkdir()
+    assert is_frame_folder(tmp_path / "dir") and is_frame_folder(f"{tmp_path}/new/")
+    assert not is_frame_folder(tmp_path / "new.mp4") and not is_frame_folder(tmp_path / "new")
+
+
+def test_png_round_trip_8_and_16_bit(tmp_path):
+    x = _frames(1)[0]
+    write_png(tmp_path / "a.png", x, bits=8)
+    write_png(tmp_path / "b.png", x, bits=16)
+    assert torch.equal(read_png(tmp_path / "a.png"), torch.round(x * 255) / 255)
+    assert (read_png(tmp_path / "b.png") - x).abs().max() <= 0.5 / 65535 + 1e-7
+    write_png(tmp_path / "g.png", x[..., 0], bits=8)  # grey masks read back as three equal channels
+    g = read_png(tmp_path / "g.png")
+    assert torch.equal(g[..., 0], g[..., 2]) and torch.equal(g[..., 1], torch.round(x[..., 0] * 255) / 255)
+
+
+def test_natural_order_stride_and_limit(tmp_path):
+    x = _frames(12)
+    for i in range(12):  # unpadded names: name order would put frame10 before frame2
+        write_png(tmp_path / f"frame{i}.png", x[i])
+    (tmp_path / "notes.txt").write_text("not a frame")
+    assert [f.name for f in list_frames(tmp_path)][:3] == ["frame0.png", "frame1.png", "frame2.png"]
+    got = read_frames(tmp_path, max_frames=3, stride=4)
+    assert torch.equal(got, torch.round(x[[0, 4, 8]] * 255) / 255)
+    info = probe(tmp_path, fps=12.5)
+    assert (info.width, info.height, info.frames, info.fps, info.has_audio) == (10, 12, 12, Fraction(25, 2), False)
+    assert probe(tmp_path).fps == 25
+
+
+def test_write_frames_is_atomic_and_replaces_its_own_folder(tmp_path):
+    out = tmp_path / "out"
+    write_video(f"{out}/", iter(_frames(5)), fps=30)
+    assert [f.name for f in sorted(out.iterdir())] == [f"{i:05d}.png" for i in range(5)]
+    write_frames(out, iter(_frames(2, seed=1)))  # a shorter rerun leaves no stale frame behind
+    assert len(list(out.iterdir())) == 2 and torch.equal(read_frames(out), torch.round(_frames(2, seed=1) * 255) / 255)
+
+    def broken():
+        yield _frames(1)[0]
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write_frames(out, broken())
+    assert len(list(out.iterdir())) == 2 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(MagicPropError, match="holds other files"):
+        write_frames(tmp_path, iter(_frames(1)))
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_frames_of_different_sizes_are_refused(tmp_path):
+    write_png(tmp_path / "0.png", _frames(1)[0])
+    write_png(tmp_path / "1.png", _frames(1, h=8)[0])
+    with pytest.raises(MagicPropError, match="1.png is 10x8 but the first frame is 10x12"):
+        list(iter_frames(tmp_path))
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(MagicPropError, match="has no PNG frames"):
+        read_frames(tmp_path)
+    with pytest.raises(MagicPropError, match="not an existing folder"):
+        read_frames(f"{tmp_path}/missing/")
+
+
+def test_mp4_and_folder_hold_the_same_frames(tmp_path, bikes):
+    frames = read_frames(bikes, max_frames=3)
+    write_frames(tmp_path / "png", iter(frames))
+    assert torch.equal(read_frames(tmp_path / "png"), torch.round(frames * 255) / 255)
+    assert torch.equal(read_frames(tmp_path / "png"), frames)  # decoded 8-bit frames survive PNG exactly

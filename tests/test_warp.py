@@ -1,0 +1,164 @@
+"""`python -m magicprop warp`: flow propagation from the command line on real clips, PNG folders in and out, the
+files equal to the core's output, and one-line refusals before any output."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from magicprop.cli import main
+from magicprop.frames import load_image, resize_width, save_image
+from magicprop.motion.engine import FlowEngine, FlowSettings
+from magicprop.motion.propagate import DEFAULT_STRATEGY, flow_propagate
+from magicprop.video import probe, read_frames, to_uint8, write_frames
+
+R, FRAMES, WIDTH = 2, 6, 96
+
+
+def _edit(frame: torch.Tensor) -> torch.Tensor:
+    """A non-linear colour edit (a channel-mixing grade with a gamma), what a user's restyle of a frame might be."""
+    return torch.stack([frame[..., 1], frame[..., 2], frame[..., 0]], -1).pow(0.6)
+
+
+@pytest.fixture(scope="module")
+def edit(bigbuckbunny, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("edit") / "reference.png"
+    save_image(path, _edit(read_frames(bigbuckbunny, R + 1)[R]))
+    return path
+
+
+def _args(video, edit, out, *extra) -> list[str]:
+    return ["-q", "warp", "--video", str(video), "--reference", str(edit), "--reference-index", str(R),
+            "--out", str(out), "--frames", str(FRAMES), "--width", str(WIDTH), *map(str, extra)]
+
+
+def _u8(frames: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(to_uint8(f)) for f in frames])
+
+
+def _core(video: Path, edit: Path):
+    """flow_propagate called directly on the frames the CLI works on, with the CLI's default settings."""
+    frames = resize_width(read_frames(video, FRAMES), WIDTH)
+    reference = resize_width(load_image(edit), WIDTH)
+    engine = FlowEngine(FlowSettings(estimator="dis", preset="medium", work_size=512))
+    return flow_propagate(frames, reference, [R], engine, strategy=DEFAULT_STRATEGY, window=8)
+
+
+def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_path, bigbuckbunny, edit):
+    png, masks, mp4 = tmp_path / "frames", tmp_path / "masks", tmp_path / "out.mp4"
+    assert main(_args(bigbuckbunny, edit, f"{png}/", "--mask-out", f"{masks}/")) == 0
+    assert main(_args(bigbuckbunny, edit, mp4, "--mask-out", tmp_path / "masks.mp4")) == 0
+    expected = _core(bigbuckbunny, edit)
+
+    written = read_frames(png)
+    assert written.shape == (FRAMES, 54, WIDTH, 3)
+    assert sorted(p.name for p in png.iterdir()) == [f"{i:05d}.png" for i in range(FRAMES)]
+    assert torch.equal(_u8(written), _u8(expected.frames))  # exactly the core's frames, 8-bit
+    assert torch.equal(_u8(read_frames(masks)[..., 0, None]), _u8(expected.filled.float()[..., None]))
+    assert torch.equal(written[R], torch.round(resize_width(load_image(edit), WIDTH)[0] * 255) / 255)
+
+    info = probe(mp4)
+    assert (info.frames, info.width, info.height) == (FRAMES, WIDTH, 54) and info.fps == probe(bigbuckbunny).fps
+    decoded = read_frames(mp4)
+    mse = (decoded - written).square().mean()
+    assert 10 * torch.log10(1 / mse) > 30  # x264 crf 18, 4:2:0: lossy, but close to the PNG frames
+    assert probe(tmp_path / "masks.mp4").frames == FRAMES
+
+
+def test_png_folder_works_as_video(tmp_path, bigbuckbunny, edit):
+    source = tmp_path / "source"
+    write_frames(source, iter(read_frames(bigbuckbunny, FRAMES)))
+    assert main(_args(source, edit, f"{tmp_path}/from_png/", "--fps", "24")) == 0
+    assert main(_args(bigbuckbunny, edit, f"{tmp_path}/from_mp4/")) == 0
+    # decoded 8-bit frames survive PNG exactly, so both runs see the same frames
+    assert torch.equal(read_frames(tmp_path / "from_png"), read_frames(tmp_path / "from_mp4"))
+    assert main(_args(source, edit, tmp_path / "from_png.mp4", "--fps", "24")) == 0
+    assert probe(tmp_path / "from_png.mp4").fps == 24
+
+
+def test_mask_keeps_the_source_outside(tmp_path, bigbuckbunny, edit):
+    frame = read_frames(bigbuckbunny, 1)[0]
+    mask = torch.zeros_like(frame)
+    mask[:, : frame.shape[1] // 2] = 1  # edit the left half only
+    save_image(tmp_path / "mask.png", mask)
+    assert main(_args(bigbuckbunny, edit, f"{tmp_path}/out/", "--mask", tmp_path / "mask.png")) == 0
+    out = read_frames(tmp_path / "out")
+    source = resize_width(read_frames(bigbuckbunny, FRAMES), WIDTH)
+    keep = resize_width(mask[None], WIDTH)[0, :, :, 0] == 0  # pixels fully outside the (resized) mask
+    assert keep.any()
+    assert (out[:, keep] - source[:, keep]).abs().max() <= 0.5 / 255 + 1e-6
+    assert (out[:, ~keep] - source[:, ~keep]).abs().mean() > 0.05  # the edit shows inside
+
+
+def _refused(capsys, tmp_path, argv, *needles) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("magicprop warp: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckbunny, edit, capsys, monkeypatch):
+    out = tmp_path / "out.mp4"
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "raft", "--flow-weights",
+                                     tmp_path / "raft.pth"), "raft.pth", "models/optical_flow")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "horn"), "'horn'", "dis")
+    small = tmp_path / "small.png"
+    save_image(small, torch.zeros(16, 16, 3))
+    _refused(capsys, tmp_path, _args(bigbuckbunny, small, out), "--reference", "small.png", "video's size")
+    small.unlink()
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, f"{tmp_path}/frames/", "--reference-index", "9"),
+             "reference")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--strategy", "teleport"), "--strategy", "direct")
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails as on a host without OpenCV
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out), "cv2", "pip install opencv-contrib-python-headless")
+
+
+def test_external_flow_becomes_motion_both_ways():
+    from magicprop.errors import MagicPropError
+    from magicprop.motion.engine import compose
+    from magicprop.motion.external import check_external_flow, external_motion
+
+    h, w = 40, 48
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    angle = 0.05  # a small rotation about the centre plus a shift: smooth and invertible
+    dx = (xs - w / 2) * (torch.cos(torch.tensor(angle)) - 1) - (ys - h / 2) * torch.sin(torch.tensor(angle)) + 2.5
+    dy = (xs - w / 2) * torch.sin(torch.tensor(angle)) + (ys - h / 2) * (torch.cos(torch.tensor(angle)) - 1) - 1.0
+    flow = torch.stack([dx, dy], -1)[None].repeat(2, 1, 1, 1)  # controlnet_aux layout (K-1, H, W, 2)
+    check_external_flow(flow, 3, (h, w))
+    motion = external_motion(flow, "forward", (h, w))
+    assert motion.settings == {"estimator": "external", "direction": "forward"} and len(motion) == 2
+    assert torch.allclose(motion.forward.float(), flow.permute(0, 3, 1, 2), atol=2e-2)  # fp16 storage
+    round_trip = compose(motion.forward.float(), motion.backward.float())  # a -> b -> a: no motion
+    assert motion.valid_forward[:, 4:-4, 4:-4].float().mean() > 0.95
+    assert round_trip[:, :, 4:-4, 4:-4].abs().max() < 0.05
+    back = external_motion(-flow, "backward", (h, w))  # the same field read as backward flow
+    assert torch.allclose(back.backward.float(), -flow.permute(0, 3, 1, 2), atol=2e-2)
+    with pytest.raises(MagicPropError, match=r"external_flow has shape \(2, 40, 48, 2\): expected .*\(3, 40, 48, 2\)"):
+        check_external_flow(flow, 4, (h, w))
+    with pytest.raises(MagicPropError, match="flow_direction 'sideways'"):
+        external_motion(flow, "sideways", (h, w))
+
+
+def test_cut_notices_on_bikes(tmp_path, bikes, caplog):
+    """bikes.mp4 cuts after frames 29 and 75 (frames 69-74 move fast without a cut)."""
+    reference = tmp_path / "reference.png"
+    save_image(reference, _edit(read_frames(bikes, 1)[0]))
+    with caplog.at_level("INFO", logger="magicprop"):
+        assert main(["-q", "warp", "--video", str(bikes), "--reference", str(reference), "--reference-index", "0",
+                     "--out", f"{tmp_path}/out/", "--frames", "100", "--width", "160", "--strategy", "accumulate"]) == 0
+    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hard cut at frame")]
+    assert [int(m.split()[4]) for m in notices] == [30, 76], notices
+    assert all("add an edited keyframe at frame" in m for m in notices)
+
+
+def test_bench_real_is_a_bench_subcommand():
+    from magicprop.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "real", "--out", "results", "--flow-weights", "raft.pth"])
+    assert (args.command, args.bench, str(args.out), str(args.flow_weights)) == ("bench", "real", "results", "raft.pth")
