@@ -12,6 +12,7 @@ from ..magicprop.errors import MagicPropError
 from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
 from ..magicprop.motion.propagate import DEFAULT_STRATEGY, KEYFRAME_FLOW_STRATEGIES, STRATEGIES, flow_propagate
+from ..magicprop.propagate import check_keyframes
 from .flow import frame_callback, placed, resolve_weights
 from .propagate import parse_keyframe_indices
 from .types import ExternalFlow, Flow
@@ -106,7 +107,8 @@ class FlowPropagate(io.ComfyNode):
         if reference.ndim != 4 or tuple(reference.shape[1:3]) != (h, w):
             raise MagicPropError(f"reference has shape {tuple(reference.shape)}: expected edited frame(s) of the "
                                  f"frames' size (N, {h}, {w}, 3); edit the frame at the video's size.")
-        keys = parse_keyframe_indices(reference, reference_index, keyframe_indices, k)
+        keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, reference.shape[0]), k,
+                               references=reference.shape[0])
         if strategy not in STRATEGIES:
             raise MagicPropError(f"strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
         if (flow is None) == (external_flow is None) and k > 1:
