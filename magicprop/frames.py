@@ -98,3 +98,12 @@ def list_images(folder: str | Path, what: str = "image folder") -> list[Path]:
     if not files:
         raise MagicPropError(f"{what} {str(p)!r} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
     return files
+
+
+def check_reference_count(references: int, indices: int) -> None:
+    """The command line's `--reference` images and `--reference-index` values come in pairs."""
+    if references != indices:
+        raise MagicPropError(
+            f"--reference gives {references} images but --reference-index gives {indices} indices: give one frame "
+            "index per edited reference."
+        )

@@ -17,7 +17,7 @@ import torch
 from .backend import FrozenEncoders, StandaloneModels
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
-from .frames import crop_to_grid, list_images, load_image, resize_width
+from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
 from .propagate import check_keyframes, keyframe_plan
 from .run import DenoiserFactory, RunInputs, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, write_video
@@ -82,11 +82,7 @@ def _check_files(job: PropagateJob) -> None:
         for p in map(Path, paths):
             if not p.is_file():
                 raise MagicPropError(f"--{name} {str(p)!r} does not exist; pass an existing file.")
-    if len(job.references) != len(job.reference_indices):
-        raise MagicPropError(
-            f"--reference gives {len(job.references)} images but --reference-index gives {len(job.reference_indices)} "
-            "indices: give one frame index per edited reference."
-        )
+    check_reference_count(len(job.references), len(job.reference_indices))
     if job.reference_depths and len(job.reference_depths) != len(job.references):
         raise MagicPropError(
             f"--reference-depth gives {len(job.reference_depths)} images for {len(job.references)} references: give "

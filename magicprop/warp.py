@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import MagicPropError
-from .frames import load_image, resize_width
+from .frames import check_reference_count, load_image, resize_width
 from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, read_png, write_video
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,7 @@ def _check_paths(job: WarpJob) -> None:
         list_frames(job.video, "--video")
     elif not video.is_file():
         raise MagicPropError(f"--video {str(video)!r} does not exist; pass a video file or a folder of PNG frames.")
-    if len(job.reference) != len(job.reference_index):
-        raise MagicPropError(
-            f"--reference gives {len(job.reference)} images but --reference-index gives {len(job.reference_index)} "
-            "indices: give one frame index per edited reference."
-        )
+    check_reference_count(len(job.reference), len(job.reference_index))
     for p in job.reference:
         if not Path(p).is_file():
             raise MagicPropError(f"--reference {str(p)!r} does not exist; pass the edited frame as an image file.")

@@ -175,12 +175,8 @@ def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | No
           widgets={"filename_prefix": f"magicprop/{g.name}", "format": "auto", "codec": "auto"})
 
 
-def restyle() -> Graph:
-    """Whole-video restyle: edit frame 0 with SD1.5 + depth ControlNet + prompt, propagate it to every frame."""
-    g = Graph("magicprop_restyle_video")
-    video_in(g)
-    reference_frame(g, 0)
-    image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
+def edit_whole_frame(g: Graph) -> None:
+    """img2img of the picked frame (node 6) with the edit models (8, 12): the edited reference is node 15."""
     g.add(13, "VAEEncode", 4, inputs=[("pixels", "IMAGE"), ("vae", "VAE")], links={"pixels": (6, 0), "vae": (8, 2)},
           outputs=[("LATENT", "LATENT")])
     g.add(14, "KSampler", 4, inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -191,6 +187,15 @@ def restyle() -> Graph:
     g.add(15, "VAEDecode", 4, inputs=[("samples", "LATENT"), ("vae", "VAE")], links={"samples": (14, 0), "vae": (8, 2)},
           outputs=[("IMAGE", "IMAGE")], title="Edited reference")
     g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (15, 0)})
+
+
+def restyle() -> Graph:
+    """Whole-video restyle: edit frame 0 with SD1.5 + depth ControlNet + prompt, propagate it to every frame."""
+    g = Graph("magicprop_restyle_video")
+    video_in(g)
+    reference_frame(g, 0)
+    image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
+    edit_whole_frame(g)
     propagation(g, (15, 0), 0, col=5)
     return g
 
@@ -242,16 +247,7 @@ def flow_restyle() -> Graph:
           widgets={"depth_model": "Depth-Anything-V2-Small-hf", "batch_size": 8}, outputs=[("depth", "IMAGE")],
           title="Its depth (ControlNet hint)")
     image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
-    g.add(13, "VAEEncode", 4, inputs=[("pixels", "IMAGE"), ("vae", "VAE")], links={"pixels": (6, 0), "vae": (8, 2)},
-          outputs=[("LATENT", "LATENT")])
-    g.add(14, "KSampler", 4, inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                                     ("latent_image", "LATENT")],
-          links={"model": (8, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (13, 0)},
-          widgets={"seed": 1, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-                   "denoise": 0.8}, outputs=[("LATENT", "LATENT")], after={"seed": ["fixed"]}, title="Edit frame 0")
-    g.add(15, "VAEDecode", 4, inputs=[("samples", "LATENT"), ("vae", "VAE")], links={"samples": (14, 0), "vae": (8, 2)},
-          outputs=[("IMAGE", "IMAGE")], title="Edited reference")
-    g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (15, 0)})
+    edit_whole_frame(g)
     g.add(30, "OpticalFlowSequence", 5, inputs=[("frames", "IMAGE")], links={"frames": (4, 0)},
           widgets={"estimator": "dis", "dis_preset": "medium", "raft_weights": "none", "work_size": 512,
                    "batch_size": 8},
