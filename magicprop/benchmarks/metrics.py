@@ -8,10 +8,19 @@ from typing import Iterable
 import torch
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of (K, H, W, 3) images in [0, 1]."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-frame PSNR in dB of (K, H, W, 3) images in [0, 1], over the pixels of `mask` (K, H, W) when given.
+
+    Frames whose mask is empty score NaN (`window_means` leaves them out).
+    """
+    if mask is None:
+        mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+    else:
+        err = ((a.float() - b.float()) ** 2).mean(-1)  # (K, H, W)
+        m = mask.float()
+        n = m.flatten(1).sum(1)
+        mse = torch.where(n > 0, (err * m).flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan")))
+    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
@@ -26,9 +35,15 @@ def windows(last: int, width: int) -> list[tuple[int, int]]:
     return [(a, min(a + width - 1, last)) for a in range(1, last + 1, width)]
 
 
-def window_means(per_frame: torch.Tensor, spans: list[tuple[int, int]]) -> dict[str, float]:
-    """{"a-b": mean of frames a..b} of a (K,) per-frame metric."""
-    return {f"{a}-{b}": float(per_frame[a : b + 1].mean()) for a, b in spans}
+def window_means(per_frame: torch.Tensor, spans: list[tuple[int, int]]) -> dict[str, float | None]:
+    """{"a-b": mean of frames a..b} of a (K,) per-frame metric; NaN frames (nothing scored) are left out, and a
+    window with none left is None (JSON null)."""
+    out = {}
+    for a, b in spans:
+        x = per_frame[a : b + 1]
+        x = x[torch.isfinite(x)]
+        out[f"{a}-{b}"] = float(x.mean()) if x.numel() else None
+    return out
 
 
 def slope_per_100_frames(per_frame: torch.Tensor) -> float:

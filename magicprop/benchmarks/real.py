@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
+from .methods import flow_row_name
+from .metrics import psnr, window_means, windows
 
 log = logging.getLogger(__name__)
 
@@ -157,21 +159,28 @@ EDITS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class CameraPath:
     """A smooth camera path over a still, and a second layer's path over the frame, as functions of the frame index.
 
-    Output pixel p (relative to the frame centre o) sees texture point c(t) + R(theta(t)) (p - o) / zoom(t); the
-    camera centre c(t) moves by translation_x * W * sin(2 pi t / period_x) (likewise y). The layer is an ellipse of
-    half-axes (layer_a W, layer_b H) centred at o + (layer_x W sin(.), layer_y H sin(.)), turning by layer_rotation.
+    Output pixel p (relative to the frame centre o) sees texture point c(t) + R(theta(t)) (p - o) / zoom(t). The
+    reference (t = 0) is the widest view, zoom_min, and every later view stays inside it, so the whole background of
+    every frame was seen by the reference (only the layer hides and reveals): the benchmark scores how well the edit
+    is carried, not what a method invents for content the reference never saw. With u(t) = (1 - cos(2 pi t /
+    period_zoom)) / 2 in [0, 1]: zoom(t) = zoom_min (zoom_max / zoom_min) ** u, theta(t) = rotation u^2 sin(2 pi t /
+    period_rotation), c(t) = (translation_x W u sin(2 pi t / period_x), translation_y H u sin(2 pi t / period_y)):
+    the camera turns and travels only as far as its zoom leaves room inside the reference's view. The layer is an
+    ellipse of half-axes (layer_a W, layer_b H) centred at o + (layer_x W sin(.), layer_y H sin(.)), turning by
+    layer_rotation.
     """
 
     rotation: float = 10.0  # degrees, amplitude
-    zoom: float = 1.25  # zoom(t) = zoom ** sin(.): from 1 / zoom to zoom
-    translation_x: float = 0.2  # amplitude, fraction of the width (range 2x)
-    translation_y: float = 0.12
-    period_rotation: float = 80.0
-    period_zoom: float = 100.0
-    period_x: float = 60.0
-    period_y: float = 90.0
-    layer_a: float = 0.2
-    layer_b: float = 0.32
+    zoom_min: float = 0.8  # the reference's zoom (widest view)
+    zoom_max: float = 1.25
+    translation_x: float = 0.15  # amplitude, fraction of the width (range 2x)
+    translation_y: float = 0.05
+    period_rotation: float = 80 / 3  # its peaks meet the zoom-in peaks (t = 20, 60, 100): the full +-10 degrees
+    period_zoom: float = 40.0
+    period_x: float = 80.0
+    period_y: float = 80.0
+    layer_a: float = 0.15  # the layer covers ~11% of the frame: just above the 10% bound (it hides and reveals)
+    layer_b: float = 0.235
     layer_x: float = 0.25
     layer_y: float = 0.15
     layer_rotation: float = 15.0
@@ -182,10 +191,11 @@ class CameraPath:
         """(dx, dy, theta radians, zoom) of frame t for an output of size (H, W); dx, dy in output pixels."""
         h, w = size
         s = math.sin
-        return (self.translation_x * w * s(2 * math.pi * t / self.period_x),
-                self.translation_y * h * s(2 * math.pi * t / self.period_y),
-                math.radians(self.rotation) * s(2 * math.pi * t / self.period_rotation),
-                self.zoom ** s(2 * math.pi * t / self.period_zoom))
+        u = (1 - math.cos(2 * math.pi * t / self.period_zoom)) / 2
+        return (self.translation_x * w * u * s(2 * math.pi * t / self.period_x),
+                self.translation_y * h * u * s(2 * math.pi * t / self.period_y),
+                math.radians(self.rotation) * u * u * s(2 * math.pi * t / self.period_rotation),
+                self.zoom_min * (self.zoom_max / self.zoom_min) ** u)
 
     def layer(self, t: float, size: tuple[int, int]) -> tuple[float, float, float]:
         """(x, y, phi radians) of the layer's centre and turn at frame t."""
@@ -339,11 +349,34 @@ def _np(m):
     return np.asarray(m, dtype=np.float64)
 
 
+def visible_share(path: CameraPath, t: int, size: tuple[int, int], alpha=None) -> float:
+    """Share of frame t's pixels whose content the reference (frame 0) shows: background seen through the camera at
+    0 inside its frame and not hidden by the layer there, and layer pixels whose layer point is inside frame 0."""
+    cv2 = import_cv2()
+    h, w = size
+    alpha = _layer_alpha(size, path).numpy() if alpha is None else alpha
+    lay_t, lay_0 = layer_alpha(path, t, size, alpha) >= 0.5, layer_alpha(path, 0, size, alpha).numpy()
+    pos = camera_map(path, t, 0, size).float()  # background of frame t -> position in frame 0
+    inside = (pos[..., 0] >= -0.5) & (pos[..., 0] <= w - 0.5) & (pos[..., 1] >= -0.5) & (pos[..., 1] <= h - 0.5)
+    hidden = cv2.remap(lay_0, pos[..., 0].numpy(), pos[..., 1].numpy(), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    background = inside & ~lay_t & (torch.from_numpy(hidden) < 0.5)
+    # layer: output pixel -> layer texture point (frame t's inverse map) -> frame 0 (inverse of frame 0's map)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    mt, m0 = _layer_matrix(path, t, size, alpha.shape), cv2.invertAffineTransform(_layer_matrix(path, 0, size,
+                                                                                                alpha.shape))
+    tx, ty = mt[0, 0] * xs + mt[0, 1] * ys + mt[0, 2], mt[1, 0] * xs + mt[1, 1] * ys + mt[1, 2]
+    x0, y0 = m0[0, 0] * tx + m0[0, 1] * ty + m0[0, 2], m0[1, 0] * tx + m0[1, 1] * ty + m0[1, 2]
+    layer = lay_t & (x0 >= -0.5) & (x0 <= w - 0.5) & (y0 >= -0.5) & (y0 <= h - 0.5)
+    return float((background | layer).float().mean())
+
+
 def path_statistics(path: CameraPath, size: tuple[int, int], frames: int = PATH_FRAMES) -> dict:
     """Measured statistics of the path at output size (H, W) over frames 0..frames, and whether they meet the bounds.
 
     mean motion: the camera's displacement of each output pixel between consecutive frames (exact, from the affine
-    maps: `camera_map`), averaged over pixels and pairs; layer coverage: the layer's share of each frame.
+    maps: `camera_map`), averaged over pixels and pairs; layer coverage: the layer's share of each frame;
+    visible_in_reference: [min, mean] over frames 1..frames of `visible_share` (the most any method can carry).
     """
     h, w = size
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
@@ -352,6 +385,7 @@ def path_statistics(path: CameraPath, size: tuple[int, int], frames: int = PATH_
     motion = [float((camera_map(path, t, t + 1, size) - grid).norm(dim=-1).mean()) for t in range(frames)]
     alpha = _layer_alpha(size, path).numpy()
     coverage = [float(layer_alpha(path, t, size, alpha).mean()) for t in range(frames + 1)]
+    visible = [visible_share(path, t, size, alpha) for t in range(1, frames + 1)]
     rot = [math.degrees(c[2]) for c in cams]
     zoom = [c[3] for c in cams]
     tx, ty = [c[0] for c in cams], [c[1] for c in cams]
@@ -361,6 +395,7 @@ def path_statistics(path: CameraPath, size: tuple[int, int], frames: int = PATH_
         "translation_x_of_width": (max(tx) - min(tx)) / w, "translation_y_of_height": (max(ty) - min(ty)) / h,
         "mean_motion_px_per_frame": sum(motion) / len(motion), "max_motion_px_per_frame": max(motion),
         "layer_coverage": [min(coverage), sum(coverage) / len(coverage)],
+        "visible_in_reference": [min(visible), sum(visible) / len(visible)],
     }
     bounds = PATH_BOUNDS
     stats["bounds"] = dict(bounds)
@@ -402,43 +437,13 @@ def known_motion_clip(clip: KnownClip, edits: Sequence[str], long_side: int = 32
 # -- scoring --------------------------------------------------------------------------------------------------------
 
 
-def windows(frames: int) -> list[tuple[int, int]]:
-    """30-frame windows (first, last) of frames 1..frames after the reference (the last may be shorter)."""
-    return [(a, min(a + WINDOW - 1, frames)) for a in range(1, frames + 1, WINDOW)]
-
-
-def psnr_frames(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-frame PSNR (dB) of (K, H, W, 3) images in [0, 1], over the pixels of `mask` (K, H, W) when given.
-
-    Frames whose mask is empty score NaN (left out of window means).
-    """
-    err = ((a.float() - b.float()) ** 2).mean(-1)  # (K, H, W)
-    if mask is None:
-        mse = err.flatten(1).mean(1)
-    else:
-        m = mask.float()
-        n = m.flatten(1).sum(1)
-        mse = torch.where(n > 0, (err * m).flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan")))
-    return -10 * torch.log10(mse.clamp_min(1e-10))
-
-
-def _window_means(per_frame: torch.Tensor) -> dict[str, float]:
-    out = {}
-    for a, b in windows(per_frame.shape[0] - 1):
-        x = per_frame[a : b + 1]
-        x = x[torch.isfinite(x)]
-        out[f"{a}-{b}"] = float(x.mean()) if x.numel() else None  # no pixel to score (JSON null)
-    return out
+def _window_means(per_frame: torch.Tensor) -> dict[str, float | None]:
+    return window_means(per_frame, windows(per_frame.shape[0] - 1, WINDOW))
 
 
 def _row(per_frame: torch.Tensor) -> dict:
     return {"psnr": _window_means(per_frame),
             "psnr_per_frame": [round(float(v), 3) if math.isfinite(v) else None for v in per_frame.tolist()]}
-
-
-def row_name(estimator: str, strategy: str, default_strategy: str) -> str:
-    return f"flow propagation ({estimator})" if strategy == default_strategy else \
-        f"flow propagation ({estimator}, {strategy})"
 
 
 class MemoFlowEngine(FlowEngine):
@@ -450,14 +455,15 @@ class MemoFlowEngine(FlowEngine):
 
     def __init__(self, settings: FlowSettings | None = None):
         super().__init__(settings)
-        self.memo: dict[tuple[bytes, bytes], torch.Tensor] = {}
+        self.memo: dict[tuple[bytes, bytes, bytes], torch.Tensor] = {}
 
-    def flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def flow(self, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.prepare(a), self.prepare(b)
-        keys = [(_digest(x), _digest(y)) for x, y in zip(a, b)]
+        guesses = [b""] * a.shape[0] if init is None else [_digest(g) for g in init.float()]
+        keys = [(_digest(x), _digest(y), g) for x, y, g in zip(a, b, guesses)]
         todo = sorted({i for i, k in enumerate(keys) if k not in self.memo})
         if todo:
-            for i, f in zip(todo, super().flow(a[todo], b[todo])):
+            for i, f in zip(todo, super().flow(a[todo], b[todo], None if init is None else init[todo])):
                 self.memo[keys[i]] = f
         return torch.stack([self.memo[k] for k in keys])
 
@@ -474,7 +480,7 @@ class Case:
 
 
 def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, engines: dict, strategies: list[str],
-                default_strategy: str, keep: set) -> tuple[dict, dict]:
+                keep: set) -> tuple[dict, dict]:
     """Every row for each (case, ground truth) of one source clip; returns (results by case, kept frames)."""
     from ..motion.colour import fit_edit_mapping
     from ..motion.propagate import flow_propagate
@@ -488,17 +494,17 @@ def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, en
         ref = truth[:1]
         rows = {}
         copy_ref = ref.expand_as(truth)
-        rows[COPY] = _row(psnr_frames(copy_ref, truth))
+        rows[COPY] = _row(psnr(copy_ref, truth))
         transfer = fit_edit_mapping(source[0], ref[0]).apply(source)
-        rows[TRANSFER] = _row(psnr_frames(transfer, truth))
+        rows[TRANSFER] = _row(psnr(transfer, truth))
         for est, engine in engines.items():
             for strategy in strategies:
-                name = row_name(est, strategy, default_strategy)
+                name = flow_row_name(est, strategy)
                 res = flow_propagate(source, ref, [0], engine, motion=motions[est], strategy=strategy)
                 carried = res.filled < 0.5
-                r = _row(psnr_frames(res.frames, truth))
-                r["psnr_valid"] = _window_means(psnr_frames(res.frames, truth, carried))
-                r["copy_psnr_valid"] = _window_means(psnr_frames(copy_ref, truth, carried))
+                r = _row(psnr(res.frames, truth))
+                r["psnr_valid"] = _window_means(psnr(res.frames, truth, carried))
+                r["copy_psnr_valid"] = _window_means(psnr(copy_ref, truth, carried))
                 r["filled"] = _window_means(res.filled.float().flatten(1).mean(1))
                 r["cuts"] = list(res.cuts)
                 rows[name] = r
@@ -565,19 +571,19 @@ def run_real(
     if estimators is None:
         estimators = [e for e in ESTIMATORS if e not in SLOW]
         for e in SLOW:
-            skipped[row_name(e, DEFAULT_STRATEGY, DEFAULT_STRATEGY)] = SLOW[e]
+            skipped[flow_row_name(e)] = SLOW[e]
     engines = {}
     for est in estimators:
         weights = str(flow_weights) if est == "raft" and flow_weights is not None else None
         if est == "raft" and weights is None:
-            skipped[row_name(est, DEFAULT_STRATEGY, DEFAULT_STRATEGY)] = \
+            skipped[flow_row_name(est)] = \
                 "no --flow-weights given: RAFT is unmeasured"
             continue
         try:
             engines[est] = MemoFlowEngine(FlowSettings(estimator=est, weights=weights))
         except MagicPropError as e:
-            skipped[row_name(est, DEFAULT_STRATEGY, DEFAULT_STRATEGY)] = str(e)
-    default_row = row_name(default_estimator, DEFAULT_STRATEGY, DEFAULT_STRATEGY)
+            skipped[flow_row_name(est)] = str(e)
+    default_row = flow_row_name(default_estimator)
     keep = set()
     for clip in [c for c in STRIP if c in clips + known][:4]:
         run = edits if clip in clips else spatial_edits
@@ -643,7 +649,6 @@ def run_real(
 def _job(key: str, clip: str, edits: list[str], long_side: int, frames: int | None, settings: dict,
          strategies: list[str], keep: set) -> tuple[str, str, dict, dict]:
     """One clip of one suite, every edit, estimator and strategy (a process-pool job: arguments pickle)."""
-    from ..motion.propagate import DEFAULT_STRATEGY
 
     engines = {e: MemoFlowEngine(s) for e, s in settings.items()}
     if key == "colour":
@@ -652,7 +657,7 @@ def _job(key: str, clip: str, edits: list[str], long_side: int, frames: int | No
     else:
         source, truths = known_motion_clip(_known(clip), edits, long_side, frames)
         cases = [(Case("known motion", clip, e), t) for e, t in truths.items()]
-    scored, kept = _score_clip(cases, source, engines, strategies, DEFAULT_STRATEGY, keep)
+    scored, kept = _score_clip(cases, source, engines, strategies, keep)
     log.info("bench real: %s done", clip)
     return key, clip, {"frames": source.shape[0], "size": list(source.shape[1:3]),
                        "edits": {case.edit: rows for case, rows in scored.items()}}, kept
@@ -876,7 +881,9 @@ def table(results: dict) -> str:
                      f"{stats['zoom'][0]:.2f}..{stats['zoom'][1]:.2f}, translation "
                      f"{stats['translation_x_of_width']:.2f} of the width, mean motion "
                      f"{stats['mean_motion_px_per_frame']:.1f} px/frame, layer covers "
-                     f"{stats['layer_coverage'][0]:.2f}+ of the frame; meets bounds: {stats['meets_bounds']}")
+                     f"{stats['layer_coverage'][0]:.2f}+ of the frame, visible in the reference "
+                     f"{stats['visible_in_reference'][0]:.2f}..{stats['visible_in_reference'][1]:.2f} (min..mean) "
+                     f"of each frame; meets bounds: {stats['meets_bounds']}")
     choice = results.get("choice", {})
     if choice.get("best"):
         lines.append(f"best flow row (this benchmark's rule): {choice['best']}")

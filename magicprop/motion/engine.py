@@ -123,6 +123,7 @@ class _OpenCVEstimator:
 
     def __init__(self, settings: FlowSettings):
         self.cv2 = import_cv2()
+        self.settings = settings
         self.solver = self._make(settings)
 
     @staticmethod
@@ -132,11 +133,14 @@ class _OpenCVEstimator:
     def _make(self, settings: FlowSettings):
         return None
 
-    def _one(self, a, b):
+    def _one(self, a, b, init=None):
+        """flow a->b (h, w, 2) for uint8 grey a, b; init: a float32 (h, w, 2) guess the solver refines, or None."""
         raise NotImplementedError
 
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        flows = [torch.from_numpy(self._one(x, y)) for x, y in zip(_gray_u8(a), _gray_u8(b))]
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        guesses = [None] * a.shape[0] if init is None else \
+            [g.contiguous().numpy() for g in init.float().permute(0, 2, 3, 1).cpu()]
+        flows = [torch.from_numpy(self._one(x, y, g)) for x, y, g in zip(_gray_u8(a), _gray_u8(b), guesses)]
         return torch.stack(flows).permute(0, 3, 1, 2).float()  # (N, h, w, 2) -> (N, 2, h, w)
 
 
@@ -153,8 +157,15 @@ class _DIS(_OpenCVEstimator):
         preset = getattr(self.cv2, f"DISOPTICAL_FLOW_PRESET_{settings.preset.upper()}")
         return self.cv2.DISOpticalFlow_create(preset)
 
-    def _one(self, a, b):
-        return self.solver.calc(a, b, None)
+    def _one(self, a, b, init=None):
+        if init is None:
+            return self.solver.calc(a, b, None)
+        # DIS takes a float32 (h, w, 2) flow argument as its initial flow (downscaled to its coarsest level). A solver
+        # that was given one keeps using its last flow when later called without (measured, OpenCV 4.x/5.x), so
+        # guided calls get a solver of their own.
+        if getattr(self, "guided", None) is None:
+            self.guided = self._make(self.settings)
+        return self.guided.calc(a, b, init.copy())
 
 
 class _Farneback(_OpenCVEstimator):
@@ -163,10 +174,12 @@ class _Farneback(_OpenCVEstimator):
     # (15 px window) to 0.68, at the price of softer motion boundaries
     PARAMS = dict(pyr_scale=0.5, levels=5, winsize=31, iterations=3, poly_n=7, poly_sigma=1.5, flags=0)
 
-    def _one(self, a, b):
+    def _one(self, a, b, init=None):
         p = self.PARAMS
-        return self.cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"],
-                                                 p["iterations"], p["poly_n"], p["poly_sigma"], p["flags"])
+        flags = p["flags"] | (0 if init is None else self.cv2.OPTFLOW_USE_INITIAL_FLOW)
+        return self.cv2.calcOpticalFlowFarneback(a, b, None if init is None else init.copy(), p["pyr_scale"],
+                                                 p["levels"], p["winsize"], p["iterations"], p["poly_n"],
+                                                 p["poly_sigma"], flags)
 
 
 class _DualTVL1(_OpenCVEstimator):
@@ -185,8 +198,9 @@ class _DualTVL1(_OpenCVEstimator):
         # error at 512 px in bench/flow.py). Halving per scale reaches 1/16 and is faster: 0.03 px, 5x less time.
         return self.cv2.optflow.DualTVL1OpticalFlow_create(scaleStep=0.5)
 
-    def _one(self, a, b):
-        return self.solver.calc(a, b, None)
+    def _one(self, a, b, init=None):
+        self.solver.setUseInitialFlow(init is not None)
+        return self.solver.calc(a, b, None if init is None else init.copy())
 
 
 # name -> estimator class; error messages list these names
@@ -357,13 +371,21 @@ class FlowEngine:
                           antialias=True)
         return x.permute(0, 2, 3, 1).clamp(0, 1)
 
-    def flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """flow_{a->b} (N, 2, h, w) float32 at the working resolution, for frame batches a, b (N, H, W, 3)."""
+    def flow(self, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """flow_{a->b} (N, 2, h, w) float32 at the working resolution, for frame batches a, b (N, H, W, 3).
+
+        init: a first guess of flow_{a->b} (N, 2, h, w) at the working resolution that the estimator refines against
+        b (OpenCV's initial-flow mode for DIS, Farneback and DualTVL1). RAFT ignores it: torchvision's RAFT has no
+        flow_init (its updates start from zero flow), so RAFT's result is the same with or without a guess.
+        """
         a, b = self.prepare(a), self.prepare(b)
         if a.shape != b.shape:
             raise MagicPropError(f"flow frames: a is {tuple(a.shape)} but b is {tuple(b.shape)}: the two frames of "
                                  "each pair must have one size.")
-        return self.estimator(a, b)
+        if init is not None and tuple(init.shape) != (a.shape[0], 2, *a.shape[1:3]):
+            raise MagicPropError(f"initial flow of shape {tuple(init.shape)}: expected {(a.shape[0], 2, *a.shape[1:3])}"
+                                 ", one (2, h, w) guess per pair at the working resolution (FlowEngine.work_shape).")
+        return self.estimator(a, b) if init is None else self.estimator(a, b, init)
 
     def both(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(flow_ab, flow_ba, valid_ab, valid_ba) for frame batches a, b: both directions and their consistency."""

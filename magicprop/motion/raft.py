@@ -65,7 +65,8 @@ class RAFTEstimator:
                                  "matching your torch, or pick estimator 'dis'.") from None
 
     @torch.inference_mode()
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """flow a->b; init is ignored: torchvision's RAFT takes no flow_init (its updates always start at zero)."""
         device = next(self.model.parameters()).device
         h, w = a.shape[1:3]
         ph, pw = max(self.MIN_SIDE, h + (-h) % 8) - h, max(self.MIN_SIDE, w + (-w) % 8) - w
