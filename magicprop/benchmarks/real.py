@@ -607,11 +607,12 @@ def run_real(
     kept = {}
     with tqdm(total=len(jobs), desc="bench real", unit="clip", disable=not progress) as bar:
         if workers > 1 and jobs:
-            # fork, before this process runs any torch op (no thread pool to inherit); each clip is one job
+            # spawn, never fork: a child forked after torch or OpenCV started their thread pools can deadlock (it
+            # did, in a test process); each clip is one job
             import concurrent.futures
             import multiprocessing
 
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             with pool:
                 done = [pool.submit(_job, *j) for j in jobs]
                 for f in concurrent.futures.as_completed(done):
