@@ -107,7 +107,10 @@ def test_a_new_prepare_reproduces_the_first_format(tmp_path, tiny_models):
         assert main(args) == 0
     old = json.loads((FIRST_FORMAT / "shards" / "index.json").read_text())
     new = json.loads((tmp_path / "shards" / "index.json").read_text())
-    drop = ("key", "offset")  # the key hashes the absolute path; the offset follows the tar header
+    # the key hashes the absolute path; the offset follows the tar header; the size follows the compressed depth's
+    # bytes, which differ by a byte or so where the depth model's float sums differ in the last bits (checked below:
+    # frames equal, depth within 2e-5)
+    drop = ("key", "offset", "size")
     strip = [{k: v for k, v in c.items() if k not in drop} for c in old["clips"]]
     assert [{k: v for k, v in c.items() if k not in drop} for c in new["clips"]] == strip
     assert {k: v for k, v in new.items() if k != "clips"} == {k: v for k, v in old.items() if k != "clips"}
