@@ -77,7 +77,7 @@ def _add_propagate(sub) -> None:
 
 def _add_warp(sub) -> None:
     from .motion.engine import DIS_PRESETS, ESTIMATORS
-    from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES
+    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("warp", help="carry edited frame(s) along the video's optical flow (no model)")
     # str, not Path: a trailing slash (a frame folder to create) must survive
@@ -100,7 +100,12 @@ def _add_warp(sub) -> None:
     p.add_argument("--strategy", default=None, metavar="|".join(sorted(STRATEGIES)),
                    help=f"how the edit follows the flow: direct (flow from each frame to its keyframe), chain (frame "
                         f"to frame), accumulate (consecutive flow composed), mixed (the valid of direct and "
-                        f"accumulate per pixel); default {DEFAULT_STRATEGY}, the measured best")
+                        f"accumulate per pixel), guided (flow to the keyframe refined from the composed guess); "
+                        f"default {DEFAULT_STRATEGY}, the measured best")
+    p.add_argument("--carry", default=None, metavar="|".join(CARRIES),
+                   help="what the flow carries: residual (each frame's own pixels through the edit's colour mapping "
+                        "plus the rest of the edit carried) or edit (the edited pixels); default "
+                        f"{DEFAULT_CARRY}, the measured best")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")
@@ -209,7 +214,8 @@ def _run(args: argparse.Namespace) -> None:
         job = WarpJob(
             video=args.video, reference=args.reference, reference_index=args.reference_index, out=args.out,
             flow=args.flow, flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            strategy=args.strategy, keyframe_window=args.keyframe_window, mask=args.mask, mask_out=args.mask_out,
+            strategy=args.strategy, carry=args.carry, keyframe_window=args.keyframe_window, mask=args.mask,
+            mask_out=args.mask_out,
             max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
             crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device),
         )

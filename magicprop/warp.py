@@ -41,6 +41,8 @@ class WarpJob:
     """Long side of the working resolution of the flow (frames larger than it are downscaled for estimation)."""
     strategy: str | None = None
     """A name in magicprop.motion.propagate.STRATEGIES; None = its default."""
+    carry: str | None = None
+    """A name in magicprop.motion.propagate.CARRIES; None = its default."""
     keyframe_window: int = 8
     mask: Path | None = None
     """Where the edit applies: one image for every frame, or a folder with one per source frame."""
@@ -67,11 +69,13 @@ class WarpJob:
 
 
 def _strategy(job: WarpJob) -> str:
-    from .motion.propagate import DEFAULT_STRATEGY, STRATEGIES
+    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES
 
     name = DEFAULT_STRATEGY if job.strategy is None else job.strategy
     if name not in STRATEGIES:
         raise MagicPropError(f"--strategy {name!r}: expected one of {sorted(STRATEGIES)} (default {DEFAULT_STRATEGY}).")
+    if job.carry is not None and job.carry not in CARRIES:
+        raise MagicPropError(f"--carry {job.carry!r}: expected one of {list(CARRIES)} (default {DEFAULT_CARRY}).")
     return name
 
 
@@ -191,7 +195,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from .motion.propagate import flow_propagate
+    from .motion.propagate import DEFAULT_CARRY, flow_propagate
     from .propagate import keyframe_plan
 
     engine, strategy, info, references, mask = check_job(job)
@@ -209,7 +213,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
             else None
     with tqdm(total=k, desc=f"propagate ({strategy})", unit="frame", disable=not progress) as bar:
         result = flow_propagate(frames, references, indices, engine, motion=motion, strategy=strategy,
-                                window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1))
+                                window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1),
+                                carry=job.carry or DEFAULT_CARRY)
     fps = Fraction(info.fps) / job.stride
     audio = job.video if job.audio and info.has_audio else None
     path = write_video(job.out, iter(result.frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)

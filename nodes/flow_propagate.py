@@ -11,7 +11,14 @@ from comfy_api.latest import io
 from ..magicprop.errors import MagicPropError
 from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
-from ..magicprop.motion.propagate import DEFAULT_STRATEGY, KEYFRAME_FLOW_STRATEGIES, STRATEGIES, flow_propagate
+from ..magicprop.motion.propagate import (
+    CARRIES,
+    DEFAULT_CARRY,
+    DEFAULT_STRATEGY,
+    KEYFRAME_FLOW_STRATEGIES,
+    STRATEGIES,
+    flow_propagate,
+)
 from ..magicprop.propagate import check_keyframes
 from .flow import frame_callback, placed, resolve_weights
 from .propagate import parse_keyframe_indices
@@ -72,7 +79,8 @@ class FlowPropagate(io.ComfyNode):
                 io.Combo.Input("strategy", options=sorted(STRATEGIES), default=DEFAULT_STRATEGY,
                                tooltip="direct: flow from each frame straight to its keyframe; chain: frame to frame; "
                                        "accumulate: consecutive flow composed to the keyframe; mixed: the best valid "
-                                       f"of them per pixel. Default {DEFAULT_STRATEGY} (measured best)."),
+                                       "of direct and accumulate per pixel; guided: flow to the keyframe refined from "
+                                       f"the composed guess. Default {DEFAULT_STRATEGY} (measured best)."),
                 Flow.Input("flow", optional=True, tooltip="OpticalFlowSequence's flow of the same frames."),
                 ExternalFlow.Input("external_flow", optional=True,
                                    tooltip="Instead of flow: controlnet_aux's OPTICAL_FLOW (K-1, H, W, 2) in pixels, "
@@ -88,6 +96,11 @@ class FlowPropagate(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where the edit applies (1 mask or one per frame); outside it the source frames "
                                       "are kept."),
+                io.Combo.Input("carry", options=list(CARRIES), default=DEFAULT_CARRY, optional=True,
+                               tooltip="residual: each frame's own pixels through the edit's colour mapping, plus the "
+                                       "part of the edit the mapping cannot explain carried by the flow (sharp "
+                                       "detail, exact colour edits); edit: the edited pixels themselves carried. "
+                                       f"Default {DEFAULT_CARRY} (measured best)."),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="All K frames with the edit carried along the flow."),
@@ -100,7 +113,7 @@ class FlowPropagate(io.ComfyNode):
     def execute(cls, frames: torch.Tensor, reference: torch.Tensor, reference_index: int, strategy: str,
                 flow: Motion | None = None, external_flow: torch.Tensor | None = None,
                 flow_direction: str = "forward", keyframe_indices: str = "", keyframe_window: int = 8,
-                mask: torch.Tensor | None = None) -> io.NodeOutput:
+                mask: torch.Tensor | None = None, carry: str = DEFAULT_CARRY) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] < 1:
             raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected video frames (K, H, W, 3).")
         k, h, w = frames.shape[:3]
@@ -111,6 +124,8 @@ class FlowPropagate(io.ComfyNode):
                                references=reference.shape[0])
         if strategy not in STRATEGIES:
             raise MagicPropError(f"strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
+        if carry not in CARRIES:
+            raise MagicPropError(f"carry {carry!r}: expected one of {list(CARRIES)}.")
         if (flow is None) == (external_flow is None) and k > 1:
             raise MagicPropError("FlowPropagate needs exactly one of flow (from OpticalFlowSequence) or external_flow "
                                  "(controlnet_aux's OPTICAL_FLOW): connect one of them.")
@@ -125,7 +140,7 @@ class FlowPropagate(io.ComfyNode):
         with placed(engine):
             result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
                                     strategy=strategy, window=keyframe_window, mask=masks,
-                                    callback=_counter(frame_callback(k)))
+                                    callback=_counter(frame_callback(k)), carry=carry)
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))
 

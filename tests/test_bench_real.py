@@ -15,12 +15,13 @@ from magicprop.video import iter_frames
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    from magicprop.motion.propagate import DEFAULT_STRATEGY
+    from magicprop.motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY
 
     out = tmp_path_factory.mktemp("bench_real")
     results = real.run_real(out, progress=False, clips=["carphone"], edits=["identity"],
                             known=["bigbuckbunny still"], spatial_edits=["stripes"], frames=4,
-                            estimators=["dis", "raft"], strategies=[DEFAULT_STRATEGY], speed=False)
+                            estimators=["dis", "raft"], strategies=[DEFAULT_STRATEGY], carries=[DEFAULT_CARRY],
+                            speed=False)
     return out, results
 
 

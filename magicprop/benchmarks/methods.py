@@ -17,7 +17,7 @@ import torch
 from ..backend import StandaloneModels
 from ..errors import MagicPropError
 from ..motion.engine import FlowEngine, FlowSettings
-from ..motion.propagate import DEFAULT_STRATEGY, STRATEGIES, flow_propagate
+from ..motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES, flow_propagate
 from ..propagate import FrameCallback
 from ..run import propagate_images, teacher_forced
 from .flow_baseline import horn_schunck, propagate_by_flow
@@ -34,22 +34,34 @@ class Method:
     anchor: float = 0.0  # statistics anchoring strength (model kind), 0 = off
     estimator: str | None = None  # flow-propagation: the engine's estimator
     strategy: str | None = None  # flow-propagation: the propagation strategy
+    carry: str = DEFAULT_CARRY  # flow-propagation: what the flow carries (edit | residual)
 
 
-def flow_row_name(estimator: str, strategy: str = DEFAULT_STRATEGY) -> str:
-    """`flow propagation (<estimator>)` for the default strategy, `flow propagation (<estimator>, <strategy>)`."""
-    return f"flow propagation ({estimator})" if strategy == DEFAULT_STRATEGY else \
-        f"flow propagation ({estimator}, {strategy})"
+def flow_row_name(estimator: str, strategy: str = DEFAULT_STRATEGY, carry: str = DEFAULT_CARRY) -> str:
+    """`flow propagation (<estimator>)` for the default strategy and carry; otherwise the strategy and, when it is not
+    the default, `carry <carry>` follow: `flow propagation (dis, direct)`, `flow propagation (dis, direct, carry edit)`.
+    """
+    parts = [estimator] + ([strategy] if strategy != DEFAULT_STRATEGY or carry != DEFAULT_CARRY else []) + \
+        ([f"carry {carry}"] if carry != DEFAULT_CARRY else [])
+    return f"flow propagation ({', '.join(parts)})"
+
+
+def flow_variants(estimator: str, default_estimator: str = "dis") -> list[tuple[str, str]]:
+    """(strategy, carry) pairs measured for an estimator: every strategy; both carries for the default estimator."""
+    strategies = [DEFAULT_STRATEGY, *(s for s in STRATEGIES if s != DEFAULT_STRATEGY)]
+    carries = [DEFAULT_CARRY, *(c for c in CARRIES if c != DEFAULT_CARRY)] if estimator == default_estimator \
+        else [DEFAULT_CARRY]
+    return [(s, c) for c in carries for s in strategies]
 
 
 FLOW_ESTIMATORS = ("dis", "farneback", "dualtvl1")
 """Estimators of the flow-propagation rows (RAFT needs a local weights file: `bench real --flow-weights`). DualTVL1
 costs seconds per pair, so only its default-strategy row is run."""
 FLOW_METHODS = tuple(
-    Method(flow_row_name(e, s), "flow-propagation", estimator=e, strategy=s)
+    Method(flow_row_name(e, s, c), "flow-propagation", estimator=e, strategy=s, carry=c)
     for e in FLOW_ESTIMATORS
-    for s in (DEFAULT_STRATEGY, *(s for s in STRATEGIES if s != DEFAULT_STRATEGY))
-    if e != "dualtvl1" or s == DEFAULT_STRATEGY
+    for s, c in flow_variants(e)
+    if e != "dualtvl1" or (s == DEFAULT_STRATEGY and c == DEFAULT_CARRY)
 )
 UNMEASURED = {flow_row_name("raft"): "needs a local RAFT weights file: measured by `bench real --flow-weights`"}
 
@@ -91,7 +103,8 @@ def run_method(method: Method, pair, models: dict[str, StandaloneModels], steps:
         return propagate_by_flow(reference[0], list(horn_schunck(pair.source.frames[:-1], pair.source.frames[1:])))
     if method.kind == "flow-propagation":
         engine = FlowEngine(FlowSettings(estimator=method.estimator))
-        return flow_propagate(pair.source.frames, reference, [0], engine, strategy=method.strategy).frames
+        return flow_propagate(pair.source.frames, reference, [0], engine, strategy=method.strategy,
+                              carry=method.carry).frames
     m = models[method.checkpoint]
     if method.kind == "teacher-forced":
         return teacher_forced(m, truth, pair.source.depth, steps=steps, seed=seed)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
-from .methods import flow_row_name
+from .methods import flow_row_name, flow_variants
 from .metrics import psnr, window_means, windows
 
 log = logging.getLogger(__name__)
@@ -479,8 +479,8 @@ class Case:
     edit: str
 
 
-def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, engines: dict, strategies: list[str],
-                keep: set) -> tuple[dict, dict]:
+def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, engines: dict,
+                variants: dict[str, list[tuple[str, str]]], keep: set) -> tuple[dict, dict]:
     """Every row for each (case, ground truth) of one source clip; returns (results by case, kept frames)."""
     from ..motion.colour import fit_edit_mapping
     from ..motion.propagate import flow_propagate
@@ -498,9 +498,9 @@ def _score_clip(cases: list[tuple[Case, torch.Tensor]], source: torch.Tensor, en
         transfer = fit_edit_mapping(source[0], ref[0]).apply(source)
         rows[TRANSFER] = _row(psnr(transfer, truth))
         for est, engine in engines.items():
-            for strategy in strategies:
-                name = flow_row_name(est, strategy)
-                res = flow_propagate(source, ref, [0], engine, motion=motions[est], strategy=strategy)
+            for strategy, carry in variants[est]:
+                name = flow_row_name(est, strategy, carry)
+                res = flow_propagate(source, ref, [0], engine, motion=motions[est], strategy=strategy, carry=carry)
                 carried = res.filled < 0.5
                 r = _row(psnr(res.frames, truth))
                 r["psnr_valid"] = _window_means(psnr(res.frames, truth, carried))
@@ -531,6 +531,7 @@ def run_real(
     known_frames: int = PATH_FRAMES,
     estimators: Sequence[str] | None = None,
     strategies: Sequence[str] | None = None,
+    carries: Sequence[str] | None = None,
     long_side: int = 320,
     speed: bool = True,
     strip: bool = True,
@@ -541,13 +542,14 @@ def run_real(
     Defaults are the full benchmark; the arguments cut it down (tests): `clips`/`edits` of the colour suite (names
     from CLIPS/EDITS; an empty list skips the suite), `known`/`spatial_edits` of the known-motion suite (KNOWN /
     SPATIAL_EDITS), `frames` after the reference at most, `estimators` (default: every one in ESTIMATORS; RAFT only
-    with `flow_weights`), `strategies` (default: every one in STRATEGIES). Clips run in `workers` processes (default:
+    with `flow_weights`), `strategies` (default: every one in STRATEGIES), `carries` (default: both for the default
+    estimator, the default carry for the others: `flow_variants`). Clips run in `workers` processes (default:
     one per CPU core); the results do not depend on it.
     """
     from tqdm.auto import tqdm
 
     from ..motion.engine import ESTIMATORS
-    from ..motion.propagate import DEFAULT_STRATEGY, STRATEGIES
+    from ..motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES
 
     clips = [c.name for c in CLIPS] if clips is None else list(clips)
     edits = list(EDITS) if edits is None else list(edits)
@@ -557,7 +559,8 @@ def run_real(
                                  ("known-motion clip", known, [k.name for k in KNOWN]),
                                  ("spatial edit", spatial_edits, list(SPATIAL_EDITS)),
                                  ("estimator", estimators or [], list(ESTIMATORS)),
-                                 ("strategy", strategies or [], list(STRATEGIES))):
+                                 ("strategy", strategies or [], list(STRATEGIES)),
+                                 ("carry", carries or [], list(CARRIES))):
         for g in given:
             if g not in allowed:
                 raise MagicPropError(f"bench real {name} {g!r}: expected one of {allowed}.")
@@ -592,7 +595,7 @@ def run_real(
     results: dict = {
         "config": {"long_side": long_side, "frames": frames, "known_frames": known_frames, "window": WINDOW,
                    "estimators": {e: eng.settings.record() for e, eng in engines.items()},
-                   "strategies": strategies, "default_strategy": DEFAULT_STRATEGY,
+                   "strategies": strategies, "default_strategy": DEFAULT_STRATEGY, "default_carry": DEFAULT_CARRY,
                    "default_estimator": default_estimator, "default_row": default_row,
                    "clips": {c: asdict(_clip(c)) for c in clips}, "edits": edits,
                    "known": {k: asdict(_known(k)) for k in known}, "spatial_edits": spatial_edits,
@@ -601,8 +604,10 @@ def run_real(
     }
     n = min(known_frames, PATH_FRAMES) if frames is None else min(frames, known_frames, PATH_FRAMES)
     settings = {e: eng.settings for e, eng in engines.items()}
-    jobs = [("colour", c, edits, long_side, frames, settings, strategies, keep) for c in clips] + \
-        [("known_motion", k, spatial_edits, long_side, n, settings, strategies, keep) for k in known]
+    variants = {e: [(s, c) for s, c in flow_variants(e, default_estimator)
+                    if s in strategies and (c in carries if carries is not None else True)] for e in engines}
+    jobs = [("colour", c, edits, long_side, frames, settings, variants, keep) for c in clips] + \
+        [("known_motion", k, spatial_edits, long_side, n, settings, variants, keep) for k in known]
     workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
     kept = {}
     with tqdm(total=len(jobs), desc="bench real", unit="clip", disable=not progress) as bar:
@@ -648,7 +653,7 @@ def run_real(
 
 
 def _job(key: str, clip: str, edits: list[str], long_side: int, frames: int | None, settings: dict,
-         strategies: list[str], keep: set) -> tuple[str, str, dict, dict]:
+         variants: dict[str, list[tuple[str, str]]], keep: set) -> tuple[str, str, dict, dict]:
     """One clip of one suite, every edit, estimator and strategy (a process-pool job: arguments pickle)."""
 
     engines = {e: MemoFlowEngine(s) for e, s in settings.items()}
@@ -658,7 +663,7 @@ def _job(key: str, clip: str, edits: list[str], long_side: int, frames: int | No
     else:
         source, truths = known_motion_clip(_known(clip), edits, long_side, frames)
         cases = [(Case("known motion", clip, e), t) for e, t in truths.items()]
-    scored, kept = _score_clip(cases, source, engines, strategies, keep)
+    scored, kept = _score_clip(cases, source, engines, variants, keep)
     log.info("bench real: %s done", clip)
     return key, clip, {"frames": source.shape[0], "size": list(source.shape[1:3]),
                        "edits": {case.edit: rows for case, rows in scored.items()}}, kept
@@ -774,7 +779,7 @@ def acceptance(results: dict, row: str) -> dict:
 def measure_speed(estimator: str, strategy: str, size: int = 512, frames: int = 17) -> dict:
     """Frames per second at size x size on the CPU: flow estimation (forward and backward of every consecutive pair)
     and flow propagation (from a middle reference, so both directions; including any flow to the keyframe)."""
-    from ..motion.propagate import flow_propagate
+    from ..motion.propagate import DEFAULT_CARRY, flow_propagate
 
     clip = load_clip("bigbuckbunny", long_side=10_000, frames=frames - 1)  # full size
     h, w = clip.shape[1:3]
@@ -792,6 +797,7 @@ def measure_speed(estimator: str, strategy: str, size: int = 512, frames: int = 
     t2 = time.perf_counter()
     cv2 = import_cv2()
     return {"size": [size, size], "frames": frames, "estimator": estimator, "strategy": strategy,
+            "carry": DEFAULT_CARRY,
             "flow_fps": frames / (t1 - t0), "propagate_fps": frames / (t2 - t1), "total_fps": frames / (t2 - t0),
             "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}

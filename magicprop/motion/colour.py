@@ -164,6 +164,10 @@ class EditMapping:
             return _features(x) @ self.params
         return _apply_lattice(x, self.params, LATTICE)
 
+    def global_only(self) -> EditMapping:
+        """The same mapping without its local (position-tied) corrections."""
+        return EditMapping(self.kind, self.params, scores=self.scores)
+
     def apply(self, frames: torch.Tensor) -> torch.Tensor:
         """(K, H, W, 3) or (H, W, 3) source frames -> the edit's look, same shape, clamped to [0, 1]."""
         if frames.shape[-1] != 3 or frames.ndim not in (3, 4):

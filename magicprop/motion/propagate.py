@@ -187,22 +187,32 @@ STRATEGIES: dict[str, Callable] = {
 }
 KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed", "guided"})
 """Strategies that estimate new flow (frame -> keyframe) with the engine; the others need only the motion."""
-DEFAULT_STRATEGY = "direct"
-"""Chosen by measurement, PSNR per 30-frame window after the reference (DIS medium): on `bench quality`'s three
-synthetic clips of 120 frames direct 22.34 / 17.30 / 18.03 / 19.59 dB, chain 21.77 / 17.27 / 17.97 / 18.71, mixed
-22.24 / 16.70 / 17.36 / 18.81, accumulate 22.34 / 16.67 / 17.28 / 18.73 (copy 17.31 / 14.28 / 14.97 / 15.45); on
-bigbuckbunny 0-120 at 320 px with a false-colour edit direct 28.44 / 23.78 / 24.10 / 23.46, chain 24.76 / 19.99 /
-19.40 / 19.60, mixed 24.31 / 19.15 / 18.33 / 19.10, accumulate 24.34 / 18.56 / 17.57 / 18.17 (copy 18.84 / 12.93 /
-11.78 / 11.79). Composed flows drift, and chaining resamples and piles up flow noise; one estimate to the keyframe
-does neither. "guided" (flow to the keyframe refined from a composed guess) wins where the camera moves far from the
-keyframe: synthetic clips 22.44 / 17.64 / 18.53 / 19.78 (refinement alone, without the per-pixel choice), known-motion
-stills with stripes (reference = widest view) bikes 19.05 / 19.82 / 19.40 / 18.54 against direct 18.48 / 19.04 /
-18.78 / 17.69, bigbuckbunny (refinement alone) 20.72 / 21.30 / 20.57 / 19.88 against 19.86 / 20.74 / 20.58 / 18.92;
-but loses on non-rigid real motion: bigbuckbunny 0-120 false colour 27.14 / 22.64 / 22.60 / 22.70 (a refined flow
-that drifted with its guess can still pass the forward-backward check). `bench real` (bench/results/real.json, run
-with this default) ranks dis guided first by its rule (mean of the suites' mean window PSNR 23.45: colour 25.70, known
-motion 21.20) before dis direct (23.32: 26.82, 19.81); switching the default needs that benchmark rerun (its row names
-follow the default) and `workflows/build.py`: not done yet, so "direct" is still the default."""
+DEFAULT_STRATEGY = "guided"
+"""Chosen by measurement with the default carry, PSNR per 30-frame window after the reference (DIS medium):
+`bench quality`'s three synthetic clips of 120 frames guided 22.46 / 19.56 / 19.15 / 19.47 dB, direct 22.20 / 19.44 /
+19.29 / 19.49 (copy 17.31 / 14.28 / 14.97 / 15.45); known-motion stills (reference = widest view) with stripes,
+bigbuckbunny 20.95 / 21.64 / 21.23 / 20.07 against direct 19.99 / 20.77 / 20.77 / 18.94, bikes 19.14 / 19.93 / 19.51 /
+18.63 against 18.56 / 19.22 / 18.96 / 17.81; with painted discs bigbuckbunny 28.00 / 24.38 / 22.33 / 22.80 against
+25.06 / 22.90 / 20.88 / 19.64. Composed flows drift and chaining resamples and piles up flow noise (chain and
+accumulate trail both by 1-4 dB after frame 30); one estimate straight to the keyframe fails where the camera moved far
+from it, which the guided refinement reaches. Carrying the edit itself, guided loses to direct on non-rigid real motion
+(bigbuckbunny 0-120 false colour 27.12 / 22.77 / 22.72 / 21.68 against 28.44 / 23.78 / 24.10 / 23.46: a refined flow
+that drifted with its guess can pass the forward-backward check); with the residual carry both give 45.8 dB there.
+`bench real` (bench/results/real.json) ranks every strategy and carry by its rule."""
+
+
+CARRIES = ("edit", "residual")
+"""What the flow carries. "edit": the edited keyframe's pixels; the fill is the source frame through the edit's colour
+mapping. "residual": the edit less what its global colour mapping predicts from the source keyframe, added to the
+mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
+registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
+DEFAULT_CARRY = "residual"
+"""Chosen by measurement (DIS, per 30-frame window): colour edits of real clips are then exactly what the mapping
+explains (bigbuckbunny false colour, direct: 48.58 / 45.86 / 45.87 / 45.72 dB against 28.44 / 23.78 / 24.10 / 23.46
+carrying the edit); spatial edits keep the frame's own detail (known-motion stills with painted discs, guided:
+bigbuckbunny 28.00 / 24.38 / 22.33 / 22.80 against 24.51 / 22.98 / 21.78 / 21.72, bikes 24.96 / 21.88 / 20.88 / 21.12
+against 24.80 / 22.12 / 21.32 / 20.86); `bench quality` guided 22.46 / 19.56 / 19.15 / 19.47 against 22.40 / 17.61 /
+17.83 / 19.20. The fill of the residual is zero: where nothing was carried, the frame gets the mapping alone."""
 
 
 def detect_cuts(motion: Motion) -> list[int]:
@@ -271,14 +281,17 @@ def flow_propagate(
     window: int = 8,
     mask: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
+    carry: str = DEFAULT_CARRY,
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3).
 
     motion: consecutive flow of `frames` (FlowEngine.consecutive), estimated here when None. Each frame comes from
     its nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask
     (1 or K, H, W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished
-    frame k (it may raise to cancel).
+    frame k (it may raise to cancel). carry: what the flow carries (CARRIES).
     """
+    if carry not in CARRIES:
+        raise MagicPropError(f"flow propagation carry {carry!r}: expected one of {sorted(CARRIES)}.")
     indices = [int(i) for i in indices]
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
     chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
@@ -315,15 +328,22 @@ def flow_propagate(
     for chain in chains:
         key, mapping = chain.key, mappings[chain.key]
         reference = references[key].float().permute(2, 0, 1)[None]
+        if carry == "residual":  # the edit less its colour mapping's prediction, added back to each frame's mapping
+            mapping = mapping.global_only()
+            reference = reference - mapping.apply(frames[indices[key]]).permute(2, 0, 1)[None]
 
-        def fill(k: int, mapping=mapping, last={}) -> torch.Tensor:  # noqa: B006 (one frame cached per chain)
+        def look(k: int, mapping=mapping, last={}) -> torch.Tensor:  # noqa: B006 (one frame cached per chain)
             if last.get("k") != k:
                 last.clear()
                 last.update(k=k, img=mapping.apply(frames[k]).permute(2, 0, 1)[None])
             return last["img"]
 
+        fill = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, fill):
-            img = weight * img + (1 - weight) * fill(k)
+            if carry == "residual":
+                img = (weight * img + look(k)).clamp(0, 1)  # each chain's frame in range before any blend
+            else:
+                img = weight * img + (1 - weight) * fill(k)
             part = (img[0].permute(1, 2, 0), 1 - weight[0, 0])
             if k in blends:
                 pending.setdefault(k, {})[key] = part
