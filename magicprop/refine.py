@@ -110,7 +110,9 @@ def start_level(t_start: float, t_from: float, t_to: float) -> float:
     `t_from` to `t_to`: the share of the run's timestep range at which it starts (1 = from the first step)."""
     if t_from <= t_to:
         return 1.0
-    return min(1.0, max(0.0, (t_start - t_to) / (t_from - t_to))) + LEVEL_EPS
+    if t_start <= t_to:
+        return 0.0  # never sampled (denoise 0)
+    return min(1.0, (t_start - t_to) / (t_from - t_to)) + LEVEL_EPS
 
 
 def denoise_levels(region: torch.Tensor, level: float) -> torch.Tensor:
