@@ -20,7 +20,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
 from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
 
-
 FILMSTRIP_NODES = ("AutoregressivePropagate", "FlowRefine")
 
 
