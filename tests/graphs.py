@@ -68,22 +68,23 @@ def refine_graph(vae_folder: str, frames: int = 4, ref: int = 1, width: int = 64
     })
 
 
-def hand_refined_frame(graph: dict, k: int, seed: int, denoise: float) -> dict:
-    """`graph` plus the host's own img2img of carried frame k with frame k's hint: VAEEncode -> KSampler -> VAEDecode
-    (node "35")."""
-    g = copy.deepcopy(graph)
-    inputs = g["20"]["inputs"]
-    g.update({
-        "30": {"class_type": "ImageFromBatch", "inputs": {"image": ["9", 0], "batch_index": k, "length": 1}},
-        "31": {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": k, "length": 1}},
-        "32": {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": ["10", 0], "negative": ["11", 0], "control_net": ["13", 0], "image": ["31", 0],
+def add_hand_refined_frame(graph: dict, k: int, seed: int, denoise: float) -> str:
+    """Add to `graph` the host's own img2img of carried frame k with frame k's hint: VAEEncode -> KSampler ->
+    VAEDecode, with FlowRefine's settings; returns the VAEDecode node's id."""
+    inputs = graph["20"]["inputs"]
+    n = 100 + 10 * len([i for i in graph if int(i) >= 100]) // 6
+    ids = [str(n + i) for i in range(6)]
+    graph.update({
+        ids[0]: {"class_type": "ImageFromBatch", "inputs": {"image": ["9", 0], "batch_index": k, "length": 1}},
+        ids[1]: {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": k, "length": 1}},
+        ids[2]: {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["10", 0], "negative": ["11", 0], "control_net": ["13", 0], "image": [ids[1], 0],
             "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
-        "33": {"class_type": "VAEEncode", "inputs": {"pixels": ["30", 0], "vae": ["12", 2]}},
-        "34": {"class_type": "KSampler", "inputs": {
-            "model": ["12", 0], "positive": ["32", 0], "negative": ["32", 1], "latent_image": ["33", 0],
+        ids[3]: {"class_type": "VAEEncode", "inputs": {"pixels": [ids[0], 0], "vae": ["12", 2]}},
+        ids[4]: {"class_type": "KSampler", "inputs": {
+            "model": ["12", 0], "positive": [ids[2], 0], "negative": [ids[2], 1], "latent_image": [ids[3], 0],
             "seed": seed, "steps": inputs["steps"], "cfg": inputs["cfg"], "sampler_name": inputs["sampler_name"],
             "scheduler": inputs["scheduler"], "denoise": denoise}},
-        "35": {"class_type": "VAEDecode", "inputs": {"samples": ["34", 0], "vae": ["12", 2]}},
+        ids[5]: {"class_type": "VAEDecode", "inputs": {"samples": [ids[4], 0], "vae": ["12", 2]}},
     })
-    return g
+    return ids[5]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from graphs import PROPDPM, VIDEO, hand_refined_frame, refine_graph
+from graphs import PROPDPM, VIDEO, add_hand_refined_frame, refine_graph
 from host import GraphError
 
 from magicprop.propagate import frame_seed
@@ -40,33 +40,33 @@ def test_denoise_zero_returns_the_input_bit_identical(host):
 
 
 def test_per_frame_equals_the_hosts_own_img2img_with_frame_seed_and_hint(host):
+    """Per frame noise: frame k == VAEEncode -> KSampler(frame_seed(seed, k), hint k) -> VAEDecode; fixed noise (node
+    "21"): frame k == the same with the seed itself."""
     from harness.tiny_nodes import CONTROL_LOG
 
     graph = refine_graph(host.vae, K, REF, seed=SEED, noise="per_frame", denoise=0.5, filled_denoise=0.5)
+    graph["21"] = {"class_type": "FlowRefine", "inputs": {**graph["20"]["inputs"], "noise": "fixed"}}
+    others = [k for k in range(K) if k != REF]
+    hand = {k: add_hand_refined_frame(graph, k, frame_seed(SEED, k), 0.5) for k in others}
+    fixed = add_hand_refined_frame(graph, 2, SEED, 0.5)
     CONTROL_LOG.clear()
-    refined, carried = run(host, graph)
+    ex = host.run(graph, ["20", "9", "4"])  # FlowRefine alone samples here: the hints its sampler calls got
     seen = list(CONTROL_LOG)
-    ex = host.run(graph, ["4"])
-    hints = host.output(ex, "4", 0).movedim(-1, 1)  # (K, 3, H, W), what ControlNetApplyAdvanced was given
+    refined, carried = host.output(ex, "20"), host.output(ex, "9")
+    hints = host.output(ex, "4").movedim(-1, 1)  # (K, 3, H, W), what ControlNetApplyAdvanced was given
+    ex = host.run(graph, ["21", fixed, *hand.values()])
     assert torch.equal(refined[REF], carried[REF]), "the keyframe is output unchanged"
-    for k in [k for k in range(K) if k != REF]:
-        hand = run(host, hand_refined_frame(graph, k, frame_seed(SEED, k), 0.5), ["35"])[0]
-        assert (refined[k] - hand[0]).abs().max() < 1e-4, k
+    for k in others:
+        assert (refined[k] - host.output(ex, hand[k])[0]).abs().max() < 1e-4, k
         assert (refined[k] - carried[k]).abs().mean() > 1e-3, "the frame was refined"
+    assert (host.output(ex, "21")[2] - host.output(ex, fixed)[0]).abs().max() < 1e-4
     # every ControlNet call saw the hint of the frame being sampled, frames in order
     frames_seen = []
     for hint in seen:
         (match,) = [k for k in range(K) if hint.shape[0] == 1 and torch.equal(hint[0], hints[k])]
         if not frames_seen or frames_seen[-1] != match:
             frames_seen.append(match)
-    assert frames_seen == [k for k in range(K) if k != REF]
-
-
-def test_fixed_noise_uses_the_seed_for_every_frame(host):
-    graph = refine_graph(host.vae, 3, 0, seed=SEED, noise="fixed", denoise=0.5, filled_denoise=0.5)
-    refined, _ = run(host, graph)
-    hand = run(host, hand_refined_frame(graph, 2, SEED, 0.5), ["35"])[0]
-    assert (refined[2] - hand[0]).abs().max() < 1e-4
+    assert frames_seen == others
 
 
 def test_filled_pixels_are_repainted_and_the_rest_is_kept(host):

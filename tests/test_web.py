@@ -95,16 +95,16 @@ def server(comfy_path, tiny_models, bikes, tmp_path_factory):
     log.close()
 
 
-STRIP_WORKFLOWS = {  # workflow -> (node with the strip, index of its steps widget value)
-    "magicprop_restyle_video": ("AutoregressivePropagate", 3),
-    "magicprop_flow_refine": ("FlowRefine", 5),
+STRIP_WORKFLOWS = {  # workflow -> (node with the strip, index of its steps widget value, steps, frame size)
+    "magicprop_restyle_video": ("AutoregressivePropagate", 3, 8, None),
+    "magicprop_flow_refine": ("FlowRefine", 5, 3, (256, 144)),
 }
 
 
 def tiny_ui_workflow(tiny: dict, name: str = "magicprop_restyle_video") -> dict:
     """A shipped workflow (UI format) with the test's tiny models and a short clip."""
     ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
-    strip_node, steps_at = STRIP_WORKFLOWS[name]
+    strip_node, steps_at, steps, size = STRIP_WORKFLOWS[name]
     for node in ui["nodes"]:
         kind, values = node["type"], node["widgets_values"]
         if kind == "CheckpointLoaderSimple":
@@ -119,10 +119,12 @@ def tiny_ui_workflow(tiny: dict, name: str = "magicprop_restyle_video") -> dict:
             values[0] = "tiny-dpt"
         elif kind == "ImageFromBatch" and node["id"] == 3:
             values[1] = FRAMES
+        elif kind == "ImageScale" and size is not None:
+            values[1:3] = size
         elif kind == "KSampler":
             values[2] = 2  # steps
         elif kind == strip_node:
-            values[steps_at] = 8  # steps: long enough per frame to watch the strip grow
+            values[steps_at] = steps  # long enough per frame to watch the strip grow
     return ui
 
 
