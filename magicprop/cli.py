@@ -115,8 +115,9 @@ def _add_warp(sub) -> None:
 
 
 def _add_refine(sub) -> None:
+    from .composite import DEFAULT_BORDER
     from .motion.engine import DIS_PRESETS, ESTIMATORS
-    from .refine import DEFAULT_BORDER, MODES, NOISE_MODES
+    from .refine import MODES, NOISE_MODES
 
     p = sub.add_parser("refine", help="refine carried frames (warp's output) with a Stable Diffusion model")
     p.add_argument("--video", type=str, required=True,

@@ -14,8 +14,8 @@ Synthesis and Editing with Stochastic Differential Equations", ICLR 2022). Two r
   SIGGRAPH Asia 2023), so a repainted region stays stable from frame to frame.
 
 Keyframes are never refined and start the loopback chains, forward and backward, blended where chains meet by the
-keyframe plan (``magicprop.propagate.keyframe_plan``). The refined pixels are put back with ``composite``, the one
-feathered pixel composite shared by the ComfyUI node, the command line and the flow-guided PropDPM.
+keyframe plan (``magicprop.propagate.keyframe_plan``). The refined pixels are put back with
+``magicprop.composite.composite``, the one feathered pixel composite.
 
 Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.refine_job``).
 """
@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .composite import DEFAULT_BORDER, composite
 from .errors import MagicPropError
 from .propagate import check_keyframes, frame_seed, keyframe_plan
 
@@ -36,46 +37,10 @@ MODES = ("per_frame", "loopback")
 """per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""
 NOISE_MODES = ("fixed", "per_frame")
 """fixed: the seed itself for every frame (less flicker); per_frame: frame_seed(seed, k)."""
-DEFAULT_BORDER = 16
-"""Pixels over which a refined region fades into the frame it is composited into."""
 FILLED_THRESHOLD = 0.5
 """A pixel counts as filled (repainted at filled_denoise) when at least this share of it came from the fill."""
 LEVEL_EPS = 1e-6
 """Added to a denoise level so a step at exactly the level's timestep already samples the pixel (rounding)."""
-
-
-# -- the one pixel composite --------------------------------------------------------------------------------------
-
-
-def feather(region: torch.Tensor, border: int = DEFAULT_BORDER) -> torch.Tensor:
-    """(..., H, W) region (> 0 = in) -> float weight: 1 inside, falling linearly with the Euclidean distance to 0 at
-    `border` px outside (exactly 0 from there on); border 0 = the region itself, hard-edged."""
-    inside = region > 0
-    if border <= 0 or not bool(inside.any()):
-        return inside.float()
-    from .motion.engine import import_cv2
-
-    cv2 = import_cv2()
-    import numpy as np
-
-    flat = inside.reshape(-1, *inside.shape[-2:]).cpu().numpy()
-    out = []
-    for m in flat:
-        # distance of every pixel to the nearest pixel inside (0 inside)
-        dist = cv2.distanceTransform(np.where(m, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        out.append(torch.from_numpy(np.clip(1.0 - dist / float(border), 0.0, 1.0)))
-    return torch.stack(out).reshape(inside.shape).to(region.device)
-
-
-def composite(base: torch.Tensor, new: torch.Tensor, region: torch.Tensor,
-              border: int = DEFAULT_BORDER) -> torch.Tensor:
-    """`new` inside `region`, `base` elsewhere, faded over `border` px outside the region.
-
-    base, new: (..., H, W, C) images; region: (..., H, W), > 0 where `new` is taken. Pixels more than `border` px
-    outside the region are `base` bit for bit.
-    """
-    w = feather(region, border).to(base.dtype)[..., None]
-    return torch.where(w > 0, w * new.to(base.dtype) + (1 - w) * base, base)
 
 
 # -- the per-pixel denoise levels ----------------------------------------------------------------------------------

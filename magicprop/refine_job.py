@@ -20,8 +20,6 @@ from .errors import MagicPropError
 from .frames import list_images, load_image, resize, resize_width
 from .propagate import check_keyframes, frame_noise
 from .refine import (
-    MODES,
-    NOISE_MODES,
     RefineRequest,
     RefineSettings,
     active,
@@ -286,11 +284,7 @@ def _fit(frames: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor
 def check_job(job: RefineJob) -> None:
     """Every input error visible from the arguments and file headers, before any frame is decoded or model loaded."""
     check_sd_model(job.model, job.single_file_config)
-    job.settings().check()
-    if job.mode not in MODES:
-        raise MagicPropError(f"--mode {job.mode!r}: expected one of {list(MODES)}.")
-    if job.noise not in NOISE_MODES:
-        raise MagicPropError(f"--noise {job.noise!r}: expected one of {list(NOISE_MODES)}.")
+    job.settings().check()  # mode, noise, denoise and filled_denoise, border
     for name, path in (("--video", job.video), ("--carried", job.carried)):
         if is_frame_folder(path):
             list_frames(path, name)

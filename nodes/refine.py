@@ -9,10 +9,10 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.errors import MagicPropError
 from ..magicprop.propagate import check_keyframes, frame_noise
 from ..magicprop.refine import (
-    DEFAULT_BORDER,
     MODES,
     NOISE_MODES,
     RefineRequest,

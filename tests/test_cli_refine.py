@@ -66,6 +66,13 @@ def test_refine_loopback_with_a_controlnet_writes_png_frames(tmp_path, clip, sd,
     assert torch.equal(refined[R], carried[R]), "PNG in, PNG out: the keyframe bit-identical"
 
 
+def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, warped, tiny_models):
+    out = tmp_path / "depth"
+    assert main(refine_args(clip, sd, warped, str(out) + "/", "--controlnet", str(sd["controlnet"]),
+                            "--depth-model", str(tiny_models["depth"]))) == 0
+    assert len(list_frames(out)) == FRAMES
+
+
 def test_denoise_zero_without_filled_pixels_is_the_identity(tmp_path, clip, sd, warped):
     out = tmp_path / "same"
     args = refine_args(clip, sd, warped, str(out) + "/", "--denoise", "0", "--filled-denoise", "0")

@@ -119,6 +119,26 @@ def test_loopback_runs_with_keyframes_unchanged_and_progress(host):
     assert mine and mine[-1] == (K - 1) * 2
 
 
+def test_cancel_stops_between_frames_and_the_next_prompt_runs(host):
+    import comfy.utils
+
+    import nodes
+
+    def hook(value, total, preview, **kw):
+        if total == 2 * 2 and value >= 2:  # 2 frames x 2 steps: cancel after the first frame
+            nodes.interrupt_processing(True)
+
+    graph = refine_graph(host.vae, 3, 0, steps=2, denoise=0.3, filled_denoise=0.3)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(GraphError) as err:
+            host.run(graph, ["20"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert err.value.exception_type == "interrupted"
+    assert run(host, graph, ["20"])[0].shape[0] == 3
+
+
 def test_filmstrip_gets_every_frame(host):
     import server
 

@@ -8,15 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from magicprop.benchmarks.metrics import warp_error
+from magicprop.composite import composite, feather
 from magicprop.errors import MagicPropError
 from magicprop.motion.engine import FlowEngine, FlowSettings, resize_flow, warp
 from magicprop.propagate import frame_seed
 from magicprop.refine import (
     RefineSettings,
     active,
-    composite,
     denoise_levels,
-    feather,
     flow_refine,
     latent_region,
     refine_plan,
