@@ -57,11 +57,11 @@ def outside_level(model, steps: int, sampler_name: str, scheduler: str, denoise:
     device = model.load_device
     run = comfy.samplers.KSampler(model, steps, device, sampler_name, scheduler, denoise=filled_denoise).sigmas
     model_sampling = model.get_model_object("model_sampling")
-    t_from, t_to = timestep_range(model_sampling, run.cpu())
+    t_from, t_to = timestep_range(model_sampling, run)
     if denoise <= 0:
         return 0.0
     start = comfy.samplers.KSampler(model, steps, device, sampler_name, scheduler, denoise=denoise).sigmas
-    return start_level(float(model_sampling.timestep(start[0].cpu())), t_from, t_to)
+    return start_level(float(model_sampling.timestep(start[0])), t_from, t_to)
 
 
 class ComfyFrameRefiner:
