@@ -94,6 +94,16 @@ def test_a_propdpm_is_refused_as_the_refine_model(tmp_path, capsys, clip, sd, wa
     _one_line_error(capsys, argv, r"propdpm.safetensors is a PropDPM checkpoint.*not a plain Stable Diffusion")
 
 
+def test_a_single_file_model_needs_its_configs(tmp_path, capsys, clip, sd, warped):
+    from magicprop.tiny import tiny_unet
+
+    plain = tmp_path / "sd.safetensors"
+    save_file(tiny_unet(0).state_dict(), str(plain))
+    argv = refine_args(clip, sd, warped, tmp_path / "x.mp4")
+    argv[argv.index("--model") + 1] = str(plain)
+    _one_line_error(capsys, argv, r"sd.safetensors is a single-file checkpoint: pass --single-file-config DIR")
+
+
 def test_a_plain_sd_model_is_refused_as_a_propdpm(tmp_path, capsys, clip, sd, tiny_models):
     from magicprop.tiny import tiny_unet
 
