@@ -1,4 +1,4 @@
-"""Command line: `python -m magicprop {init,propagate,warp,...} ...`.
+"""Command line: `python -m magicprop {init,propagate,warp,refine,...} ...`.
 
 Errors from bad input are one line on stderr naming the input and the fix, with exit code 2; nothing is written.
 """
@@ -119,6 +119,61 @@ def _add_warp(sub) -> None:
     p.add_argument("--device", default="auto", help="where RAFT runs (the OpenCV estimators use the CPU)")
 
 
+def _add_refine(sub) -> None:
+    from .composite import DEFAULT_BORDER
+    from .motion.engine import DIS_PRESETS, ESTIMATORS
+    from .refine import MODES, NOISE_MODES
+
+    p = sub.add_parser("refine", help="refine carried frames (warp's output) with a Stable Diffusion model")
+    p.add_argument("--video", type=str, required=True,
+                   help="the source video (file, or folder of PNG frames): its flow, depth, fps and audio")
+    p.add_argument("--carried", type=str, required=True, help="the carried frames: warp's --out (mp4 or PNG folder)")
+    p.add_argument("--filled-mask", type=str, help="warp's --mask-out (PNG folder or mp4): pixels the flow could "
+                                                    "not carry, repainted at --filled-denoise")
+    p.add_argument("--model", type=Path, required=True,
+                   help="local Stable Diffusion model: a diffusers folder, or a single file with --single-file-config")
+    p.add_argument("--single-file-config", type=Path,
+                   help="diffusers SD1.5 folder with the configs and tokenizer files, for a single-file --model")
+    p.add_argument("--prompt", default="", help="text prompt")
+    p.add_argument("--negative-prompt", default="", help="negative text prompt")
+    p.add_argument("--out", type=str, required=True,
+                   help="the mp4 to write, or a folder for PNG frames (an existing folder or a path ending in '/')")
+    p.add_argument("--reference-index", type=int, nargs="+", required=True,
+                   help="the edited frame(s) among the selected frames: kept unchanged, start the loopback chains")
+    p.add_argument("--denoise", type=float, default=0.35, help="how much every frame is repainted (0 = kept)")
+    p.add_argument("--filled-denoise", type=float, default=0.6,
+                   help="denoise of the filled pixels (>= --denoise; equal turns the per-pixel level off)")
+    p.add_argument("--mode", default="per_frame", metavar="|".join(MODES),
+                   help="per_frame: img2img of each carried frame; loopback: from the previous refined frame carried "
+                        "by the flow")
+    p.add_argument("--noise", default="fixed", metavar="|".join(NOISE_MODES),
+                   help="fixed: the seed for every frame; per_frame: a seed per frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--border", type=int, default=DEFAULT_BORDER, help="px over which refined pixels fade in")
+    p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two loopback chains blend")
+    p.add_argument("--controlnet", type=Path, help="local diffusers ControlNetModel folder")
+    p.add_argument("--controlnet-scale", type=float, default=1.0)
+    hints = p.add_mutually_exclusive_group()
+    hints.add_argument("--control-frames", type=str, help="ControlNet hints: one image per frame (mp4 or folder)")
+    hints.add_argument("--depth-model", type=Path, help="ControlNet hints from this local depth model (near = white)")
+    hints.add_argument("--depth-frames", type=Path, help="ControlNet hints: a folder of depth images, one per frame")
+    p.add_argument("--flow", default="dis", metavar="|".join(ESTIMATORS), help="optical flow estimator (loopback)")
+    p.add_argument("--flow-weights", type=Path, help="RAFT weights file, for --flow raft")
+    p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset")
+    p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
+    p.add_argument("--frames", type=int, default=None, help="use at most this many frames (as given to warp)")
+    p.add_argument("--stride", type=int, default=1, help="take every stride-th source frame (as given to warp)")
+    p.add_argument("--width", type=int, default=None, help="resize source frames to this width (as given to warp)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a PNG-folder --video (default 25)")
+    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality of an mp4 --out (0 = lossless)")
+    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train PropDPM (plain, or under `accelerate launch -m magicprop train`)")
     p.add_argument("--config", type=Path, help="TOML training config (see configs/train/*.toml)")
@@ -178,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init(sub)
     _add_propagate(sub)
     _add_warp(sub)
+    _add_refine(sub)
     _add_train(sub)
     _add_train_vae(sub)
     _add_prepare(sub)
@@ -223,6 +279,23 @@ def _run(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
         if args.mask_out is not None:
             log.info("wrote %s", args.mask_out)
+    elif args.command == "refine":
+        from .refine_job import RefineJob, run_refine
+
+        job = RefineJob(
+            video=args.video, carried=args.carried, model=args.model, out=args.out,
+            reference_index=args.reference_index, prompt=args.prompt, negative_prompt=args.negative_prompt,
+            filled_mask=args.filled_mask, denoise=args.denoise, filled_denoise=args.filled_denoise, mode=args.mode,
+            noise=args.noise, seed=args.seed, steps=args.steps, cfg=args.cfg, border=args.border,
+            keyframe_window=args.keyframe_window, single_file_config=args.single_file_config,
+            controlnet=args.controlnet, control_frames=args.control_frames, depth_model=args.depth_model,
+            depth_frames=args.depth_frames, controlnet_scale=args.controlnet_scale, flow=args.flow,
+            flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
+            max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
+            crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
+        )
+        path = run_refine(job, progress=not args.quiet)
+        log.info("wrote %s", path)
     elif args.command == "train":
         from .train.config import load_config
         from .train.loop import train

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .backend import FrozenEncoders, StandaloneModels
+from .checkpoint import inspect_checkpoint
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
@@ -80,8 +81,13 @@ def _check_files(job: PropagateJob) -> None:
     for name, paths in (("checkpoint", [job.checkpoint]), ("video", [job.video]), ("reference", job.references),
                         ("reference-depth", job.reference_depths)):
         for p in map(Path, paths):
+            if name == "checkpoint" and p.is_dir() and (p / "unet").is_dir():
+                raise MagicPropError(f"--checkpoint {str(p)!r} is a diffusers Stable Diffusion folder, not a PropDPM: "
+                                     "make one with `python -m magicprop init --unet <this folder>` (untrained) or "
+                                     "the trainer; to refine carried frames with it use `python -m magicprop refine`.")
             if not p.is_file():
                 raise MagicPropError(f"--{name} {str(p)!r} does not exist; pass an existing file.")
+    inspect_checkpoint(job.checkpoint)  # a file of another kind is named from its header, before any model runs
     check_reference_count(len(job.references), len(job.reference_indices))
     if job.reference_depths and len(job.reference_depths) != len(job.references):
         raise MagicPropError(

@@ -97,3 +97,58 @@ def save_tiny_models(folder: Path) -> dict[str, Path]:
     model.save_pretrained(paths["depth"])
     processor.save_pretrained(paths["depth"])
     return paths
+
+
+TINY_TEXT_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+
+
+def tiny_tokenizer():
+    """A CLIPTokenizer whose vocabulary is single characters (every byte-level symbol, alone and word-final) and the
+    two special tokens: a real tokenizer without any downloaded vocabulary file."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def save_tiny_sd(folder: Path, seed: int = 0, controlnet: bool = True) -> dict[str, Path]:
+    """A tiny Stable Diffusion 1.x-shaped diffusers folder (unet, vae, text_encoder, tokenizer, scheduler with SD1.5's
+    schedule) and a tiny ControlNet beside it, seeded random weights."""
+    from diffusers import ControlNetModel, DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sd = folder / "tiny-sd"
+    unet = tiny_unet(seed)
+    unet.save_pretrained(sd / "unet")
+    tiny_vae(seed + 1).save_pretrained(sd / "vae")
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(sd / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **special, **TINY_TEXT_CONFIG)).eval()
+    text.save_pretrained(sd / "text_encoder")
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(sd / "scheduler")
+    paths = {"sd": sd}
+    if controlnet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 3)
+            net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 32, 32))
+            for p in net.controlnet_down_blocks.parameters():  # zero-initialised by design: give them weights
+                torch.nn.init.normal_(p, std=0.02)
+            torch.nn.init.normal_(net.controlnet_mid_block.weight, std=0.02)
+        net.save_pretrained(folder / "tiny-controlnet")
+        paths["controlnet"] = folder / "tiny-controlnet"
+    return paths

@@ -11,9 +11,10 @@ from .flow_propagate import FlowPropagate
 from .folders import register_model_folders
 from .loader import PropDPMLoader
 from .propagate import AutoregressivePropagate
+from .refine import FlowRefine
 
 NODES: list[type[io.ComfyNode]] = [DepthSequence, AppearanceAdapterEncode, PropDPMLoader, AutoregressivePropagate,
-                                   OpticalFlowSequence, FlowPropagate]
+                                   OpticalFlowSequence, FlowPropagate, FlowRefine]
 
 
 class MagicPropExtension(ComfyExtension):

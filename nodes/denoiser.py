@@ -65,12 +65,12 @@ def slice_control(control, index: int, num_frames: int, cache: dict):
     return copy
 
 
-def frame_conditioning(conditioning: list, concat: torch.Tensor, index: int, num_frames: int, cache: dict) -> list:
-    """The conditioning of one frame: its spatial condition added, its ControlNet hints selected."""
+def frame_conditioning(conditioning: list, index: int, num_frames: int, cache: dict,
+                       extra: dict | None = None) -> list:
+    """The conditioning of one frame: its ControlNet hints selected, `extra` keys (e.g. its spatial condition) added."""
     out = []
     for tokens, d in conditioning:
-        d = dict(d)
-        d[CONCAT_KEY] = concat
+        d = {**d, **(extra or {})}
         if d.get("control") is not None:
             d["control"] = slice_control(d["control"], index, num_frames, cache)
         out.append([tokens, d])
@@ -105,8 +105,8 @@ class ComfyFrameDenoiser:
         k = request.index
         concat = condition_for(request, self.config)  # (1, 6, h, w), the UNet's input space
         cache: dict = {}
-        positive = frame_conditioning(self.positive, concat, k, self.num_frames, cache)
-        negative = frame_conditioning(self.negative, concat, k, self.num_frames, cache)
+        positive = frame_conditioning(self.positive, k, self.num_frames, cache, {CONCAT_KEY: concat})
+        negative = frame_conditioning(self.negative, k, self.num_frames, cache, {CONCAT_KEY: concat})
         noise = frame_noise(request.prev_latent.shape, request.seed)
         latent_image = torch.zeros_like(noise)
         mask = None

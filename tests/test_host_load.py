@@ -19,6 +19,8 @@ def test_four_nodes_with_comfy_types(comfy_host):
                                     {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING",
                                      "vae": "VAE", "depth": "IMAGE", "reference": "IMAGE", "mask": "MASK",
                                      "source_frames": "IMAGE", "reference_depth": "IMAGE"}),
+        "FlowRefine": (["IMAGE"], {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING",
+                                   "vae": "VAE", "images": "IMAGE", "filled": "MASK", "flow": "MAGICPROP_FLOW"}),
     }
     for node_id, (outputs, inputs) in expected.items():
         cls = comfy_host.node_class(node_id)

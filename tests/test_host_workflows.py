@@ -46,7 +46,7 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
 
 def test_workflows_are_listed_as_templates():
     assert {p.stem for p in UI_FILES} == {"magicprop_restyle_video", "magicprop_local_edit_mask",
-                                          "magicprop_flow_restyle"}
+                                          "magicprop_flow_restyle", "magicprop_flow_refine"}
     for path in UI_FILES:
         ui = json.loads(path.read_text())
         assert ui["version"] == 0.4 and ui["nodes"] and ui["links"]
@@ -86,7 +86,7 @@ def substitute_tiny(api: dict, tiny: dict) -> dict:
             inputs["checkpoint"] = "tiny-propdpm.safetensors"
         elif kind == "DepthSequence":
             inputs["depth_model"] = "tiny-dpt"
-        if kind in ("KSampler", "AutoregressivePropagate"):
+        if kind in ("KSampler", "AutoregressivePropagate", "FlowRefine"):
             inputs["steps"] = 3
     return api
 

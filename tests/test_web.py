@@ -1,4 +1,4 @@
-"""The filmstrip on AutoregressivePropagate, in Debian's Chromium against a real ComfyUI server.
+"""The filmstrip on AutoregressivePropagate and FlowRefine, in Debian's Chromium against a real ComfyUI server.
 
 Chromium is driven headless by Playwright (system browser via executable_path; nothing is downloaded). Without
 Chromium the test skips, except under CI=true, where .ci/run installs it and its absence fails the run.
@@ -95,9 +95,16 @@ def server(comfy_path, tiny_models, bikes, tmp_path_factory):
     log.close()
 
 
-def tiny_ui_workflow(tiny: dict) -> dict:
-    """The shipped restyle workflow (UI format) with the test's tiny models and a short clip."""
-    ui = json.loads((ROOT / "workflows" / "magicprop_restyle_video.json").read_text())
+STRIP_WORKFLOWS = {  # workflow -> (node with the strip, index of its steps widget value, steps, frame size)
+    "magicprop_restyle_video": ("AutoregressivePropagate", 3, 8, None),
+    "magicprop_flow_refine": ("FlowRefine", 5, 3, (256, 144)),
+}
+
+
+def tiny_ui_workflow(tiny: dict, name: str = "magicprop_restyle_video") -> dict:
+    """A shipped workflow (UI format) with the test's tiny models and a short clip."""
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    strip_node, steps_at, steps, size = STRIP_WORKFLOWS[name]
     for node in ui["nodes"]:
         kind, values = node["type"], node["widgets_values"]
         if kind == "CheckpointLoaderSimple":
@@ -112,16 +119,20 @@ def tiny_ui_workflow(tiny: dict) -> dict:
             values[0] = "tiny-dpt"
         elif kind == "ImageFromBatch" and node["id"] == 3:
             values[1] = FRAMES
+        elif kind == "ImageScale" and size is not None:
+            values[1:3] = size
         elif kind == "KSampler":
             values[2] = 2  # steps
-        elif kind == "AutoregressivePropagate":
-            values[3] = 8  # steps: long enough per frame to watch the strip grow
+        elif kind == strip_node:
+            values[steps_at] = steps  # long enough per frame to watch the strip grow
     return ui
 
 
-def test_filmstrip_grows_live_and_stays(server, tmp_path):
+@pytest.mark.parametrize("workflow", sorted(STRIP_WORKFLOWS))
+def test_filmstrip_grows_live_and_stays(server, tmp_path, workflow):
     from playwright.sync_api import sync_playwright
 
+    strip_node = STRIP_WORKFLOWS[workflow][0]
     artifacts = Path(os.environ.get("MAGICPROP_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
@@ -136,15 +147,16 @@ def test_filmstrip_grows_live_and_stays(server, tmp_path):
         page.wait_for_function("() => window.app && window.app.graph && window.app.extensions", timeout=60_000)
         page.wait_for_function(
             "() => window.app.extensions.some(e => e.name === 'magicprop.filmstrip')", timeout=30_000)
-        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", tiny_ui_workflow(server["tiny"]))
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }",
+                      tiny_ui_workflow(server["tiny"], workflow))
         for _ in range(2):  # close the first-run template browser so the screenshot shows the graph
             page.keyboard.press("Escape")
             page.wait_for_timeout(300)
-        page.evaluate("""() => {  // bring the propagation node into view: its DOM widgets mount when visible
-            const node = window.app.graph._nodes.find(n => n.type === 'AutoregressivePropagate');
+        page.evaluate("""(type) => {  // bring the node into view: its DOM widgets mount when visible
+            const node = window.app.graph._nodes.find(n => n.type === type);
             window.app.canvas.centerOnNode(node);
             window.app.canvas.setDirty(true, true);
-        }""")
+        }""", strip_node)
         page.wait_for_function("() => document.querySelectorAll('.magicprop-filmstrip').length > 0", timeout=30_000)
         page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
         counts, deadline = [], time.time() + 240
@@ -158,7 +170,7 @@ def test_filmstrip_grows_live_and_stays(server, tmp_path):
         page.wait_for_timeout(1500)  # the strip is kept after the run
         final = page.evaluate("() => [...document.querySelectorAll('.magicprop-filmstrip img')]"
                               ".map(i => [Number(i.dataset.index), i.classList.contains('magicprop-reference')])")
-        page.screenshot(path=str(artifacts / "filmstrip.png"), full_page=True)
+        page.screenshot(path=str(artifacts / f"filmstrip-{strip_node}.png"), full_page=True)
         browser.close()
     intermediate = [c for c in counts if 0 < c < FRAMES]
     assert len(intermediate) >= 2, counts

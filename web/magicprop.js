@@ -1,11 +1,11 @@
-// MagicProp: a live filmstrip on the AutoregressivePropagate node.
+// MagicProp: a live filmstrip on the AutoregressivePropagate and FlowRefine nodes.
 // The node sends "magicprop.start" when a run begins and "magicprop.frame" with a small JPEG (a latent-to-RGB
-// preview, no VAE decode) each time a frame is finished; the strip shows the frames in clip order, the reference
-// outlined, and stays after the run until the next one starts.
+// preview, no VAE decode, or a thumbnail of the refined frame) each time a frame is finished; the strip shows the
+// frames in clip order, the reference outlined, and stays after the run until the next one starts.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const NODE_TYPE = "AutoregressivePropagate";
+const NODE_TYPES = new Set(["AutoregressivePropagate", "FlowRefine"]);
 const STRIP_CLASS = "magicprop-filmstrip";
 
 function makeStrip(node) {
@@ -17,7 +17,7 @@ function makeStrip(node) {
   const status = document.createElement("div");
   status.className = "magicprop-filmstrip-status";
   status.style.cssText = "width:100%;font-size:10px;opacity:0.7;";
-  status.textContent = "frames appear here while propagating";
+  status.textContent = "frames appear here while the node runs";
   el.appendChild(status);
   node.magicpropStrip = { el, status, count: 0, total: 0 };
   node.addDOMWidget("filmstrip", "magicprop_filmstrip", el, { serialize: false, hideOnZoom: false });
@@ -55,7 +55,7 @@ function addFrame(strip, detail) {
 app.registerExtension({
   name: "magicprop.filmstrip",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_TYPE) return;
+    if (!NODE_TYPES.has(nodeData?.name)) return;
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = created?.apply(this, arguments);

@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
 from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
 
+FILMSTRIP_NODES = ("AutoregressivePropagate", "FlowRefine")
+
 
 @dataclass
 class Node:
@@ -59,8 +61,8 @@ class Graph:
         for order, n in enumerate(self.nodes.values()):
             y = rows.get(n.col, 0.0)
             height = 46 + 24 * (max(len(n.inputs), len(n.outputs)) + len(n.widgets))
-            height += 90 if n.type == "AutoregressivePropagate" else 0  # its filmstrip
-            room = 280 if n.type in ("KSampler", "AutoregressivePropagate") else 0  # the step preview grows it
+            height += 90 if n.type in FILMSTRIP_NODES else 0  # its filmstrip
+            room = 280 if n.type in ("KSampler", *FILMSTRIP_NODES) else 0  # the step preview grows it
             rows[n.col] = y + height + room + 60
             values = []
             for name, value in n.widgets.items():
@@ -267,7 +269,38 @@ def flow_restyle() -> Graph:
     return g
 
 
-WORKFLOWS = (restyle, local_edit, flow_restyle)
+def flow_refine() -> Graph:
+    """flow_restyle, then FlowRefine: the carried frames refined with the same SD1.5 checkpoint and prompt and a
+    depth ControlNet on DepthSequence's depth of every frame (denoise 0.35; the filled pixels at 0.6), in a loopback
+    along the flow; saved with the source fps and audio."""
+    g = flow_restyle()
+    g.name = "magicprop_flow_refine"
+    g.add(32, "DepthSequence", 6, inputs=[("frames", "IMAGE"), ("depth_images", "IMAGE")], links={"frames": (4, 0)},
+          widgets={"depth_model": "Depth-Anything-V2-Small-hf", "batch_size": 8}, outputs=[("depth", "IMAGE")],
+          title="Depth of every frame (one hint per frame)")
+    g.add(33, "ControlNetApplyAdvanced", 6,
+          inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("control_net", "CONTROL_NET"),
+                  ("image", "IMAGE"), ("vae", "VAE")],
+          links={"positive": (9, 0), "negative": (10, 0), "control_net": (11, 0), "image": (32, 0)},
+          widgets={"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+          outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")])
+    g.add(34, "FlowRefine", 7,
+          inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                  ("images", "IMAGE"), ("filled", "MASK"), ("flow", "MAGICPROP_FLOW")],
+          links={"model": (8, 0), "positive": (33, 0), "negative": (33, 1), "vae": (8, 2), "images": (31, 0),
+                 "filled": (31, 1), "flow": (30, 0)},
+          widgets={"mode": "loopback", "reference_index": 0, "seed": 1, "noise": "fixed", "steps": 20, "cfg": 7.0,
+                   "sampler_name": "euler", "scheduler": "normal", "denoise": 0.35, "filled_denoise": 0.6,
+                   "keyframe_indices": "", "keyframe_window": 8, "border": 16,
+                   "frame_previews": True},  # every widget, in node order
+          outputs=[("IMAGE", "IMAGE")], after={"seed": ["fixed"]})
+    g.nodes[20].col = g.nodes[21].col = 8
+    g.nodes[20].links["images"] = (34, 0)
+    g.nodes[21].widgets["filename_prefix"] = f"magicprop/{g.name}"
+    return g
+
+
+WORKFLOWS = (restyle, local_edit, flow_restyle, flow_refine)
 
 
 def main() -> None:

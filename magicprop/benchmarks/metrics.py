@@ -1,11 +1,13 @@
 """Scoring against ground truth: per-frame PSNR and SSIM, means over windows of frames after the reference, and the
-one accumulation of per-clip scores into the per-method figures both benchmarks report."""
+one accumulation of per-clip scores into the per-method figures both benchmarks report; the warp error (temporal
+consistency along the source clip's flow) of refined frames."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,3 +73,31 @@ class Scores:
         p, s = torch.stack(self.psnr[name]).mean(0), torch.stack(self.ssim[name]).mean(0)
         return p, {"psnr_per_frame": p.tolist(), "ssim_per_frame": s.tolist(),
                    "psnr_windows": window_means(p, spans), "ssim_windows": window_means(s, spans)}
+
+
+def warp_error(frames: torch.Tensor, motion) -> torch.Tensor:
+    """Temporal consistency: per pair (t-1, t), the mean absolute difference between frame t and frame t-1 carried
+    to t by the flow, over the pixels valid in both directions (the warp error of Lai et al., "Learning Blind Video
+    Temporal Consistency", ECCV 2018, as Rerender-A-Video and FRESCO report it). Lower is steadier.
+
+    frames: (K, H, W, 3) in [0, 1]; motion: the consecutive flow of the SOURCE clip
+    (``magicprop.motion.engine.Motion``, K - 1 pairs), so a result is judged against the video's own motion.
+    Returns (K - 1,); a pair without valid pixels scores NaN.
+    """
+    from ..motion.engine import resize_flow, warp
+
+    size = tuple(frames.shape[1:3])
+    out = []
+    m = motion.to_float()
+    for t in range(1, frames.shape[0]):
+        back = resize_flow(m.backward[t - 1][None], size)  # flow_{t -> t-1}
+        moved = warp(frames[t - 1].permute(2, 0, 1)[None].float(), back)[0].permute(1, 2, 0)
+        valid_t = F.interpolate(m.valid_backward[t - 1].float()[None, None], size=size, mode="bilinear",
+                                align_corners=False)  # valid on frame t (its flow to t-1 checks out)
+        valid_prev = F.interpolate(m.valid_forward[t - 1].float()[None, None], size=size, mode="bilinear",
+                                   align_corners=False)  # valid on frame t-1 (its flow to t checks out)
+        both = (valid_t >= 0.5) & (warp(valid_prev, back) >= 0.5)  # and the pixel it lands on is valid too
+        both = both[0, 0]
+        err = (frames[t].float() - moved).abs().mean(-1)
+        out.append(err[both].mean() if bool(both.any()) else torch.tensor(float("nan")))
+    return torch.stack(out) if out else torch.zeros(0)

@@ -1,0 +1,280 @@
+"""Refining the carried frames with any Stable Diffusion checkpoint (img2img), per frame or in a loopback.
+
+Flow propagation (``magicprop.motion.propagate``) carries the edit's pixels; where the flow is blind it fills by
+colour only. An image model the user already owns repaints those places: each carried frame is encoded, noised to
+`denoise` and sampled back with the user's model, LoRAs and ControlNets (SDEdit, Meng et al., "SDEdit: Guided Image
+Synthesis and Editing with Stochastic Differential Equations", ICLR 2022). Two refinements here:
+
+- filled pixels get more freedom: the run samples at `filled_denoise` with a per-pixel denoise level that is 1
+  inside the filled mask and, outside it, the share of the run's timestep range at which a run at `denoise` would
+  start; a pixel takes part in sampling once the current timestep falls below its level (the thresholding of
+  Differential Diffusion, Levin & Fried, "Differential Diffusion: Giving Each Pixel Its Strength", 2023);
+- `loopback`: frame k starts from the previous refined frame carried by one step of flow where that flow is valid,
+  and from the carried frame k elsewhere (the loop of WarpFusion / Rerender-A-Video's cross-frame init, Yang et al.,
+  SIGGRAPH Asia 2023), so a repainted region stays stable from frame to frame.
+
+Keyframes are never refined and start the loopback chains, forward and backward, blended where chains meet by the
+keyframe plan (``magicprop.propagate.keyframe_plan``). The refined pixels are put back with
+``magicprop.composite.composite``, the one feathered pixel composite.
+
+Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.refine_job``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .composite import DEFAULT_BORDER, composite
+from .errors import MagicPropError
+from .propagate import check_keyframes, frame_seed, keyframe_plan
+
+MODES = ("per_frame", "loopback")
+"""per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""
+NOISE_MODES = ("fixed", "per_frame")
+"""fixed: the seed itself for every frame (less flicker); per_frame: frame_seed(seed, k)."""
+FILLED_THRESHOLD = 0.5
+"""A pixel counts as filled (repainted at filled_denoise) when at least this share of it came from the fill."""
+LEVEL_EPS = 1e-6
+"""Added to a denoise level so a step at exactly the level's timestep already samples the pixel (rounding)."""
+
+
+# -- the per-pixel denoise levels ----------------------------------------------------------------------------------
+
+
+def check_denoise(denoise: float, filled_denoise: float, what: tuple[str, str] = ("denoise", "filled_denoise")) -> None:
+    """denoise in [0, 1], filled_denoise in [denoise, 1]; one line naming the fix otherwise."""
+    d, fd = what
+    if not 0.0 <= denoise <= 1.0:
+        raise MagicPropError(f"{d}={denoise}: expected a value from 0 (keep the frames) to 1 (repaint them).")
+    if not 0.0 <= filled_denoise <= 1.0:
+        raise MagicPropError(f"{fd}={filled_denoise}: expected a value from 0 to 1.")
+    if filled_denoise < denoise:
+        raise MagicPropError(
+            f"{fd}={filled_denoise} is below {d}={denoise}: filled pixels (not carried by the flow) need at least "
+            f"the freedom of the others; set {fd} >= {d} ({fd} = {d} turns the per-pixel level off)."
+        )
+
+
+def filled_region(filled: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) share of each pixel filled by the colour fill -> bool: filled."""
+    return filled >= FILLED_THRESHOLD
+
+
+def latent_region(region: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) bool pixel region -> (1, 1, h, w) bool on the latent grid: a cell is in when any of its pixels is."""
+    return F.adaptive_max_pool2d(region.float()[None, None], tuple(grid)) > 0
+
+
+def start_level(t_start: float, t_from: float, t_to: float) -> float:
+    """The denoise level of a pixel that should start sampling at timestep `t_start`, in a run going from timestep
+    `t_from` to `t_to`: the share of the run's timestep range at which it starts (1 = from the first step)."""
+    if t_from <= t_to:
+        return 1.0
+    if t_start <= t_to:
+        return 0.0  # never sampled (denoise 0)
+    return min(1.0, (t_start - t_to) / (t_from - t_to)) + LEVEL_EPS
+
+
+def denoise_levels(region: torch.Tensor, level: float) -> torch.Tensor:
+    """(1, 1, h, w) float levels: 1 inside `region` (the latent cells of filled pixels), `level` elsewhere."""
+    return torch.where(region, torch.ones((), dtype=torch.float32), torch.full((), float(level)))
+
+
+def active(levels: torch.Tensor, t_now: float, t_from: float, t_to: float) -> torch.Tensor:
+    """Which pixels take part in the step at timestep `t_now` (1) and which stay the noised input (0): those whose
+    level is at least the share of the timestep range still ahead (Differential Diffusion's threshold)."""
+    threshold = 1.0 if t_from <= t_to else (t_now - t_to) / (t_from - t_to)
+    return (levels >= threshold).to(levels.dtype)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefineRequest:
+    """Everything needed to refine one frame."""
+
+    index: int
+    """Absolute frame index k (selects its ControlNet hint)."""
+    image: torch.Tensor
+    """(H, W, 3) init image in [0, 1]: the carried frame, or in loopback the previous refined frame carried there."""
+    region: torch.Tensor | None
+    """(H, W) bool filled pixels to sample at filled_denoise, or None when the per-pixel level is off."""
+    seed: int
+    """The frame's noise seed (the run's seed, or frame_seed(seed, k))."""
+
+
+class FrameRefiner(Protocol):
+    """img2img of one frame: (H, W, 3) refined pixels in [0, 1] (sampled at denoise, or per pixel with region)."""
+
+    def __call__(self, request: RefineRequest) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    mode: str = "per_frame"
+    """A name in MODES."""
+    noise: str = "fixed"
+    """A name in NOISE_MODES."""
+    seed: int = 0
+    denoise: float = 0.35
+    filled_denoise: float = 0.6
+    border: int = DEFAULT_BORDER
+    window: int = 8
+    """Frames over which two keyframes' loopback chains blend where they meet."""
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise MagicPropError(f"mode {self.mode!r}: expected one of {list(MODES)}.")
+        if self.noise not in NOISE_MODES:
+            raise MagicPropError(f"noise {self.noise!r}: expected one of {list(NOISE_MODES)}.")
+        check_denoise(self.denoise, self.filled_denoise)
+        if self.border < 0:
+            raise MagicPropError(f"border={self.border}: expected 0 or more pixels.")
+
+    def frame_seed(self, k: int) -> int:
+        return self.seed if self.noise == "fixed" else frame_seed(self.seed, k)
+
+    def region(self, filled: torch.Tensor | None) -> torch.Tensor | None:
+        """The pixels sampled at filled_denoise in a frame with fill share `filled` (H, W), or None when none are."""
+        if filled is None or self.filled_denoise <= self.denoise:
+            return None
+        region = filled_region(filled)
+        return region if bool(region.any()) else None
+
+    def samples(self, filled: torch.Tensor | None) -> bool:
+        """Whether a frame is sampled at all (denoise 0 leaves frames without filled pixels untouched)."""
+        return self.denoise > 0 or self.region(filled) is not None
+
+
+def loopback_init(previous: torch.Tensor, carried: torch.Tensor, flow: torch.Tensor,
+                  valid: torch.Tensor) -> torch.Tensor:
+    """Frame k's loopback init: the previous refined frame carried to k by one step of flow where it is valid, the
+    carried frame k elsewhere.
+
+    previous, carried: (H, W, 3); flow: (1, 2, h, w) flow_{k->prev} in pixels of its resolution; valid: (h, w)
+    bool (its forward-backward check on frame k). Exactly the carried previous frame where validity is 1.
+    """
+    from .motion.engine import resize_flow, warp
+
+    size = tuple(carried.shape[:2])
+    moved = warp(previous.permute(2, 0, 1)[None].float(), resize_flow(flow.float(), size))[0].permute(1, 2, 0)
+    w = valid.float()[None, None]
+    if tuple(w.shape[-2:]) != size:
+        w = F.interpolate(w, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+    w = w[0, 0, ..., None]
+    return torch.where(w >= 1, moved, w * moved + (1 - w) * carried.float())
+
+
+def check_refine_inputs(carried: torch.Tensor, filled: torch.Tensor | None, keys: Sequence[int],
+                        settings: RefineSettings, motion=None) -> torch.Tensor | None:
+    """Every check on a run's inputs, before any model work; returns the filled mask as (1 or K, H, W) float."""
+    if carried.ndim != 4 or carried.shape[-1] != 3 or carried.shape[0] < 1:
+        raise MagicPropError(f"carried frames of shape {tuple(carried.shape)}: expected (K, H, W, 3) RGB frames.")
+    k, h, w, _ = carried.shape
+    settings.check()
+    check_keyframes(keys, k)
+    if filled is not None:
+        filled = filled.float()
+        if filled.ndim == 2:
+            filled = filled[None]
+        if filled.ndim != 3 or filled.shape[0] not in (1, k) or tuple(filled.shape[1:]) != (h, w):
+            raise MagicPropError(f"filled mask of shape {tuple(filled.shape)}: expected (K, H, W) or (1, H, W) with "
+                                 f"(K, H, W) = {(k, h, w)}: FlowPropagate's filled output for these frames.")
+    if settings.mode == "loopback" and k > 1:
+        if motion is None:
+            raise MagicPropError("mode 'loopback' needs the flow of the clip (MAGICPROP_FLOW from "
+                                 "OpticalFlowSequence, or --flow on the command line); or use mode 'per_frame'.")
+        if len(motion) != k - 1 or tuple(motion.frame_size) != (h, w):
+            fh, fw = motion.frame_size
+            raise MagicPropError(f"flow was estimated from {len(motion) + 1} frames of {fw}x{fh} but the carried "
+                                 f"frames are {k} of {w}x{h}: give the flow of the source frames of this clip.")
+    return filled
+
+
+def refine_plan(keys: Sequence[int], num_frames: int, settings: RefineSettings,
+                filled: torch.Tensor | None = None) -> list[int]:
+    """The frames a run samples, in order (a frame two loopback chains share is sampled by both)."""
+    keys = [int(i) for i in keys]
+    if settings.mode == "per_frame":
+        order = [k for k in range(num_frames) if k not in keys]
+    else:
+        chains, _ = keyframe_plan(keys, num_frames, settings.window)
+        order = [k for chain in chains for k in chain.indices[1:]]
+    return [k for k in order if settings.samples(_fill_of(filled, k))]
+
+
+def _fill_of(filled: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    return None if filled is None else filled[k if filled.shape[0] > 1 else 0]
+
+
+def flow_refine(
+    carried: torch.Tensor,
+    filled: torch.Tensor | None,
+    keys: Sequence[int],
+    refine: FrameRefiner,
+    settings: RefineSettings,
+    motion=None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Refine the carried frames (K, H, W, 3) with `refine`; returns (K, H, W, 3), keyframes unchanged.
+
+    filled: (1 or K, H, W) share of each pixel filled by flow propagation's fill (FlowPropagate's mask), or None.
+    motion: the clip's consecutive flow (``magicprop.motion.engine.Motion``), needed by loopback. Each refined
+    frame is composited into its carried frame with ``composite``: everywhere when denoise > 0, else around its
+    filled pixels (denoise 0 leaves the rest of the frame, and frames without filled pixels, bit-identical).
+    callback(k, frame) once per finished frame (it may raise to cancel).
+    """
+    keys = [int(i) for i in keys]
+    filled = check_refine_inputs(carried, filled, keys, settings, motion)
+    num = carried.shape[0]
+    carried = carried.float()
+    out = carried.clone()
+
+    def finish(k: int, image: torch.Tensor) -> None:
+        out[k] = image
+        if callback is not None:
+            callback(k, image)
+
+    def refined(k: int, init: torch.Tensor) -> torch.Tensor:
+        fill = _fill_of(filled, k)
+        if not settings.samples(fill):
+            return carried[k]
+        region = settings.region(fill)
+        new = refine(RefineRequest(k, init, region, settings.frame_seed(k))).float().cpu().clamp(0, 1)
+        # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
+        taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
+        return composite(carried[k], new, taken, settings.border)
+
+    for k in keys:
+        finish(k, carried[k])
+    if settings.mode == "per_frame":
+        for k in range(num):
+            if k not in keys:
+                finish(k, refined(k, carried[k]))
+        return out
+
+    from .motion.propagate import _steps
+
+    flows = motion.to_float() if motion is not None else None
+    chains, blends = keyframe_plan(keys, num, settings.window)
+    pending: dict[int, dict[int, torch.Tensor]] = {}
+    for chain in chains:
+        previous = carried[chain.indices[0]]
+        for k, flow, _, valid in _steps(flows, chain.indices):
+            image = refined(k, loopback_init(previous, carried[k], flow, valid))
+            previous = image  # the chain goes on from its own result, blended or not
+            if k in blends:
+                pending.setdefault(k, {})[chain.key] = image
+                key_a, key_b, t = blends[k]
+                if len(pending[k]) < 2:
+                    continue
+                parts = pending.pop(k)
+                image = (1 - t) * parts[key_a] + t * parts[key_b]
+            finish(k, image)
+    return out

