@@ -187,6 +187,24 @@ def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> t
     return chains, blends
 
 
+def meet(pending: dict, blends: dict[int, tuple], k: int, key: int, part):
+    """Chain `key`'s result for frame k, blended by `keyframe_plan`'s weights where two chains meet there.
+
+    part: a tensor or a tuple of tensors (each blended alike). Returns the part unchanged outside blends, None while
+    the other chain's part for k is still to come (kept in `pending`, a dict the caller holds for the whole run).
+    """
+    if k not in blends:
+        return part
+    pending.setdefault(k, {})[key] = part
+    key_a, key_b, t = blends[k]
+    if len(pending[k]) < 2:
+        return None
+    parts = pending.pop(k)
+    if isinstance(part, tuple):
+        return tuple((1 - t) * a + t * b for a, b in zip(parts[key_a], parts[key_b]))
+    return (1 - t) * parts[key_a] + t * parts[key_b]
+
+
 def propagate_keyframes(
     keyframes: Sequence[Keyframe],
     depth: torch.Tensor,
@@ -226,13 +244,9 @@ def propagate_keyframes(
     for chain in chains:
         kf = keyframes[chain.key]
         for k, latent in iter_chain(kf.denoiser, chain.indices, kf.latent, depth, seed, kf.depth):
-            if k in blends:
-                pending.setdefault(k, {})[chain.key] = latent
-                key_a, key_b, w = blends[k]
-                if len(pending[k]) < 2:
-                    continue
-                parts = pending.pop(k)
-                latent = (1 - w) * parts[key_a] + w * parts[key_b]
+            latent = meet(pending, blends, k, chain.key, latent)
+            if latent is None:
+                continue
             out[k] = latent[0].to(out_device)
             if callback is not None:
                 callback(k, latent)

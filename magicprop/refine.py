@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .composite import DEFAULT_BORDER, composite
 from .errors import MagicPropError
-from .propagate import check_keyframes, frame_seed, keyframe_plan
+from .propagate import check_keyframes, frame_seed, keyframe_plan, meet
 
 MODES = ("per_frame", "loopback")
 """per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""
@@ -269,12 +269,7 @@ def flow_refine(
         for k, flow, _, valid in _steps(flows, chain.indices):
             image = refined(k, loopback_init(previous, carried[k], flow, valid))
             previous = image  # the chain goes on from its own result, blended or not
-            if k in blends:
-                pending.setdefault(k, {})[chain.key] = image
-                key_a, key_b, t = blends[k]
-                if len(pending[k]) < 2:
-                    continue
-                parts = pending.pop(k)
-                image = (1 - t) * parts[key_a] + t * parts[key_b]
-            finish(k, image)
+            image = meet(pending, blends, k, chain.key, image)
+            if image is not None:
+                finish(k, image)
     return out

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
-from ..propagate import keyframe_plan
+from ..propagate import keyframe_plan, meet
 from .colour import EditMapping, fit_edit_mapping
 from .engine import FlowEngine, Motion, compose, consistency, import_cv2, resize_flow, warp
 
@@ -451,13 +451,7 @@ def flow_propagate(
                 img = (weight * img + (1 - weight) * pull_push(img, hole) + look(k)).clamp(0, 1)
             else:
                 img = weight * img + (1 - weight) * fill(k)
-            part = (img[0].permute(1, 2, 0), 1 - weight[0, 0])
-            if k in blends:
-                pending.setdefault(k, {})[key] = part
-                key_a, key_b, t = blends[k]
-                if len(pending[k]) < 2:
-                    continue
-                parts = pending.pop(k)
-                part = tuple((1 - t) * a + t * b for a, b in zip(parts[key_a], parts[key_b]))
-            finish(k, *part)
+            part = meet(pending, blends, k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0]))
+            if part is not None:
+                finish(k, *part)
     return FlowResult(out, filled, cuts)
