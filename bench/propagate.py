@@ -33,14 +33,6 @@ PRESETS = {
 }
 
 
-def sd_shaped_config(channels: list[int]) -> dict:
-    """SD1.5's UNet layout (3 cross-attention levels, 2 layers per block, 8 heads, 768 context) at other widths."""
-    return {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": channels,
-            "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768, "norm_num_groups": 32,
-            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
-
-
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -74,7 +66,7 @@ def main() -> None:
     from magicprop.checkpoint import load_checkpoint
     from magicprop.init_model import init_checkpoint
     from magicprop.propagate import propagate
-    from magicprop.tiny import save_tiny_models
+    from magicprop.tiny import save_tiny_models, sd_shaped_config
 
     work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))
     tiny = save_tiny_models(work / "tiny")

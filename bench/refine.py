@@ -28,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), never tests/
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> None:
@@ -41,8 +40,6 @@ def main() -> None:
     parser.add_argument("--filled-denoise", type=float, default=0.6)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "refine.json")
     args = parser.parse_args()
-
-    from propagate import sd_shaped_config  # (it puts the repository on sys.path: before the host goes first)
 
     from harness.host import enter_comfyui, find_comfyui
 
@@ -60,7 +57,7 @@ def main() -> None:
     from magicprop.frames import resize
     from magicprop.motion.engine import FlowEngine
     from magicprop.motion.propagate import flow_propagate
-    from magicprop.tiny import tiny_vae
+    from magicprop.tiny import sd_shaped_config, tiny_vae
     from magicprop.unet import unet_from_config
     from magicprop.unet_config import comfy_unet_config
     from magicprop.video import read_frames

@@ -24,6 +24,17 @@ TINY_UNET_CONFIG = {
     "norm_num_groups": 32,
 }
 
+
+def sd_shaped_config(channels: list[int]) -> dict:
+    """SD1.5's UNet layout (3 cross-attention levels, 2 layers per block, 8 heads, 768 context) at other widths.
+
+    For speed benchmarks: the real layout's cost structure at a width the machine can afford."""
+    return {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": channels,
+            "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768, "norm_num_groups": 32,
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+
+
 TINY_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
