@@ -239,12 +239,16 @@ def stripes(img: torch.Tensor) -> torch.Tensor:
 
 
 def discs(img: torch.Tensor) -> torch.Tensor:
-    """Two opaque painted discs (orange, teal) at fixed places of the image, edges anti-aliased."""
+    """Two opaque painted discs (orange, teal) at fixed places of the image, edges anti-aliased.
+
+    Both lie where the reference view shows the background: a user paints what the edited frame shows. (The teal disc
+    sat at (0.68, 0.6) until the layer was found to hide 80% of it in the reference, which made most of it an edit no
+    reference contains: frames that revealed it scored 16 dB on the filled pixels whatever the method.)"""
     h, w = img.shape[:2]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     out = img.float().clone()
     side = min(h, w)
-    for (u, v, r), colour in (((0.35, 0.4, 0.14), (1.0, 0.55, 0.1)), ((0.68, 0.6, 0.1), (0.1, 0.75, 0.7))):
+    for (u, v, r), colour in (((0.35, 0.4, 0.14), (1.0, 0.55, 0.1)), ((0.66, 0.26, 0.1), (0.1, 0.75, 0.7))):
         a = _soft(torch.sqrt((xs + 0.5 - u * w) ** 2 + (ys + 0.5 - v * h) ** 2) - r * side)[..., None]
         out = out * (1 - a) + torch.tensor(colour) * a
     return out
