@@ -269,17 +269,15 @@ STRATEGIES: dict[str, Callable] = {
 KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed", "guided"})
 """Strategies that estimate new flow (frame -> keyframe) with the engine; the others need only the motion."""
 DEFAULT_STRATEGY = "guided"
-"""Chosen by measurement with the default carry, PSNR per 30-frame window after the reference (DIS medium):
-`bench quality`'s three synthetic clips of 120 frames guided 22.46 / 19.56 / 19.15 / 19.47 dB, direct 22.20 / 19.44 /
-19.29 / 19.49 (copy 17.31 / 14.28 / 14.97 / 15.45); known-motion stills (reference = widest view) with stripes,
-bigbuckbunny 20.95 / 21.64 / 21.23 / 20.07 against direct 19.99 / 20.77 / 20.77 / 18.94, bikes 19.14 / 19.93 / 19.51 /
-18.63 against 18.56 / 19.22 / 18.96 / 17.81; with painted discs bigbuckbunny 28.00 / 24.38 / 22.33 / 22.80 against
-25.06 / 22.90 / 20.88 / 19.64. Composed flows drift and chaining resamples and piles up flow noise (chain and
-accumulate trail both by 1-4 dB after frame 30); one estimate straight to the keyframe fails where the camera moved far
-from it, which the guided refinement reaches. Carrying the edit itself, guided loses to direct on non-rigid real motion
-(bigbuckbunny 0-120 false colour 27.12 / 22.77 / 22.72 / 21.68 against 28.44 / 23.78 / 24.10 / 23.46: a refined flow
-that drifted with its guess can pass the forward-backward check); with the residual carry both give 45.8 dB there.
-`bench real` (bench/results/real.json) ranks every strategy and carry by its rule."""
+"""Chosen by `bench real`'s rule (bench/results/real.json: rows passing every acceptance margin first, then the mean
+PSNR over both suites), with the residual carry, DIS medium: guided is the only strategy that passes. Known motion
+(stills moved along a known path, reference = widest view), worst window's gain over copy-reference and worst drop
+from frames 1-30 to 91-120: guided +9.49 / 1.53 dB, direct +6.22 / 3.97, mixed +5.98 / 7.38, chain +3.81 / 10.58,
+accumulate +3.43 / 11.45; mean window PSNR there guided 27.8, direct 21.5. Composed flows drift and chaining
+resamples and piles up flow noise; one estimate straight to the keyframe fails where the camera moved far from it
+(DIS fills 33-64% of each frame there against 13-20%), which the refinement from the accumulated guess reaches and the
+homography snapping makes precise. On colour edits every strategy is within 0.7 dB on the mean (the residual carry makes them the
+mapping's job). `bench quality` (bench/results/quality.json) is in the README."""
 
 
 CARRIES = ("edit", "residual")
@@ -288,12 +286,11 @@ mapping. "residual": the edit less what its global colour mapping predicts from 
 mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
 registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
 DEFAULT_CARRY = "residual"
-"""Chosen by measurement (DIS, per 30-frame window): colour edits of real clips are then exactly what the mapping
-explains (bigbuckbunny false colour, direct: 48.58 / 45.86 / 45.87 / 45.72 dB against 28.44 / 23.78 / 24.10 / 23.46
-carrying the edit); spatial edits keep the frame's own detail (known-motion stills with painted discs, guided:
-bigbuckbunny 28.00 / 24.38 / 22.33 / 22.80 against 24.51 / 22.98 / 21.78 / 21.72, bikes 24.96 / 21.88 / 20.88 / 21.12
-against 24.80 / 22.12 / 21.32 / 20.86); `bench quality` guided 22.46 / 19.56 / 19.15 / 19.47 against 22.40 / 17.61 /
-17.83 / 19.20. The fill of the residual is zero: where nothing was carried, the frame gets the mapping alone."""
+"""Chosen by `bench real` (bench/results/real.json), guided, DIS medium: colour edits of real clips are then what the
+mapping explains (worst window 45.7 dB against 21.8 carrying the edit; colour transfer alone 46.2); spatial edits keep
+the frame's own detail (known motion, mean window 27.8 dB against 25.9 carrying the edit, worst gain over copy +9.49
+against +9.36). The fill of the residual is its pull-push continuation from the carried pixels around: where nothing
+was carried, the frame gets the mapping plus that smooth continuation."""
 
 
 def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
