@@ -276,8 +276,8 @@ from frames 1-30 to 91-120: guided +9.49 / 1.53 dB, direct +6.22 / 3.97, mixed +
 accumulate +3.43 / 11.45; mean window PSNR there guided 27.8, direct 21.5. Composed flows drift and chaining
 resamples and piles up flow noise; one estimate straight to the keyframe fails where the camera moved far from it
 (DIS fills 33-64% of each frame there against 13-20%), which the refinement from the accumulated guess reaches and the
-homography snapping makes precise. On colour edits every strategy is within 0.7 dB on the mean (the residual carry makes them the
-mapping's job). `bench quality` (bench/results/quality.json) is in the README."""
+homography snapping makes precise. On colour edits every strategy is within 0.7 dB on the mean (the residual carry
+makes them the mapping's job). `bench quality` (bench/results/quality.json) is in the README."""
 
 
 CARRIES = ("edit", "residual")
