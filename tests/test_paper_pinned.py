@@ -3,7 +3,8 @@
 tests/fixtures/paper-10ch-v1/latents.safetensors was written by `make_fixture` below at commit "paper-10ch fixture"
 (the commit before the flow-guided layout): the shipped `propdpm-main` (the paper's input layout) propagates a held-out
 synthetic clip from a reference in mid-clip, both chains, 4 steps. Any later change to how the 10 channels are built,
-scaled or fed must leave these latents unchanged (1e-5).
+scaled or fed must leave these latents unchanged (1e-4: float32 sums differ between CPUs and BLAS builds by about
+1e-5, CI measured 1.2e-5; a change to the conditioning moves them by orders of magnitude more).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_paper_checkpoint_gives_the_pinned_latents():
     want = load_file(str(FIXTURE))
     got = pinned_run()
     assert got["latents"].shape == want["latents"].shape == (8, 4, 16, 16)
-    assert torch.allclose(got["latents"], want["latents"], atol=1e-5, rtol=0), \
+    assert torch.allclose(got["latents"], want["latents"], atol=1e-4, rtol=0), \
         float((got["latents"] - want["latents"]).abs().max())
 
 
