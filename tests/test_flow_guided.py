@@ -11,7 +11,14 @@ import torch
 
 from magicprop.backend import DiffusersDenoiser, StandaloneModels
 from magicprop.checkpoint import convert_checkpoint, inspect_checkpoint, load_checkpoint, save_checkpoint
-from magicprop.conditioning import FLOW_GUIDED_INPUTS, PAPER_INPUTS, condition_for
+from magicprop.conditioning import (
+    FLOW_GUIDED_INPUTS,
+    MOTION_SEED_SALT,
+    PAPER_INPUTS,
+    augment_generator,
+    condition_for,
+    noise_augment,
+)
 from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError, MagicPropError
 from magicprop.motion.engine import FlowEngine, FlowSettings
@@ -163,3 +170,75 @@ def test_flow_guided_run_keeps_carried_pixels_and_refuses_other_flow(tiny_models
     keep = carried.filled < 0.5
     assert out.shape == frames.shape and torch.equal(out[keep], carried.frames[keep])
     assert torch.equal(out[0], reference[0])
+
+
+# -- the trainer -----------------------------------------------------------------------------------------------
+
+def train_args(tiny_models, out: Path, **train) -> list[str]:
+    base = {
+        "model.init_checkpoint": str(tiny_models["checkpoint"]), "model.vae": str(tiny_models["vae"]),
+        "model.clip_vision": str(tiny_models["clip_vision"]), "data.source": "synthetic",
+        "data.synthetic_clips": 2, "data.synthetic_size": 32, "data.synthetic_frames": 6,
+        "train.output_dir": str(out), "train.batch_size": 4, "train.warmup_steps": 0, "train.validate_every": 0,
+        "train.log_every": 1, "train.checkpoint_every": 1000, "train.flow_guided": True,
+        "train.flow_preset": SETTINGS.preset, "train.flow_work_size": SETTINGS.work_size,
+    }
+    base.update({f"train.{k}": v for k, v in train.items()})
+    return [f"{k}={json.dumps(v)}" for k, v in base.items()]
+
+
+def test_trainer_smoke_run_makes_a_loadable_flow_guided_checkpoint(tmp_path, tiny_models, pair):
+    from magicprop.train.config import load_config
+    from magicprop.train.loop import train
+
+    cfg = load_config(None, train_args(tiny_models, tmp_path / "run", steps=2, motion_noise_augmentation=0.2,
+                                       rollout_probability=0.5, rollout_length=2, rollout_steps=1,
+                                       validate_every=2, validation_steps=1))
+    path = train(cfg, progress=False)
+    ckpt = load_checkpoint(path)
+    assert ckpt.config.inputs == FLOW_GUIDED_INPUTS and ckpt.unet_state["conv_in.weight"].shape[1] == 16
+    assert ckpt.config.motion == {**SETTINGS.record(), "strategy": "guided", "carry": "edit"}
+    assert ckpt.config.motion_noise_augmentation == 0.2
+    assert any("val_psnr" in line for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+    models = StandaloneModels.load(path, tiny_models["vae"], tiny_models["clip_vision"])
+    out = propagate_images(models, pair.edit.frames[:1], pair.source.depth, 0, steps=1, frames=pair.source.frames)
+    assert out.shape == pair.source.frames.shape and torch.isfinite(out).all()
+    with pytest.raises(MagicPropError, match="train.flow_carry='warp'") as e:
+        train(load_config(None, train_args(tiny_models, tmp_path / "bad", steps=1, flow_carry="warp")), progress=False)
+    one_line(e)
+
+
+def test_trainer_batches_carry_the_anchor_reference_through_the_source_flow(tiny_models):
+    from magicprop.backend import FrozenEncoders
+    from magicprop.motion.propagate import flow_propagate
+    from magicprop.motion_inputs import encode_carried
+    from magicprop.schedule import ScheduleConfig, train_scheduler
+    from magicprop.train.config import load_config
+    from magicprop.train.data import make_source, sample_spec
+    from magicprop.train.encoders import ClipCache
+    from magicprop.train.loop import Batcher
+    from magicprop.train.motion import MotionCache, anchors
+
+    cfg = load_config(None, train_args(tiny_models, Path("unused"), motion_noise_augmentation=0.2))
+    source = make_source(cfg.data)
+    enc = FrozenEncoders(cfg.model.vae, cfg.model.clip_vision)
+    motion = MotionCache(source, enc, FlowEngine(SETTINGS), "guided", "edit")
+    specs = [sample_spec(5, i, source, cfg.data.gaps, cfg.data.gap_weights, cfg.data.backward, 1000, 0.0, 0.0,
+                         True, 0.2) for i in range(8)]
+    assert all(s.ref in anchors(6) and s.ref != s.target and 0 <= s.motion_level < 0.2 for s in specs)
+    paper = [sample_spec(5, i, source, cfg.data.gaps, cfg.data.gap_weights, cfg.data.backward, 1000, 0.0)
+             for i in range(8)]
+    assert [dataclasses.replace(s, ref=0, motion_level=0.0) for s in specs] == \
+        [dataclasses.replace(s, ref=0) for s in paper], "the paper layout's draws are unchanged"
+    batch = Batcher(ClipCache(source, enc), train_scheduler(ScheduleConfig()), cfg, enc.latent_scale, "cpu",
+                    motion=motion)(specs)
+    assert batch["input"].shape[1] == 16
+    s = specs[0]
+    frames = source.clip(s.clip).frames.float() / 255
+    result = flow_propagate(frames, frames[s.ref : s.ref + 1], [s.ref], FlowEngine(SETTINGS), carry="edit")
+    latents, valid = encode_carried(result.frames, result.filled, enc.encode)
+    assert torch.equal(batch["input"][:1, 14:15], valid[s.target : s.target + 1].half().float())
+    clean = latents[s.target : s.target + 1].half().float() * enc.latent_scale
+    torch.testing.assert_close(batch["input"][:1, 10:14], noise_augment(clean, s.motion_level, augment_generator(
+        s.noise_seed, MOTION_SEED_SALT)))
+    assert s.motion_level > 0 and torch.allclose(batch["input"][0, 15], torch.full((4, 4), s.motion_level))
