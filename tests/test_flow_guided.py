@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import flow_guided_checkpoint
 
 from magicprop.backend import DiffusersDenoiser, StandaloneModels
 from magicprop.checkpoint import convert_checkpoint, inspect_checkpoint, load_checkpoint, save_checkpoint
@@ -22,7 +23,7 @@ from magicprop.conditioning import (
 from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError, MagicPropError
 from magicprop.motion.engine import FlowEngine, FlowSettings
-from magicprop.motion_inputs import composite_carried, flow_guided_model
+from magicprop.motion_inputs import composite_carried
 from magicprop.propagate import FrameRequest, frame_seed
 from magicprop.run import propagate_images
 from magicprop.synthetic import SceneConfig, make_clip
@@ -36,16 +37,8 @@ def one_line(e) -> str:
     return message
 
 
-def make_flow_guided(paper: Path, out: Path, perturb: bool = True, noise: float = 0.0) -> Path:
-    """A flow-guided tiny checkpoint from a paper one (new channels zero, or seeded random when `perturb`)."""
-    ckpt = load_checkpoint(paper)
-    config, unet = flow_guided_model(ckpt.config, ckpt.build_unet(), SETTINGS, "guided", "edit", noise)
-    if perturb:
-        with torch.no_grad():
-            w = unet.conv_in.weight
-            g = torch.Generator().manual_seed(3)
-            w[:, 10:] = torch.randn(w[:, 10:].shape, generator=g) * w[:, :4].std()
-    return save_checkpoint(out, config, unet, ckpt.build_adapter())
+def make_flow_guided(paper: Path, out: Path, perturb: bool = True) -> Path:
+    return flow_guided_checkpoint(paper, out, SETTINGS, perturb)
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +235,35 @@ def test_trainer_batches_carry_the_anchor_reference_through_the_source_flow(tiny
     torch.testing.assert_close(batch["input"][:1, 10:14], noise_augment(clean, s.motion_level, augment_generator(
         s.noise_seed, MOTION_SEED_SALT)))
     assert s.motion_level > 0 and torch.allclose(batch["input"][0, 15], torch.full((4, 4), s.motion_level))
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+def test_cli_propagate_uses_the_checkpoints_estimator_and_refuses_another(tmp_path, tiny_models, guided, bikes,
+                                                                          capfd):
+    from magicprop.cli import main
+    from magicprop.frames import crop_to_grid, resize_width, save_image
+    from magicprop.motion.propagate import flow_propagate
+    from magicprop.video import read_frames
+
+    frames = crop_to_grid(resize_width(read_frames(bikes, 4), 64), notice=False)  # (4, 24, 64, 3)
+    save_image(tmp_path / "ref.png", 1 - read_frames(bikes, 2)[1])
+    out = tmp_path / "out.mp4"
+    args = ["-q", "propagate", "--checkpoint", str(guided), "--video", str(bikes),
+            "--reference", str(tmp_path / "ref.png"), "--reference-index", "1", "--out", str(out),
+            "--vae", str(tiny_models["vae"]), "--clip-vision", str(tiny_models["clip_vision"]),
+            "--depth-model", str(tiny_models["depth"]), "--frames", "4", "--width", "64", "--steps", "1",
+            "--no-audio", "--crf", "0", "--pix-fmt", "yuv444p", "--device", "cpu"]
+    for bad, pattern in ((["--flow-preset", "medium"], "--flow dis was estimated with dis (preset medium"),
+                         (["--flow", "farneback"], "--flow farneback was estimated with farneback")):
+        assert main(args[:2] + bad + args[2:]) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and pattern in err[0] and "trained with dis (preset ultrafast" in err[0], err
+        assert not out.exists()
+    assert main(args[:2] + ["--flow", "dis"] + args[2:]) == 0
+    written = read_frames(out)
+    assert written.shape == frames.shape
+    reference = crop_to_grid(resize_width((1 - read_frames(bikes, 2)[1:2]), 64), notice=False)
+    carried = flow_propagate(frames, reference, [1], FlowEngine(SETTINGS))
+    keep = carried.filled < 0.5
+    assert (written[keep] - carried.frames[keep]).abs().mean() < 1.5 / 255, "carried pixels, to the codec's precision"
