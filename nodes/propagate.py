@@ -226,16 +226,6 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Image.Input("source_frames", optional=True,
                                tooltip="The source video frames: kept outside the mask (needed with a mask), and "
                                        "carried along with the edit by a flow-guided PropDPM (needed by one)."),
-                Flow.Input("flow", optional=True,
-                           tooltip="OpticalFlowSequence's flow of source_frames, for a flow-guided PropDPM (needed by "
-                                   "one; its estimator must be the one the checkpoint was trained with)."),
-                io.Boolean.Input("carried_composite", default=True, optional=True,
-                                 tooltip="Flow-guided PropDPM: keep the pixels the flow carried exactly in the IMAGE "
-                                         "output and take the model's pixels where flow propagation filled, blended "
-                                         "over composite_border px."),
-                io.Int.Input("composite_border", default=DEFAULT_BORDER, min=0, max=256, optional=True,
-                             tooltip="Pixels over which the carried pixels fade into the model's inside the filled "
-                                     "regions (0 = hard edge)."),
                 io.Boolean.Input("pixel_composite", default=True, optional=True,
                                  tooltip="With a mask: copy the source pixels exactly outside it in the images "
                                          "output (the latent output keeps them to latent precision)."),
@@ -252,6 +242,16 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Float.Input("anchor_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Drift control: pull each frame's latent channel statistics towards the "
                                        "reference's (inside the mask if one is given); 0 = off."),
+                Flow.Input("flow", optional=True,
+                           tooltip="OpticalFlowSequence's flow of source_frames, for a flow-guided PropDPM (needed by "
+                                   "one; its estimator must be the one the checkpoint was trained with)."),
+                io.Boolean.Input("carried_composite", default=True, optional=True,
+                                 tooltip="Flow-guided PropDPM: keep the pixels the flow carried exactly in the IMAGE "
+                                         "output and take the model's pixels where flow propagation filled, blended "
+                                         "over composite_border px."),
+                io.Int.Input("composite_border", default=DEFAULT_BORDER, min=0, max=256, optional=True,
+                             tooltip="Pixels over which the carried pixels fade into the model's inside the filled "
+                                     "regions (0 = hard edge)."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             outputs=[
