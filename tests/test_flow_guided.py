@@ -165,6 +165,28 @@ def test_flow_guided_run_keeps_carried_pixels_and_refuses_other_flow(tiny_models
     assert torch.equal(out[0], reference[0])
 
 
+
+def test_keyframes_masks_and_anchoring_keep_working(tiny_models, guided, pair):
+    from magicprop.depth import depth_to_latent_grid
+    from magicprop.run import carried_for_run, latent_masks, propagate_run, run_inputs
+
+    models = StandaloneModels.load(guided, tiny_models["vae"], tiny_models["clip_vision"])
+    frames, refs, keys = pair.source.frames, pair.edit.frames[[0, 4]], [0, 4]
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 4:28, 8:24] = 1.0
+    carried = carried_for_run(models.config, frames, refs, keys, models.encode, FlowEngine(SETTINGS), mask=mask)
+    latents = models.encode(refs)
+    inputs = run_inputs(latents, keys, depth_to_latent_grid(pair.source.depth[:, None], (4, 4)), carried=carried)
+    out = propagate_run(inputs, lambda i, _k: models.denoiser(refs[i : i + 1], latents[i : i + 1], 1), 3, window=1,
+                        anchor_strength=0.5, masks=latent_masks(mask, (4, 4)))
+    images = composite_carried(models.decode(out), carried.frames, carried.filled, 4)
+    outside = (mask[0] == 0).expand(5, -1, -1)
+    assert torch.equal(images[outside], frames[outside]), "outside the mask: the source frames, exactly"
+    for n, k in enumerate(keys):
+        assert torch.equal(images[k][mask[0] > 0], refs[n][mask[0] > 0]), k
+    assert torch.equal(out[[0, 4]], latents)
+
+
 # -- the trainer -----------------------------------------------------------------------------------------------
 
 def train_args(tiny_models, out: Path, **train) -> list[str]:
