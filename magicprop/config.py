@@ -17,6 +17,8 @@ from .errors import CheckpointError, MagicPropError
 from .schedule import ScheduleConfig
 
 FORMAT_NAME = "magicprop.propdpm"
+LAYOUT_FIELDS = ("inputs", "motion", "motion_noise_augmentation")
+"""Fields of the flow-guided layout; a paper-layout checkpoint leaves them out (their defaults describe it)."""
 FORMAT_VERSION = 1
 
 
@@ -121,7 +123,11 @@ class PropDPMConfig:
 
     # -- serialisation -------------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.flow_guided:  # the paper's layout is written as before these fields existed (older readers load it)
+            for name in LAYOUT_FIELDS:
+                data.pop(name)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "PropDPMConfig":

@@ -14,7 +14,13 @@ from comfy_api.latest import io
 from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
-from ..magicprop.motion_inputs import DEFAULT_FEEDBACK, CarriedFrames, check_flow_record, composite_carried
+from ..magicprop.motion_inputs import (
+    DEFAULT_FEEDBACK,
+    CarriedFrames,
+    check_flow_record,
+    checkpoint_strategy,
+    composite_carried,
+)
 from ..magicprop.propagate import check_keyframes
 from ..magicprop.run import (
     RunInputs,
@@ -65,7 +71,7 @@ def node_carried(config, vae, flow, source_frames: torch.Tensor | None, referenc
     propagation with the flow's own estimator (the checkpoint's, checked before), encoded with ComfyUI's VAE."""
     if not config.flow_guided:
         return None
-    engine, _ = keyframe_engine(flow, "guided")
+    engine, _ = keyframe_engine(flow, checkpoint_strategy(config))
     with placed(engine):
         return carried_for_run(config, source_frames[..., :3].float().cpu(), reference[..., :3].float().cpu(), keys,
                                lambda x: vae.encode(x).float(), engine, flow, window=window,

@@ -74,10 +74,12 @@ def test_metadata_round_trips_through_save_load_and_convert(tmp_path, guided):
 def test_old_metadata_without_the_fields_is_the_paper_layout(tiny_models):
     config = load_checkpoint(tiny_models["checkpoint"]).config
     data = json.loads(config.to_json())
-    for key in ("inputs", "motion", "motion_noise_augmentation"):
-        data.pop(key)
+    assert not {"inputs", "motion", "motion_noise_augmentation"} & set(data), \
+        "a paper checkpoint is written as before these fields existed (older readers load it)"
     old = PropDPMConfig.from_json(json.dumps(data))
     assert old.inputs == PAPER_INPUTS and old.motion == {} and not old.flow_guided and old == config
+    explicit = PropDPMConfig.from_json(json.dumps({**data, "inputs": list(PAPER_INPUTS), "motion": {}}))
+    assert explicit == config
 
 
 def test_inconsistent_layouts_are_refused_in_one_line(tmp_path, tiny_models, guided):
