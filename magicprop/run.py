@@ -22,7 +22,18 @@ from .composite import DEFAULT_BORDER
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
 from .errors import MagicPropError
-from .motion_inputs import DEFAULT_FEEDBACK, CarriedDenoiser, CarriedFrames, Decode, Encode
+from .motion_inputs import (
+    DEFAULT_FEEDBACK,
+    CarriedDenoiser,
+    CarriedFrames,
+    Decode,
+    Encode,
+    carry_frames,
+    check_flow_record,
+    checkpoint_settings,
+    checkpoint_strategy,
+    composite_carried,
+)
 from .propagate import (
     FrameCallback,
     FrameDenoiser,
@@ -177,7 +188,6 @@ def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tenso
     the checkpoint's record; `weights`: the RAFT weights file it records) and `motion` (the clip's consecutive flow,
     default: estimated here) are refused in one line when made by another estimator."""
     from .motion.engine import FlowEngine
-    from .motion_inputs import carry_frames, check_flow_record, checkpoint_settings, checkpoint_strategy
 
     if not config.flow_guided:
         return None
@@ -216,11 +226,7 @@ def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, refer
                             callback=callback, feedback=feedback, encode=models.encode, decode=models.decode,
                             composite_border=composite_border)
     images = models.decode(latents)
-    if carried is None:
-        return images
-    from .motion_inputs import composite_carried
-
-    return composite_carried(images, carried.frames, carried.filled, composite_border)
+    return images if carried is None else composite_carried(images, carried.frames, carried.filled, composite_border)
 
 
 def teacher_forced(models, frames: torch.Tensor, depth: torch.Tensor, steps: int = 20, seed: int = 0) -> torch.Tensor:
