@@ -23,7 +23,6 @@ from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
 from .errors import MagicPropError
 from .motion_inputs import (
-    DEFAULT_FEEDBACK,
     CarriedDenoiser,
     CarriedFrames,
     Decode,
@@ -140,17 +139,19 @@ def propagate_run(
     masks: torch.Tensor | None = None,
     callback: FrameCallback | None = None,
     out_device: torch.device | str = "cpu",
-    feedback: str = DEFAULT_FEEDBACK,
+    feedback: str | None = None,
     encode: Encode | None = None,
     decode: Decode | None = None,
-    composite_border: int | None = DEFAULT_BORDER,
+    composite_border: int | None = None,
 ) -> torch.Tensor:
     """Run the propagation: (K, C, h, w) latents, each reference in its place.
 
     anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.drift``),
     inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given. With `inputs.carried`, every
     frame gets its motion inputs (``magicprop.motion_inputs.CarriedDenoiser``, outermost, so anchoring acts on the
-    model's own latent); `feedback`, `encode`, `decode` and `composite_border` say what feeds the next frame.
+    model's own latent); `feedback`, `encode`, `decode` and `composite_border` say what feeds the next frame (default:
+the composite re-encoded when `composite_border` is not None, which needs the VAE's `encode` and `decode`;
+``magicprop.motion_inputs``).
     """
     if not 0.0 <= anchor_strength <= 1.0:
         raise MagicPropError(f"anchor strength={anchor_strength}: expected a value in [0, 1] (0 = off).")
@@ -208,7 +209,7 @@ def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tenso
 def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, reference_index: int, steps: int = 20,
                      seed: int = 0, cfg: float = 1.0, anchor_strength: float = 0.0,
                      callback: FrameCallback | None = None, frames: torch.Tensor | None = None, engine=None,
-                     motion=None, composite_border: int | None = DEFAULT_BORDER, feedback: str = DEFAULT_FEEDBACK,
+                     motion=None, composite_border: int | None = DEFAULT_BORDER, feedback: str | None = None,
                      blank: bool = True, carry: str | None = None) -> torch.Tensor:
     """(1, H, W, 3) edited reference + (K, H, W) clip depth in [0, 1] -> (K, H, W, 3) propagated frames.
 

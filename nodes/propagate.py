@@ -15,7 +15,6 @@ from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
 from ..magicprop.motion_inputs import (
-    DEFAULT_FEEDBACK,
     CarriedFrames,
     check_flow_record,
     checkpoint_strategy,
@@ -306,8 +305,7 @@ class AutoregressivePropagate(io.ComfyNode):
 
         latents = propagate_run(inputs, make_denoiser, seed, keyframe_window, anchor_strength, anchor_masks,
                                 callback=progress.on_frame, out_device=comfy.model_management.intermediate_device(),
-                                feedback=DEFAULT_FEEDBACK, encode=vae.encode, decode=vae.decode,
-                                composite_border=border)
+                                encode=vae.encode, decode=vae.decode, composite_border=border)
         if not decode:
             return io.NodeOutput({"samples": latents}, None)
         images = vae.decode(latents)

@@ -140,6 +140,39 @@ def test_composite_keeps_carried_pixels_exactly():
     assert torch.equal(composite_carried(decoded, carried, filled, None), decoded)
 
 
+def test_the_composite_feeds_the_next_frame_when_it_is_on():
+    import torch.nn.functional as F
+
+    from magicprop.motion_inputs import CarriedDenoiser, CarriedFrames
+
+    def decode(z):  # (B, 4, h, w) -> (B, 8h, 8w, 3)
+        return F.interpolate(torch.sigmoid(z[:, :3]), scale_factor=8).movedim(1, -1)
+
+    def encode(x):  # (B, H, W, 3) -> (B, 4, H/8, W/8)
+        y = F.avg_pool2d(x.movedim(-1, 1), 8)
+        return torch.cat([y, y[:, :1]], 1)
+
+    g = torch.Generator().manual_seed(0)
+    filled = torch.zeros(5, 32, 32)
+    filled[:, 8:24, 8:24] = 1
+    carried = CarriedFrames(torch.rand(5, 32, 32, 3, generator=g), filled, torch.randn(5, 4, 4, 4, generator=g),
+                            torch.ones(5, 1, 4, 4))
+    made = torch.randn(1, 4, 4, 4, generator=g)
+    seen = []
+
+    def inner(req):
+        seen.append(req)
+        return made
+
+    req = request(carried=False)
+    out = CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=4)(req)
+    assert torch.equal(seen[0].carried_latent, carried.latents[2:3]) and seen[0].motion_noise_level == 0.0
+    assert torch.equal(out, encode(composite_carried(decode(made), carried.frames[2:3], filled[2:3], 4)))
+    assert torch.equal(CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=None)(req), made)
+    with pytest.raises(MagicPropError, match="feedback 'composite' needs the VAE") as e:
+        CarriedDenoiser(inner, carried, feedback="composite", border=None)
+    one_line(e)
+
 def test_flow_guided_run_keeps_carried_pixels_and_refuses_other_flow(tiny_models, guided, pair):
     models = StandaloneModels.load(guided, tiny_models["vae"], tiny_models["clip_vision"])
     reference, depth, frames = pair.edit.frames[:1], pair.source.depth, pair.source.frames
@@ -180,7 +213,8 @@ def test_keyframes_masks_and_anchoring_keep_working(tiny_models, guided, pair):
     latents = models.encode(refs)
     inputs = run_inputs(latents, keys, depth_to_latent_grid(pair.source.depth[:, None], (4, 4)), carried=carried)
     out = propagate_run(inputs, lambda i, _k: models.denoiser(refs[i : i + 1], latents[i : i + 1], 1), 3, window=1,
-                        anchor_strength=0.5, masks=latent_masks(mask, (4, 4)))
+                        anchor_strength=0.5, masks=latent_masks(mask, (4, 4)), encode=models.encode,
+                        decode=models.decode, composite_border=4)
     images = composite_carried(models.decode(out), carried.frames, carried.filled, 4)
     outside = (mask[0] == 0).expand(5, -1, -1)
     assert torch.equal(images[outside], frames[outside]), "outside the mask: the source frames, exactly"
