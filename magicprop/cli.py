@@ -89,7 +89,8 @@ def _add_flow_guided(p) -> None:
     g.add_argument("--composite-border", type=int, default=DEFAULT_BORDER,
                    help="px over which the carried pixels fade into the model's inside filled regions")
     g.add_argument("--no-composite", action="store_true",
-                   help="write the decoded frames as they are (no carried pixels composited over them)")
+                   help="write the decoded frames as they are (no carried pixels composited over them; the model's "
+                        "own latent then feeds each next frame)")
 
 
 def _add_warp(sub) -> None:

@@ -260,7 +260,10 @@ class AutoregressivePropagate(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             outputs=[
-                io.Latent.Output(display_name="LATENT", tooltip="All K frames (the references in their places)."),
+                io.Latent.Output(display_name="LATENT",
+                                 tooltip="All K frames (the references in their places); with a flow-guided PropDPM "
+                                         "and carried_composite on, each frame's composite re-encoded (what fed the "
+                                         "next frame)."),
                 io.Image.Output(display_name="IMAGE", tooltip="The K frames decoded with the VAE."),
             ],
         )
