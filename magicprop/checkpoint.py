@@ -51,7 +51,7 @@ def save_checkpoint(path: str | Path, config: PropDPMConfig, unet, adapter: Appe
     """Write a PropDPM checkpoint atomically; returns its path."""
     from safetensors.torch import save_file
 
-    check_propdpm_unet_config(dict(config.unet_config), "config.unet_config")
+    check_propdpm_unet_config(dict(config.unet_config), "config.unet_config", config.inputs)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module in ((UNET_PREFIX, unet), (ADAPTER_PREFIX, adapter)):
         for k, v in module.state_dict().items():
@@ -146,7 +146,7 @@ def inspect_checkpoint(path: str | Path) -> PropDPMConfig:
     if meta.get("format") != FORMAT_NAME or "magicprop" not in meta:
         raise CheckpointError(_describe_foreign(path, header))
     config = PropDPMConfig.from_json(meta["magicprop"])
-    check_propdpm_unet_config(config.unet_config, f"{path.name}'s unet_config")
+    check_propdpm_unet_config(config.unet_config, f"{path.name}'s unet_config", config.inputs)
     if not any(k.startswith(ADAPTER_PREFIX) for k in header):
         raise CheckpointError(f"{path.name} has PropDPM metadata but no adapter weights: the file is incomplete.")
     return config

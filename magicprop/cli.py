@@ -73,6 +73,24 @@ def _add_propagate(sub) -> None:
     p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    _add_flow_guided(p)
+
+
+def _add_flow_guided(p) -> None:
+    from .composite import DEFAULT_BORDER
+    from .motion.engine import DIS_PRESETS, ESTIMATORS
+
+    g = p.add_argument_group("flow-guided checkpoints", "the flow the checkpoint's motion inputs are made with")
+    g.add_argument("--flow", default=None, metavar="|".join(ESTIMATORS),
+                   help="optical flow estimator (default: the one the checkpoint records; another is refused)")
+    g.add_argument("--flow-weights", type=Path, help="RAFT weights file, when the checkpoint's estimator is raft")
+    g.add_argument("--flow-preset", choices=DIS_PRESETS, default=None, help="DIS preset (default: the checkpoint's)")
+    g.add_argument("--flow-size", type=int, default=None, help="flow working size (default: the checkpoint's)")
+    g.add_argument("--composite-border", type=int, default=DEFAULT_BORDER,
+                   help="px over which the carried pixels fade into the model's inside filled regions")
+    g.add_argument("--no-composite", action="store_true",
+                   help="write the decoded frames as they are (no carried pixels composited over them; the model's "
+                        "own latent then feeds each next frame)")
 
 
 def _add_warp(sub) -> None:
@@ -260,7 +278,9 @@ def _run(args: argparse.Namespace) -> None:
             max_frames=args.frames, stride=args.stride, width=args.width, steps=args.steps, cfg=args.cfg,
             guidance_rescale=args.guidance_rescale, seed=args.seed, audio=not args.no_audio, crf=args.crf,
             pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
-            keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength,
+            keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength, flow=args.flow,
+            flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
+            composite_border=None if args.no_composite else args.composite_border,
         )
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)

@@ -12,10 +12,13 @@ from typing import Any
 
 from .adapter import AdapterConfig
 from .clip import ClipSpec
-from .errors import CheckpointError
+from .conditioning import PAPER_INPUTS, check_inputs, has_motion
+from .errors import CheckpointError, MagicPropError
 from .schedule import ScheduleConfig
 
 FORMAT_NAME = "magicprop.propdpm"
+LAYOUT_FIELDS = ("inputs", "motion", "motion_noise_augmentation")
+"""Fields of the flow-guided layout; a paper-layout checkpoint leaves them out (their defaults describe it)."""
 FORMAT_VERSION = 1
 
 
@@ -61,7 +64,8 @@ class PropDPMConfig:
     """Metadata of one PropDPM checkpoint. Field docs say why each one is recorded."""
 
     unet_config: dict[str, Any]
-    """diffusers UNet2DConditionModel config (in_channels 10): rebuilds the UNet on both backends."""
+    """diffusers UNet2DConditionModel config (in_channels 4 + the inputs' channels): rebuilds the UNet on both
+    backends."""
     adapter: AdapterConfig = AdapterConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     """Prediction type (v) and zero terminal SNR: ComfyUI's model config and the samplers follow them."""
@@ -85,11 +89,45 @@ class PropDPMConfig:
     """The VAE the latents came from (name, scaling factor); informational."""
     training: dict[str, Any] = field(default_factory=dict)
     """How the weights were made (source, steps, data); informational."""
+    inputs: tuple[str, ...] = PAPER_INPUTS
+    """The UNet's extra input channels by name, in channel order (``magicprop.conditioning.INPUTS``): the paper's
+    layout by default, so files written before this field load and run as they did."""
+    motion: dict[str, Any] = field(default_factory=dict)
+    """Flow-guided checkpoints: the estimator the motion inputs were made with in training (``FlowSettings.record()``)
+    plus the flow propagation `strategy` and training `carry`; inference refuses flow from another estimator. Empty
+    for the paper's layout."""
+    motion_noise_augmentation: float = 0.0
+    """Largest std of the noise mixed into the carried latent in training (the level drawn per sample is fed to the
+    model as the motion_noise_level input); inference feeds level 0."""
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        try:
+            names = check_inputs(self.inputs, "checkpoint inputs")
+        except MagicPropError as e:
+            raise CheckpointError(str(e)) from None
+        object.__setattr__(self, "inputs", names)
+        if has_motion(names) and not self.motion.get("estimator"):
+            raise CheckpointError(
+                f"checkpoint inputs {list(names)} declare motion channels but its `motion` record names no flow "
+                "estimator: the trainer records the one it used; re-export the checkpoint with this MagicProp."
+            )
+        if not 0.0 <= self.motion_noise_augmentation < 1.0:
+            raise CheckpointError(f"checkpoint motion_noise_augmentation={self.motion_noise_augmentation}: expected "
+                                  "a level in [0, 1).")
+
+    @property
+    def flow_guided(self) -> bool:
+        """Whether the checkpoint declares motion inputs (a run then needs source frames and their flow)."""
+        return has_motion(self.inputs)
 
     # -- serialisation -------------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.flow_guided:  # the paper's layout is written as before these fields existed (older readers load it)
+            for name in LAYOUT_FIELDS:
+                data.pop(name)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "PropDPMConfig":
@@ -115,6 +153,8 @@ class PropDPMConfig:
             gap = data.get("gap", {})
             data["gap"] = GapDistribution(**{k: tuple(v) if isinstance(v, list) else v for k, v in gap.items()})
             data["depth"] = DepthSpec(**data.get("depth", {}))
+            if "inputs" in data:
+                data["inputs"] = tuple(data["inputs"])
             return cls(**data)
         except TypeError as e:
             raise CheckpointError(f"checkpoint metadata does not match this MagicProp's format: {e}.") from None

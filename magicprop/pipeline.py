@@ -2,11 +2,14 @@
 
 The job reads its files (references, depth, the video's frames for depth), builds the run's inputs on the latent
 grid and runs them through ``magicprop.run``, the same core the ComfyUI node uses; frames are decoded and written
-in chunks.
+in chunks. A flow-guided checkpoint also gets its motion inputs: the video's frames are held, their flow is estimated
+with the estimator the checkpoint records (``--flow`` and its settings may only repeat it), and the output is
+composited under the carried pixels (``--no-composite`` turns that off).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,11 +19,12 @@ import torch
 
 from .backend import FrozenEncoders, StandaloneModels
 from .checkpoint import inspect_checkpoint
+from .composite import DEFAULT_BORDER
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
 from .propagate import check_keyframes, keyframe_plan
-from .run import DenoiserFactory, RunInputs, generated_frames, propagate_run, run_inputs
+from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, write_video
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,14 @@ class PropagateJob:
     dtype: torch.dtype = torch.float32
     keyframe_window: int = 8
     anchor_strength: float = 0.0
+    flow: str | None = None
+    """Flow estimator for a flow-guided checkpoint (None: the one it records; another is refused)."""
+    flow_weights: Path | None = None
+    """RAFT weights file, when the checkpoint's estimator is RAFT."""
+    flow_preset: str | None = None
+    flow_size: int | None = None
+    composite_border: int | None = DEFAULT_BORDER
+    """Flow-guided checkpoints: px over which carried pixels fade into the model's (None: no composite)."""
 
     @property
     def references(self) -> list[Path]:
@@ -101,6 +113,24 @@ def _check_files(job: PropagateJob) -> None:
     if (job.depth_model is None) == (job.depth_frames is None):
         raise MagicPropError("depth: pass exactly one of --depth-model DIR (a transformers depth model) or "
                              "--depth-frames DIR (one depth image per frame, near = bright).")
+
+
+def flow_engine(job: PropagateJob, config):
+    """The flow engine of a flow-guided checkpoint: its recorded estimator and settings, which --flow, --flow-preset,
+    --flow-size may repeat but not change (one line naming both); None for a paper checkpoint."""
+    from .motion.engine import FlowEngine
+    from .motion_inputs import check_flow_record, checkpoint_settings
+
+    given = {"estimator": job.flow, "preset": job.flow_preset, "work_size": job.flow_size}
+    if not config.flow_guided:
+        if any(v is not None for v in given.values()):
+            log.warning("--flow settings are not used: %s declares no motion inputs.", job.checkpoint.name)
+        return None
+    settings = checkpoint_settings(config, None if job.flow_weights is None else str(job.flow_weights), job.device)
+    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
+    engine = FlowEngine(settings)
+    check_flow_record(config, settings.record(), f"--flow {settings.estimator}")
+    return engine
 
 
 def expected_frames(job: PropagateJob, container_frames: int | None) -> int | None:
@@ -182,15 +212,31 @@ class JobInputs:
     """(K, 1, h, w) aligned clip depth on the latent grid."""
     reference_depth: torch.Tensor | None
     """(N, H, W) relative inverse depth of the edited references, or None."""
+    engine: object | None = None
+    """The flow engine of a flow-guided checkpoint (``flow_engine``), else None."""
+    frames: torch.Tensor | None = None
+    """(K, H, W, 3) the selected frames, prepared like the references (flow-guided checkpoints only)."""
+    carried: object | None = None
+    """After the run: a flow-guided run's carried frames (``magicprop.motion_inputs.CarriedFrames``)."""
 
-    def run_inputs(self, encoders: FrozenEncoders | StandaloneModels) -> RunInputs:
-        """The run's inputs: the references encoded, their depth placed on the latent grid (``magicprop.run``)."""
-        return run_inputs(encoders.encode(self.references), self.indices, self.depth, self.reference_depth)
+    def run_inputs(self, encoders: FrozenEncoders | StandaloneModels, config=None,
+                   progress: bool = False) -> RunInputs:
+        """The run's inputs: the references encoded, their depth placed on the latent grid (``magicprop.run``), and
+        for a flow-guided `config` the references carried through the frames by flow propagation."""
+        carried = None
+        if config is not None and self.engine is not None:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=self.frames.shape[0], desc="flow propagation", unit="frame", disable=not progress) as bar:
+                carried = carried_for_run(config, self.frames, self.references, self.indices, encoders.encode,
+                                          self.engine, callback=lambda _k: bar.update(1))
+        return run_inputs(encoders.encode(self.references), self.indices, self.depth, self.reference_depth, carried)
 
 
 def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
     """Check the job and read its inputs; every input error is raised before the depth model runs."""
     _check_files(job)
+    engine = flow_engine(job, inspect_checkpoint(job.checkpoint))
     info = probe(job.video)
     size = (info.height, info.width)
     references = torch.cat([_frame_image(p, "--reference", job, size) for p in job.references])
@@ -213,12 +259,23 @@ def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
     elif expected is not None and k < expected:
         log.warning("%s: %d frames decoded (after --stride %d) where its container lists %d (is the file truncated?); "
                     "writing %d frames.", job.video.name, k, job.stride, expected, k)
-    return JobInputs(info, references, indices, depth, ref_depth)
+    frames = None
+    if engine is not None:  # flow propagation samples the whole clip
+        frames = torch.cat([_prepare(f[None], job, "frames") for f in iter_frames(job.video, job.max_frames,
+                                                                                   job.stride)])[:k]
+    return JobInputs(info, references, indices, depth, ref_depth, engine, frames)
 
 
-def _decoded_frames(models: StandaloneModels, latents: torch.Tensor, chunk: int = 8):
+def _decoded_frames(models: StandaloneModels, latents: torch.Tensor, carried=None,
+                    border: int | None = DEFAULT_BORDER, chunk: int = 8):
+    """The frames, decoded a chunk at a time; a flow-guided run's composited under its carried pixels."""
+    from .motion_inputs import composite_carried
+
     for i in range(0, latents.shape[0], chunk):
-        yield from models.decode(latents[i : i + chunk])
+        images = models.decode(latents[i : i + chunk])
+        if carried is not None:
+            images = composite_carried(images, carried.frames[i : i + chunk], carried.filled[i : i + chunk], border)
+        yield from images
 
 
 def propagate_latents(job: PropagateJob, progress: bool = True,
@@ -228,7 +285,7 @@ def propagate_latents(job: PropagateJob, progress: bool = True,
 
     loaded = read_job(job, progress)
     models = StandaloneModels.load(job.checkpoint, job.vae, job.clip_vision, job.device, job.dtype)
-    inputs = loaded.run_inputs(models)
+    inputs = loaded.run_inputs(models, models.config, progress)
 
     def checkpoint_denoiser(i: int, _index: int):
         return models.denoiser(loaded.references[i : i + 1], inputs.reference_latents[i : i + 1], job.steps,
@@ -240,8 +297,9 @@ def propagate_latents(job: PropagateJob, progress: bool = True,
             bar.update(0 if index in inputs.indices else 1)
 
         latents = propagate_run(inputs, make_denoiser or checkpoint_denoiser, job.seed, job.keyframe_window,
-                                job.anchor_strength, callback=count)
-    return latents, loaded, models
+                                job.anchor_strength, callback=count, encode=models.encode, decode=models.decode,
+                                composite_border=job.composite_border)
+    return latents, dataclasses.replace(loaded, carried=inputs.carried), models
 
 
 def run_propagate(job: PropagateJob, progress: bool = True) -> Path:
@@ -252,5 +310,6 @@ def run_propagate(job: PropagateJob, progress: bool = True) -> Path:
     """
     latents, loaded, models = propagate_latents(job, progress)
     fps = Fraction(loaded.info.fps) / job.stride
-    return write_video(job.out, _decoded_frames(models, latents), fps, audio_from=job.video if job.audio else None,
-                       crf=job.crf, pix_fmt=job.pix_fmt)
+    frames = _decoded_frames(models, latents, loaded.carried, job.composite_border)
+    return write_video(job.out, frames, fps, audio_from=job.video if job.audio else None, crf=job.crf,
+                       pix_fmt=job.pix_fmt)

@@ -60,6 +60,13 @@ class FrameRequest:
     """(1, 1, h, w) depth of the predecessor (for the reference: the reference depth)."""
     seed: int
     """frame_seed(run seed, k): seeds this frame's initial noise and sampler noise."""
+    carried_latent: torch.Tensor | None = None
+    """(1, C, h, w) unscaled VAE latent of the reference carried to frame k by flow propagation (flow-guided
+    checkpoints only; ``magicprop.motion_inputs`` attaches it)."""
+    carried_valid: torch.Tensor | None = None
+    """(1, 1, h, w) share of frame k's latent cell the flow carried (1) rather than filled (0)."""
+    motion_noise_level: float | None = None
+    """Noise augmentation level of the carried latent (training draws it; inference: 0)."""
 
 
 class FrameDenoiser(Protocol):

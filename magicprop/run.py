@@ -6,9 +6,9 @@ trainer's validation all go through ``run_inputs`` (checks, reference-depth plac
 (keyframes, anchoring, the autoregressive loop of ``magicprop.propagate``). They differ only in how they encode
 the references and which FrameDenoiser they make (diffusers' DDIM or ComfyUI's samplers).
 
-Everything a run reads per frame sits on the latent grid (h, w) = (H/8, W/8): the clip depth, and the reference
-depth, placed on the clip's scale there. Per-frame conditions beyond depth (e.g. motion) join ``RunInputs`` beside
-``depth``.
+Everything a run reads per frame sits on the latent grid (h, w) = (H/8, W/8): the clip depth, the reference
+depth, placed on the clip's scale there, and for flow-guided checkpoints the carried frames' latents and validity
+(``magicprop.motion_inputs.CarriedFrames``), which join ``RunInputs`` beside ``depth``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,21 @@ from typing import Callable, Sequence
 
 import torch
 
+from .composite import DEFAULT_BORDER
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
 from .errors import MagicPropError
+from .motion_inputs import (
+    CarriedDenoiser,
+    CarriedFrames,
+    Decode,
+    Encode,
+    carry_frames,
+    check_flow_record,
+    checkpoint_settings,
+    checkpoint_strategy,
+    composite_carried,
+)
 from .propagate import (
     FrameCallback,
     FrameDenoiser,
@@ -48,6 +60,8 @@ class RunInputs:
     """(K, 1, h, w) aligned clip depth in [0, 1], near = 1."""
     reference_depth: torch.Tensor | None = None
     """(N, 1, h, w) depth of each edited reference placed on the clip's scale, or None (the clip's depth there)."""
+    carried: CarriedFrames | None = None
+    """The edit carried by flow propagation and its motion inputs (flow-guided checkpoints), or None."""
 
     @property
     def num_frames(self) -> int:
@@ -79,9 +93,9 @@ def place_reference_depth(reference_depth: torch.Tensor, depth: torch.Tensor, in
 
 
 def run_inputs(reference_latents: torch.Tensor, indices: Sequence[int], depth: torch.Tensor,
-               reference_depth: torch.Tensor | None = None) -> RunInputs:
+               reference_depth: torch.Tensor | None = None, carried: CarriedFrames | None = None) -> RunInputs:
     """Check and assemble a run's inputs; `reference_depth` is (N, H, W) raw depth of the edited references, placed
-    here (``place_reference_depth``)."""
+    here (``place_reference_depth``); `carried` the flow-guided checkpoint's motion inputs of every frame."""
     if reference_latents.ndim != 4 or reference_latents.shape[0] == 0:
         raise MagicPropError(
             f"reference latents have shape {tuple(reference_latents.shape)}: expected (N, C, h, w), one per edited "
@@ -95,8 +109,14 @@ def run_inputs(reference_latents: torch.Tensor, indices: Sequence[int], depth: t
             f"{tuple(depth.shape[-2:])}: the references must have the same size as the video frames."
         )
     indices = check_keyframes(indices, depth.shape[0], references=reference_latents.shape[0])
+    if carried is not None and tuple(carried.latents.shape[:1]) + tuple(carried.latents.shape[-2:]) != \
+            (depth.shape[0], *depth.shape[-2:]):
+        raise MagicPropError(
+            f"carried latents have shape {tuple(carried.latents.shape)}: expected one per frame on the latent grid "
+            f"({depth.shape[0]}, 4, {depth.shape[-2]}, {depth.shape[-1]}); carry the same frames the depth is of."
+        )
     placed = None if reference_depth is None else place_reference_depth(reference_depth, depth, indices)
-    return RunInputs(reference_latents, tuple(indices), depth, placed)
+    return RunInputs(reference_latents, tuple(indices), depth, placed, carried)
 
 
 def latent_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -119,11 +139,19 @@ def propagate_run(
     masks: torch.Tensor | None = None,
     callback: FrameCallback | None = None,
     out_device: torch.device | str = "cpu",
+    feedback: str | None = None,
+    encode: Encode | None = None,
+    decode: Decode | None = None,
+    composite_border: int | None = None,
 ) -> torch.Tensor:
     """Run the propagation: (K, C, h, w) latents, each reference in its place.
 
     anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.drift``),
-    inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given.
+    inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given. With `inputs.carried`, every
+    frame gets its motion inputs (``magicprop.motion_inputs.CarriedDenoiser``, outermost, so anchoring acts on the
+    model's own latent); `feedback`, `encode`, `decode` and `composite_border` say what feeds the next frame (default:
+the composite re-encoded when `composite_border` is not None, which needs the VAE's `encode` and `decode`;
+``magicprop.motion_inputs``).
     """
     if not 0.0 <= anchor_strength <= 1.0:
         raise MagicPropError(f"anchor strength={anchor_strength}: expected a value in [0, 1] (0 = off).")
@@ -133,6 +161,8 @@ def propagate_run(
         denoiser = make_denoiser(i, index)
         if anchor_strength > 0:
             denoiser = AnchoredDenoiser(denoiser, latent, anchor_strength, masks, index)
+        if inputs.carried is not None:
+            denoiser = CarriedDenoiser(denoiser, inputs.carried, 0.0, feedback, encode, decode, composite_border)
         ref_depth = None if inputs.reference_depth is None else inputs.reference_depth[i : i + 1]
         keyframes.append(Keyframe(index, latent, denoiser, ref_depth))
     return propagate_keyframes(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device)
@@ -150,17 +180,54 @@ def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth
 
 # -- host-free runs on images (benchmarks, validation); `models` is a magicprop.backend.StandaloneModels ----------
 
+def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tensor, indices: Sequence[int],
+                    encode: Encode, engine=None, motion=None, carry: str | None = None, window: int = 8,
+                    mask: torch.Tensor | None = None, blank: bool = True,
+                    callback: Callable[[int], None] | None = None, weights: str | None = None) -> CarriedFrames | None:
+    """The motion inputs a checkpoint declares (None for the paper's layout): flow propagation of the references
+    through the source `frames` with the checkpoint's recorded estimator and strategy. `engine` (default: built from
+    the checkpoint's record; `weights`: the RAFT weights file it records) and `motion` (the clip's consecutive flow,
+    default: estimated here) are refused in one line when made by another estimator."""
+    from .motion.engine import FlowEngine
+
+    if not config.flow_guided:
+        return None
+    if frames is None:
+        raise MagicPropError(
+            "this PropDPM is flow-guided (its checkpoint declares motion inputs): pass the source frames (and their "
+            "flow, from OpticalFlowSequence in ComfyUI) so flow propagation can carry the edit to every frame."
+        )
+    if motion is not None:
+        check_flow_record(config, motion.settings, "the flow")
+    if engine is None:
+        engine = FlowEngine(checkpoint_settings(config, weights))
+    check_flow_record(config, engine.settings.record(), "the flow engine")
+    return carry_frames(frames, references, indices, engine, encode, motion, checkpoint_strategy(config), carry,
+                        window, mask, blank, callback)
+
+
 def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, reference_index: int, steps: int = 20,
                      seed: int = 0, cfg: float = 1.0, anchor_strength: float = 0.0,
-                     callback: FrameCallback | None = None) -> torch.Tensor:
-    """(1, H, W, 3) edited reference + (K, H, W) clip depth in [0, 1] -> (K, H, W, 3) propagated frames."""
+                     callback: FrameCallback | None = None, frames: torch.Tensor | None = None, engine=None,
+                     motion=None, composite_border: int | None = DEFAULT_BORDER, feedback: str | None = None,
+                     blank: bool = True, carry: str | None = None) -> torch.Tensor:
+    """(1, H, W, 3) edited reference + (K, H, W) clip depth in [0, 1] -> (K, H, W, 3) propagated frames.
+
+    Flow-guided checkpoints also need the source `frames` (K, H, W, 3) (and take an `engine` or the clip's `motion`
+    made with the checkpoint's estimator); their output is composited under the carried pixels over
+    `composite_border` px (None = the decoded frames as they are). A paper checkpoint ignores these.
+    """
     ref_latent = models.encode(reference)
+    carried = carried_for_run(models.config, frames, reference, [reference_index], models.encode, engine, motion,
+                              carry, blank=blank)
     inputs = run_inputs(ref_latent, [reference_index],
-                        depth_to_latent_grid(depth[:, None].float(), tuple(ref_latent.shape[-2:])))
+                        depth_to_latent_grid(depth[:, None].float(), tuple(ref_latent.shape[-2:])), carried=carried)
     denoiser = models.denoiser(reference, ref_latent, steps, cfg)
     latents = propagate_run(inputs, lambda _i, _k: denoiser, seed, anchor_strength=anchor_strength,
-                            callback=callback)
-    return models.decode(latents)
+                            callback=callback, feedback=feedback, encode=models.encode, decode=models.decode,
+                            composite_border=composite_border)
+    images = models.decode(latents)
+    return images if carried is None else composite_carried(images, carried.frames, carried.filled, composite_border)
 
 
 def teacher_forced(models, frames: torch.Tensor, depth: torch.Tensor, steps: int = 20, seed: int = 0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .conditioning import CONDITION_CHANNELS, LATENT_CHANNELS
+from .conditioning import CONDITION_CHANNELS, INPUTS, LATENT_CHANNELS, PAPER_INPUTS, check_inputs, input_channels
 from .errors import MagicPropError
 
 SD15_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd15"
@@ -87,12 +87,45 @@ def widen_to_propdpm(unet):
     return widened if w.dtype == torch.float32 else widened.to(w.dtype)
 
 
-def check_propdpm_unet_config(cfg: dict[str, Any], what: str = "unet config") -> None:
-    """Refuse a UNet config that is not PropDPM-shaped (10 in, 4 out)."""
-    want_in = LATENT_CHANNELS + CONDITION_CHANNELS
+def check_propdpm_unet_config(cfg: dict[str, Any], what: str = "unet config",
+                              inputs: tuple[str, ...] = PAPER_INPUTS) -> None:
+    """Refuse a UNet config that does not fit the declared inputs (paper: 10 in, 4 out)."""
+    want_in = LATENT_CHANNELS + input_channels(inputs)
     if cfg.get("in_channels") != want_in or cfg.get("out_channels") != LATENT_CHANNELS:
+        layout = ("noisy latent + previous latent + 2 depth maps" if tuple(inputs) == PAPER_INPUTS else
+                  f"noisy latent + {' + '.join(inputs)}")
         raise MagicPropError(
             f"{what} has in_channels={cfg.get('in_channels')}, out_channels={cfg.get('out_channels')}: a PropDPM UNet "
-            f"takes {want_in} input channels (noisy latent + previous latent + 2 depth maps) and predicts "
-            f"{LATENT_CHANNELS}. Make one with `python -m magicprop init`."
+            f"with inputs {list(inputs)} takes {want_in} input channels ({layout}) and predicts {LATENT_CHANNELS}. "
+            "Make one with `python -m magicprop init` (or the trainer's init_from for a flow-guided layout)."
         )
+
+
+def extend_inputs(unet, names):
+    """A copy of a PropDPM UNet whose conv_in takes the inputs `names`; the channels it did not take yet start at zero.
+
+    The UNet's current inputs must be a prefix of `names` (told by its in_channels), so a trained paper PropDPM
+    extended to ``FLOW_GUIDED_INPUTS`` computes exactly what it computed before, whatever the new channels hold
+    (the same zero initialisation as SD1.5 -> PropDPM, MagicProp section 3.2).
+    """
+    cls = _unet_class()
+    names = check_inputs(names)
+    cfg = dict(unet.config)
+    have = cfg["in_channels"]
+    prefixes = [LATENT_CHANNELS + sum(INPUTS[n].channels for n in names[:i]) for i in range(len(names) + 1)]
+    if cfg["out_channels"] != LATENT_CHANNELS or have not in prefixes[len(PAPER_INPUTS):]:
+        raise MagicPropError(
+            f"unet has in_channels={have}, out_channels={cfg['out_channels']}: expected a PropDPM UNet whose inputs "
+            f"are a prefix of {list(names)} (in_channels one of {prefixes[len(PAPER_INPUTS):]}); start from a paper "
+            "PropDPM checkpoint."
+        )
+    want = prefixes[-1]
+    if want == have:
+        return unet
+    cfg["in_channels"] = want
+    state = unet.state_dict()
+    w = state["conv_in.weight"]  # (c_out, have, 3, 3)
+    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], want - have, *w.shape[2:])], dim=1)
+    widened = cls.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    widened.load_state_dict(state, strict=True)
+    return widened if w.dtype == torch.float32 else widened.to(w.dtype)

@@ -3,6 +3,8 @@ once and used by FlowPropagate; plus a flow-colour preview."""
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -10,9 +12,12 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..magicprop.errors import MagicPropError
-from ..magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings
+from ..magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings, Motion
+from ..magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
 from .folders import NO_FLOW_WEIGHTS, flow_weight_files, flow_weights_path
 from .types import Flow
+
+log = logging.getLogger(__name__)
 
 MAX_PREVIEWS = 16
 """Flow-colour images shown on the node (every n-th pair of a long clip); the IMAGE output has them all."""
@@ -124,3 +129,47 @@ class OpticalFlowSequence(io.ComfyNode):
         step = max(1, -(-preview.shape[0] // MAX_PREVIEWS))
         out = preview.to(comfy.model_management.intermediate_device())
         return io.NodeOutput(motion, out, ui=ui.PreviewImage(preview[::step], cls=cls))
+
+
+FALLBACK_STRATEGY = "accumulate"
+"""What flow that cannot be extended to keyframes (external flow) is propagated with."""
+
+
+def check_flow(motion, frames: torch.Tensor) -> None:
+    """The MAGICPROP_FLOW input must come from these frames."""
+    if not isinstance(motion, Motion):
+        raise MagicPropError(f"flow is a {type(motion).__name__}: connect the flow output of OpticalFlowSequence.")
+    k, h, w = frames.shape[:3]
+    if len(motion) != k - 1 or tuple(motion.frame_size) != (h, w):
+        fh, fw = motion.frame_size
+        raise MagicPropError(
+            f"flow was estimated from {len(motion) + 1} frames of {fw}x{fh} but frames has {k} frames of {w}x{h}: "
+            "connect the same frames to OpticalFlowSequence and FlowPropagate."
+        )
+
+
+def keyframe_engine(motion: Motion, strategy: str) -> tuple[FlowEngine | None, str]:
+    """The engine that extends `motion` to keyframes (the estimator it records, same settings), and the strategy to
+    run; flow from elsewhere cannot be extended, so such runs fall back to accumulated flow (logged)."""
+    record = motion.settings
+    if record.get("estimator") not in ESTIMATORS:
+        if strategy in KEYFRAME_FLOW_STRATEGIES:
+            log.warning("FlowPropagate: flow from %s cannot be extended to the keyframes that strategy %r needs; "
+                        "using %r (consecutive flow composed to the keyframe) instead.",
+                        record.get("estimator"), strategy, FALLBACK_STRATEGY)
+            strategy = FALLBACK_STRATEGY
+        return None, strategy
+    weights = resolve_weights(record.get("weights"))
+    settings = FlowSettings.from_record(record, weights, device=str(comfy.model_management.unet_offload_device()))
+    return FlowEngine(settings), strategy
+
+
+def counted(on_done):
+    """flow_propagate's per-frame callback (a frame index) -> a count of frames done for the progress bar."""
+    done = [0]
+
+    def on_frame(_index: int) -> None:
+        done[0] += 1
+        on_done(done[0])
+
+    return on_frame

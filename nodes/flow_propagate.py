@@ -2,61 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-
 import comfy.model_management
 import torch
 from comfy_api.latest import io
 
 from ..magicprop.errors import MagicPropError
-from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
+from ..magicprop.motion.engine import Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
 from ..magicprop.motion.propagate import (
     CARRIES,
     DEFAULT_CARRY,
     DEFAULT_STRATEGY,
-    KEYFRAME_FLOW_STRATEGIES,
     STRATEGIES,
     flow_propagate,
 )
 from ..magicprop.propagate import check_keyframes
-from .flow import frame_callback, placed, resolve_weights
+from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
 from .propagate import parse_keyframe_indices
 from .types import ExternalFlow, Flow
-
-log = logging.getLogger(__name__)
-
-FALLBACK_STRATEGY = "accumulate"
-"""What flow that cannot be extended to keyframes (external flow) is propagated with."""
-
-
-def check_flow(motion, frames: torch.Tensor) -> None:
-    """The MAGICPROP_FLOW input must come from these frames."""
-    if not isinstance(motion, Motion):
-        raise MagicPropError(f"flow is a {type(motion).__name__}: connect the flow output of OpticalFlowSequence.")
-    k, h, w = frames.shape[:3]
-    if len(motion) != k - 1 or tuple(motion.frame_size) != (h, w):
-        fh, fw = motion.frame_size
-        raise MagicPropError(
-            f"flow was estimated from {len(motion) + 1} frames of {fw}x{fh} but frames has {k} frames of {w}x{h}: "
-            "connect the same frames to OpticalFlowSequence and FlowPropagate."
-        )
-
-
-def keyframe_engine(motion: Motion, strategy: str) -> tuple[FlowEngine | None, str]:
-    """The engine that extends `motion` to keyframes (the estimator it records, same settings), and the strategy to
-    run; flow from elsewhere cannot be extended, so such runs fall back to accumulated flow (logged)."""
-    record = motion.settings
-    if record.get("estimator") not in ESTIMATORS:
-        if strategy in KEYFRAME_FLOW_STRATEGIES:
-            log.warning("FlowPropagate: flow from %s cannot be extended to the keyframes that strategy %r needs; "
-                        "using %r (consecutive flow composed to the keyframe) instead.",
-                        record.get("estimator"), strategy, FALLBACK_STRATEGY)
-            strategy = FALLBACK_STRATEGY
-        return None, strategy
-    weights = resolve_weights(record.get("weights"))
-    settings = FlowSettings.from_record(record, weights, device=str(comfy.model_management.unet_offload_device()))
-    return FlowEngine(settings), strategy
 
 
 class FlowPropagate(io.ComfyNode):
@@ -140,18 +103,6 @@ class FlowPropagate(io.ComfyNode):
         with placed(engine):
             result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
                                     strategy=strategy, window=keyframe_window, mask=masks,
-                                    callback=_counter(frame_callback(k)), carry=carry)
+                                    callback=counted(frame_callback(k)), carry=carry)
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))
-
-
-def _counter(on_done):
-    """flow_propagate's per-frame callback (a frame index) -> a count of frames done for the progress bar."""
-    done = [0]
-
-    def on_frame(_index: int) -> None:
-        done[0] += 1
-        on_done(done[0])
-
-    return on_frame
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -9,15 +11,33 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
+from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
+from ..magicprop.motion_inputs import (
+    CarriedFrames,
+    check_flow_record,
+    checkpoint_strategy,
+    composite_carried,
+)
 from ..magicprop.propagate import check_keyframes
-from ..magicprop.run import RunInputs, depth_on_grid, generated_frames, latent_masks, propagate_run, run_inputs
+from ..magicprop.run import (
+    RunInputs,
+    carried_for_run,
+    depth_on_grid,
+    generated_frames,
+    latent_masks,
+    propagate_run,
+    run_inputs,
+)
 from .appearance import check_reference
 from .denoiser import ComfyFrameDenoiser, check_control_hints
+from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
 from .model import PropDPMModel
 from .preview import FramePreviews
-from .types import APPEARANCE_KEY
+from .types import APPEARANCE_KEY, Flow
+
+log = logging.getLogger(__name__)
 
 
 def parse_keyframe_indices(reference_index: int, indices: str, references: int) -> list[int]:
@@ -35,16 +55,47 @@ def parse_keyframe_indices(reference_index: int, indices: str, references: int) 
 
 
 def node_run_inputs(vae, depth: torch.Tensor, reference: torch.Tensor, keys: list[int],
-                    reference_depth: torch.Tensor | None = None) -> RunInputs:
+                    reference_depth: torch.Tensor | None = None, carried: CarriedFrames | None = None) -> RunInputs:
     """The run's inputs from the node's: references encoded with ComfyUI's VAE, the DepthSequence clip depth and the
-    reference depth (placed by the core) on the latent grid."""
+    reference depth (placed by the core) on the latent grid, and a flow-guided checkpoint's carried frames."""
     ref_latents = vae.encode(reference[..., :3]).float()  # (N, 4, h, w), unscaled
     depth_lat = depth_on_grid(depth, tuple(ref_latents.shape[-2:]))  # (K, 1, h, w), aligned by DepthSequence
     raw = None if reference_depth is None else depth_from_image(reference_depth)
-    return run_inputs(ref_latents, keys, depth_lat, raw)
+    return run_inputs(ref_latents, keys, depth_lat, raw, carried)
 
 
-def check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames) -> None:
+def node_carried(config, vae, flow, source_frames: torch.Tensor | None, reference: torch.Tensor, keys: list[int],
+                 masks: torch.Tensor | None, window: int) -> CarriedFrames | None:
+    """A flow-guided checkpoint's motion inputs: the references carried through the source frames by flow
+    propagation with the flow's own estimator (the checkpoint's, checked before), encoded with ComfyUI's VAE."""
+    if not config.flow_guided:
+        return None
+    engine, _ = keyframe_engine(flow, checkpoint_strategy(config))
+    with placed(engine):
+        return carried_for_run(config, source_frames[..., :3].float().cpu(), reference[..., :3].float().cpu(), keys,
+                               lambda x: vae.encode(x).float(), engine, flow, window=window,
+                               mask=None if masks is None else masks.float().cpu(),
+                               callback=counted(frame_callback(source_frames.shape[0])))
+
+
+def check_flow_inputs(config, flow, source_frames, k: int) -> None:
+    """A flow-guided checkpoint needs the source frames and their flow from its own estimator (one line each)."""
+    if not config.flow_guided:
+        return
+    if flow is None or source_frames is None:
+        missing = [n for n, v in (("flow", flow), ("source_frames", source_frames)) if v is None]
+        raise MagicPropError(
+            f"this PropDPM is flow-guided but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            "connected: connect the source video frames to "
+            "source_frames and OpticalFlowSequence's flow of those frames to flow (estimator "
+            f"{config.motion.get('estimator')!r}, as the checkpoint was trained)."
+        )
+    check_flow(flow, source_frames)
+    check_flow_record(config, flow.settings, "flow (OpticalFlowSequence)")
+
+
+def check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames,
+                 flow=None) -> None:
     """Every input error this node can see, raised before any encoding or sampling."""
     if not isinstance(getattr(model, "model", None), PropDPMModel):
         raise MagicPropError(
@@ -83,14 +134,17 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
             )
         if source_frames is None:
             raise MagicPropError("mask needs source_frames: connect the source video frames (kept outside the mask).")
+    config = model.model.model_config.magicprop
     if source_frames is not None:
-        if mask is None:
-            raise MagicPropError("source_frames is only used with a mask: connect a mask or disconnect source_frames.")
         if source_frames.shape[:3] != (k, h, w):
             raise MagicPropError(
                 f"source_frames has {source_frames.shape[0]} frames of {source_frames.shape[2]}x"
                 f"{source_frames.shape[1]} but depth has {k} frames of {w}x{h}: expected the same video."
             )
+    if not config.flow_guided and (flow is not None or (source_frames is not None and mask is None)):
+        log.warning("AutoregressivePropagate: this PropDPM declares no motion inputs, so flow and source_frames "
+                    "(without a mask) are not used; a flow-guided PropDPM uses them.")
+    check_flow_inputs(config, flow, source_frames, k)
     check_control_hints([positive, negative], k)
 
 
@@ -175,7 +229,8 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where to edit (1 mask or one per frame); outside it the source is kept."),
                 io.Image.Input("source_frames", optional=True,
-                               tooltip="The source video frames, kept outside the mask (needed with a mask)."),
+                               tooltip="The source video frames: kept outside the mask (needed with a mask), and "
+                                       "carried along with the edit by a flow-guided PropDPM (needed by one)."),
                 io.Boolean.Input("pixel_composite", default=True, optional=True,
                                  tooltip="With a mask: copy the source pixels exactly outside it in the images "
                                          "output (the latent output keeps them to latent precision)."),
@@ -192,10 +247,23 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Float.Input("anchor_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Drift control: pull each frame's latent channel statistics towards the "
                                        "reference's (inside the mask if one is given); 0 = off."),
+                Flow.Input("flow", optional=True,
+                           tooltip="OpticalFlowSequence's flow of source_frames, for a flow-guided PropDPM (needed by "
+                                   "one; its estimator must be the one the checkpoint was trained with)."),
+                io.Boolean.Input("carried_composite", default=True, optional=True,
+                                 tooltip="Flow-guided PropDPM: keep the pixels the flow carried exactly in the IMAGE "
+                                         "output and take the model's pixels where flow propagation filled, blended "
+                                         "over composite_border px."),
+                io.Int.Input("composite_border", default=DEFAULT_BORDER, min=0, max=256, optional=True,
+                             tooltip="Pixels over which the carried pixels fade into the model's inside the filled "
+                                     "regions (0 = hard edge)."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             outputs=[
-                io.Latent.Output(display_name="LATENT", tooltip="All K frames (the references in their places)."),
+                io.Latent.Output(display_name="LATENT",
+                                 tooltip="All K frames (the references in their places); with a flow-guided PropDPM "
+                                         "and carried_composite on, each frame's composite re-encoded (what fed the "
+                                         "next frame)."),
                 io.Image.Output(display_name="IMAGE", tooltip="The K frames decoded with the VAE."),
             ],
         )
@@ -204,7 +272,8 @@ class AutoregressivePropagate(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, depth: torch.Tensor, reference: torch.Tensor,
                 reference_index: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 reference_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                source_frames: torch.Tensor | None = None, pixel_composite: bool = True,
+                source_frames: torch.Tensor | None = None, flow=None, carried_composite: bool = True,
+                composite_border: int = DEFAULT_BORDER, pixel_composite: bool = True,
                 frame_previews: bool = True, decode: bool = True, keyframe_indices: str = "",
                 keyframe_window: int = 8, anchor_strength: float = 0.0) -> io.NodeOutput:
         if depth.ndim != 4 or depth.shape[0] == 0:
@@ -215,17 +284,19 @@ class AutoregressivePropagate(io.ComfyNode):
         k = depth.shape[0]
         keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, reference.shape[0]), k,
                                references=reference.shape[0])
-        check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames)
+        check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames, flow)
         if not decode:
             check_image_output_unused(cls.hidden.prompt, cls.hidden.unique_id)
         config = model.model.model_config.magicprop
-        inputs = node_run_inputs(vae, depth, reference, keys, reference_depth)
+        masks = None if mask is None else (mask if mask.ndim == 3 else mask[None])
+        carried = node_carried(config, vae, flow, source_frames, reference, keys, masks, keyframe_window)
+        inputs = node_run_inputs(vae, depth, reference, keys, reference_depth, carried)
         grid = tuple(inputs.depth.shape[-2:])
-        masks = source_latents = anchor_masks = None
+        source_latents = anchor_masks = None
         if mask is not None:
-            masks = mask if mask.ndim == 3 else mask[None]
             source_latents = vae.encode(source_frames[..., :3]).float()
             anchor_masks = latent_masks(masks, grid)
+        border = composite_border if carried_composite else None
 
         previews = FramePreviews(model, cls.hidden.unique_id, k, keys[0]) if frame_previews else None
         progress = ProgressReporter(model, generated_frames(inputs, keyframe_window), steps, previews)
@@ -236,10 +307,13 @@ class AutoregressivePropagate(io.ComfyNode):
                                       on_step=progress.on_step)
 
         latents = propagate_run(inputs, make_denoiser, seed, keyframe_window, anchor_strength, anchor_masks,
-                                callback=progress.on_frame, out_device=comfy.model_management.intermediate_device())
+                                callback=progress.on_frame, out_device=comfy.model_management.intermediate_device(),
+                                encode=vae.encode, decode=vae.decode, composite_border=border)
         if not decode:
             return io.NodeOutput({"samples": latents}, None)
         images = vae.decode(latents)
+        if carried is not None:
+            images = composite_carried(images, carried.frames.to(images), carried.filled.to(images), border)
         if masks is not None and pixel_composite:
             m = masks[..., None].to(images)
             images = source_frames[..., :3].to(images) * (1 - m) + images * m

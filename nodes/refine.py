@@ -26,7 +26,7 @@ from ..magicprop.refine import (
     start_level,
 )
 from .denoiser import check_control_hints, frame_conditioning
-from .flow_propagate import check_flow
+from .flow import check_flow
 from .model import PropDPMModel
 from .preview import FramePreviews
 from .propagate import ProgressReporter, parse_keyframe_indices

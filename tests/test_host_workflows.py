@@ -46,7 +46,7 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
 
 def test_workflows_are_listed_as_templates():
     assert {p.stem for p in UI_FILES} == {"magicprop_restyle_video", "magicprop_local_edit_mask",
-                                          "magicprop_flow_restyle", "magicprop_flow_refine"}
+                                          "magicprop_flow_restyle", "magicprop_flow_refine", "magicprop_flow_guided"}
     for path in UI_FILES:
         ui = json.loads(path.read_text())
         assert ui["version"] == 0.4 and ui["nodes"] and ui["links"]
@@ -62,6 +62,14 @@ def test_api_twin_matches_ui_file(comfy_host, path):
     assert converted == stripped
 
 
+def test_flow_guided_workflow_gives_the_propagation_flow_and_source_frames():
+    twin = json.loads((ROOT / "workflows" / "api" / "magicprop_flow_guided.json").read_text())
+    (node,) = [n for n in twin.values() if n["class_type"] == "AutoregressivePropagate"]
+    flow = twin[node["inputs"]["flow"][0]]
+    assert flow["class_type"] == "OpticalFlowSequence" and flow["inputs"]["frames"] == node["inputs"]["source_frames"]
+    assert node["inputs"]["carried_composite"] is True and "mask" not in node["inputs"]
+
+
 def test_flow_workflow_uses_the_default_strategy():
     from magicprop.motion.propagate import DEFAULT_STRATEGY
 
@@ -72,8 +80,10 @@ def test_flow_workflow_uses_the_default_strategy():
 
 def substitute_tiny(api: dict, tiny: dict) -> dict:
     """Loaders of full-size models swapped for the test's tiny ones, and a short run (6 frames, few steps) to keep
-    CI fast on two cores; sizes, masks, samplers and all wiring as shipped."""
+    CI fast on two cores; sizes, masks, samplers and all wiring as shipped. A workflow that gives the propagation
+    flow gets the flow-guided tiny PropDPM."""
     api["3"]["inputs"]["length"] = 6
+    flow_guided = any("flow" in n["inputs"] for n in api.values() if n["class_type"] == "AutoregressivePropagate")
     for node in api.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
@@ -83,7 +93,7 @@ def substitute_tiny(api: dict, tiny: dict) -> dict:
         elif kind == "CLIPVisionLoader":
             node.update(class_type="TestTinyCLIPVision", inputs={"folder": str(tiny["clip_vision"])})
         elif kind == "PropDPMLoader":
-            inputs["checkpoint"] = "tiny-propdpm.safetensors"
+            inputs["checkpoint"] = "tiny-propdpm-flow.safetensors" if flow_guided else "tiny-propdpm.safetensors"
         elif kind == "DepthSequence":
             inputs["depth_model"] = "tiny-dpt"
         if kind in ("KSampler", "AutoregressivePropagate", "FlowRefine"):
@@ -96,6 +106,13 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_models, bikes, path):
     import folder_paths
 
     shutil.copy(tiny_models["checkpoint"], comfy_host.models / "magicprop" / "tiny-propdpm.safetensors")
+    flow_guided = comfy_host.models / "magicprop" / "tiny-propdpm-flow.safetensors"
+    if not flow_guided.exists():  # recorded estimator: OpticalFlowSequence's defaults, as the workflow runs it
+        from tiny import flow_guided_checkpoint
+
+        from magicprop.motion.engine import FlowSettings
+
+        flow_guided_checkpoint(tiny_models["checkpoint"], flow_guided, FlowSettings())
     depth = comfy_host.models / "depth_estimation" / "tiny-dpt"
     if not depth.exists():
         shutil.copytree(tiny_models["depth"], depth)

@@ -77,3 +77,19 @@ def full_size_clip_vision(folder: Path) -> Path:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
     return _save_once(folder / "clip-vit-l14-random.safetensors", make_file)
+
+
+def flow_guided_checkpoint(paper: Path, out: Path, settings, perturb: bool = True, noise: float = 0.0) -> Path:
+    """A flow-guided tiny PropDPM made from a paper one (`settings`: the FlowSettings it records); its new input
+    channels are zero, or seeded random when `perturb` (so the motion inputs matter)."""
+    from magicprop.checkpoint import load_checkpoint, save_checkpoint
+    from magicprop.motion_inputs import flow_guided_model
+
+    ckpt = load_checkpoint(paper)
+    config, unet = flow_guided_model(ckpt.config, ckpt.build_unet(), settings, "guided", "edit", noise)
+    if perturb:
+        with torch.no_grad():
+            w = unet.conv_in.weight
+            g = torch.Generator().manual_seed(3)
+            w[:, 10:] = torch.randn(w[:, 10:].shape, generator=g) * w[:, :4].std()
+    return save_checkpoint(out, config, unet, ckpt.build_adapter())

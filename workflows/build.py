@@ -147,10 +147,12 @@ def image_edit_models(g: Graph, prompt: str) -> None:
           outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")])
 
 
-def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | None = None) -> None:
-    """Nodes 16-22: PropDPM, the appearance of the edited frame, propagation, the video out."""
+def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | None = None,
+                flow: tuple | None = None, checkpoint: str = "propdpm.safetensors") -> None:
+    """Nodes 16-22: PropDPM, the appearance of the edited frame, propagation, the video out; `flow` (a flow-guided
+    checkpoint's) also connects the source frames."""
     g.add(16, "PropDPMLoader", col, outputs=[("MODEL", "MODEL"), ("ADAPTER", "MAGICPROP_ADAPTER")],
-          widgets={"checkpoint": "propdpm.safetensors", "weight_dtype": "default"})
+          widgets={"checkpoint": checkpoint, "weight_dtype": "default"})
     g.add(17, "CLIPVisionLoader", col, outputs=[("CLIP_VISION", "CLIP_VISION")],
           widgets={"clip_name": "clip-vit-large-patch14.safetensors"})
     g.add(18, "AppearanceAdapterEncode", col,
@@ -162,12 +164,15 @@ def propagation(g: Graph, reference: tuple, ref: int, col: int, mask: tuple | No
              "reference": reference}
     widgets = {"reference_index": ref, "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
                "scheduler": "simple", "pixel_composite": True, "frame_previews": True, "decode": True,
-               "keyframe_indices": "", "keyframe_window": 8, "anchor_strength": 0.0}  # every widget, in node order
+               "keyframe_indices": "", "keyframe_window": 8, "anchor_strength": 0.0, "carried_composite": True,
+               "composite_border": 16}  # every widget, in node order
     inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
               ("depth", "IMAGE"), ("reference", "IMAGE"), ("reference_depth", "IMAGE"), ("mask", "MASK"),
-              ("source_frames", "IMAGE")]
+              ("source_frames", "IMAGE"), ("flow", "MAGICPROP_FLOW")]
     if mask is not None:
         links.update(mask=mask, source_frames=(4, 0))
+    if flow is not None:
+        links.update(flow=flow, source_frames=(4, 0))
     g.add(19, "AutoregressivePropagate", col + 1, inputs=inputs, links=links, widgets=widgets,
           outputs=[("LATENT", "LATENT"), ("IMAGE", "IMAGE")], after={"seed": ["fixed"]})
     g.add(20, "CreateVideo", col + 1, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
@@ -237,6 +242,28 @@ def local_edit() -> Graph:
     return g
 
 
+def optical_flow(g: Graph, col: int) -> None:
+    """Node 30: the clip's optical flow (DIS medium at 512 px: what the pack's flow-guided PropDPMs record)."""
+    g.add(30, "OpticalFlowSequence", col, inputs=[("frames", "IMAGE")], links={"frames": (4, 0)},
+          widgets={"estimator": "dis", "dis_preset": "medium", "raft_weights": "none", "work_size": 512,
+                   "batch_size": 8},
+          outputs=[("flow", "MAGICPROP_FLOW"), ("preview", "IMAGE")])
+
+
+def flow_guided() -> Graph:
+    """restyle with a flow-guided PropDPM: the edit carried along the clip's optical flow (OpticalFlowSequence, the
+    estimator the checkpoint was trained with) where the flow sees it, the model's frames where it does not,
+    composited in pixels."""
+    g = Graph("magicprop_flow_guided")
+    video_in(g)
+    reference_frame(g, 0)
+    image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
+    edit_whole_frame(g)
+    optical_flow(g, col=5)
+    propagation(g, (15, 0), 0, col=5, flow=(30, 0), checkpoint="propdpm-flow-guided.safetensors")
+    return g
+
+
 def flow_restyle() -> Graph:
     """Whole-video restyle without PropDPM: edit frame 0 with SD1.5 + depth ControlNet + prompt, then carry the edit
     to every frame along the clip's optical flow (OpticalFlowSequence + FlowPropagate), saved with fps and audio."""
@@ -250,10 +277,7 @@ def flow_restyle() -> Graph:
           title="Its depth (ControlNet hint)")
     image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
     edit_whole_frame(g)
-    g.add(30, "OpticalFlowSequence", 5, inputs=[("frames", "IMAGE")], links={"frames": (4, 0)},
-          widgets={"estimator": "dis", "dis_preset": "medium", "raft_weights": "none", "work_size": 512,
-                   "batch_size": 8},
-          outputs=[("flow", "MAGICPROP_FLOW"), ("preview", "IMAGE")])
+    optical_flow(g, col=5)
     g.add(31, "FlowPropagate", 5,
           inputs=[("frames", "IMAGE"), ("reference", "IMAGE"), ("flow", "MAGICPROP_FLOW"),
                   ("external_flow", "OPTICAL_FLOW"), ("mask", "MASK")],
@@ -300,7 +324,7 @@ def flow_refine() -> Graph:
     return g
 
 
-WORKFLOWS = (restyle, local_edit, flow_restyle, flow_refine)
+WORKFLOWS = (restyle, local_edit, flow_restyle, flow_refine, flow_guided)
 
 
 def main() -> None:

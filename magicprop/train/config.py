@@ -18,6 +18,8 @@ from typing import Any
 
 from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
+from ..motion.propagate import DEFAULT_STRATEGY
+from ..motion_inputs import TRAIN_CARRY
 
 
 @dataclass
@@ -27,7 +29,8 @@ class ModelConfig:
     unet_config: dict[str, Any] | str | None = None
     """Or a diffusers UNet config (dict or JSON path) with seeded random weights (small models, tests)."""
     init_checkpoint: str | None = None
-    """Or an existing PropDPM checkpoint to fine-tune."""
+    """Or an existing PropDPM checkpoint to fine-tune. With train.flow_guided, a paper-layout PropDPM is extended to
+    the flow-guided inputs with the new channels at zero, so training starts from exactly the trained model."""
     vae: str = ""
     """Local diffusers AutoencoderKL folder (frozen)."""
     clip_vision: str = ""
@@ -60,6 +63,9 @@ class DataConfig:
     """A file to encode the whole source into once (fp16 safetensors) and reuse in later runs."""
     depth_model: str = DepthSpec.model
     """Recorded in the checkpoint: what made the training depth."""
+    motion_cache: str | None = None
+    """train.flow_guided: a file to compute every clip's motion inputs into once (fp16 safetensors, with the
+    estimator's record) and reuse in later runs; without it they are computed as clips are drawn, kept in memory."""
 
 
 @dataclass
@@ -91,6 +97,28 @@ class TrainConfig:
     """Frames the model generates (one at a time, from a true frame further away) to reach the previous frame."""
     rollout_steps: int = 4
     """DDIM steps of each rollout frame (no gradient flows through the rollout)."""
+    flow_guided: bool = False
+    """Train the flow-guided layout (magicprop.conditioning.FLOW_GUIDED_INPUTS): the reference carried to the target
+    by flow propagation on the source frames, its validity and the motion noise level as extra input channels;
+    references at the clip's first, middle and last frames (far from most targets)."""
+    motion_noise_augmentation: float = 0.0
+    """flow_guided: largest std of the noise mixed into the carried latent; each sample draws its level uniformly
+    below it and the model is told the level (its motion_noise_level input). Recorded in the checkpoint."""
+    flow_carry: str = TRAIN_CARRY
+    """flow_guided: what flow propagation carries in training ("edit": the reference's own pixels; the residual carry
+    of an unedited reference is the target itself)."""
+    flow_estimator: str = "dis"
+    """flow_guided: the flow estimator (magicprop.motion.engine.ESTIMATORS) the users of the checkpoint will run;
+    recorded in the checkpoint, and inference refuses flow from any other."""
+    flow_preset: str = "medium"
+    """flow_guided: the DIS preset (ultrafast, fast, medium)."""
+    flow_work_size: int = 512
+    """flow_guided: long side of the resolution flow is estimated at."""
+    flow_weights: str | None = None
+    """flow_guided: RAFT weights file, for flow_estimator "raft"."""
+    flow_strategy: str = DEFAULT_STRATEGY
+    """flow_guided: the flow propagation strategy (magicprop.motion.propagate.STRATEGIES); recorded, inference uses
+    it."""
     seed: int = 0
     """Seeds every sample's triplet, timestep and noise (deterministic, resumable, rank-independent)."""
     checkpoint_every: int = 500

@@ -70,11 +70,29 @@ class SampleSpec:
     noise_seed: int
     rollout: bool = False
     """Replace the true previous frame by the model's own rollout towards it (drift control)."""
+    motion_level: float = 0.0
+    """Flow-guided training: the noise augmentation level of the carried latent (0 otherwise)."""
+
+
+def anchor_reference(g: torch.Generator, target: int, frames: int) -> int:
+    """A flow-guided sample's reference: one of the clip's anchors (first, middle, last frame, ``train.motion``) other
+    than the target, drawn with probability proportional to its distance from the target (far references, as in
+    long clips, are the ones flow alone gets wrong)."""
+    from .motion import anchors
+
+    far = [a for a in anchors(frames) if a != target] or [target]
+    w = torch.tensor([float(abs(a - target)) or 1.0 for a in far], dtype=torch.float64)
+    return far[int(torch.multinomial(w, 1, generator=g))]
 
 
 def sample_spec(seed: int, index: int, source: ClipSource, gaps, gap_weights, backward: float,
-                num_timesteps: int, appearance_dropout: float, rollout_probability: float = 0.0) -> SampleSpec:
-    """The triplet, timestep, noise seed, dropout and rollout decisions of global sample `index`."""
+                num_timesteps: int, appearance_dropout: float, rollout_probability: float = 0.0,
+                flow_guided: bool = False, motion_noise: float = 0.0) -> SampleSpec:
+    """The triplet, timestep, noise seed, dropout and rollout decisions of global sample `index`.
+
+    flow_guided: the reference is an anchor far from the target (``anchor_reference``) and the carried latent's noise
+    level is drawn uniformly below `motion_noise`; these draws come after the others, so every other decision is the
+    one a paper-layout run makes."""
     g = torch.Generator().manual_seed(frame_seed(seed, index))
     clip = int(torch.randint(len(source), (1,), generator=g))
     frames = source.frames_in(clip)
@@ -88,7 +106,11 @@ def sample_spec(seed: int, index: int, source: ClipSource, gaps, gap_weights, ba
     drop = bool(torch.rand((), generator=g) < appearance_dropout)
     noise_seed = int(torch.randint(2**62, (1,), generator=g))
     rollout = bool(torch.rand((), generator=g) < rollout_probability)
-    return SampleSpec(clip, ref, prev, target, timestep, drop, noise_seed, rollout)
+    level = 0.0
+    if flow_guided:
+        ref = anchor_reference(g, target, frames)
+        level = float(torch.rand((), generator=g)) * motion_noise
+    return SampleSpec(clip, ref, prev, target, timestep, drop, noise_seed, rollout, level)
 
 
 def make_source(data_cfg) -> ClipSource:

@@ -6,6 +6,10 @@ zero-terminal-SNR schedule and the UNet, given the previous latent and both dept
 reference's appearance tokens (cross-attention), predicts v; the loss is the MSE on v. The appearance tokens are
 replaced by zeros with probability `appearance_dropout` (guidance); the condition channels follow
 ``magicprop.conditioning.condition_for``, the recipe inference uses (noise augmentation included).
+
+With `train.flow_guided` the UNet also reads the motion inputs (``magicprop.motion_inputs``): the sample's reference
+(an anchor of the clip, ``train.motion``) carried to the target by flow propagation on the source frames with the
+run's estimator, its validity and the carried latent's noise level; the checkpoint records the estimator.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import torch.nn.functional as F
 
 from ..adapter import AppearanceAdapter
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..conditioning import ConditionRecipe, condition_for
+from ..conditioning import FLOW_GUIDED_INPUTS, PAPER_INPUTS, ConditionRecipe, condition_for
 from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..init_model import initial_models
+from ..motion_inputs import check_flow_record, motion_record
 from ..propagate import FrameRequest, frame_seed
 from ..schedule import ScheduleConfig, train_scheduler
 from .config import RunConfig
@@ -69,21 +74,56 @@ class TrainState:
         self.step, self.samples = int(state["step"]), int(state["samples"])
 
 
-def _init_models(cfg: RunConfig):
+def flow_settings(cfg: RunConfig, device="cpu"):
+    """The FlowSettings of a flow-guided run (checked: unknown estimator, preset, strategy or carry is one line)."""
+    from ..motion.engine import FlowEngine, FlowSettings
+    from ..motion.propagate import CARRIES, STRATEGIES
+
+    t = cfg.train
+    if t.flow_strategy not in STRATEGIES:
+        raise MagicPropError(f"train.flow_strategy={t.flow_strategy!r}: expected one of {sorted(STRATEGIES)}.")
+    if t.flow_carry not in CARRIES:
+        raise MagicPropError(f"train.flow_carry={t.flow_carry!r}: expected one of {list(CARRIES)}.")
+    if not 0.0 <= t.motion_noise_augmentation < 1.0:
+        raise MagicPropError(f"train.motion_noise_augmentation={t.motion_noise_augmentation}: expected a level in "
+                             "[0, 1).")
+    settings = FlowSettings(estimator=t.flow_estimator, preset=t.flow_preset, weights=t.flow_weights,
+                            work_size=t.flow_work_size, device=str(device))
+    FlowEngine(settings)  # its own one-line checks, before any model work
+    return settings
+
+
+def _init_models(cfg: RunConfig, settings=None):
+    """(unet, adapter) to train; a flow-guided run extends a paper-layout UNet with zero-initialised motion channels
+    (``unet.extend_inputs``), so it starts as exactly the model it comes from."""
+    from ..unet import extend_inputs
+
     m = cfg.model
     if m.init_checkpoint:
         ckpt = load_checkpoint(m.init_checkpoint)
-        return ckpt.build_unet(), ckpt.build_adapter()
-    unet_config = m.unet_config
-    if isinstance(unet_config, str):
-        unet_config = json.loads(Path(unet_config).read_text())
-    return initial_models(m.unet, unet_config, m.seed)
+        if ckpt.config.flow_guided and not cfg.train.flow_guided:
+            raise MagicPropError(f"model.init_checkpoint {Path(m.init_checkpoint).name} is a flow-guided PropDPM: set "
+                                 "train.flow_guided=true to fine-tune it, or start from a paper-layout PropDPM.")
+        if ckpt.config.flow_guided:
+            check_flow_record(ckpt.config, settings.record(), "train.flow_estimator")
+        unet, adapter = ckpt.build_unet(), ckpt.build_adapter()
+    else:
+        unet_config = m.unet_config
+        if isinstance(unet_config, str):
+            unet_config = json.loads(Path(unet_config).read_text())
+        unet, adapter = initial_models(m.unet, unet_config, m.seed)
+    if cfg.train.flow_guided:
+        unet = extend_inputs(unet, FLOW_GUIDED_INPUTS)
+    return unet, adapter
 
 
 def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, source_desc: dict,
                    step: int) -> PropDPMConfig:
     """The checkpoint metadata of a training run (the README's "Checkpoint format" fields, all from the run itself)."""
     d, t = cfg.data, cfg.train
+    motion = {}
+    if t.flow_guided:
+        motion = motion_record(flow_settings(cfg), t.flow_strategy, t.flow_carry)
     return PropDPMConfig(
         unet_config={k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
         adapter=adapter.config,
@@ -102,6 +142,9 @@ def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, sour
                   "ema_decay": t.ema_decay, "data": source_desc, "rollout_probability": t.rollout_probability,
                   "rollout_length": t.rollout_length, "rollout_steps": t.rollout_steps,
                   "initialised_from": Path(cfg.model.init_checkpoint or cfg.model.unet or "unet_config").name},
+        inputs=FLOW_GUIDED_INPUTS if t.flow_guided else PAPER_INPUTS,
+        motion=motion,
+        motion_noise_augmentation=t.motion_noise_augmentation if t.flow_guided else 0.0,
     )
 
 
@@ -109,10 +152,14 @@ class Batcher:
     """Assembles the tensors of a list of SampleSpecs from encoded clips."""
 
     def __init__(self, cache: ClipCache, scheduler, cfg: RunConfig, latent_scale: float, device,
-                 rollout=None) -> None:
+                 rollout=None, motion=None) -> None:
+        """motion: the run's ``train.motion.MotionCache`` (flow-guided runs), else None."""
         self.cache, self.scheduler, self.cfg, self.scale, self.device = cache, scheduler, cfg, latent_scale, device
         self.rollout = rollout  # [(encoded clip, spec)] -> the model's own (1, 4, h, w) previous latents, unscaled
-        self.recipe = ConditionRecipe(latent_scale, cfg.train.previous_frame, cfg.train.prev_noise_augmentation)
+        self.motion = motion
+        inputs = FLOW_GUIDED_INPUTS if motion is not None else PAPER_INPUTS
+        self.recipe = ConditionRecipe(latent_scale, cfg.train.previous_frame, cfg.train.prev_noise_augmentation,
+                                      inputs)
 
     def __call__(self, specs) -> dict[str, torch.Tensor]:
         t_cfg = self.cfg.train
@@ -131,7 +178,8 @@ class Batcher:
             noisy = self.scheduler.add_noise(target, noise, t)
             # the inference recipe, with the sample's noise seed as the frame seed
             request = FrameRequest(s.target, s.prev, rolled.get(n, clip.latents[s.prev : s.prev + 1]),
-                                   clip.depth[s.target : s.target + 1], clip.depth[s.prev : s.prev + 1], s.noise_seed)
+                                   clip.depth[s.target : s.target + 1], clip.depth[s.prev : s.prev + 1], s.noise_seed,
+                                   **carried_fields(self.motion, s, s.target))
             cond = condition_for(request, self.recipe)
             rows["input"].append(torch.cat([noisy, cond], 1))
             rows["t"].append(t)
@@ -142,13 +190,21 @@ class Batcher:
         return {k: torch.cat(v).to(self.device) for k, v in rows.items()}
 
 
+def carried_fields(motion, spec, k: int) -> dict:
+    """FrameRequest fields of frame k's motion inputs for a sample (none without a motion cache)."""
+    if motion is None:
+        return {}
+    latent, valid = motion.get(spec.clip).carried(spec.ref, k)
+    return {"carried_latent": latent, "carried_valid": valid, "motion_noise_level": spec.motion_level}
+
+
 class Rollout:
     """The model's own previous frames for a batch of samples: from the true frame `rollout_length` steps further
     from each target, it generates frame after frame (as inference does, gap 1) up to the previous frame, all
     rollout samples of the batch together, without gradient."""
 
-    def __init__(self, acc, module, meta: PropDPMConfig, cfg: RunConfig) -> None:
-        self.acc, self.module, self.meta, self.cfg = acc, module, meta, cfg
+    def __init__(self, acc, module, meta: PropDPMConfig, cfg: RunConfig, motion=None) -> None:
+        self.acc, self.module, self.meta, self.cfg, self.motion = acc, module, meta, cfg, motion
 
     @torch.no_grad()
     def __call__(self, items: list) -> list[torch.Tensor]:
@@ -175,7 +231,7 @@ class Rollout:
                 clip, spec = items[n]
                 src, k = chains[n][j - 1], chains[n][j]
                 requests.append(FrameRequest(k, src, current[n], clip.depth[k : k + 1], clip.depth[src : src + 1],
-                                             frame_seed(spec.noise_seed, k)))
+                                             frame_seed(spec.noise_seed, k), **carried_fields(self.motion, spec, k)))
             out = denoiser.batch(requests, torch.cat([contexts[n] for n in active])).cpu()
             for row, n in enumerate(active):
                 current[n] = out[row : row + 1]
@@ -249,10 +305,11 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     local = t_cfg.batch_size // world
     out = Path(t_cfg.output_dir)
 
+    settings = flow_settings(cfg, acc.device) if t_cfg.flow_guided else None
     source = make_source(cfg.data)
     encoders = FrozenEncoders(cfg.model.vae, cfg.model.clip_vision, acc.device, cfg.model.clip_name,
                               vae_input="model.vae")
-    unet, adapter = _init_models(cfg)
+    unet, adapter = _init_models(cfg, settings)
     if t_cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     module = PropDPMTrainable(unet, adapter).train()
@@ -279,12 +336,20 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     with acc.main_process_first():  # one process encodes a disk cache, the others load it
         cache = ClipCache(source, encoders, cfg.data.cache_latents, cfg.data.latent_cache,
                           progress and acc.is_main_process)
+    motion = None
+    if settings is not None:
+        from ..motion.engine import FlowEngine
+        from .motion import MotionCache
+
+        with acc.main_process_first():
+            motion = MotionCache(source, encoders, FlowEngine(settings), t_cfg.flow_strategy, t_cfg.flow_carry,
+                                 cfg.data.motion_cache, progress and acc.is_main_process)
     rollout = None
     if t_cfg.rollout_probability > 0:
         base = acc.unwrap_model(module)
         meta = propdpm_config(cfg, base.unet, base.adapter, encoders, source.describe(), 0)
-        rollout = Rollout(acc, module, meta, cfg)
-    batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device, rollout)
+        rollout = Rollout(acc, module, meta, cfg, motion)
+    batcher = Batcher(cache, scheduler, cfg, encoders.latent_scale, acc.device, rollout, motion)
     log_path = out / "log.jsonl"
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +364,7 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
         first = state.step * t_cfg.batch_size + rank * local
         specs = [sample_spec(t_cfg.seed, first + j, source, cfg.data.gaps, cfg.data.gap_weights,
                              cfg.data.backward, scheduler.config.num_train_timesteps, t_cfg.appearance_dropout,
-                             t_cfg.rollout_probability)
+                             t_cfg.rollout_probability, t_cfg.flow_guided, t_cfg.motion_noise_augmentation)
                  for j in range(local)]
         b = batcher(specs)
         loss = module(b["input"], b["t"], b["tokens"], b["ref"], b["keep"], b["v"])

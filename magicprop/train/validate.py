@@ -37,7 +37,13 @@ def validate(cfg, models: tuple, encoders: FrozenEncoders, source, out: Path, st
     unet, adapter = models
     frames, depth, reference, truth = validation_clip(cfg, source)
     standalone = StandaloneModels(config, unet, adapter, encoders)
-    result = propagate_images(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0)
+    motion = {}
+    if cfg.train.flow_guided:  # the run's own engine (a RAFT checkpoint records only its weights' file name)
+        from ..motion.engine import FlowEngine
+        from .loop import flow_settings
+
+        motion = {"frames": frames, "engine": FlowEngine(flow_settings(cfg))}
+    result = propagate_images(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0, **motion)
     score = float(psnr(result[1:], truth[1:]).mean())
     picks = sorted({0, 1, 2, len(frames) // 2, len(frames) - 1})
     image = strip([frames, truth, result], picks)
