@@ -78,7 +78,7 @@ def node_carried(config, vae, flow, source_frames: torch.Tensor | None, referenc
                                callback=counted(frame_callback(source_frames.shape[0])))
 
 
-def check_flow_inputs(config, flow, source_frames, k: int) -> None:
+def check_flow_inputs(config, flow, source_frames) -> None:
     """A flow-guided checkpoint needs the source frames and their flow from its own estimator (one line each)."""
     if not config.flow_guided:
         return
@@ -144,7 +144,7 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
     if not config.flow_guided and (flow is not None or (source_frames is not None and mask is None)):
         log.warning("AutoregressivePropagate: this PropDPM declares no motion inputs, so flow and source_frames "
                     "(without a mask) are not used; a flow-guided PropDPM uses them.")
-    check_flow_inputs(config, flow, source_frames, k)
+    check_flow_inputs(config, flow, source_frames)
     check_control_hints([positive, negative], k)
 
 

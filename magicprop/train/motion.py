@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MagicPropError
-from ..motion_inputs import carry_frames
+from ..motion_inputs import carry_frames, motion_record
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class MotionCache:
 
     @property
     def record(self) -> dict:
-        return {**self.engine.settings.record(), "strategy": self.strategy, "carry": self.carry}
+        return motion_record(self.engine.settings, self.strategy, self.carry)
 
     def compute(self, index: int) -> ClipMotion:
         clip = self.source.clip(index)
