@@ -73,9 +73,25 @@ class DiffusersDenoiser:
     def __call__(self, request: FrameRequest) -> torch.Tensor:
         return self.batch([request])
 
+    def shares_sampler(self, other: "DiffusersDenoiser") -> bool:
+        """Whether `other` samples as this one does (same UNet, steps, guidance): one call can serve both."""
+        return (other.unet is self.unet and other.steps == self.steps and other.cfg == self.cfg
+                and other.rescale == self.rescale and other.positive.shape[1:] == self.positive.shape[1:])
+
+    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
+        """One batched DDIM run for the frames of several chains, each with its own denoiser's appearance
+        (``magicprop.propagate.denoise_round``); denoisers that sample differently run one call each."""
+        if not all(self.shares_sampler(d) for d, _ in jobs):
+            return [d(r) for d, r in jobs]
+        positive = torch.cat([d.positive for d, _ in jobs])
+        if self.cfg != 1.0 and any(not torch.equal(d.negative, self.negative) for d, _ in jobs):
+            return [d(r) for d, r in jobs]
+        return list(self.batch([r for _, r in jobs], positive).split(1))
+
     @torch.no_grad()
     def batch(self, requests: list[FrameRequest], positive: torch.Tensor | None = None) -> torch.Tensor:
-        """Denoise several frames at once, each with its own request (and appearance row of `positive`)."""
+        """Denoise several frames at once, each with its own request (and appearance row of `positive`; the
+        unconditional appearance is the null tokens, zeros)."""
         cond = torch.cat([condition_for(r, self.config) for r in requests]).to(self.device)
         x = torch.cat([frame_noise(r.prev_latent.shape, r.seed) for r in requests]).to(self.device)
         x = x * self.scheduler.init_noise_sigma

@@ -51,6 +51,9 @@ def _add_propagate(sub) -> None:
     p.add_argument("--reference-index", type=int, nargs="+", required=True,
                    help="index of each edited frame among the selected frames (after --stride)")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="frames per sampler call: the chains' ready frames (forward and backward, every keyframe's) "
+                        "are batched; 0 = all of them, 1 = one frame at a time (less memory)")
     p.add_argument("--anchor-strength", type=float, default=0.0,
                    help="drift control: pull each frame's latent statistics towards the reference's (0 = off)")
     p.add_argument("--out", type=Path, required=True, help="the mp4 to write")
@@ -280,7 +283,7 @@ def _run(args: argparse.Namespace) -> None:
             pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
             keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength, flow=args.flow,
             flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            composite_border=None if args.no_composite else args.composite_border,
+            composite_border=None if args.no_composite else args.composite_border, max_batch=args.max_batch,
         )
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .errors import MagicPropError
-from .propagate import FrameDenoiser, FrameRequest
+from .propagate import FrameDenoiser, FrameRequest, inner_round
 
 
 def channel_stats(latent: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +69,12 @@ class AnchoredDenoiser:
         return self.masks[min(k, self.masks.shape[0] - 1)][None]
 
     def __call__(self, request: FrameRequest) -> torch.Tensor:
-        latent = self.inner(request)
+        return self.anchored(request, self.inner(request))
+
+    def anchored(self, request: FrameRequest, latent: torch.Tensor) -> torch.Tensor:
         return anchor_statistics(latent, self.reference.to(latent), self.strength, self._mask(request.index),
                                  self._mask(self.reference_index))
+
+    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
+        """The inner denoisers' frames in one batched round, each then anchored to its own reference."""
+        return [d.anchored(r, latent) for (d, r), latent in zip(jobs, inner_round(jobs))]

@@ -23,7 +23,7 @@ from .composite import DEFAULT_BORDER
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
-from .propagate import check_keyframes, keyframe_plan
+from .propagate import check_keyframes, check_max_batch, keyframe_plan
 from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, write_video
 
@@ -69,6 +69,8 @@ class PropagateJob:
     flow_size: int | None = None
     composite_border: int | None = DEFAULT_BORDER
     """Flow-guided checkpoints: px over which carried pixels fade into the model's (None: no composite)."""
+    max_batch: int = 0
+    """Frames per sampler call: the chains' ready frames batched (0 = all of them; 1 = one frame at a time)."""
 
     @property
     def references(self) -> list[Path]:
@@ -100,6 +102,7 @@ def _check_files(job: PropagateJob) -> None:
             if not p.is_file():
                 raise MagicPropError(f"--{name} {str(p)!r} does not exist; pass an existing file.")
     inspect_checkpoint(job.checkpoint)  # a file of another kind is named from its header, before any model runs
+    check_max_batch(job.max_batch)
     check_reference_count(len(job.references), len(job.reference_indices))
     if job.reference_depths and len(job.reference_depths) != len(job.references):
         raise MagicPropError(
@@ -298,7 +301,7 @@ def propagate_latents(job: PropagateJob, progress: bool = True,
 
         latents = propagate_run(inputs, make_denoiser or checkpoint_denoiser, job.seed, job.keyframe_window,
                                 job.anchor_strength, callback=count, encode=models.encode, decode=models.decode,
-                                composite_border=job.composite_border)
+                                composite_border=job.composite_border, max_batch=job.max_batch)
     return latents, dataclasses.replace(loaded, carried=inputs.carried), models
 
 

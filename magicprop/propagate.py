@@ -10,8 +10,15 @@ VAE encoding of the edited reference.
 Randomness: the initial noise and any sampler noise of frame k depend only on (seed, k), through ``frame_seed``, so
 a frame's result does not depend on the order frames are made in, on chunking, or on which chains run.
 
-Backends implement ``FrameDenoiser``: diffusers in ``magicprop.backend``, ComfyUI's samplers in ``nodes/``. A whole
-run (references, keyframes, anchoring) is assembled by ``magicprop.run``.
+Batching: the chains of a run (forward and backward from a mid-clip reference, one or two per keyframe) do not depend
+on each other, so the loop advances them in lockstep: at round j the j-th frame of every chain that has one is made
+in ONE sampler call, a batch (``denoise_round``), capped at `max_batch` frames (0 = every ready frame; 1 = one frame
+per call, the sequential run). A batch holds at most one frame per chain, so memory does not grow with the clip.
+Because a frame's inputs and noise do not depend on the other frames of its batch, batched and one-at-a-time runs
+agree up to the float rounding of a batched convolution (deterministic samplers).
+
+Backends implement ``FrameDenoiser`` (and optionally ``denoise_batch``): diffusers in ``magicprop.backend``,
+ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes, anchoring) is assembled by ``magicprop.run``.
 """
 
 from __future__ import annotations
@@ -70,9 +77,49 @@ class FrameRequest:
 
 
 class FrameDenoiser(Protocol):
-    """Denoise one frame: pure noise -> (1, C, h, w) unscaled latent, conditioned as in the request."""
+    """Denoise one frame: pure noise -> (1, C, h, w) unscaled latent, conditioned as in the request.
+
+    A denoiser may also have ``denoise_batch(items)``: a list of (denoiser, request) pairs whose denoisers are of its
+    own type (each chain's, e.g. each keyframe's appearance) -> one (1, C, h, w) latent per pair, made in one sampler
+    call where the denoisers can share one (``denoise_round`` calls it).
+    """
 
     def __call__(self, request: FrameRequest) -> torch.Tensor: ...
+
+
+Job = tuple[FrameDenoiser, FrameRequest]
+"""A frame to make and the denoiser of its chain."""
+
+
+def denoise_round(jobs: Sequence[Job]) -> list[torch.Tensor]:
+    """The frames of one round, (1, C, h, w) each: one batched call when every denoiser is of one type that has
+    ``denoise_batch``, else one call per frame."""
+    first = jobs[0][0]
+    batch = getattr(first, "denoise_batch", None)
+    if len(jobs) > 1 and batch is not None and all(type(d) is type(first) for d, _ in jobs):
+        return list(batch(list(jobs)))
+    return [d(r) for d, r in jobs]
+
+
+def inner_round(jobs: Sequence[Job], transform: Callable[[FrameDenoiser, FrameRequest], FrameRequest] | None = None
+                ) -> list[torch.Tensor]:
+    """``denoise_round`` on the inner denoisers of wrapping denoisers (each has ``.inner``), each request passed
+    through `transform` first: the batched call of a wrapper that changes requests or results around its inner one."""
+    return denoise_round([(d.inner, r if transform is None else transform(d, r)) for d, r in jobs])
+
+
+def check_max_batch(max_batch: int) -> int:
+    if int(max_batch) < 0:
+        raise MagicPropError(f"max_batch={max_batch}: expected 0 (every ready frame in one call) or a cap of 1 or more "
+                             "frames per sampler call (1 = one frame at a time).")
+    return int(max_batch)
+
+
+def rounds(items: Sequence, max_batch: int = 0) -> Iterator[list]:
+    """`items` in consecutive batches of at most `max_batch` (0 = all in one)."""
+    size = check_max_batch(max_batch) or max(1, len(items))
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
 
 
 FrameCallback = Callable[[int, torch.Tensor], None]
@@ -109,13 +156,35 @@ def iter_chain(
     start_depth: (1, 1, h, w) depth that goes with `start_latent` (default depth[indices[0]]).
     Yields (index, latent) as each frame is done.
     """
-    prev_latent = start_latent
-    prev_depth = depth[indices[0] : indices[0] + 1] if start_depth is None else start_depth
-    for src, k in zip(indices[:-1], indices[1:]):
-        d = depth[k : k + 1]
-        latent = denoiser(FrameRequest(k, src, prev_latent, d, prev_depth, frame_seed(seed, k)))
-        yield k, latent
-        prev_latent, prev_depth = latent, d
+    state = ChainState(list(indices), start_latent, start_depth)
+    while state.pending:
+        request = state.request(depth, seed)
+        latent = denoiser(request)
+        state.advance(latent, depth)
+        yield request.index, latent
+
+
+class ChainState:
+    """Where a chain stands: the next index to make and its predecessor's latent and depth."""
+
+    def __init__(self, indices: list[int], start_latent: torch.Tensor, start_depth: torch.Tensor | None = None,
+                 key: int = 0) -> None:
+        self.indices, self.key, self.position = indices, key, 0
+        self.latent, self.depth = start_latent, start_depth
+
+    @property
+    def pending(self) -> bool:
+        return self.position + 1 < len(self.indices)
+
+    def request(self, depth: torch.Tensor, seed: int) -> FrameRequest:
+        src, k = self.indices[self.position], self.indices[self.position + 1]
+        prev_depth = depth[src : src + 1] if self.depth is None else self.depth
+        return FrameRequest(k, src, self.latent, depth[k : k + 1], prev_depth, frame_seed(seed, k))
+
+    def advance(self, latent: torch.Tensor, depth: torch.Tensor) -> None:
+        self.position += 1
+        k = self.indices[self.position]
+        self.latent, self.depth = latent, depth[k : k + 1]
 
 
 @dataclass(frozen=True)
@@ -219,12 +288,14 @@ def propagate_keyframes(
     window: int = 8,
     callback: FrameCallback | None = None,
     out_device: torch.device | str = "cpu",
+    max_batch: int = 0,
 ) -> torch.Tensor:
     """Propagate several edited keyframes through the clip: (K, C, h, w) latents, keyframes in their places.
 
     Every frame comes from its nearest keyframe's chain; where two chains meet they are blended over `window`
     frames (keyframe_plan). Frame k's noise depends on (seed, k) only, so both chains start frame k from the same
-    noise. The callback sees each frame once, when its final latent is known.
+    noise. The chains advance in lockstep, the frames of a round batched up to `max_batch` (module docstring). The
+    callback sees each frame once, when its final latent is known.
     """
     if depth.ndim != 4 or depth.shape[1] != 1:
         raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
@@ -247,16 +318,21 @@ def propagate_keyframes(
         out[kf.index] = kf.latent[0].to(out_device)
         if callback is not None:
             callback(kf.index, kf.latent)
+    check_max_batch(max_batch)
     pending: dict[int, dict[int, torch.Tensor]] = {}
-    for chain in chains:
-        kf = keyframes[chain.key]
-        for k, latent in iter_chain(kf.denoiser, chain.indices, kf.latent, depth, seed, kf.depth):
-            latent = meet(pending, blends, k, chain.key, latent)
-            if latent is None:
-                continue
-            out[k] = latent[0].to(out_device)
-            if callback is not None:
-                callback(k, latent)
+    states = [ChainState(c.indices, keyframes[c.key].latent, keyframes[c.key].depth, c.key) for c in chains]
+    while ready := [s for s in states if s.pending]:
+        for batch in rounds(ready, max_batch):
+            jobs = [(keyframes[s.key].denoiser, s.request(depth, seed)) for s in batch]
+            for state, (_, request), latent in zip(batch, jobs, denoise_round(jobs)):
+                state.advance(latent, depth)
+                k = request.index
+                latent = meet(pending, blends, k, state.key, latent)
+                if latent is None:
+                    continue
+                out[k] = latent[0].to(out_device)
+                if callback is not None:
+                    callback(k, latent)
     return out
 
 
@@ -269,6 +345,7 @@ def propagate(
     reference_depth: torch.Tensor | None = None,
     callback: FrameCallback | None = None,
     out_device: torch.device | str = "cpu",
+    max_batch: int = 0,
 ) -> torch.Tensor:
     """Propagate the edited reference through the clip: returns (K, C, h, w) latents, frame r = reference_latent.
 
@@ -288,4 +365,4 @@ def propagate(
     if depth.ndim == 4:
         chain_order(reference_index, depth.shape[0])
     key = Keyframe(reference_index, reference_latent, denoiser, reference_depth)
-    return propagate_keyframes([key], depth, seed, callback=callback, out_device=out_device)
+    return propagate_keyframes([key], depth, seed, callback=callback, out_device=out_device, max_batch=max_batch)

@@ -143,8 +143,10 @@ def propagate_run(
     encode: Encode | None = None,
     decode: Decode | None = None,
     composite_border: int | None = None,
+    max_batch: int = 0,
 ) -> torch.Tensor:
-    """Run the propagation: (K, C, h, w) latents, each reference in its place.
+    """Run the propagation: (K, C, h, w) latents, each reference in its place; the chains' frames of each round in
+    one sampler call of at most `max_batch` frames (0 = all ready; ``magicprop.propagate``).
 
     anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.drift``),
     inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given. With `inputs.carried`, every
@@ -165,7 +167,8 @@ the composite re-encoded when `composite_border` is not None, which needs the VA
             denoiser = CarriedDenoiser(denoiser, inputs.carried, 0.0, feedback, encode, decode, composite_border)
         ref_depth = None if inputs.reference_depth is None else inputs.reference_depth[i : i + 1]
         keyframes.append(Keyframe(index, latent, denoiser, ref_depth))
-    return propagate_keyframes(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device)
+    return propagate_keyframes(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device,
+                               max_batch=max_batch)
 
 
 def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth: torch.Tensor,
@@ -210,7 +213,7 @@ def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, refer
                      seed: int = 0, cfg: float = 1.0, anchor_strength: float = 0.0,
                      callback: FrameCallback | None = None, frames: torch.Tensor | None = None, engine=None,
                      motion=None, composite_border: int | None = DEFAULT_BORDER, feedback: str | None = None,
-                     blank: bool = True, carry: str | None = None) -> torch.Tensor:
+                     blank: bool = True, carry: str | None = None, max_batch: int = 0) -> torch.Tensor:
     """(1, H, W, 3) edited reference + (K, H, W) clip depth in [0, 1] -> (K, H, W, 3) propagated frames.
 
     Flow-guided checkpoints also need the source `frames` (K, H, W, 3) (and take an `engine` or the clip's `motion`
@@ -225,7 +228,7 @@ def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, refer
     denoiser = models.denoiser(reference, ref_latent, steps, cfg)
     latents = propagate_run(inputs, lambda _i, _k: denoiser, seed, anchor_strength=anchor_strength,
                             callback=callback, feedback=feedback, encode=models.encode, decode=models.decode,
-                            composite_border=composite_border)
+                            composite_border=composite_border, max_batch=max_batch)
     images = models.decode(latents)
     return images if carried is None else composite_carried(images, carried.frames, carried.filled, composite_border)
 

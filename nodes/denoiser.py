@@ -7,6 +7,7 @@ CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the 
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import comfy.model_management
@@ -19,8 +20,10 @@ from ..magicprop.errors import MagicPropError
 from ..magicprop.propagate import FrameRequest, frame_noise
 from .model import CONCAT_KEY
 
-StepCallback = Callable[[int, int, int, torch.Tensor], None]
-"""(frame index, step, total steps, x0 prediction) after each sampler step."""
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[list[int], int, int, torch.Tensor], None]
+"""(frame indices of the batch, step, total steps, (B, C, h, w) x0 prediction) after each sampler step."""
 
 
 def control_chain(control) -> list:
@@ -46,8 +49,9 @@ def check_control_hints(conditionings: list, num_frames: int) -> None:
                     )
 
 
-def slice_control(control, index: int, num_frames: int, cache: dict):
-    """A copy of a ControlNet chain whose K-frame hints are cut to frame `index` (1-frame hints stay whole).
+def slice_control(control, index: int | list[int], num_frames: int, cache: dict):
+    """A copy of a ControlNet chain whose K-frame hints are cut to frame `index` (or to the frames of a batch, in
+    its order; 1-frame hints stay whole).
 
     ComfyUI would broadcast hint[0] to a one-frame batch, so frame-by-frame sampling needs per-frame copies.
     `cache` keeps positive and negative sharing one copy, as ControlNetApplyAdvanced made them share one.
@@ -60,14 +64,15 @@ def slice_control(control, index: int, num_frames: int, cache: dict):
     copy.set_previous_controlnet(slice_control(control.previous_controlnet, index, num_frames, cache))
     hint = control.cond_hint_original
     if hint is not None and hint.shape[0] == num_frames and num_frames > 1:
-        copy.cond_hint_original = hint[index : index + 1]
+        copy.cond_hint_original = hint[index : index + 1] if isinstance(index, int) else hint[index]
     cache[id(control)] = copy
     return copy
 
 
-def frame_conditioning(conditioning: list, index: int, num_frames: int, cache: dict,
+def frame_conditioning(conditioning: list, index: int | list[int], num_frames: int, cache: dict,
                        extra: dict | None = None) -> list:
-    """The conditioning of one frame: its ControlNet hints selected, `extra` keys (e.g. its spatial condition) added."""
+    """The conditioning of one frame (or of a batch of frames `index`): its ControlNet hints selected, `extra` keys
+    (e.g. its spatial condition) added."""
     out = []
     for tokens, d in conditioning:
         d = {**d, **(extra or {})}
@@ -75,6 +80,21 @@ def frame_conditioning(conditioning: list, index: int, num_frames: int, cache: d
             d["control"] = slice_control(d["control"], index, num_frames, cache)
         out.append([tokens, d])
     return out
+
+
+def stack_conditionings(conditionings: list[list]) -> list | None:
+    """One conditioning whose entries hold the rows of several (one per sample of a batch, each a row of the same
+    conditioning, e.g. one keyframe's appearance each), or None when they differ in more than their tokens."""
+    first = conditionings[0]
+    if any(len(c) != len(first) or any(d is not d0 for (_, d), (_, d0) in zip(c, first)) for c in conditionings):
+        return None
+    return [[torch.cat([c[j][0] for c in conditionings]), d] for j, (_, d) in enumerate(first)]
+
+
+DETERMINISTIC_SAMPLERS = ("euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "ddim",
+                          "uni_pc", "uni_pc_bh2", "res_multistep", "gradient_estimation")
+"""Samplers that draw no noise after the initial one: a batched round equals frames made one at a time. The others
+draw their step noise for the whole batch from the frame seed of its first frame, so batching changes their draws."""
 
 
 class ComfyFrameDenoiser:
@@ -102,23 +122,47 @@ class ComfyFrameDenoiser:
         self.on_step = on_step
 
     def __call__(self, request: FrameRequest) -> torch.Tensor:
-        k = request.index
-        concat = condition_for(request, self.config)  # (1, 6, h, w), the UNet's input space
+        return self.sample([request], self.positive, self.negative)
+
+    def shares_sampler(self, other: "ComfyFrameDenoiser") -> bool:
+        """Whether `other` samples as this one does: one sampler call can serve both."""
+        return all(getattr(other, a) is getattr(self, a) for a in ("model", "source_latents", "masks")) \
+            and (other.steps, other.cfg, other.sampler_name, other.scheduler, other.num_frames, other.on_step) == \
+            (self.steps, self.cfg, self.sampler_name, self.scheduler, self.num_frames, self.on_step)
+
+    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
+        """The frames of a round (one per chain) in ONE comfy.sample.sample call: per-sample spatial conditions,
+        appearance tokens (each chain's keyframe), ControlNet hints (each frame's own) and initial noise; with
+        cfg > 1 the host batches cond and uncond as usual."""
+        positive = stack_conditionings([d.positive for d, _ in jobs])
+        negative = stack_conditionings([d.negative for d, _ in jobs])
+        if positive is None or negative is None or not all(self.shares_sampler(d) for d, _ in jobs):
+            return [d(r) for d, r in jobs]
+        return list(self.sample([r for _, r in jobs], positive, negative).split(1))
+
+    def sample(self, requests: list[FrameRequest], positive: list, negative: list) -> torch.Tensor:
+        """(B, 4, h, w): the frames of `requests` sampled as one batch (`positive`/`negative` hold one row or B)."""
+        indices = [r.index for r in requests]
+        concat = torch.cat([condition_for(r, self.config) for r in requests])  # (B, 6, h, w), the UNet's input space
         cache: dict = {}
-        positive = frame_conditioning(self.positive, k, self.num_frames, cache, {CONCAT_KEY: concat})
-        negative = frame_conditioning(self.negative, k, self.num_frames, cache, {CONCAT_KEY: concat})
-        noise = frame_noise(request.prev_latent.shape, request.seed)
+        frames = indices[0] if len(indices) == 1 else indices
+        positive = frame_conditioning(positive, frames, self.num_frames, cache, {CONCAT_KEY: concat})
+        negative = frame_conditioning(negative, frames, self.num_frames, cache, {CONCAT_KEY: concat})
+        noise = torch.cat([frame_noise(r.prev_latent.shape, r.seed) for r in requests])
         latent_image = torch.zeros_like(noise)
         mask = None
         if self.masks is not None:
             # ComfyUI's own inpainting: outside the mask every step is pulled back to the source latent
-            latent_image = self.source_latents[k : k + 1].to(noise)
-            mask = self.masks[min(k, self.masks.shape[0] - 1)][None]
+            latent_image = self.source_latents[indices].to(noise)
+            mask = self.masks[[min(k, self.masks.shape[0] - 1) for k in indices]]
+        if len(requests) > 1 and self.sampler_name not in DETERMINISTIC_SAMPLERS:
+            log.info("sampler %s draws step noise: batched frames %s share one draw seeded by frame %d (max_batch 1 "
+                     "gives each frame its own)", self.sampler_name, indices, indices[0])
         callback = None
         if self.on_step is not None:
             def callback(step, x0, x, total_steps):
-                self.on_step(k, step + 1, total_steps, x0)
+                self.on_step(indices, step + 1, total_steps, x0)
         return comfy.sample.sample(
             self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive, negative,
-            latent_image, denoise=1.0, noise_mask=mask, callback=callback, disable_pbar=True, seed=request.seed,
+            latent_image, denoise=1.0, noise_mask=mask, callback=callback, disable_pbar=True, seed=requests[0].seed,
         ).to(comfy.model_management.intermediate_device())

@@ -167,26 +167,29 @@ def check_image_output_unused(prompt: dict | None, node_id: str | None) -> None:
 
 
 class ProgressReporter:
-    """One ComfyUI progress bar over every sampler step of every generated frame, with step previews; finished
-    frames go to the web filmstrip (FramePreviews)."""
+    """One ComfyUI progress bar over every sampler step of every generated frame (a batched round advances all its
+    frames at once), with step previews of every frame of the round side by side; finished frames go to the web
+    filmstrip (FramePreviews)."""
 
     def __init__(self, model, generations: int, steps: int, frames: FramePreviews | None = None) -> None:
         self.steps, self.total = steps, max(1, generations * steps)
-        self.job = 0
+        self.done = self.current = 0  # frames of finished rounds; frames of the round being sampled
         self.bar = comfy.utils.ProgressBar(self.total)
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
         self.frames = frames
         if frames is not None:
             frames.start()
 
-    def on_step(self, index: int, step: int, total_steps: int, x0: torch.Tensor) -> None:
+    def on_step(self, indices: list[int], step: int, total_steps: int, x0: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         if step == 1:
-            self.job += 1
+            self.done, self.current = self.done + self.current, len(indices)
         preview = None
         if self.previewer is not None:
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
-        self.bar.update_absolute((self.job - 1) * self.steps + min(step, self.steps), self.total, preview)
+            tiled = torch.cat(list(x0[: len(indices)]), dim=-1)[None]  # (1, C, h, B*w): the round's frames in a row
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", tiled)
+        value = self.done * self.steps + self.current * min(step, self.steps)
+        self.bar.update_absolute(min(value, self.total), self.total, preview)
 
     def on_frame(self, index: int, latent: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -257,6 +260,12 @@ class AutoregressivePropagate(io.ComfyNode):
                 io.Int.Input("composite_border", default=DEFAULT_BORDER, min=0, max=256, optional=True,
                              tooltip="Pixels over which the carried pixels fade into the model's inside the filled "
                                      "regions (0 = hard edge)."),
+                io.Int.Input("max_batch", default=0, min=0, max=1024, optional=True,
+                             tooltip="Frames per sampler call. The chains (forward and backward from a mid-clip "
+                                     "reference, those of every keyframe) advance together and their next frames are "
+                                     "sampled as one batch: 0 = all of them, 1 = one frame at a time (least memory). "
+                                     "With euler or ddim the result does not depend on it; samplers that draw step "
+                                     "noise (ancestral, SDE) share one draw per batch."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             outputs=[
@@ -273,7 +282,7 @@ class AutoregressivePropagate(io.ComfyNode):
                 reference_index: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 reference_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 source_frames: torch.Tensor | None = None, flow=None, carried_composite: bool = True,
-                composite_border: int = DEFAULT_BORDER, pixel_composite: bool = True,
+                composite_border: int = DEFAULT_BORDER, max_batch: int = 0, pixel_composite: bool = True,
                 frame_previews: bool = True, decode: bool = True, keyframe_indices: str = "",
                 keyframe_window: int = 8, anchor_strength: float = 0.0) -> io.NodeOutput:
         if depth.ndim != 4 or depth.shape[0] == 0:
@@ -308,7 +317,7 @@ class AutoregressivePropagate(io.ComfyNode):
 
         latents = propagate_run(inputs, make_denoiser, seed, keyframe_window, anchor_strength, anchor_masks,
                                 callback=progress.on_frame, out_device=comfy.model_management.intermediate_device(),
-                                encode=vae.encode, decode=vae.decode, composite_border=border)
+                                encode=vae.encode, decode=vae.decode, composite_border=border, max_batch=max_batch)
         if not decode:
             return io.NodeOutput({"samples": latents}, None)
         images = vae.decode(latents)

@@ -94,7 +94,7 @@ class ComfyFrameRefiner:
         callback = None
         if self.on_step is not None:
             def callback(step, x0, x, total_steps):
-                self.on_step(k, step + 1, total_steps, x0)
+                self.on_step([k], step + 1, total_steps, x0)
         samples = comfy.sample.sample(
             self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive, negative, latent,
             denoise=denoise, noise_mask=mask, callback=callback, disable_pbar=True, seed=request.seed,

@@ -212,9 +212,13 @@ def test_keyframes_masks_and_anchoring_keep_working(tiny_models, guided, pair):
     carried = carried_for_run(models.config, frames, refs, keys, models.encode, FlowEngine(SETTINGS), mask=mask)
     latents = models.encode(refs)
     inputs = run_inputs(latents, keys, depth_to_latent_grid(pair.source.depth[:, None], (4, 4)), carried=carried)
-    out = propagate_run(inputs, lambda i, _k: models.denoiser(refs[i : i + 1], latents[i : i + 1], 1), 3, window=1,
-                        anchor_strength=0.5, masks=latent_masks(mask, (4, 4)), encode=models.encode,
-                        decode=models.decode, composite_border=4)
+    def run(max_batch: int) -> torch.Tensor:
+        return propagate_run(inputs, lambda i, _k: models.denoiser(refs[i : i + 1], latents[i : i + 1], 1), 3,
+                             window=1, anchor_strength=0.5, masks=latent_masks(mask, (4, 4)), encode=models.encode,
+                             decode=models.decode, composite_border=4, max_batch=max_batch)
+
+    out = run(0)  # both keyframes' chains in one call per round: motion inputs, anchoring, composite feedback
+    torch.testing.assert_close(out, run(1), atol=1e-4, rtol=0)
     images = composite_carried(models.decode(out), carried.frames, carried.filled, 4)
     outside = (mask[0] == 0).expand(5, -1, -1)
     assert torch.equal(images[outside], frames[outside]), "outside the mask: the source frames, exactly"

@@ -46,16 +46,26 @@ def test_graph_runs_end_to_end_and_is_seeded(comfy_host, files):
 def test_progress_reaches_every_frame_with_previews(comfy_host, files):
     import comfy.utils
 
-    events = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append((value, total, preview)))
-    try:
-        comfy_host.run(propagation_graph(files, steps=2), ["12"], preview_method="latent2rgb")
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-    mine = [e for e in events if e[1] == 4 * 2]  # (K-1) frames x steps
-    assert mine and mine[-1][0] == 8
-    assert sorted({v for v, _, _ in mine}) == list(range(1, 9))
-    assert any(p is not None for _, _, p in mine), "step previews are sent"
+    def progress(max_batch: int) -> list:
+        events = []
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append((value, total,
+                                                                                                   preview)))
+        graph = propagation_graph(files, steps=2)  # reference 2 of 5: a forward and a backward chain of 2 frames
+        graph["12"]["inputs"]["max_batch"] = max_batch
+        try:
+            comfy_host.run(graph, ["12"], preview_method="latent2rgb")
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+        mine = [e for e in events if e[1] == 4 * 2]  # (K-1) frames x steps
+        assert mine and mine[-1][0] == 8
+        assert any(p is not None for _, _, p in mine), "step previews are sent"
+        return mine
+
+    assert sorted({v for v, _, _ in progress(1)}) == list(range(1, 9))
+    batched = progress(0)  # a round of 2 frames advances 2 frame-steps per sampler step
+    assert sorted({v for v, _, _ in batched}) == [2, 4, 6, 8]
+    widths = {p[1].size[0] for _, _, p in batched if p is not None}
+    assert len(widths) == 1 and widths.pop() >= 2 * 16, "the step preview shows every frame of the round"
 
 
 def test_lora_equals_merged_weights(comfy_host, files):
@@ -101,6 +111,7 @@ def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
     import host_nodes
 
     graph = propagation_graph(files, frames=5, ref=2, steps=2)
+    graph["12"]["inputs"]["max_batch"] = 1  # one frame per call (batched rounds: test_host_batch)
     graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
     graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
         "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["5", 0],
@@ -116,7 +127,8 @@ def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
             seen.append(hint)
     from magicprop.propagate import keyframe_plan
 
-    order = [k for chain in keyframe_plan([2], 5)[0] for k in chain.indices[1:]]  # the frames, as generated
+    chains = keyframe_plan([2], 5)[0]  # the frames as generated: the chains in lockstep, one frame per call
+    order = [c.indices[j] for j in range(1, max(len(c.indices) for c in chains)) for c in chains if j < len(c.indices)]
     assert sorted(order) == [0, 1, 3, 4]
     assert len(seen) == len(order)
     for hint, k in zip(seen, order):
