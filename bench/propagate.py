@@ -3,12 +3,19 @@
   (a) AutoregressivePropagate on K frames, executed by ComfyUI's PromptExecutor (upstream nodes cached, decode off);
   (b) ComfyUI's own KSampler (nodes.common_ksampler) run K-1 times on the same model and conditioning: the anchor,
       what the host itself achieves per image;
-  (c) the host-free backend (diffusers, DDIM trailing) on the same K frames.
+  (c) the host-free backend (diffusers, DDIM trailing) on the same K frames;
+  (d) the layouts where chains run side by side, at K = --chain-frames (25): the reference in mid-clip (index K//2:
+      a forward and a backward chain) and 3 keyframes (0, K//2, K-1, window 4: four chains), each batched (every
+      round's frames in one sampler call, the node's default) and sequential (max_batch 1), per generated frame;
+  (e) OpticalFlowSequence (DIS medium) on the --chain-frames frames at the preset's size: the flow estimation a
+      flow-guided run adds, and its share of a mid-clip batched run.
 
-Each figure is the median of --repeats runs after a warm-up. Prints a table and writes JSON.
+Each figure is the median of --repeats runs after a warm-up (--chain-repeats for (d)). Prints a table and writes
+JSON.
 
     python bench/propagate.py                        # CPU: SD1.5-shaped UNet (64 .. 256 channels), 256 px, 10 steps
-    python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5
+    python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5,
+                                                            # K = 17, and peak memory of the batched node at K = 300
 
 The host is found through COMFYUI_PATH (or as the parent of custom_nodes/). Weights are random (speed does not
 depend on their values); the VAE is the tiny 4-level one of magicprop.tiny in every variant.
@@ -29,8 +36,10 @@ sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), ne
 
 PRESETS = {
     "cpu": {"channels": [64, 128, 256, 256], "size": 256, "steps": 10, "cfg": 1.0, "dtype": "fp32"},
-    "sd15": {"channels": [320, 640, 1280, 1280], "size": 512, "steps": 20, "cfg": 5.0, "dtype": "fp16"},
+    "sd15": {"channels": [320, 640, 1280, 1280], "size": 512, "steps": 20, "cfg": 5.0, "dtype": "fp16",
+             "frames": 17, "chain_frames": 17, "memory_frames": 300, "memory_steps": 2},
 }
+RESULTS = ROOT / "bench" / "results"
 
 
 def median_time(fn, repeats: int) -> float:
@@ -47,11 +56,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--frames", type=int, default=5, help="K (K-1 frames are generated)")
+    parser.add_argument("--frames", type=int, default=None, help="K of (a)-(c) (K-1 frames are generated); "
+                                                                    "default 5 (sd15: 17)")
+    parser.add_argument("--chain-frames", type=int, default=None, help="K of (d) and (e); default 25 (sd15: 17)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "propagate.json")
+    parser.add_argument("--chain-repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default bench/results/propagate.json (sd15: propagate-sd15.json, never the CPU file)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    args.frames = args.frames or preset.get("frames", 5)
+    args.chain_frames = args.chain_frames or preset.get("chain_frames", 25)
+    args.json = args.json or RESULTS / ("propagate.json" if args.preset == "cpu" else f"propagate-{args.preset}.json")
 
     from harness.host import enter_comfyui, find_comfyui
 
@@ -65,7 +81,7 @@ def main() -> None:
     from magicprop.backend import DiffusersDenoiser
     from magicprop.checkpoint import load_checkpoint
     from magicprop.init_model import init_checkpoint
-    from magicprop.propagate import propagate
+    from magicprop.propagate import keyframe_plan, propagate
     from magicprop.tiny import save_tiny_models, sd_shaped_config
 
     work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))
@@ -164,24 +180,86 @@ def main() -> None:
 
     c = median_time(run_core, args.repeats)
 
+    # (d) chains side by side at K = chain_frames, batched and sequential, through the executor as in (a)
+    kc = args.chain_frames
+    mid, last = kc // 2, kc - 1
+    layouts = {"mid": {"reference_index": mid, "keyframe_indices": "", "references": 1},
+               "keyframes3": {"reference_index": 0, "keyframe_indices": f"0, {mid}, {last}", "keyframe_window": 4,
+                              "references": 3}}
+    graph["3"]["inputs"]["batch_size"] = kc
+    chain_seconds, generated = {}, {}
+    for name, layout in layouts.items():
+        graph["4"]["inputs"]["batch_size"] = layout["references"]
+        graph["6"]["inputs"].update({k: v for k, v in layout.items() if k != "references"})
+        keys = [int(i) for i in layout["keyframe_indices"].split(",")] if layout["keyframe_indices"] else [mid]
+        chains, _ = keyframe_plan(keys, kc, layout.get("keyframe_window", 8))
+        generated[name] = sum(len(c.indices) - 1 for c in chains)
+        for mode, max_batch in (("batched", 0), ("sequential", 1)):
+            graph["6"]["inputs"]["max_batch"] = max_batch
+            chain_seconds[f"{name}_{mode}"] = median_time(run_node, args.chain_repeats) / generated[name]
+    graph["6"]["inputs"].update(reference_index=0, keyframe_indices="", max_batch=0)
+    graph["3"]["inputs"]["batch_size"], graph["4"]["inputs"]["batch_size"] = k, 1
+
+    # (e) the flow a flow-guided run estimates first: OpticalFlowSequence at the preset's size on chain_frames frames
+    from magicprop.motion.engine import FlowEngine, FlowSettings
+    from magicprop.synthetic import SceneConfig, make_clip
+
+    frames = make_clip(3, SceneConfig(size=size, frames=kc), edit=False).frames
+    engine = FlowEngine(FlowSettings(estimator="dis", preset="medium"))
+    flow_seconds = median_time(lambda: engine.consecutive(frames), max(1, args.chain_repeats))
+    mid_batched_total = chain_seconds["mid_batched"] * generated["mid"]
+
+    memory = None
+    if "memory_frames" in preset and args.device.startswith("cuda"):
+        memory = node_peak_memory(torch, graph, run_node, preset["memory_frames"], preset["memory_steps"])
+
     per = k - 1
     result = {"preset": args.preset, "device": args.device, "device_name": _device_name(torch, args.device),
               "frames": k, "size": size, "steps": steps, "cfg": cfg, "dtype": preset["dtype"],
-              "repeats": args.repeats,
+              "repeats": args.repeats, "chain_frames": kc, "chain_repeats": args.chain_repeats,
+              "generated_frames": generated,
               "seconds_per_frame": {"a_node": a / per, "a_node_previews": a_previews / per, "b_ksampler": b / per,
-                                    "c_core": c / per},
-              "a_over_b": a / b, "c_over_b": c / b, "previews_overhead": a_previews / a - 1}
+                                    "c_core": c / per, **chain_seconds},
+              "a_over_b": a / b, "c_over_b": c / b, "previews_overhead": a_previews / a - 1,
+              "batched_over_sequential": {n: chain_seconds[f"{n}_batched"] / chain_seconds[f"{n}_sequential"]
+                                          for n in layouts},
+              "batched_over_ksampler": {n: chain_seconds[f"{n}_batched"] / (b / per) for n in layouts},
+              "flow_seconds": flow_seconds,
+              "flow_share_of_mid_batched": flow_seconds / (flow_seconds + mid_batched_total),
+              "peak_memory": memory}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     s = result["seconds_per_frame"]
     print(f"{args.preset} on {result['device_name']}: K={k}, {size}px, {steps} steps, cfg {cfg}, {preset['dtype']}")
-    print(f"{'variant':<34}{'s/frame':>10}")
-    print(f"{'(a) AutoregressivePropagate':<34}{s['a_node']:>10.3f}")
-    print(f"{'(a) with frame previews':<34}{s['a_node_previews']:>10.3f}")
-    print(f"{'(b) KSampler x (K-1)':<34}{s['b_ksampler']:>10.3f}")
-    print(f"{'(c) host-free backend':<34}{s['c_core']:>10.3f}")
+    print(f"{'variant':<42}{'s/frame':>10}")
+    print(f"{'(a) AutoregressivePropagate':<42}{s['a_node']:>10.3f}")
+    print(f"{'(a) with frame previews':<42}{s['a_node_previews']:>10.3f}")
+    print(f"{'(b) KSampler x (K-1)':<42}{s['b_ksampler']:>10.3f}")
+    print(f"{'(c) host-free backend':<42}{s['c_core']:>10.3f}")
+    for n in layouts:
+        for mode in ("batched", "sequential"):
+            label = f"(d) {n}, {mode} (K={kc}, {generated[n]} made)"
+            print(f"{label:<42}{s[f'{n}_{mode}']:>10.3f}")
     print(f"a/b = {result['a_over_b']:.3f}   c/b = {result['c_over_b']:.3f}   "
           f"previews add {100 * result['previews_overhead']:+.1f}%")
+    print("batched/sequential: " + "   ".join(f"{n} {r:.3f}" for n, r in result["batched_over_sequential"].items()))
+    print("batched/KSampler:   " + "   ".join(f"{n} {r:.3f}" for n, r in result["batched_over_ksampler"].items()))
+    print(f"(e) OpticalFlowSequence (DIS medium), {kc} frames at {size}px: {flow_seconds:.2f} s, "
+          f"{100 * result['flow_share_of_mid_batched']:.1f}% of a mid-clip batched run with it")
+    if memory is not None:
+        print(f"peak GPU memory of the batched node at K={memory['frames']} ({memory['steps']} steps): "
+              f"{memory['peak_bytes'] / 2**30:.2f} GiB")
+
+
+def node_peak_memory(torch, graph: dict, run_node, frames: int, steps: int) -> dict:
+    """torch.cuda.max_memory_allocated over one batched mid-clip node run of `frames` frames at `steps` steps."""
+    graph["3"]["inputs"]["batch_size"] = frames
+    graph["6"]["inputs"].update(reference_index=frames // 2, steps=steps, max_batch=0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run_node()
+    torch.cuda.synchronize()
+    return {"frames": frames, "steps": steps, "peak_bytes": torch.cuda.max_memory_allocated()}
 
 
 def _device_name(torch, device: str) -> str:

@@ -174,6 +174,9 @@ def _add_refine(sub) -> None:
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--border", type=int, default=DEFAULT_BORDER, help="px over which refined pixels fade in")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two loopback chains blend")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="frames per sampler call (loopback: its chains' next frames, 0 = all; per_frame: 0 = 4); "
+                        "1 = one frame at a time")
     p.add_argument("--controlnet", type=Path, help="local diffusers ControlNetModel folder")
     p.add_argument("--controlnet-scale", type=float, default=1.0)
     hints = p.add_mutually_exclusive_group()
@@ -316,6 +319,7 @@ def _run(args: argparse.Namespace) -> None:
             flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
             max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
             crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
+            max_batch=args.max_batch,
         )
         path = run_refine(job, progress=not args.quiet)
         log.info("wrote %s", path)

@@ -263,6 +263,13 @@ def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> t
     return chains, blends
 
 
+def lockstep_order(chains: Sequence[Chain]) -> list[int]:
+    """The frames of `chains` in the order a run makes them: round j holds the j-th frame of every chain that has
+    one, in chain order."""
+    longest = max((len(c.indices) for c in chains), default=0)
+    return [c.indices[j] for j in range(1, longest) for c in chains if j < len(c.indices)]
+
+
 def meet(pending: dict, blends: dict[int, tuple], k: int, key: int, part):
     """Chain `key`'s result for frame k, blended by `keyframe_plan`'s weights where two chains meet there.
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .composite import DEFAULT_BORDER, composite
 from .errors import MagicPropError
-from .propagate import check_keyframes, frame_seed, keyframe_plan, meet
+from .propagate import check_keyframes, check_max_batch, frame_seed, keyframe_plan, lockstep_order, meet, rounds
 
 MODES = ("per_frame", "loopback")
 """per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""
@@ -110,9 +110,32 @@ class RefineRequest:
 
 
 class FrameRefiner(Protocol):
-    """img2img of one frame: (H, W, 3) refined pixels in [0, 1] (sampled at denoise, or per pixel with region)."""
+    """img2img of one frame: (H, W, 3) refined pixels in [0, 1] (sampled at denoise, or per pixel with region).
+
+    A refiner may also have ``refine_batch(requests)``: several frames in one sampler call, one (H, W, 3) image each;
+    ``refine_round`` gives it frames that share their denoise (all with a filled region, or all without).
+    """
 
     def __call__(self, request: RefineRequest) -> torch.Tensor: ...
+
+
+PER_FRAME_BATCH = 4
+"""per_frame mode, max_batch 0: frames per sampler call (every frame is ready at once; a cap keeps memory flat)."""
+
+
+def refine_round(refine: FrameRefiner, requests: list[RefineRequest]) -> list[torch.Tensor]:
+    """The requests' refined frames, in order: batched by ``refine_batch`` (per group of equal denoise) when the
+    refiner has it, else one call each."""
+    batch = getattr(refine, "refine_batch", None)
+    if batch is None or len(requests) < 2:
+        return [refine(r) for r in requests]
+    out: list = [None] * len(requests)
+    for with_region in (False, True):
+        group = [i for i, r in enumerate(requests) if (r.region is not None) == with_region]
+        if group:
+            for i, image in zip(group, batch([requests[i] for i in group])):
+                out[i] = image
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,6 +150,9 @@ class RefineSettings:
     border: int = DEFAULT_BORDER
     window: int = 8
     """Frames over which two keyframes' loopback chains blend where they meet."""
+    max_batch: int = 0
+    """Frames per sampler call: loopback's chains advance together, their next frames batched (0 = all of them);
+    per_frame's frames go in batches of this many (0 = PER_FRAME_BATCH). 1 = one frame at a time."""
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -136,6 +162,7 @@ class RefineSettings:
         check_denoise(self.denoise, self.filled_denoise)
         if self.border < 0:
             raise MagicPropError(f"border={self.border}: expected 0 or more pixels.")
+        check_max_batch(self.max_batch)
 
     def frame_seed(self, k: int) -> int:
         return self.seed if self.noise == "fixed" else frame_seed(self.seed, k)
@@ -204,8 +231,7 @@ def refine_plan(keys: Sequence[int], num_frames: int, settings: RefineSettings,
     if settings.mode == "per_frame":
         order = [k for k in range(num_frames) if k not in keys]
     else:
-        chains, _ = keyframe_plan(keys, num_frames, settings.window)
-        order = [k for chain in chains for k in chain.indices[1:]]
+        order = lockstep_order(keyframe_plan(keys, num_frames, settings.window)[0])
     return [k for k in order if settings.samples(_fill_of(filled, k))]
 
 
@@ -228,7 +254,8 @@ def flow_refine(
     motion: the clip's consecutive flow (``magicprop.motion.engine.Motion``), needed by loopback. Each refined
     frame is composited into its carried frame with ``composite``: everywhere when denoise > 0, else around its
     filled pixels (denoise 0 leaves the rest of the frame, and frames without filled pixels, bit-identical).
-    callback(k, frame) once per finished frame (it may raise to cancel).
+    callback(k, frame) once per finished frame (it may raise to cancel). Frames are sampled in rounds of up to
+    `settings.max_batch` (``refine_round``): per_frame in frame order, loopback with its chains in lockstep.
     """
     keys = [int(i) for i in keys]
     filled = check_refine_inputs(carried, filled, keys, settings, motion)
@@ -241,22 +268,27 @@ def flow_refine(
         if callback is not None:
             callback(k, image)
 
-    def refined(k: int, init: torch.Tensor) -> torch.Tensor:
-        fill = _fill_of(filled, k)
-        if not settings.samples(fill):
-            return carried[k]
-        region = settings.region(fill)
-        new = refine(RefineRequest(k, init, region, settings.frame_seed(k))).float().cpu().clamp(0, 1)
-        # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
-        taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
-        return composite(carried[k], new, taken, settings.border)
+    def refined(jobs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        """(k, init image) of a round -> each frame refined and put back into its carried frame."""
+        sampled = [(k, init, settings.region(_fill_of(filled, k))) for k, init in jobs
+                   if settings.samples(_fill_of(filled, k))]
+        new = refine_round(refine, [RefineRequest(k, init, region, settings.frame_seed(k))
+                                    for k, init, region in sampled])
+        made = {}
+        for (k, init, region), image in zip(sampled, new):
+            image = image.float().cpu().clamp(0, 1)
+            # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
+            taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
+            made[k] = composite(carried[k], image, taken, settings.border)
+        return [made.get(k, carried[k]) for k, _ in jobs]
 
     for k in keys:
         finish(k, carried[k])
     if settings.mode == "per_frame":
-        for k in range(num):
-            if k not in keys:
-                finish(k, refined(k, carried[k]))
+        todo = [k for k in range(num) if k not in keys]
+        for batch in rounds(todo, settings.max_batch or PER_FRAME_BATCH):
+            for k, image in zip(batch, refined([(k, carried[k]) for k in batch])):
+                finish(k, image)
         return out
 
     from .motion.propagate import _steps
@@ -264,12 +296,19 @@ def flow_refine(
     flows = motion.to_float() if motion is not None else None
     chains, blends = keyframe_plan(keys, num, settings.window)
     pending: dict[int, dict[int, torch.Tensor]] = {}
-    for chain in chains:
-        previous = carried[chain.indices[0]]
-        for k, flow, _, valid in _steps(flows, chain.indices):
-            image = refined(k, loopback_init(previous, carried[k], flow, valid))
-            previous = image  # the chain goes on from its own result, blended or not
-            image = meet(pending, blends, k, chain.key, image)
-            if image is not None:
-                finish(k, image)
+    steps = [_steps(flows, chain.indices) for chain in chains]
+    previous = {n: carried[chain.indices[0]] for n, chain in enumerate(chains)}
+    made = dict.fromkeys(range(len(chains)), 0)  # frames each chain has made
+    while ready := [n for n, chain in enumerate(chains) if made[n] + 1 < len(chain.indices)]:
+        for batch in rounds(ready, settings.max_batch):
+            jobs = []
+            for n in batch:
+                k, flow, _, valid = next(steps[n])
+                jobs.append((k, loopback_init(previous[n], carried[k], flow, valid)))
+            for n, (k, _), image in zip(batch, jobs, refined(jobs)):
+                made[n] += 1
+                previous[n] = image  # the chain goes on from its own result, blended or not
+                image = meet(pending, blends, k, chains[n].key, image)
+                if image is not None:
+                    finish(k, image)
     return out

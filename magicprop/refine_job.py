@@ -83,10 +83,12 @@ class RefineJob:
     pix_fmt: str = "yuv420p"
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    max_batch: int = 0
 
     def settings(self) -> RefineSettings:
         return RefineSettings(mode=self.mode, noise=self.noise, seed=self.seed, denoise=self.denoise,
-                              filled_denoise=self.filled_denoise, border=self.border, window=self.keyframe_window)
+                              filled_denoise=self.filled_denoise, border=self.border, window=self.keyframe_window,
+                              max_batch=self.max_batch)
 
 
 # -- what a model path is --------------------------------------------------------------------------------------
@@ -219,13 +221,17 @@ class DiffusersRefiner:
         self.scheduler.set_timesteps(max(self.steps, int(self.steps / denoise)), device=self.models.device)
         return self.scheduler.timesteps[-self.steps:]
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, index: int) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, t: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """Guided noise prediction for the (B, 4, h, w) latents of frames `indices` (each its own hint)."""
         unet, dtype = self.models.unet, next(self.models.unet.parameters()).dtype
+        b = x.shape[0]
         inp = self.scheduler.scale_model_input(torch.cat([x, x]), t).to(dtype)
-        context = self.context.to(dtype)
+        negative, positive = self.context.to(dtype).chunk(2)
+        context = torch.cat([negative.expand(b, -1, -1), positive.expand(b, -1, -1)])  # uncond rows, then cond rows
         extra = {}
         if self.models.controlnet is not None and self.hints is not None:
-            hint = self.hints[min(index, self.hints.shape[0] - 1)].permute(2, 0, 1)[None].to(inp.device, dtype)
+            rows = [min(k, self.hints.shape[0] - 1) for k in indices]
+            hint = self.hints[rows].permute(0, 3, 1, 2).to(inp.device, dtype)
             down, mid = self.models.controlnet(inp, t, encoder_hidden_states=context,
                                                controlnet_cond=torch.cat([hint, hint]),
                                                conditioning_scale=self.scale, return_dict=False)
@@ -233,31 +239,39 @@ class DiffusersRefiner:
         uncond, cond = unet(inp, t, encoder_hidden_states=context, **extra).sample.float().chunk(2)
         return uncond + self.cfg * (cond - uncond)
 
-    @torch.no_grad()
     def __call__(self, request: RefineRequest) -> torch.Tensor:
+        return self.refine_batch([request])[0]
+
+    @torch.no_grad()
+    def refine_batch(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
+        """Frames that share their denoise (all with a filled region or all without) in one DDIM run, each with its
+        own init, noise, levels and hint."""
         enc = self.models.encoders
-        init = enc.encode(request.image[None]).to(self.models.device) * self.latent_scale  # (1, 4, h, w)
-        noise = frame_noise(init.shape, request.seed).to(init)
+        images = torch.stack([r.image for r in requests])
+        init = enc.encode(images).to(self.models.device) * self.latent_scale  # (B, 4, h, w)
+        noise = torch.cat([frame_noise(init.shape[1:], r.seed)[None] for r in requests]).to(init)
         levels = None
-        if request.region is None:
+        if requests[0].region is None:
             ts = self.timesteps(self.denoise)
         else:
             t_start = self.timesteps(self.denoise)[0] if self.denoise > 0 else None
             ts = self.timesteps(self.filled_denoise)
             level = 0.0 if t_start is None else start_level(float(t_start), float(ts[0]), 0.0)
-            levels = denoise_levels(latent_region(request.region, tuple(init.shape[-2:])), level).to(init)
+            levels = torch.cat([denoise_levels(latent_region(r.region, tuple(init.shape[-2:])), level)
+                                for r in requests]).to(init)
         x = self.scheduler.add_noise(init, noise, ts[:1])
         keep = None
+        indices = [r.index for r in requests]
         for i, t in enumerate(ts):
             if levels is not None:  # pixels below their level stay the input noised to this step (Differential
                 keep = active(levels, float(t), float(ts[0]), 0.0)  # Diffusion's hold)
                 x = keep * x + (1 - keep) * self.scheduler.add_noise(init, noise, t[None])
-            x = self.scheduler.step(self.predict(x, t, request.index), t, x, eta=0.0).prev_sample
+            x = self.scheduler.step(self.predict(x, t, indices), t, x, eta=0.0).prev_sample
             if self.on_step is not None:
                 self.on_step(i + 1, len(ts))
         if keep is not None:
             x = keep * x + (1 - keep) * init  # never sampled: the input itself
-        return enc.decode(x / self.latent_scale)[0]
+        return list(enc.decode(x / self.latent_scale))
 
 
 # -- reading the job's files ------------------------------------------------------------------------------------

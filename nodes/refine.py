@@ -77,29 +77,36 @@ class ComfyFrameRefiner:
         self.level = None
 
     def __call__(self, request: RefineRequest) -> torch.Tensor:
-        k = request.index
-        latent = self.vae.encode(request.image[None, ..., :3])  # (1, 4, h, w), unscaled
+        return self.refine_batch([request])[0]
+
+    def refine_batch(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
+        """Frames that share their denoise in ONE comfy.sample.sample call: each its own init, noise, per-pixel
+        levels and ControlNet hint; cfg batched by the host as usual."""
+        indices = [r.index for r in requests]
+        latent = self.vae.encode(torch.stack([r.image for r in requests])[..., :3])  # (B, 4, h, w), unscaled
         latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
-        noise = frame_noise(latent.shape, request.seed, latent.dtype)  # the draw of comfy.sample.prepare_noise
+        noise = torch.cat([frame_noise(latent.shape[1:], r.seed, latent.dtype)[None] for r in requests])
         cache: dict = {}
-        positive = frame_conditioning(self.positive, k, self.num_frames, cache)
-        negative = frame_conditioning(self.negative, k, self.num_frames, cache)
+        frames = indices[0] if len(indices) == 1 else indices
+        positive = frame_conditioning(self.positive, frames, self.num_frames, cache)
+        negative = frame_conditioning(self.negative, frames, self.num_frames, cache)
         denoise, mask = self.denoise, None
-        if request.region is not None:
+        if requests[0].region is not None:
             if self.level is None:
                 self.level = outside_level(self.model, self.steps, self.sampler_name, self.scheduler, self.denoise,
                                            self.filled_denoise)
             denoise = self.filled_denoise
-            mask = denoise_levels(latent_region(request.region, tuple(latent.shape[-2:])), self.level)
+            grid = tuple(latent.shape[-2:])
+            mask = torch.cat([denoise_levels(latent_region(r.region, grid), self.level) for r in requests])
         callback = None
         if self.on_step is not None:
             def callback(step, x0, x, total_steps):
-                self.on_step([k], step + 1, total_steps, x0)
+                self.on_step(indices, step + 1, total_steps, x0)
         samples = comfy.sample.sample(
             self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive, negative, latent,
-            denoise=denoise, noise_mask=mask, callback=callback, disable_pbar=True, seed=request.seed,
+            denoise=denoise, noise_mask=mask, callback=callback, disable_pbar=True, seed=requests[0].seed,
         )
-        return self.vae.decode(samples)[0]
+        return list(self.vae.decode(samples))
 
 
 def check_inputs(model, positive, negative, images: torch.Tensor, filled, flow, mode: str) -> None:
@@ -180,6 +187,11 @@ class FlowRefine(io.ComfyNode):
                                      "around the filled mask; beyond it the frame is unchanged)."),
                 io.Boolean.Input("frame_previews", default=True, optional=True,
                                  tooltip="Show each finished frame in the node's filmstrip."),
+                io.Int.Input("max_batch", default=0, min=0, max=1024, optional=True,
+                             tooltip="Frames per sampler call. loopback: the chains' next frames together (0 = all "
+                                     "of them); per_frame: 0 = 4 frames. 1 = one frame at a time (least memory). With "
+                                     "euler or ddim the result does not depend on it; samplers that draw step noise "
+                                     "share one draw per batch."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The K refined frames (keyframes unchanged).")],
@@ -189,12 +201,13 @@ class FlowRefine(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, images: torch.Tensor, mode: str, reference_index: int,
                 seed: int, noise: str, steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float,
                 filled_denoise: float, filled: torch.Tensor | None = None, flow=None, keyframe_indices: str = "",
-                keyframe_window: int = 8, border: int = DEFAULT_BORDER, frame_previews: bool = True) -> io.NodeOutput:
+                keyframe_window: int = 8, border: int = DEFAULT_BORDER, frame_previews: bool = True,
+                max_batch: int = 0) -> io.NodeOutput:
         check_inputs(model, positive, negative, images, filled, flow, mode)
         k = images.shape[0]
         keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, 1), k)
         settings = RefineSettings(mode=mode, noise=noise, seed=seed, denoise=denoise, filled_denoise=filled_denoise,
-                                  border=border, window=keyframe_window)
+                                  border=border, window=keyframe_window, max_batch=max_batch)
         frames = images[..., :3].float().cpu()
         masks = check_refine_inputs(frames, None if filled is None else filled.cpu(), keys, settings, flow)
         plan = refine_plan(keys, k, settings, masks)

@@ -128,3 +128,33 @@ def test_a_plain_sd_model_is_refused_as_a_propdpm(tmp_path, capsys, clip, sd, ti
 def test_bad_inputs_are_refused_in_one_line_before_any_work(tmp_path, capsys, clip, sd, warped, extra, pattern):
     _one_line_error(capsys, refine_args(clip, sd, warped, tmp_path / "x.mp4", *extra), pattern)
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("mode", ["per_frame", "loopback"])
+def test_batched_refine_equals_one_frame_at_a_time(clip, sd, warped, mode):
+    """The diffusers refiner samples a round's frames in one call (per_frame: all 3 here; loopback: the forward and
+    backward chain's next frames) and gives each frame what the one-frame-at-a-time run gives (1e-4)."""
+    from magicprop.motion.engine import FlowEngine
+    from magicprop.refine import RefineSettings, flow_refine
+    from magicprop.refine_job import DiffusersRefiner, SDModels
+
+    carried = read_frames(warped["carried"])
+    filled = read_frames(warped["filled"])[..., 0]
+    motion = FlowEngine().consecutive(read_frames(clip, FRAMES)) if mode == "loopback" else None
+    refiner = DiffusersRefiner(SDModels.load(sd["sd"]), "a watercolor painting", "blurry", steps=2, cfg=3.0,
+                               denoise=0.3, filled_denoise=0.6)
+    sizes = []
+    batch = refiner.refine_batch
+    refiner.refine_batch = lambda requests: sizes.append(len(requests)) or batch(requests)
+
+    def run(max_batch: int) -> torch.Tensor:
+        settings = RefineSettings(mode=mode, seed=4, noise="per_frame", denoise=0.3, filled_denoise=0.6,
+                                  max_batch=max_batch)
+        return flow_refine(carried, filled, [R], refiner, settings, motion)
+
+    one = run(1)
+    assert set(sizes) == {1}
+    sizes.clear()
+    batched = run(0)
+    assert max(sizes) > 1, sizes
+    torch.testing.assert_close(batched, one, atol=1e-4, rtol=0)

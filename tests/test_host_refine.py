@@ -60,13 +60,9 @@ def test_per_frame_equals_the_hosts_own_img2img_with_frame_seed_and_hint(host):
         assert (refined[k] - host.output(ex, hand[k])[0]).abs().max() < 1e-4, k
         assert (refined[k] - carried[k]).abs().mean() > 1e-3, "the frame was refined"
     assert (host.output(ex, "21")[2] - host.output(ex, fixed)[0]).abs().max() < 1e-4
-    # every ControlNet call saw the hint of the frame being sampled, frames in order
-    frames_seen = []
-    for hint in seen:
-        (match,) = [k for k in range(K) if hint.shape[0] == 1 and torch.equal(hint[0], hints[k])]
-        if not frames_seen or frames_seen[-1] != match:
-            frames_seen.append(match)
-    assert frames_seen == others
+    # per_frame samples its frames as one batch (PER_FRAME_BATCH >= 3 here): every ControlNet call saw the hints of
+    # the frames being sampled, one row per sample, in frame order
+    assert seen and all(torch.equal(hint, hints[others]) for hint in seen)
 
 
 def test_filled_pixels_are_repainted_and_the_rest_is_kept(host):
@@ -117,6 +113,19 @@ def test_loopback_runs_with_keyframes_unchanged_and_progress(host):
     assert torch.isfinite(refined).all() and (refined - carried).abs().mean() > 1e-3
     mine = [v for v, total in events if total == (K - 1) * 2]
     assert mine and mine[-1] == (K - 1) * 2
+
+
+@pytest.mark.parametrize("mode", ["per_frame", "loopback"])
+def test_batched_refine_equals_one_frame_at_a_time(host, mode):
+    """The node's default batches a round's frames into one sampler call (per_frame: the 3 frames; loopback: the
+    forward and backward chains' next frames), each with its own hint, noise and levels: the one-frame-at-a-time
+    result (max_batch 1) to 1e-4."""
+    graph = refine_graph(host.vae, K, REF, mode=mode, steps=2, denoise=0.4, filled_denoise=0.7)
+    graph["20"]["inputs"]["max_batch"] = 0
+    batched = run(host, graph, ["20"])[0]
+    graph["20"]["inputs"]["max_batch"] = 1
+    one = run(host, graph, ["20"])[0]
+    assert (batched - one).abs().max() < 1e-4
 
 
 def test_cancel_stops_between_frames_and_the_next_prompt_runs(host):
