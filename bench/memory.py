@@ -1,6 +1,11 @@
 """Peak memory of propagation at K = 16, 64 and 256 frames (one resolution), for the node and for the CLI.
 
     python bench/memory.py [--size 128 --frames 16 64 256]
+    python bench/memory.py --flow-guided     # a flow-guided PropDPM: flow propagation and motion inputs included
+
+The node runs batched (its default max_batch 0). With --flow-guided the node is given OpticalFlowSequence's flow
+and the source frames (both held by the host before the node runs, as its IMAGE inputs are) and the CLI estimates
+the flow itself; the results go to memory-flow-guided.json.
 
 Node: AutoregressivePropagate (decode off) runs inside the real ComfyUI host in a fresh process per K; its peak
 host RSS while it runs, minus the RSS before it (which already holds the K-frame IMAGE inputs ComfyUI keeps).
@@ -55,7 +60,22 @@ class PeakRSS:
         self._thread.join()
 
 
-def node_child(frames: int, size: int, work: Path) -> dict:
+def make_checkpoint(path: Path, tiny: dict, flow_guided: bool) -> Path:
+    """The tiny PropDPM (random weights), extended to the flow-guided layout with DIS medium when asked."""
+    from magicprop.init_model import init_checkpoint
+    from magicprop.tiny import TINY_UNET_CONFIG
+
+    paper = init_checkpoint(path.with_suffix(".paper.safetensors") if flow_guided else path,
+                            unet_config=dict(TINY_UNET_CONFIG), clip_vision=tiny["clip_vision"], seed=0)
+    if not flow_guided:
+        return paper
+    from magicprop.motion.engine import FlowSettings
+    from magicprop.motion_inputs import flow_guided_checkpoint
+
+    return flow_guided_checkpoint(paper, path, FlowSettings())
+
+
+def node_child(frames: int, size: int, work: Path, flow_guided: bool = False) -> dict:
     """In a fresh process: run the node on K frames; return its memory growth."""
     from harness.host import enter_comfyui, find_comfyui
 
@@ -68,12 +88,11 @@ def node_child(frames: int, size: int, work: Path) -> dict:
     import torch
 
     from harness.host import Host
-    from magicprop.init_model import init_checkpoint
-    from magicprop.tiny import TINY_UNET_CONFIG, save_tiny_models
+    from magicprop.tiny import save_tiny_models
 
     tiny = save_tiny_models(work / "tiny")
     host = Host(ROOT, work / "comfy")
-    init_checkpoint(host.models / "magicprop" / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG), seed=0)
+    make_checkpoint(host.models / "magicprop" / "m.safetensors", tiny, flow_guided)
     types = host.module("nodes.types")
     h = w = size // 8
 
@@ -91,12 +110,28 @@ def node_child(frames: int, size: int, work: Path) -> dict:
             info = types.AppearanceInfo("bench", 32, False)
             return [[t, {types.APPEARANCE_KEY: info}]], [[torch.zeros_like(t), {types.APPEARANCE_KEY: info}]]
 
+    class BenchFrames:
+        """A moving synthetic clip (flow estimation needs texture and motion), used as both frames and depth."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"frames": ("INT", {"default": 16}), "size": ("INT", {"default": 128})}}
+
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self, frames, size):
+            from magicprop.synthetic import SceneConfig, make_clip
+
+            return (make_clip(5, SceneConfig(size=size, frames=frames), edit=False).frames,)
+
     host.nodes.NODE_CLASS_MAPPINGS["BenchAppearance"] = BenchAppearance
+    host.nodes.NODE_CLASS_MAPPINGS["BenchFrames"] = BenchFrames
     graph = {
         "1": {"class_type": "PropDPMLoader", "inputs": {"checkpoint": "m.safetensors", "weight_dtype": "fp32"}},
         "2": {"class_type": "TestTinyVAE", "inputs": {"folder": str(tiny["vae"])}},
-        "3": {"class_type": "EmptyImage",
-              "inputs": {"width": size, "height": size, "batch_size": frames, "color": 8421504}},
+        "3": {"class_type": "BenchFrames", "inputs": {"frames": frames, "size": size}},
         "4": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 3355443}},
         "5": {"class_type": "BenchAppearance", "inputs": {}},
         "6": {"class_type": "AutoregressivePropagate", "inputs": {
@@ -104,9 +139,16 @@ def node_child(frames: int, size: int, work: Path) -> dict:
             "reference": ["4", 0], "reference_index": 0, "seed": 0, "steps": 1, "cfg": 1.0,
             "sampler_name": "euler", "scheduler": "simple", "decode": False, "frame_previews": False}},
     }
+    upstream = ["1", "2", "3", "4", "5"]
+    if flow_guided:
+        graph["7"] = {"class_type": "OpticalFlowSequence", "inputs": {
+            "frames": ["3", 0], "estimator": "dis", "dis_preset": "medium", "raft_weights": "none",
+            "work_size": 512, "batch_size": 8}}
+        graph["6"]["inputs"].update(source_frames=["3", 0], flow=["7", 0])
+        upstream.append("7")
     executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0})
-    executor.execute(graph, "warm", {"client_id": None}, ["1", "2", "3", "4", "5"])  # inputs held by the host
+    executor.execute(graph, "warm", {"client_id": None}, upstream)  # inputs held by the host
     graph["6"]["inputs"]["seed"] = 1
     import gc
 
@@ -152,30 +194,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "memory.json")
+    parser.add_argument("--flow-guided", action="store_true", help="a flow-guided PropDPM (flow propagation included)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default bench/results/memory.json (memory-flow-guided.json with --flow-guided)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.json = args.json or ROOT / "bench" / "results" / f"memory{'-flow-guided' if args.flow_guided else ''}.json"
     if args.child:
         with tempfile.TemporaryDirectory() as tmp:
-            print("RESULT " + json.dumps(node_child(args.child, args.size, Path(tmp))), flush=True)
+            print("RESULT " + json.dumps(node_child(args.child, args.size, Path(tmp), args.flow_guided)), flush=True)
         return
 
     node = []
     for k in args.frames:
-        out = subprocess.run([sys.executable, __file__, "--child", str(k), "--size", str(args.size)],
+        out = subprocess.run([sys.executable, __file__, "--child", str(k), "--size", str(args.size),
+                              *(["--flow-guided"] if args.flow_guided else [])],
                              capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(out.stderr[-3000:])
         node.append(json.loads(line[7:]))
-    from magicprop.init_model import init_checkpoint
-    from magicprop.tiny import TINY_UNET_CONFIG, save_tiny_models
+    from magicprop.tiny import save_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tiny = save_tiny_models(work / "tiny")
-        ckpt = init_checkpoint(work / "m.safetensors", unet_config=dict(TINY_UNET_CONFIG),
-                               clip_vision=tiny["clip_vision"])
+        ckpt = make_checkpoint(work / "m.safetensors", tiny, args.flow_guided)
         video = work / "long.mp4"
         make_video(video, max(args.frames), args.size)
         cli = [cli_run(k, args.size, video, tiny, ckpt, work) for k in args.frames]
@@ -185,14 +229,14 @@ def main() -> None:
     n0, n1 = node[0], node[-1]
     c0, c1 = cli[0], cli[-1]
     extra_latents = n1["latent_bytes"] - n0["latent_bytes"]
-    result = {"size": args.size, "node": node, "cli": cli,
+    result = {"size": args.size, "flow_guided": args.flow_guided, "node": node, "cli": cli,
               "node_growth_bytes": n1["growth_bytes"] - n0["growth_bytes"],
               "cli_growth_bytes": c1["peak_bytes"] - c0["peak_bytes"],
               "extra_latent_bytes": extra_latents,
               "limit_bytes": 2 * extra_latents + 50 * mb}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    print(f"peak memory at {args.size}x{args.size} (MB)")
+    print(f"peak memory at {args.size}x{args.size} (MB){', flow-guided PropDPM' if args.flow_guided else ''}")
     print(f"{'K':>6}{'node growth':>14}{'CLI peak':>12}{'latents':>10}")
     for a, b in zip(node, cli):
         print(f"{a['frames']:>6}{a['growth_bytes'] / mb:>14.1f}{b['peak_bytes'] / mb:>12.1f}"

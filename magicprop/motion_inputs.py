@@ -254,3 +254,18 @@ def flow_guided_model(config, unet, settings, strategy: str, carry: str = TRAIN_
         inputs=FLOW_GUIDED_INPUTS, motion=motion_record(settings, strategy, carry),
         motion_noise_augmentation=motion_noise_augmentation)
     return config, unet
+
+
+def flow_guided_checkpoint(paper, out, settings, strategy: str = "guided", carry: str = TRAIN_CARRY,
+                           motion_noise_augmentation: float = 0.0, edit: Callable[[Any], None] | None = None):
+    """Write a flow-guided PropDPM made from the paper-layout checkpoint file `paper` (``flow_guided_model``: new
+    channels zero; `edit(unet)` may change its weights first, e.g. seeded random for tests); returns `out`."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(paper)
+    config, unet = flow_guided_model(ckpt.config, ckpt.build_unet(), settings, strategy, carry,
+                                     motion_noise_augmentation)
+    if edit is not None:
+        with torch.no_grad():
+            edit(unet)
+    return save_checkpoint(out, config, unet, ckpt.build_adapter())

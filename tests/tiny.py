@@ -82,14 +82,11 @@ def full_size_clip_vision(folder: Path) -> Path:
 def flow_guided_checkpoint(paper: Path, out: Path, settings, perturb: bool = True, noise: float = 0.0) -> Path:
     """A flow-guided tiny PropDPM made from a paper one (`settings`: the FlowSettings it records); its new input
     channels are zero, or seeded random when `perturb` (so the motion inputs matter)."""
-    from magicprop.checkpoint import load_checkpoint, save_checkpoint
-    from magicprop.motion_inputs import flow_guided_model
+    from magicprop.motion_inputs import flow_guided_checkpoint as extend
 
-    ckpt = load_checkpoint(paper)
-    config, unet = flow_guided_model(ckpt.config, ckpt.build_unet(), settings, "guided", "edit", noise)
-    if perturb:
-        with torch.no_grad():
-            w = unet.conv_in.weight
-            g = torch.Generator().manual_seed(3)
-            w[:, 10:] = torch.randn(w[:, 10:].shape, generator=g) * w[:, :4].std()
-    return save_checkpoint(out, config, unet, ckpt.build_adapter())
+    def randomise(unet) -> None:
+        w = unet.conv_in.weight
+        g = torch.Generator().manual_seed(3)
+        w[:, 10:] = torch.randn(w[:, 10:].shape, generator=g) * w[:, :4].std()
+
+    return extend(paper, out, settings, "guided", "edit", noise, randomise if perturb else None)
