@@ -209,6 +209,16 @@ def main() -> None:
     flow_seconds = median_time(lambda: engine.consecutive(frames), max(1, args.chain_repeats))
     mid_batched_total = chain_seconds["mid_batched"] * generated["mid"]
 
+    # (f) the profile behind the batched/sequential ratios: one UNet forward per sample at batch 1, 2 and 4
+    x = torch.randn(4, unet.config.in_channels, h, w, device=args.device, dtype=dtype)
+    ctx = tokens.to(args.device, dtype).expand(4, -1, -1)
+    t = torch.tensor(500, device=args.device)
+    unet_per_sample = {}
+    with torch.no_grad():
+        for n in (1, 2, 4):
+            unet_per_sample[str(n)] = median_time(lambda: unet(x[:n], t, encoder_hidden_states=ctx[:n]),
+                                                  args.repeats) / n
+
     memory = None
     if "memory_frames" in preset and args.device.startswith("cuda"):
         memory = node_peak_memory(torch, graph, run_node, preset["memory_frames"], preset["memory_steps"])
@@ -226,7 +236,7 @@ def main() -> None:
               "batched_over_ksampler": {n: chain_seconds[f"{n}_batched"] / (b / per) for n in layouts},
               "flow_seconds": flow_seconds,
               "flow_share_of_mid_batched": flow_seconds / (flow_seconds + mid_batched_total),
-              "peak_memory": memory}
+              "unet_seconds_per_sample": unet_per_sample, "peak_memory": memory}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     s = result["seconds_per_frame"]
@@ -246,6 +256,8 @@ def main() -> None:
     print("batched/KSampler:   " + "   ".join(f"{n} {r:.3f}" for n, r in result["batched_over_ksampler"].items()))
     print(f"(e) OpticalFlowSequence (DIS medium), {kc} frames at {size}px: {flow_seconds:.2f} s, "
           f"{100 * result['flow_share_of_mid_batched']:.1f}% of a mid-clip batched run with it")
+    print("(f) UNet forward per sample at batch 1 / 2 / 4: " + " / ".join(f"{v:.3f}" for v in unet_per_sample.values())
+          + " s (" + " / ".join(f"{v / unet_per_sample['1']:.2f}" for v in unet_per_sample.values()) + ")")
     if memory is not None:
         print(f"peak GPU memory of the batched node at K={memory['frames']} ({memory['steps']} steps): "
               f"{memory['peak_bytes'] / 2**30:.2f} GiB")
