@@ -35,6 +35,9 @@ The composite feeding frame k+1 wins for every model (+0.35 to +0.71 dB over all
 filled ones). Blanking against keeping flow propagation's fill is within 0.04 dB with the composite feeding k+1 and
 differs in sign between models with the latent feeding it (-0.12 to +0.39 dB); blanking is kept, as trained. None of
 these small fine-tunes beats flow propagation yet (shipped models and benchmark rows come with issue 14's items 4-5).
+Paired training (flow on the source frames, the EDIT frame as the reference, the fill kept, 100 clips, 4k steps) gained
++0.34 / +0.42 dB over the zero-initialised model in a second run of the protocol but stayed under flow propagation:
+20.96 / 19.21 against 21.08 / 19.37 (the same flow propagation measured 0.12 dB higher there; cause not settled).
 """
 
 from __future__ import annotations
