@@ -49,9 +49,9 @@ def check_control_hints(conditionings: list, num_frames: int) -> None:
                     )
 
 
-def slice_control(control, index: int | list[int], num_frames: int, cache: dict):
-    """A copy of a ControlNet chain whose K-frame hints are cut to frame `index` (or to the frames of a batch, in
-    its order; 1-frame hints stay whole).
+def slice_control(control, frames: list[int], num_frames: int, cache: dict):
+    """A copy of a ControlNet chain whose K-frame hints are cut to the frames of a batch, in its order (1-frame
+    hints stay whole).
 
     ComfyUI would broadcast hint[0] to a one-frame batch, so frame-by-frame sampling needs per-frame copies.
     `cache` keeps positive and negative sharing one copy, as ControlNetApplyAdvanced made them share one.
@@ -61,23 +61,23 @@ def slice_control(control, index: int | list[int], num_frames: int, cache: dict)
     if id(control) in cache:
         return cache[id(control)]
     copy = control.copy()
-    copy.set_previous_controlnet(slice_control(control.previous_controlnet, index, num_frames, cache))
+    copy.set_previous_controlnet(slice_control(control.previous_controlnet, frames, num_frames, cache))
     hint = control.cond_hint_original
     if hint is not None and hint.shape[0] == num_frames and num_frames > 1:
-        copy.cond_hint_original = hint[index : index + 1] if isinstance(index, int) else hint[index]
+        copy.cond_hint_original = hint[frames]
     cache[id(control)] = copy
     return copy
 
 
-def frame_conditioning(conditioning: list, index: int | list[int], num_frames: int, cache: dict,
+def frame_conditioning(conditioning: list, frames: list[int], num_frames: int, cache: dict,
                        extra: dict | None = None) -> list:
-    """The conditioning of one frame (or of a batch of frames `index`): its ControlNet hints selected, `extra` keys
-    (e.g. its spatial condition) added."""
+    """The conditioning of a batch of `frames` (one or more): their ControlNet hints selected, `extra` keys (e.g.
+    their spatial conditions) added."""
     out = []
     for tokens, d in conditioning:
         d = {**d, **(extra or {})}
         if d.get("control") is not None:
-            d["control"] = slice_control(d["control"], index, num_frames, cache)
+            d["control"] = slice_control(d["control"], frames, num_frames, cache)
         out.append([tokens, d])
     return out
 
@@ -145,9 +145,8 @@ class ComfyFrameDenoiser:
         indices = [r.index for r in requests]
         concat = torch.cat([condition_for(r, self.config) for r in requests])  # (B, 6, h, w), the UNet's input space
         cache: dict = {}
-        frames = indices[0] if len(indices) == 1 else indices
-        positive = frame_conditioning(positive, frames, self.num_frames, cache, {CONCAT_KEY: concat})
-        negative = frame_conditioning(negative, frames, self.num_frames, cache, {CONCAT_KEY: concat})
+        positive = frame_conditioning(positive, indices, self.num_frames, cache, {CONCAT_KEY: concat})
+        negative = frame_conditioning(negative, indices, self.num_frames, cache, {CONCAT_KEY: concat})
         noise = torch.cat([frame_noise(r.prev_latent.shape, r.seed) for r in requests])
         latent_image = torch.zeros_like(noise)
         mask = None

@@ -87,9 +87,8 @@ class ComfyFrameRefiner:
         latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
         noise = torch.cat([frame_noise(latent.shape[1:], r.seed, latent.dtype)[None] for r in requests])
         cache: dict = {}
-        frames = indices[0] if len(indices) == 1 else indices
-        positive = frame_conditioning(self.positive, frames, self.num_frames, cache)
-        negative = frame_conditioning(self.negative, frames, self.num_frames, cache)
+        positive = frame_conditioning(self.positive, indices, self.num_frames, cache)
+        negative = frame_conditioning(self.negative, indices, self.num_frames, cache)
         denoise, mask = self.denoise, None
         if requests[0].region is not None:
             if self.level is None:

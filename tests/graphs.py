@@ -34,6 +34,17 @@ def propagation_graph(paths: dict, frames: int = 5, ref: int = 2, width: int = 1
     })
 
 
+def add_depth_controlnet(graph: dict) -> dict:
+    """propagation_graph with a recording ControlNet ("21", applied as "22") given the clip depth, one hint per frame,
+    on AutoregressivePropagate's positive and negative."""
+    graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
+    graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["5", 0],
+        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    graph["12"]["inputs"]["positive"], graph["12"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    return graph
+
+
 def refine_graph(vae_folder: str, frames: int = 4, ref: int = 1, width: int = 64, height: int = 64, seed: int = 3,
                  steps: int = 3, mode: str = "per_frame", noise: str = "per_frame", denoise: float = 0.5,
                  filled_denoise: float = 0.5, cfg: float = 2.0) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graphs import propagation_graph
+from graphs import add_depth_controlnet, propagation_graph
 from test_host_flow_guided import files as guided_files  # noqa: F401  (the fixture)
 from test_host_flow_guided import flow_guided_graph
 from test_host_graph import files  # noqa: F401  (the fixture)
@@ -88,11 +88,7 @@ def test_batched_controlnet_gives_each_sample_its_frames_hint_with_cfg(comfy_hos
     import host_nodes
 
     graph = propagation_graph(files, frames=5, ref=2, steps=2, cfg=2.0)
-    graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
-    graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["5", 0],
-        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
-    graph["12"]["inputs"]["positive"], graph["12"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    add_depth_controlnet(graph)
     host_nodes.CONTROL_LOG.clear()
     batched = latents_of(comfy_host, graph, 0)
     ex = comfy_host.run(graph, ["5"])

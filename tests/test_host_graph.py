@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from graphs import DEPTH_MODEL, PROPDPM, VIDEO, propagation_graph
+from graphs import DEPTH_MODEL, PROPDPM, VIDEO, add_depth_controlnet, propagation_graph
 from host import GraphError
 from safetensors.torch import load_file, save_file
 
@@ -112,11 +112,7 @@ def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
 
     graph = propagation_graph(files, frames=5, ref=2, steps=2)
     graph["12"]["inputs"]["max_batch"] = 1  # one frame per call (batched rounds: test_host_batch)
-    graph["21"] = {"class_type": "TestTinyControlNet", "inputs": {"seed": 0}}
-    graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["11", 0], "negative": ["11", 1], "control_net": ["21", 0], "image": ["5", 0],
-        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
-    graph["12"]["inputs"]["positive"], graph["12"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    add_depth_controlnet(graph)
     host_nodes.CONTROL_LOG.clear()
     ex = comfy_host.run(graph, ["12"])
     depth = comfy_host.output(ex, "5", 0).movedim(-1, 1)  # (K, 3, H, W), what ControlNetApplyAdvanced was given
