@@ -8,10 +8,12 @@
       a forward and a backward chain) and 3 keyframes (0, K//2, K-1, window 4: four chains), each batched (every
       round's frames in one sampler call, the node's default) and sequential (max_batch 1), per generated frame;
   (e) OpticalFlowSequence (DIS medium) on the --chain-frames frames at the preset's size: the flow estimation a
-      flow-guided run adds, and its share of a mid-clip batched run.
+      flow-guided run adds, and its share of a mid-clip batched run;
+  (f) the profile behind (d)'s ratios: one UNet forward per sample at batch 1, 2 and 4.
 
-Each figure is the median of --repeats runs after a warm-up (--chain-repeats for (d)). Prints a table and writes
-JSON.
+Each figure is the median of --repeats runs after a warm-up (--chain-repeats for (d)); (a) and (b), and each layout's
+batched and sequential runs, are measured interleaved, so that a machine whose speed drifts slows both alike. Prints a
+table and writes JSON.
 
     python bench/propagate.py                        # CPU: SD1.5-shaped UNet (64 .. 256 channels), 256 px, 10 steps
     python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5,
@@ -37,19 +39,31 @@ sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), ne
 PRESETS = {
     "cpu": {"channels": [64, 128, 256, 256], "size": 256, "steps": 10, "cfg": 1.0, "dtype": "fp32"},
     "sd15": {"channels": [320, 640, 1280, 1280], "size": 512, "steps": 20, "cfg": 5.0, "dtype": "fp16",
-             "frames": 17, "chain_frames": 17, "memory_frames": 300, "memory_steps": 2},
+             "frames": 17, "chain_frames": 17, "memory_frames": 300, "memory_steps": 2, "repeats": 3,
+             "chain_repeats": 2},
 }
 RESULTS = ROOT / "bench" / "results"
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def median_time(fn, repeats: int, sync=lambda: None) -> float:
+    """Median wall time of `fn` over `repeats` runs after a warm-up; `sync` waits for queued device work."""
+    return interleaved_medians({"fn": fn}, repeats, sync)["fn"]
+
+
+def interleaved_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
+    """Median wall time of each of `fns`, their runs interleaved (A B, B A, A B, ...) after one warm-up each, so that
+    a machine whose speed drifts during the bench slows every variant alike instead of the one measured last."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync()
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -59,14 +73,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="K of (a)-(c) (K-1 frames are generated); "
                                                                     "default 5 (sd15: 17)")
     parser.add_argument("--chain-frames", type=int, default=None, help="K of (d) and (e); default 25 (sd15: 17)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chain-repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (sd15: 3)")
+    parser.add_argument("--chain-repeats", type=int, default=None, help="default 3 (sd15: 2)")
     parser.add_argument("--json", type=Path, default=None,
                         help="default bench/results/propagate.json (sd15: propagate-sd15.json, never the CPU file)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     args.frames = args.frames or preset.get("frames", 5)
     args.chain_frames = args.chain_frames or preset.get("chain_frames", 25)
+    args.repeats = args.repeats or preset.get("repeats", 5)
+    args.chain_repeats = args.chain_repeats or preset.get("chain_repeats", 3)
     args.json = args.json or RESULTS / ("propagate.json" if args.preset == "cpu" else f"propagate-{args.preset}.json")
 
     from harness.host import enter_comfyui, find_comfyui
@@ -76,6 +92,8 @@ def main() -> None:
         raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
     enter_comfyui(comfy, cpu=args.device == "cpu")
     import torch
+
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     from harness.host import Host
     from magicprop.backend import DiffusersDenoiser
@@ -137,18 +155,7 @@ def main() -> None:
         executor.execute(graph, str(seed[0]), {"client_id": None, "preview_method": "none"}, ["6"])
         assert executor.success, executor.status_messages
 
-    a = median_time(run_node, args.repeats)
-
-    # (a') the same with the web filmstrip's frame previews on, sent through a (fake) server as in the UI
-    import server
-
-    server.PromptServer.instance = host.server
-    host.server.client_id = "bench"
-    graph["6"]["inputs"]["frame_previews"] = True
-    a_previews = median_time(run_node, args.repeats)
-    graph["6"]["inputs"]["frame_previews"] = False
-    sent = sum(1 for event, _ in host.server.messages if event == "magicprop.frame")
-    assert sent >= k, "frame previews were not sent"
+    run_node()  # loads the model into the executor's cache, which (b) takes it from
 
     # (b) the host's KSampler on the same model and conditioning, once per generated frame
     import nodes
@@ -164,7 +171,21 @@ def main() -> None:
         for i in range(k - 1):
             nodes.common_ksampler(model, i, steps, cfg, "euler", "simple", positive, negative, latent, denoise=1.0)
 
-    b = median_time(run_ksampler, args.repeats)
+    ab = interleaved_medians({"a": run_node, "b": run_ksampler}, args.repeats, sync)
+    a, b = ab["a"], ab["b"]
+    # each phase's figures as soon as they are measured, in case a device run is cut short
+    print(f"(a) node {a / (k - 1):.3f} s/frame, (b) KSampler {b / (k - 1):.3f}", flush=True)
+
+    # (a') the same with the web filmstrip's frame previews on, sent through a (fake) server as in the UI
+    import server
+
+    server.PromptServer.instance = host.server
+    host.server.client_id = "bench"
+    graph["6"]["inputs"]["frame_previews"] = True
+    a_previews = median_time(run_node, args.repeats, sync)
+    graph["6"]["inputs"]["frame_previews"] = False
+    sent = sum(1 for event, _ in host.server.messages if event == "magicprop.frame")
+    assert sent >= k, "frame previews were not sent"
 
     # (c) the host-free backend on the same checkpoint
     core = load_checkpoint(ckpt)
@@ -178,7 +199,7 @@ def main() -> None:
     def run_core():
         propagate(denoiser, ref, depth, 0, 0)
 
-    c = median_time(run_core, args.repeats)
+    c = median_time(run_core, args.repeats, sync)
 
     # (d) chains side by side at K = chain_frames, batched and sequential, through the executor as in (a)
     kc = args.chain_frames
@@ -194,9 +215,17 @@ def main() -> None:
         keys = [int(i) for i in layout["keyframe_indices"].split(",")] if layout["keyframe_indices"] else [mid]
         chains, _ = keyframe_plan(keys, kc, layout.get("keyframe_window", 8))
         generated[name] = sum(len(c.indices) - 1 for c in chains)
-        for mode, max_batch in (("batched", 0), ("sequential", 1)):
+
+        def run_mode(max_batch):
             graph["6"]["inputs"]["max_batch"] = max_batch
-            chain_seconds[f"{name}_{mode}"] = median_time(run_node, args.chain_repeats) / generated[name]
+            run_node()
+
+        medians = interleaved_medians({"batched": lambda: run_mode(0), "sequential": lambda: run_mode(1)},
+                                      args.chain_repeats, sync)
+        for mode, seconds in medians.items():
+            chain_seconds[f"{name}_{mode}"] = seconds / generated[name]
+        print(f"(d) {name}: batched {chain_seconds[f'{name}_batched']:.3f}, sequential "
+              f"{chain_seconds[f'{name}_sequential']:.3f} s/frame", flush=True)
     graph["6"]["inputs"].update(reference_index=0, keyframe_indices="", max_batch=0)
     graph["3"]["inputs"]["batch_size"], graph["4"]["inputs"]["batch_size"] = k, 1
 
@@ -217,7 +246,7 @@ def main() -> None:
     with torch.no_grad():
         for n in (1, 2, 4):
             unet_per_sample[str(n)] = median_time(lambda: unet(x[:n], t, encoder_hidden_states=ctx[:n]),
-                                                  args.repeats) / n
+                                                  args.repeats, sync) / n
 
     memory = None
     if "memory_frames" in preset and args.device.startswith("cuda"):
