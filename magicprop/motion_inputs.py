@@ -158,27 +158,33 @@ class CarriedFrames:
 
 def encode_carried(frames: torch.Tensor, filled: torch.Tensor, encode: Encode, blank: bool = True,
                    chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents (K, 4, h, w), validity (K, 1, h, w)) of carried frames (K, H, W, 3) and their filled share."""
-    pixels = blank_filled(frames, filled) if blank else frames
-    latents = torch.cat([encode(pixels[i : i + chunk]).float().cpu() for i in range(0, pixels.shape[0], chunk)])
-    return latents, valid_on_grid(filled, tuple(latents.shape[-2:]))
+    """(latents (K, 4, h, w), validity (K, 1, h, w)) of carried frames (K, H, W, 3) and their filled share, `chunk`
+    frames at a time (nothing float32 at frame size is made for the whole clip)."""
+    latents, valid = [], []
+    for i in range(0, frames.shape[0], chunk):
+        pixels, share = frames[i : i + chunk].float(), filled[i : i + chunk]
+        latents.append(encode(blank_filled(pixels, share) if blank else pixels).float().cpu())
+        valid.append(valid_on_grid(share, tuple(latents[-1].shape[-2:])))
+    return torch.cat(latents), torch.cat(valid)
 
 
 def carry_frames(frames: torch.Tensor, references: torch.Tensor, indices: Sequence[int], engine, encode: Encode,
                  motion=None, strategy: str | None = None, carry: str | None = None, window: int = 8,
                  mask: torch.Tensor | None = None, blank: bool = True,
-                 callback: Callable[[int], None] | None = None) -> CarriedFrames:
+                 callback: Callable[[int], None] | None = None, dtype: torch.dtype = torch.float32) -> CarriedFrames:
     """Flow propagation of the edited `references` (N, H, W, 3) at `indices` through the source `frames`
-    (K, H, W, 3) with `engine` (and the clip's consecutive `motion` when already estimated), then encoded.
+    (K, H, W, 3), float or uint8, with `engine` (and the clip's consecutive `motion` when already estimated; else
+    estimated pair by pair), then encoded.
 
     strategy: flow propagation's (default: the engine's default); carry: what the flow carries (default: the
     engine's default, the residual carry; training carries "edit"). mask: the edited region (source kept outside).
+    dtype: of the carried frames and filled shares kept for the run (float16 for long clips).
     """
     from .motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY, flow_propagate
 
-    result = flow_propagate(frames.float().cpu(), references.float().cpu(), list(indices), engine, motion=motion,
+    result = flow_propagate(frames.cpu(), references.float().cpu(), list(indices), engine, motion=motion,
                             strategy=strategy or DEFAULT_STRATEGY, window=window, mask=mask, callback=callback,
-                            carry=carry or DEFAULT_CARRY)
+                            carry=carry or DEFAULT_CARRY, dtype=dtype)
     latents, valid = encode_carried(result.frames, result.filled, encode, blank)
     return CarriedFrames(result.frames, result.filled, latents, valid)
 

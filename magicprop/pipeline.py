@@ -25,7 +25,7 @@ from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
 from .propagate import check_keyframes, check_max_batch, keyframe_plan
 from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
-from .video import VideoInfo, iter_frames, probe, write_video
+from .video import VideoInfo, iter_frames, probe, to_uint8, write_video
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,8 @@ class JobInputs:
     engine: object | None = None
     """The flow engine of a flow-guided checkpoint (``flow_engine``), else None."""
     frames: torch.Tensor | None = None
-    """(K, H, W, 3) the selected frames, prepared like the references (flow-guided checkpoints only)."""
+    """(K, H, W, 3) uint8: the selected frames, prepared like the references (flow-guided checkpoints only; uint8
+    holds a long clip in a quarter of float32's memory, exactly unless --width resized the frames)."""
     carried: object | None = None
     """After the run: a flow-guided run's carried frames (``magicprop.motion_inputs.CarriedFrames``)."""
 
@@ -232,7 +233,7 @@ class JobInputs:
 
             with tqdm(total=self.frames.shape[0], desc="flow propagation", unit="frame", disable=not progress) as bar:
                 carried = carried_for_run(config, self.frames, self.references, self.indices, encoders.encode,
-                                          self.engine, callback=lambda _k: bar.update(1))
+                                          self.engine, callback=lambda _k: bar.update(1), dtype=torch.float16)
         return run_inputs(encoders.encode(self.references), self.indices, self.depth, self.reference_depth, carried)
 
 
@@ -264,8 +265,9 @@ def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
                     "writing %d frames.", job.video.name, k, job.stride, expected, k)
     frames = None
     if engine is not None:  # flow propagation samples the whole clip
-        frames = torch.cat([_prepare(f[None], job, "frames") for f in iter_frames(job.video, job.max_frames,
-                                                                                   job.stride)])[:k]
+        frames = torch.empty(k, *references.shape[1:3], 3, dtype=torch.uint8)
+        for i, f in zip(range(k), iter_frames(job.video, job.max_frames, job.stride)):
+            frames[i] = torch.from_numpy(to_uint8(_prepare(f[None], job, "frames")[0]))
     return JobInputs(info, references, indices, depth, ref_depth, engine, frames)
 
 

@@ -186,11 +186,13 @@ def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth
 def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tensor, indices: Sequence[int],
                     encode: Encode, engine=None, motion=None, carry: str | None = None, window: int = 8,
                     mask: torch.Tensor | None = None, blank: bool = True,
-                    callback: Callable[[int], None] | None = None, weights: str | None = None) -> CarriedFrames | None:
+                    callback: Callable[[int], None] | None = None, weights: str | None = None,
+                    dtype: torch.dtype = torch.float32) -> CarriedFrames | None:
     """The motion inputs a checkpoint declares (None for the paper's layout): flow propagation of the references
     through the source `frames` with the checkpoint's recorded estimator and strategy. `engine` (default: built from
     the checkpoint's record; `weights`: the RAFT weights file it records) and `motion` (the clip's consecutive flow,
-    default: estimated here) are refused in one line when made by another estimator."""
+    default: estimated here) are refused in one line when made by another estimator. dtype: of the carried frames
+    kept for the run (``carry_frames``)."""
     from .motion.engine import FlowEngine
 
     if not config.flow_guided:
@@ -206,7 +208,7 @@ def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tenso
         engine = FlowEngine(checkpoint_settings(config, weights))
     check_flow_record(config, engine.settings.record(), "the flow engine")
     return carry_frames(frames, references, indices, engine, encode, motion, checkpoint_strategy(config), carry,
-                        window, mask, blank, callback)
+                        window, mask, blank, callback, dtype)
 
 
 def propagate_images(models, reference: torch.Tensor, depth: torch.Tensor, reference_index: int, steps: int = 20,

@@ -158,6 +158,31 @@ def test_mid_clip_reference_equals_forward_plus_backward(engine, clip, strategy)
     assert torch.allclose(both.filled, torch.cat([backward.filled[:r], forward.filled]), atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["guided", "chain", "direct"])
+def test_streamed_flow_equals_the_whole_clips_motion(engine, clip, strategy):
+    """Without a motion, flow propagation estimates each consecutive pair when a chain steps through it
+    (PairwiseMotion): the same frames, fills and cuts as with FlowEngine.consecutive's whole-clip motion; uint8
+    frames are taken as they are (no float copy of the clip) and float16 storage holds the same result."""
+    from magicprop.motion.engine import PairwiseMotion
+
+    src8 = (clip.source.frames * 255).round().to(torch.uint8)
+    src = src8.float() / 255
+    refs, keys = clip.edit.frames[[2, 10]], [2, 10]
+    whole = flow_propagate(src, refs, keys, engine, motion=engine.consecutive(src), strategy=strategy, window=4)
+    streamed = flow_propagate(src8, refs, keys, engine, strategy=strategy, window=4)
+    assert torch.equal(streamed.frames, whole.frames) and torch.equal(streamed.filled, whole.filled)
+    assert streamed.cuts == whole.cuts
+    half = flow_propagate(src8, refs, keys, engine, strategy=strategy, window=4, dtype=torch.float16)
+    assert half.frames.dtype == torch.float16 and torch.equal(half.frames, whole.frames.half())
+    assert torch.equal(half.filled, whole.filled.half())
+    # pair by pair: what consecutive stores, the same validity, and at most `cache` pairs held
+    full, pairs = engine.consecutive(src), PairwiseMotion(engine, lambda k: src8[k], src.shape[0], src.shape[1:3])
+    for i in (3, 0, 3, 11):
+        assert all(torch.equal(a, b) for a, b in zip(pairs.pair(i), full.pair(i)))
+    assert len(pairs._pairs) == 3 and torch.equal(pairs.validity(), full.validity())
+    assert len(pairs._pairs) == pairs.cache
+
+
 def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
     src, truth = clip.source.frames, clip.edit.frames
     motion = engine.consecutive(src)

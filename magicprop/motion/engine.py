@@ -319,8 +319,52 @@ class Motion:
         return Motion(self.forward.float(), self.backward.float(), self.valid_forward, self.valid_backward,
                       self.frame_size, self.settings)
 
+    def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(forward (2, h, w), backward, valid_forward (h, w), valid_backward) of pair i, as stored."""
+        return self.forward[i], self.backward[i], self.valid_forward[i], self.valid_backward[i]
 
-def _as_frame(frame) -> torch.Tensor:
+    def validity(self) -> torch.Tensor:
+        """(N,) share of each pair's pixels consistent both ways (the mean of its two validity maps' shares)."""
+        return (self.valid_forward.float().flatten(1).mean(1) + self.valid_backward.float().flatten(1).mean(1)) / 2
+
+
+class PairwiseMotion:
+    """The consecutive motion of a clip estimated pair by pair when a chain steps through it, for long clips: only
+    the last `cache` pairs and one validity share per pair are held, where `FlowEngine.consecutive` holds every
+    pair's flow (at 128 px, 160 KB a frame). Each pair is what `consecutive` stores for it (the same `both`, fp16);
+    a pair asked for again after it left the cache (two chains meeting in a blend window) is estimated again.
+
+    frame(k) gives frame k (H, W, 3) of the `count` frames of size `frame_size`.
+    """
+
+    def __init__(self, engine: "FlowEngine", frame: Callable[[int], torch.Tensor], count: int,
+                 frame_size: tuple[int, int], cache: int = 4) -> None:
+        self.engine, self.frame, self.count, self.cache = engine, frame, int(count), max(1, int(cache))
+        self.frame_size, self.settings = tuple(frame_size), engine.settings.record()
+        self._pairs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._validity = torch.full((max(0, self.count - 1),), float("nan"))
+
+    def __len__(self) -> int:
+        return max(0, self.count - 1)
+
+    def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if i not in self._pairs:
+            fab, fba, vab, vba = self.engine.both(self.frame(i)[None], self.frame(i + 1)[None])
+            if len(self._pairs) >= self.cache:
+                del self._pairs[next(iter(self._pairs))]
+            self._pairs[i] = (fab[0].half(), fba[0].half(), vab[0], vba[0])
+            self._validity[i] = (vab.float().mean() + vba.float().mean()) / 2
+        return self._pairs[i]
+
+    def validity(self) -> torch.Tensor:
+        """As `Motion.validity`; pairs no chain stepped through are estimated now (their flow is not kept)."""
+        for i in range(len(self)):
+            if math.isnan(float(self._validity[i])):
+                self.pair(i)
+        return self._validity.clone()
+
+
+def as_frame(frame) -> torch.Tensor:
     """A frame as a (H, W, 3) float tensor in [0, 1] (uint8 arrays and tensors are scaled)."""
     x = torch.as_tensor(frame)
     if x.dtype == torch.uint8:
@@ -359,7 +403,7 @@ class FlowEngine:
 
     def prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) frames -> (N, h, w, 3) float32 at the working resolution (area-averaged when downscaled)."""
-        frames = _as_frame(frames)
+        frames = as_frame(frames)
         if frames.ndim == 3:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -438,7 +482,7 @@ class FlowEngine:
         def pairs():
             held = []
             for frame in frames:
-                frame = _as_frame(frame)
+                frame = as_frame(frame)
                 if frame.ndim != 3 or frame.shape[-1] != 3:
                     raise MagicPropError(f"flow frame of shape {tuple(frame.shape)}: expected (H, W, 3).")
                 if not size:
@@ -470,12 +514,12 @@ class FlowEngine:
             raise MagicPropError(f"flow batch={batch}: expected 1 or more frame pairs per batch.")
         key = self.prepare(keyframe)
         total = len(frames) if hasattr(frames, "__len__") else None
-        size = tuple(_as_frame(keyframe).shape[-3:-1])
+        size = tuple(as_frame(keyframe).shape[-3:-1])
 
         def pairs():
             held = []
             for frame in frames:
-                frame = _as_frame(frame)
+                frame = as_frame(frame)
                 if tuple(frame.shape) != (*size, 3):
                     raise MagicPropError(f"flow frame of shape {tuple(frame.shape)}: expected the keyframe's "
                                          f"{(*size, 3)}.")
@@ -495,6 +539,6 @@ def _chain(first, rest: Iterator) -> Iterator:
 
 
 __all__ = [
-    "CV2_INSTALL", "DIS_PRESETS", "ESTIMATORS", "FlowEngine", "FlowSettings", "Motion", "compose", "consistency",
-    "import_cv2", "inside", "resize_flow", "similarity_flow", "warp",
+    "CV2_INSTALL", "DIS_PRESETS", "ESTIMATORS", "FlowEngine", "FlowSettings", "Motion", "PairwiseMotion", "compose",
+    "as_frame", "consistency", "import_cv2", "inside", "resize_flow", "similarity_flow", "warp",
 ]

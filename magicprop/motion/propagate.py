@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..propagate import keyframe_plan, meet
 from .colour import EditMapping, fit_edit_mapping
-from .engine import FlowEngine, Motion, compose, consistency, import_cv2, resize_flow, warp
+from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,23 @@ class FlowResult:
 
 @dataclass
 class _Context:
-    frames: torch.Tensor  # (K, H, W, 3)
+    frames: torch.Tensor  # (K, H, W, 3), float in [0, 1] or uint8
     engine: FlowEngine
-    motion: Motion  # consecutive pairs, float flows
+    motion: Motion | PairwiseMotion  # consecutive pairs
+
+    def frame(self, k: int) -> torch.Tensor:
+        """Frame k (H, W, 3) float in [0, 1] (a uint8 clip is converted one frame at a time)."""
+        return as_frame(self.frames[k])
+
+    def to_keyframe(self, frames: Sequence[int], r: int, batch: int = 8) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(flow_{k->r}, flow_{r->k} (1, 2, h, w) float, validity of the first (h, w)) for each frame k of `frames`,
+        estimated `batch` frames at a time (what one `FlowEngine.to_keyframe` of them all gives, never held for the
+        whole chain)."""
+        key = self.frame(r)
+        for i in range(0, len(frames), batch):
+            m = self.engine.to_keyframe([self.frame(k) for k in frames[i : i + batch]], key)
+            for j in range(len(m)):
+                yield m.forward[j][None].float(), m.backward[j][None].float(), m.valid_forward[j]
 
 
 def _up(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -74,13 +88,14 @@ def _up(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(v, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def _steps(motion: Motion, chain: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _steps(motion: Motion | PairwiseMotion,
+           chain: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(k, flow_{k->prev}, flow_{prev->k} (1, 2, h, w), validity of the first (h, w)) per step, working resolution."""
     for prev, k in zip(chain[:-1], chain[1:]):
         if k == prev + 1:  # forward chain: backward flow of pair prev is flow_{k->prev}, valid on frame k
-            back, fwd, valid = motion.backward[prev], motion.forward[prev], motion.valid_backward[prev]
+            fwd, back, _, valid = motion.pair(prev)
         else:  # backward chain: forward flow of pair k is flow_{k->k+1}
-            back, fwd, valid = motion.forward[k], motion.backward[k], motion.valid_forward[k]
+            back, fwd, valid, _ = motion.pair(k)
         yield k, back[None].float(), fwd[None].float(), valid
 
 
@@ -101,7 +116,7 @@ def _chain(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: C
         yield k, img, w
 
 
-def accumulated_flow(motion: Motion, chain: Sequence[int],
+def accumulated_flow(motion: Motion | PairwiseMotion, chain: Sequence[int],
                      check: dict | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(k, flow_{k->r} (1, 2, h, w), validity (h, w)) for each frame k of a chain starting at keyframe r.
 
@@ -123,12 +138,9 @@ def _accumulated(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, tor
 
 def _direct(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(k, flow_{k->r}, validity) estimated straight from each frame to the keyframe."""
-    r, rest = chain[0], list(chain[1:])
-    if not rest:
-        return
-    m = ctx.engine.to_keyframe(ctx.frames[rest], ctx.frames[r])
-    for i, k in enumerate(rest):
-        yield k, m.forward[i][None].float(), m.valid_forward[i]
+    rest = list(chain[1:])
+    for k, (to_r, _, valid) in zip(rest, ctx.to_keyframe(rest, chain[0])):
+        yield k, to_r, valid
 
 
 def _residual(flow_ab: torch.Tensor, flow_ba: torch.Tensor) -> torch.Tensor:
@@ -223,21 +235,18 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
     pixel by photometric error); validity is the forward-backward check of the result.
     Estimators without an initial-flow mode (RAFT) search from zero, which makes this "direct".
     """
-    r, rest = chain[0], list(chain[1:])
-    if not rest:
-        return
-    key = ctx.frames[r][None]
-    direct = ctx.engine.to_keyframe(ctx.frames[rest], ctx.frames[r])
+    r = chain[0]
+    key = ctx.frame(r)
     to_r = from_r = None
-    for i, (k, back, fwd, _) in enumerate(_steps(ctx.motion, chain)):
+    for (k, back, fwd, _), (d_to, d_from, _) in zip(_steps(ctx.motion, chain), ctx.to_keyframe(chain[1:], r)):
         guess_to = back if to_r is None else compose(back, to_r)
         guess_from = fwd if from_r is None else compose(from_r, fwd)
-        frame = ctx.frames[k][None]
-        g_to, g_from = ctx.engine.flow(frame, key, init=guess_to), ctx.engine.flow(key, frame, init=guess_from)
-        d_to, d_from = direct.forward[i][None].float(), direct.backward[i][None].float()
+        frame = ctx.frame(k)
+        g_to = ctx.engine.flow(frame[None], key[None], init=guess_to)
+        g_from = ctx.engine.flow(key[None], frame[None], init=guess_from)
         to_r = torch.where(_residual(d_to, d_from) <= _residual(g_to, g_from), d_to, g_to)
         from_r = torch.where(_residual(d_from, d_to) <= _residual(g_from, g_to), d_from, g_from)
-        to_r, from_r = _snap_to_global(to_r, from_r, ctx.frames[k], ctx.frames[r])
+        to_r, from_r = _snap_to_global(to_r, from_r, frame, key)
         yield k, to_r, consistency(to_r, from_r)[0]
 
 
@@ -318,7 +327,7 @@ def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> t
     return weight * values + (1 - weight) * est
 
 
-def detect_cuts(motion: Motion) -> list[int]:
+def detect_cuts(motion: Motion | PairwiseMotion) -> list[int]:
     """Frame indices k + 1 where pair (k, k + 1) is a hard cut: its forward-backward validity collapses.
 
     Validity of a pair is the share of pixels consistent both ways; a cut is far below its neighbours' median
@@ -327,7 +336,7 @@ def detect_cuts(motion: Motion) -> list[int]:
     n = len(motion)
     if n == 0:
         return []
-    v = (motion.valid_forward.float().flatten(1).mean(1) + motion.valid_backward.float().flatten(1).mean(1)) / 2
+    v = motion.validity()
     cuts = []
     for k in range(n):
         around = torch.cat([v[max(0, k - CUT_NEIGHBOURS):k], v[k + 1:k + 1 + CUT_NEIGHBOURS]])
@@ -385,41 +394,41 @@ def flow_propagate(
     mask: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
     carry: str = DEFAULT_CARRY,
+    dtype: torch.dtype = torch.float32,
 ) -> FlowResult:
-    """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3).
+    """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
+    float in [0, 1] or uint8 (converted a frame at a time).
 
-    motion: consecutive flow of `frames` (FlowEngine.consecutive), estimated here when None. Each frame comes from
-    its nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask
-    (1 or K, H, W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished
-    frame k (it may raise to cancel). carry: what the flow carries (CARRIES).
+    motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
+    the chains step through it (`PairwiseMotion`: no flow held for the whole clip). Each frame comes from its
+    nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask (1 or K, H,
+    W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
+    may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
+    (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are carried.
     """
     if carry not in CARRIES:
         raise MagicPropError(f"flow propagation carry {carry!r}: expected one of {sorted(CARRIES)}.")
     indices = [int(i) for i in indices]
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
     chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
-    frames = frames.float()
     num, h, w, _ = frames.shape
+    ctx = _Context(frames, engine, motion)
+    frame = ctx.frame
     if motion is None:
-        motion = engine.consecutive(frames)
-    cuts = detect_cuts(motion)
-    for c in cuts:
-        log.warning("hard cut at frame %d (the flow from frame %d finds almost nothing): the edit cannot be carried "
-                    "across it; add an edited keyframe at frame %d.", c, c - 1, c)
-    ctx = _Context(frames, engine, motion.to_float())
+        ctx.motion = motion = PairwiseMotion(engine, frame, num, (h, w))
 
     def mask_of(k: int) -> torch.Tensor | None:
         return None if mask is None else mask[k if mask.shape[0] > 1 else 0]
 
-    mappings: list[EditMapping] = [fit_edit_mapping(frames[i], references[n].float(), mask_of(i))
+    mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), mask_of(i))
                                    for n, i in enumerate(indices)]
-    out = torch.empty(num, h, w, 3)
-    filled = torch.zeros(num, h, w)
+    out = torch.empty(num, h, w, 3, dtype=dtype)
+    filled = torch.zeros(num, h, w, dtype=dtype)
 
     def finish(k: int, img: torch.Tensor, fill_share: torch.Tensor) -> None:
         m = mask_of(k)
         if m is not None:
-            img = m[..., None] * img + (1 - m[..., None]) * frames[k]
+            img = m[..., None] * img + (1 - m[..., None]) * frame(k)
             fill_share = fill_share * m
         out[k], filled[k] = img.clamp(0, 1), fill_share
         if callback is not None:
@@ -433,12 +442,12 @@ def flow_propagate(
         reference = references[key].float().permute(2, 0, 1)[None]
         if carry == "residual":  # the edit less its colour mapping's prediction, added back to each frame's mapping
             mapping = mapping.global_only()
-            reference = reference - mapping.apply(frames[indices[key]]).permute(2, 0, 1)[None]
+            reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
 
         def look(k: int, mapping=mapping, last={}) -> torch.Tensor:  # noqa: B006 (one frame cached per chain)
             if last.get("k") != k:
                 last.clear()
-                last.update(k=k, img=mapping.apply(frames[k]).permute(2, 0, 1)[None])
+                last.update(k=k, img=mapping.apply(frame(k)).permute(2, 0, 1)[None])
             return last["img"]
 
         fill = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
@@ -451,4 +460,8 @@ def flow_propagate(
             part = meet(pending, blends, k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0]))
             if part is not None:
                 finish(k, *part)
+    cuts = detect_cuts(motion)
+    for c in cuts:
+        log.warning("hard cut at frame %d (the flow from frame %d finds almost nothing): the edit cannot be carried "
+                    "across it; add an edited keyframe at frame %d.", c, c - 1, c)
     return FlowResult(out, filled, cuts)
