@@ -9,7 +9,8 @@
       round's frames in one sampler call, the node's default) and sequential (max_batch 1), per generated frame;
   (e) OpticalFlowSequence (DIS medium) on the --chain-frames frames at the preset's size: the flow estimation a
       flow-guided run adds, and its share of a mid-clip batched run;
-  (f) the profile behind (d)'s ratios: one UNet forward per sample at batch 1, 2 and 4.
+  (f) the profile behind the ratios: per sample, at batch 1, 2 and 4, one step of the host's own sampler (KSampler's
+      path, the one the node's rounds take) and one forward of the host-free backend's UNet.
 
 Each figure is the median of --repeats runs after a warm-up (--chain-repeats for (d)); (a) and (b), and each layout's
 batched and sequential runs, are measured interleaved, so that a machine whose speed drifts slows both alike. Prints a
@@ -18,6 +19,11 @@ table and writes JSON.
     python bench/propagate.py                        # CPU: SD1.5-shaped UNet (64 .. 256 channels), 256 px, 10 steps
     python bench/propagate.py --preset sd15 --device cuda   # GPU: full SD1.5 size, 512 px, fp16, 20 steps, cfg 5,
                                                             # K = 17, and peak memory of the batched node at K = 300
+    python bench/propagate.py --pytorch-attention    # the host run with --use-pytorch-cross-attention
+
+What a batch saves is the host's: the node samples with the host's model and attention. ComfyUI's default attention
+on CPU is sub-quadratic (chunked, whose cost grows with the batch); on NVIDIA GPUs it is PyTorch's SDPA. The JSON
+records the attention the host used.
 
 The host is found through COMFYUI_PATH (or as the parent of custom_nodes/). Weights are random (speed does not
 depend on their values); the VAE is the tiny 4-level one of magicprop.tiny in every variant.
@@ -75,22 +81,26 @@ def main() -> None:
     parser.add_argument("--chain-frames", type=int, default=None, help="K of (d) and (e); default 25 (sd15: 17)")
     parser.add_argument("--repeats", type=int, default=None, help="default 5 (sd15: 3)")
     parser.add_argument("--chain-repeats", type=int, default=None, help="default 3 (sd15: 2)")
+    parser.add_argument("--pytorch-attention", action="store_true",
+                        help="run the host with --use-pytorch-cross-attention (its CPU default is sub-quadratic)")
     parser.add_argument("--json", type=Path, default=None,
-                        help="default bench/results/propagate.json (sd15: propagate-sd15.json, never the CPU file)")
+                        help="default bench/results/propagate.json (sd15: propagate-sd15.json, never the CPU file; "
+                             "-pytorch-attention added with that flag)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     args.frames = args.frames or preset.get("frames", 5)
     args.chain_frames = args.chain_frames or preset.get("chain_frames", 25)
     args.repeats = args.repeats or preset.get("repeats", 5)
     args.chain_repeats = args.chain_repeats or preset.get("chain_repeats", 3)
-    args.json = args.json or RESULTS / ("propagate.json" if args.preset == "cpu" else f"propagate-{args.preset}.json")
+    name = "propagate" + ("" if args.preset == "cpu" else f"-{args.preset}")
+    args.json = args.json or RESULTS / (name + ("-pytorch-attention" if args.pytorch_attention else "") + ".json")
 
     from harness.host import enter_comfyui, find_comfyui
 
     comfy = find_comfyui()
     if comfy is None:
         raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
-    enter_comfyui(comfy, cpu=args.device == "cpu")
+    enter_comfyui(comfy, cpu=args.device == "cpu", pytorch_attention=args.pytorch_attention)
     import torch
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -238,7 +248,16 @@ def main() -> None:
     flow_seconds = median_time(lambda: engine.consecutive(frames), max(1, args.chain_repeats))
     mid_batched_total = chain_seconds["mid_batched"] * generated["mid"]
 
-    # (f) the profile behind the batched/sequential ratios: one UNet forward per sample at batch 1, 2 and 4
+    # (f) the profile behind the ratios, per sample at batch 1, 2 and 4: one step of the host's sampler on the node's
+    # model and conditioning, and one forward of the host-free backend's UNet
+    import comfy.ldm.modules.attention
+
+    host_per_sample = {}
+    for n in (1, 2, 4):
+        batch = {"samples": torch.zeros(n, 4, h, w)}
+        host_per_sample[str(n)] = median_time(
+            lambda batch=batch: nodes.common_ksampler(model, 0, steps, cfg, "euler", "simple", positive, negative,
+                                                      batch, denoise=1.0), args.repeats, sync) / (n * steps)
     x = torch.randn(4, unet.config.in_channels, h, w, device=args.device, dtype=dtype)
     ctx = tokens.to(args.device, dtype).expand(4, -1, -1)
     t = torch.tensor(500, device=args.device)
@@ -265,11 +284,14 @@ def main() -> None:
               "batched_over_ksampler": {n: chain_seconds[f"{n}_batched"] / (b / per) for n in layouts},
               "flow_seconds": flow_seconds,
               "flow_share_of_mid_batched": flow_seconds / (flow_seconds + mid_batched_total),
+              "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
+              "host_step_seconds_per_sample": host_per_sample,
               "unet_seconds_per_sample": unet_per_sample, "peak_memory": memory}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     s = result["seconds_per_frame"]
-    print(f"{args.preset} on {result['device_name']}: K={k}, {size}px, {steps} steps, cfg {cfg}, {preset['dtype']}")
+    print(f"{args.preset} on {result['device_name']}: K={k}, {size}px, {steps} steps, cfg {cfg}, {preset['dtype']}, "
+          f"host attention {result['attention']}")
     print(f"{'variant':<42}{'s/frame':>10}")
     print(f"{'(a) AutoregressivePropagate':<42}{s['a_node']:>10.3f}")
     print(f"{'(a) with frame previews':<42}{s['a_node_previews']:>10.3f}")
@@ -285,8 +307,9 @@ def main() -> None:
     print("batched/KSampler:   " + "   ".join(f"{n} {r:.3f}" for n, r in result["batched_over_ksampler"].items()))
     print(f"(e) OpticalFlowSequence (DIS medium), {kc} frames at {size}px: {flow_seconds:.2f} s, "
           f"{100 * result['flow_share_of_mid_batched']:.1f}% of a mid-clip batched run with it")
-    print("(f) UNet forward per sample at batch 1 / 2 / 4: " + " / ".join(f"{v:.3f}" for v in unet_per_sample.values())
-          + " s (" + " / ".join(f"{v / unet_per_sample['1']:.2f}" for v in unet_per_sample.values()) + ")")
+    for label, per_sample in (("host sampler step", host_per_sample), ("host-free UNet forward", unet_per_sample)):
+        print(f"(f) {label} per sample at batch 1 / 2 / 4: " + " / ".join(f"{v:.3f}" for v in per_sample.values())
+              + " s (" + " / ".join(f"{v / per_sample['1']:.2f}" for v in per_sample.values()) + ")")
     if memory is not None:
         print(f"peak GPU memory of the batched node at K={memory['frames']} ({memory['steps']} steps): "
               f"{memory['peak_bytes'] / 2**30:.2f} GiB")

@@ -30,14 +30,16 @@ def find_comfyui() -> Path | None:
     return None
 
 
-def enter_comfyui(path: Path, cpu: bool = True) -> None:
-    """Put the host on sys.path and set its arguments, before anything imports comfy.model_management."""
+def enter_comfyui(path: Path, cpu: bool = True, pytorch_attention: bool = False) -> None:
+    """Put the host on sys.path and set its arguments, before anything imports comfy.model_management.
+    pytorch_attention: as the host's --use-pytorch-cross-attention (its default on CPU is sub-quadratic attention)."""
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     from comfy.cli_args import args
 
     args.cpu = cpu
     args.fp32_text_enc = cpu
+    args.use_pytorch_cross_attention = pytorch_attention
     import utils.extra_config  # noqa: F401  (as main.py does first: ComfyUI's utils package, before any module
     # that would otherwise leave comfy/utils.py registered as a top-level "utils")
 
