@@ -291,12 +291,11 @@ def flow_refine(
                 finish(k, image)
         return out
 
-    from .motion.propagate import _steps
+    from .motion.propagate import chain_steps
 
-    flows = motion.to_float() if motion is not None else None
     chains, blends = keyframe_plan(keys, num, settings.window)
     pending: dict[int, dict[int, torch.Tensor]] = {}
-    steps = [_steps(flows, chain.indices) for chain in chains]
+    steps = [chain_steps(motion, chain.indices) for chain in chains]
     previous = {n: carried[chain.indices[0]] for n, chain in enumerate(chains)}
     made = dict.fromkeys(range(len(chains)), 0)  # frames each chain has made
     while ready := [n for n, chain in enumerate(chains) if made[n] + 1 < len(chain.indices)]:

@@ -88,9 +88,10 @@ def _up(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(v, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def _steps(motion: Motion | PairwiseMotion,
+def chain_steps(motion: Motion | PairwiseMotion,
            chain: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(k, flow_{k->prev}, flow_{prev->k} (1, 2, h, w), validity of the first (h, w)) per step, working resolution."""
+    """(k, flow_{k->prev}, flow_{prev->k} (1, 2, h, w) float, validity of the first (h, w)) per step of a chain
+    through the consecutive `motion` (as stored: fp16 flows are converted one pair at a time), working resolution."""
     for prev, k in zip(chain[:-1], chain[1:]):
         if k == prev + 1:  # forward chain: backward flow of pair prev is flow_{k->prev}, valid on frame k
             fwd, back, _, valid = motion.pair(prev)
@@ -107,7 +108,7 @@ def _sample(reference: torch.Tensor, flow: torch.Tensor, size: tuple[int, int]) 
 def _chain(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: Callable) -> Iterator:
     size = tuple(ctx.frames.shape[1:3])
     img, carried = reference, torch.ones(1, 1, *size)
-    for k, flow, _, valid in _steps(ctx.motion, chain):
+    for k, flow, _, valid in chain_steps(ctx.motion, chain):
         full = resize_flow(flow, size)
         w = _up(valid, size) * (warp(carried, full) > 0.5).float()
         carried = w  # what is still reference content (fill carried on does not count as carried)
@@ -126,7 +127,7 @@ def accumulated_flow(motion: Motion | PairwiseMotion, chain: Sequence[int],
     ground-truth occlusion).
     """
     to_r = from_r = None
-    for k, back, fwd, _ in _steps(motion, chain):
+    for k, back, fwd, _ in chain_steps(motion, chain):
         to_r = back if to_r is None else compose(back, to_r)
         from_r = fwd if from_r is None else compose(from_r, fwd)
         yield k, to_r, consistency(to_r, from_r, **(check or {}))[0]
@@ -238,7 +239,7 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
     r = chain[0]
     key = ctx.frame(r)
     to_r = from_r = None
-    for (k, back, fwd, _), (d_to, d_from, _) in zip(_steps(ctx.motion, chain), ctx.to_keyframe(chain[1:], r)):
+    for (k, back, fwd, _), (d_to, d_from, _) in zip(chain_steps(ctx.motion, chain), ctx.to_keyframe(chain[1:], r)):
         guess_to = back if to_r is None else compose(back, to_r)
         guess_from = fwd if from_r is None else compose(from_r, fwd)
         frame = ctx.frame(k)
