@@ -331,8 +331,9 @@ class Motion:
 class PairwiseMotion:
     """The consecutive motion of a clip estimated pair by pair when a chain steps through it, for long clips: only
     the last `cache` pairs and one validity share per pair are held, where `FlowEngine.consecutive` holds every
-    pair's flow (at 128 px, 160 KB a frame). Each pair is what `consecutive` stores for it (the same `both`, fp16);
-    a pair asked for again after it left the cache (two chains meeting in a blend window) is estimated again.
+    pair's flow (at 128 px, 160 KB a frame). Each pair is `consecutive` of its two frames (what it stores for the
+    whole clip); a pair asked for again after it left the cache (two chains meeting in a blend window) is estimated
+    again.
 
     frame(k) gives frame k (H, W, 3) of the `count` frames of size `frame_size`.
     """
@@ -349,11 +350,10 @@ class PairwiseMotion:
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if i not in self._pairs:
-            fab, fba, vab, vba = self.engine.both(self.frame(i)[None], self.frame(i + 1)[None])
+            motion = self.engine.consecutive([self.frame(i), self.frame(i + 1)])
             if len(self._pairs) >= self.cache:
                 del self._pairs[next(iter(self._pairs))]
-            self._pairs[i] = (fab[0].half(), fba[0].half(), vab[0], vba[0])
-            self._validity[i] = (vab.float().mean() + vba.float().mean()) / 2
+            self._pairs[i], self._validity[i] = motion.pair(0), motion.validity()[0]
         return self._pairs[i]
 
     def validity(self) -> torch.Tensor:
