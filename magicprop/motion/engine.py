@@ -19,7 +19,6 @@ Displacement Optical Flow", ECCV 2010) gives per-pixel validity.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +27,11 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from magicprop.errors import MagicPropError
-from magicprop.motion.raft import RAFTEstimator
+from ..errors import MagicPropError
+from ..log import get_logger
+from .raft import RAFTEstimator
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CV2_INSTALL = "pip install opencv-contrib-python-headless"
 DIS_PRESETS = ("ultrafast", "fast", "medium")

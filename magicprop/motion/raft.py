@@ -7,19 +7,19 @@ torch.load(weights_only=True) so that no code in the file runs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from magicprop.errors import MagicPropError
+from ..errors import MagicPropError
+from ..log import get_logger
 
 if TYPE_CHECKING:
-    from magicprop.motion.engine import FlowSettings
+    from .engine import FlowSettings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class RAFTEstimator:
