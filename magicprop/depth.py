@@ -16,7 +16,6 @@ Anything produce. Non-finite pixels are ignored by the fit and filled afterwards
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -25,8 +24,9 @@ import torch
 
 from .errors import MagicPropError
 from .fileio import model_folder
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TUKEY_C = 4.685  # 95% efficiency under Gaussian noise
 _EPS = 1e-8

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from .errors import MagicPropError
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 GRID = 16
 """Frame sides must be multiples of 16: the VAE downsamples by 8 and the appearance adapter pools by 2."""

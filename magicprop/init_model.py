@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ from .clip import ClipSpec, clip_spec_of, load_clip_vision
 from .conditioning import LATENT_CHANNELS
 from .config import PropDPMConfig
 from .errors import MagicPropError
+from .log import get_logger
 from .unet import load_sd15_unet, unet_from_config, widen_to_propdpm
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def initial_models(

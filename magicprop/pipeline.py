@@ -10,7 +10,6 @@ composited under the carried pixels (``--no-composite`` turns that off).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,11 +22,12 @@ from .composite import DEFAULT_BORDER
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
+from .log import get_logger
 from .propagate import check_keyframes, check_max_batch, keyframe_plan
 from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, to_uint8, write_video
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -9,7 +9,6 @@ pixels get the per-pixel levels of ``magicprop.refine`` (held at the noised inpu
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from .errors import MagicPropError
 from .frames import list_images, load_image, resize, resize_width
+from .log import get_logger
 from .propagate import check_keyframes, frame_noise
 from .refine import (
     RefineRequest,
@@ -33,7 +33,7 @@ from .refine import (
 from .unet import SINGLE_FILE_SUFFIXES
 from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """Subfolders of a diffusers Stable Diffusion folder that refine loads (model_index.json is not needed)."""

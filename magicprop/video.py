@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import re
 import secrets
@@ -24,8 +23,9 @@ import torch
 
 from .errors import MagicPropError
 from .fileio import atomic_path
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ a video file or a folder of numbered PNG frames (magicprop.video).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,9 +15,10 @@ import torch
 
 from .errors import MagicPropError
 from .frames import check_reference_count, load_image, resize_width
+from .log import get_logger
 from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, read_png, write_video
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -7,7 +7,6 @@ CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the 
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import comfy.model_management
@@ -17,10 +16,11 @@ import torch
 from ..magicprop.conditioning import condition_for
 from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
+from ..magicprop.log import get_logger
 from ..magicprop.propagate import FrameRequest, frame_noise
 from .model import CONCAT_KEY
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 StepCallback = Callable[[list[int], int, int, torch.Tensor], None]
 """(frame indices of the batch, step, total steps, (B, C, h, w) x0 prediction) after each sampler step."""

@@ -3,8 +3,6 @@ once and used by FlowPropagate; plus a flow-colour preview."""
 
 from __future__ import annotations
 
-import logging
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -12,12 +10,13 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..magicprop.errors import MagicPropError
+from ..magicprop.log import get_logger
 from ..magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings, Motion
 from ..magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
 from .folders import NO_FLOW_WEIGHTS, flow_weight_files, flow_weights_path
 from .types import Flow
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_PREVIEWS = 16
 """Flow-colour images shown on the node (every n-th pair of a long clip); the IMAGE output has them all."""

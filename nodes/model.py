@@ -7,7 +7,6 @@ that AutoregressivePropagate puts into each conditioning dict, built by the core
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,10 @@ import torch
 from ..magicprop.checkpoint import load_checkpoint
 from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
+from ..magicprop.log import get_logger
 from ..magicprop.unet_config import UnsupportedUNet, comfy_unet_config
 
-log = logging.getLogger("magicprop")
+log = get_logger(__name__)
 
 CONCAT_KEY = "magicprop_concat"
 """Conditioning-dict key holding a frame's (1, 6, h, w) spatial condition, set per frame by the propagation node."""

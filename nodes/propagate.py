@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -14,6 +12,7 @@ from comfy_api.latest import io
 from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
+from ..magicprop.log import get_logger
 from ..magicprop.motion_inputs import (
     CarriedFrames,
     check_flow_record,
@@ -37,7 +36,7 @@ from .model import PropDPMModel
 from .preview import FramePreviews
 from .types import APPEARANCE_KEY, Flow
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def parse_keyframe_indices(reference_index: int, indices: str, references: int) -> list[int]:

@@ -11,11 +11,11 @@ content, one that matches it has only learnt to copy its previous frame. Only th
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from ..errors import MagicPropError
 from ..fileio import atomic_path
+from ..log import get_logger
 from ..synthetic import SceneConfig, make_clip
 from .methods import QUALITY_METHODS, UNMEASURED, run_method, runs_here
 from .metrics import Scores, slope_per_100_frames, windows
@@ -24,7 +24,7 @@ from .report import plot
 from .report import table as _table
 from .seeds import QUALITY_SEED
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WINDOW = 30
 """Frames per window of the tables: 1-30, 31-60, ... after the reference."""

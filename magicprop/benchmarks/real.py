@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import logging
 import math
 import os
 import time
@@ -39,11 +38,12 @@ import torch.nn.functional as F
 
 from ..errors import MagicPropError
 from ..fileio import atomic_path
+from ..log import get_logger
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
 from .methods import flow_row_name, flow_variants
 from .metrics import psnr, window_means, windows
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 COPY = "copy reference"
 TRANSFER = "colour transfer (no flow)"

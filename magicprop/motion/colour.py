@@ -19,14 +19,14 @@ a vignette). Its tiles are tied to image positions, so it suits frames near the 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import MagicPropError
+from ..log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 LATTICE = (17, 7, 7)

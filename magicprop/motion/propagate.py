@@ -24,7 +24,6 @@ mapped pixels; where nothing is carried the residual is continued from around th
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,11 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
+from ..log import get_logger
 from ..propagate import keyframe_plan, meet
 from .colour import EditMapping, fit_edit_mapping
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CUT_RATIO = 0.5
 """A pair is a hard cut when its share of consistent pixels is below this share of its neighbours' median ..."""

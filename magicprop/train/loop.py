@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -33,6 +32,7 @@ from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..init_model import initial_models
+from ..log import get_logger
 from ..motion_inputs import check_flow_record, motion_record
 from ..propagate import FrameRequest, frame_seed
 from ..schedule import ScheduleConfig, train_scheduler
@@ -40,7 +40,7 @@ from .config import RunConfig
 from .data import make_source, sample_spec
 from .encoders import ClipCache, FrozenEncoders
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

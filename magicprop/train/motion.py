@@ -15,16 +15,16 @@ own pixels): training carries the reference's own pixels (carry "edit", ``motion
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import MagicPropError
+from ..log import get_logger
 from ..motion_inputs import carry_frames, motion_record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def anchors(frames: int) -> tuple[int, ...]:

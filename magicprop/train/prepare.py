@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch
 from ..depth import DepthEstimator, align_clip_depth
 from ..errors import MagicPropError
 from ..frames import square
+from ..log import get_logger
 from .shards import INDEX_NAME, ShardWriter, encode_clip_npz, new_index, write_index
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 

@@ -9,7 +9,6 @@ Measured while choosing this recipe (2 CPU cores, 60 clips): L1 + MSE with gradi
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import torch.nn.functional as F
 from ..backend import FrozenEncoders
 from ..benchmarks.seeds import VAE_RUN_STRIDE, VAE_SEED
 from ..fileio import atomic_path
+from ..log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -13,9 +12,10 @@ from ..benchmarks.metrics import psnr
 from ..benchmarks.report import strip
 from ..benchmarks.seeds import VALIDATION_OFFSET
 from ..frames import save_image
+from ..log import get_logger
 from ..run import propagate_images
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def validation_clip(cfg, source, frames: int = 12):
