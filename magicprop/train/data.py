@@ -10,25 +10,12 @@ one video; the previous->target gap follows the configured distribution, in both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from ..errors import MagicPropError
 from ..propagate import frame_seed
-
-
-@dataclass
-class ClipData:
-    frames: torch.Tensor  # (T, H, W, 3) uint8
-    depth: torch.Tensor  # (T, H, W) float in [0, 1], near = 1, aligned for the clip
-
-
-class ClipSource(Protocol):
-    def __len__(self) -> int: ...
-    def frames_in(self, index: int) -> int: ...
-    def clip(self, index: int) -> ClipData: ...
-    def describe(self) -> dict: ...
+from .clips import ClipData, ClipSource
 
 
 class SyntheticSource:

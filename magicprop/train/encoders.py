@@ -9,7 +9,7 @@ import torch
 
 from ..backend import FrozenEncoders
 from ..depth import depth_to_latent_grid
-from .data import ClipData
+from .clips import ClipData
 
 __all__ = ["ClipCache", "EncodedClip", "FrozenEncoders", "encode_clip"]
 

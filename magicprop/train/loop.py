@@ -39,6 +39,7 @@ from ..schedule import ScheduleConfig, train_scheduler
 from .config import RunConfig
 from .data import make_source, sample_spec
 from .encoders import ClipCache, FrozenEncoders
+from .motion import flow_settings
 
 log = get_logger(__name__)
 
@@ -72,25 +73,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.samples = int(state["step"]), int(state["samples"])
-
-
-def flow_settings(cfg: RunConfig, device="cpu"):
-    """The FlowSettings of a flow-guided run (checked: unknown estimator, preset, strategy or carry is one line)."""
-    from ..motion.engine import FlowEngine, FlowSettings
-    from ..motion.propagate import CARRIES, STRATEGIES
-
-    t = cfg.train
-    if t.flow_strategy not in STRATEGIES:
-        raise MagicPropError(f"train.flow_strategy={t.flow_strategy!r}: expected one of {sorted(STRATEGIES)}.")
-    if t.flow_carry not in CARRIES:
-        raise MagicPropError(f"train.flow_carry={t.flow_carry!r}: expected one of {list(CARRIES)}.")
-    if not 0.0 <= t.motion_noise_augmentation < 1.0:
-        raise MagicPropError(f"train.motion_noise_augmentation={t.motion_noise_augmentation}: expected a level in "
-                             "[0, 1).")
-    settings = FlowSettings(estimator=t.flow_estimator, preset=t.flow_preset, weights=t.flow_weights,
-                            work_size=t.flow_work_size, device=str(device))
-    FlowEngine(settings)  # its own one-line checks, before any model work
-    return settings
 
 
 def _init_models(cfg: RunConfig, settings=None):

@@ -23,6 +23,7 @@ import torch
 from ..errors import MagicPropError
 from ..log import get_logger
 from ..motion_inputs import carry_frames, motion_record
+from .config import RunConfig
 
 log = get_logger(__name__)
 
@@ -109,3 +110,22 @@ class MotionCache:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"motion": record})
         log.info("wrote the motion inputs of %d clips to %s", len(self.source), path)
+
+
+def flow_settings(cfg: RunConfig, device="cpu"):
+    """The FlowSettings of a flow-guided run (checked: unknown estimator, preset, strategy or carry is one line)."""
+    from ..motion.engine import FlowEngine, FlowSettings
+    from ..motion.propagate import CARRIES, STRATEGIES
+
+    t = cfg.train
+    if t.flow_strategy not in STRATEGIES:
+        raise MagicPropError(f"train.flow_strategy={t.flow_strategy!r}: expected one of {sorted(STRATEGIES)}.")
+    if t.flow_carry not in CARRIES:
+        raise MagicPropError(f"train.flow_carry={t.flow_carry!r}: expected one of {list(CARRIES)}.")
+    if not 0.0 <= t.motion_noise_augmentation < 1.0:
+        raise MagicPropError(f"train.motion_noise_augmentation={t.motion_noise_augmentation}: expected a level in "
+                             "[0, 1).")
+    settings = FlowSettings(estimator=t.flow_estimator, preset=t.flow_preset, weights=t.flow_weights,
+                            work_size=t.flow_work_size, device=str(device))
+    FlowEngine(settings)  # its own one-line checks, before any model work
+    return settings

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import MagicPropError
 from ..fileio import atomic_path
-from .data import ClipData
+from .clips import ClipData
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1

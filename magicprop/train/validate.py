@@ -40,7 +40,7 @@ def validate(cfg, models: tuple, encoders: FrozenEncoders, source, out: Path, st
     motion = {}
     if cfg.train.flow_guided:  # the run's own engine (a RAFT checkpoint records only its weights' file name)
         from ..motion.engine import FlowEngine
-        from .loop import flow_settings
+        from .motion import flow_settings
 
         motion = {"frames": frames, "engine": FlowEngine(flow_settings(cfg))}
     result = propagate_images(standalone, reference, depth, 0, steps=cfg.train.validation_steps, seed=0, **motion)
