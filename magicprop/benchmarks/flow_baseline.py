@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..motion.colour import luma
+
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) image sampled at p + flow(p); flow (B, 2, H, W) in pixels (x, y); borders replicated."""
@@ -36,8 +38,7 @@ def horn_schunck(a: torch.Tensor, b: torch.Tensor, alpha: float = 0.02, iteratio
     Coarse-to-fine: at each level a is warped by the current flow and Horn & Schunck's iteration solves for the
     increment (smoothness weight alpha on intensities in [0, 1]). Pairs are solved as one batch.
     """
-    gray = torch.tensor([0.299, 0.587, 0.114])
-    ga, gb = (x.float() @ gray for x in (a, b))
+    ga, gb = luma(a), luma(b)
     pyramid = [(ga[:, None], gb[:, None])]
     for _ in range(levels - 1):
         pa, pb = pyramid[-1]

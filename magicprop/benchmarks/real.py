@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..log import get_logger
+from ..motion.colour import luma
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
 from .methods import flow_row_name, flow_variants
 from .metrics import psnr, window_means, windows
@@ -124,7 +125,6 @@ def still(file: str, index: int) -> torch.Tensor:
 # -- per-pixel colour edits (ground truth = the same mapping of every source frame) ---------------------------------
 
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
 _PALETTE = torch.tensor([  # a thermal-camera style false-colour ramp: black, indigo, magenta, orange, yellow, white
     [0.02, 0.01, 0.10], [0.25, 0.05, 0.55], [0.80, 0.15, 0.50], [0.98, 0.55, 0.10], [0.99, 0.90, 0.30],
     [1.00, 1.00, 0.95]])
@@ -133,7 +133,7 @@ _MIX = torch.tensor([[0.70, 0.45, -0.15], [0.10, 0.75, 0.15], [-0.20, 0.35, 0.85
 
 def false_colour(x: torch.Tensor) -> torch.Tensor:
     """Luminance through a piecewise-linear false-colour palette (non-linear, many-to-one in colour)."""
-    y = (x.float() @ _LUMA).clamp(0, 1) * (len(_PALETTE) - 1)
+    y = luma(x).clamp(0, 1) * (len(_PALETTE) - 1)
     i = y.floor().clamp(max=len(_PALETTE) - 2).long()
     t = (y - i)[..., None]
     return _PALETTE[i] * (1 - t) + _PALETTE[i + 1] * t

@@ -28,7 +28,16 @@ from ..log import get_logger
 
 log = get_logger(__name__)
 
-_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+BT601 = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of (R, G, B): what OpenCV's RGB2GRAY uses, and the Y' row of _YCC."""
+_YCC = torch.tensor([BT601, [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3) RGB -> (...) BT.601 luma, in float32 on the input's device."""
+    return rgb.float() @ torch.tensor(BT601, device=rgb.device)
+
+
 LATTICE = (17, 7, 7)
 """Nodes per axis of the lattice (Y', Cb, Cr): fine along luma, where false-colour maps and tone curves live."""
 SMOOTHNESS = 1e-3

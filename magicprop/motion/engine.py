@@ -29,13 +29,13 @@ import torch.nn.functional as F
 
 from ..errors import MagicPropError
 from ..log import get_logger
+from .colour import luma
 from .raft import RAFTEstimator
 
 logger = get_logger(__name__)
 
 CV2_INSTALL = "pip install opencv-contrib-python-headless"
 DIS_PRESETS = ("ultrafast", "fast", "medium")
-_GRAY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, what OpenCV's RGB2GRAY uses
 
 
 def import_cv2():
@@ -114,7 +114,7 @@ def _sha256(path: Path) -> str:
 
 def _gray_u8(frames: torch.Tensor) -> list:
     """(N, h, w, 3) floats in [0, 1] -> N contiguous uint8 grey images (what the OpenCV estimators take)."""
-    gray = (frames.float() @ torch.tensor(_GRAY, device=frames.device)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    gray = luma(frames).clamp(0, 1).mul(255).round().to(torch.uint8)
     return [g.contiguous().numpy() for g in gray.cpu()]
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..log import get_logger
 from ..propagate import keyframe_plan, meet
-from .colour import EditMapping, fit_edit_mapping
+from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 
 log = get_logger(__name__)
@@ -161,7 +161,7 @@ PHOTO_PATCH = 7
 
 def _gray(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(H, W, 3) frame -> (1, 1, h, w) luma at the working resolution."""
-    y = (frame.float() @ torch.tensor([0.299, 0.587, 0.114]))[None, None]
+    y = luma(frame)[None, None]
     return y if tuple(y.shape[-2:]) == tuple(size) else F.interpolate(y, size=size, mode="area")
 
 
