@@ -50,8 +50,10 @@ class RAFTEstimator:
 
     @staticmethod
     def check(settings: FlowSettings) -> None:
-        fix = ("put a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) in "
-               "models/optical_flow/ and pass its path, or pick estimator 'dis'")
+        # worded for every caller (CLI, Python API, nodes): no flag or widget names here; OpticalFlowSequence refuses
+        # a missing file in its raft_weights widget before this is reached (nodes/flow.py resolve_weights)
+        fix = ("give a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) as the flow "
+               "weights, or use estimator 'dis' (no weights)")
         if not settings.weights:
             raise MagicPropError(f"flow weights: none given for estimator 'raft': {fix}.")
         if not Path(settings.weights).is_file():
