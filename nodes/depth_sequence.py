@@ -11,6 +11,31 @@ from comfy_api.latest import io
 from ..magicprop.depth import DepthEstimator, align_clip_depth, depth_from_image
 from ..magicprop.errors import MagicPropError
 from .folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
+from .validation import UNCONNECTED, refusal
+
+
+def resolve_depth_model(name: str) -> str:
+    """depth_model (a folder name of models/depth_estimation) -> its path; one line naming the fix otherwise."""
+    try:
+        return depth_model_path(name)
+    except FileNotFoundError:
+        raise MagicPropError(
+            f"depth_model {name!r} is not a folder with config.json under models/depth_estimation; put a "
+            "transformers depth-estimation model there (e.g. Depth-Anything-V2-Small-hf)."
+        ) from None
+
+
+def check_depth_source(depth_model: str | None, depth_images) -> None:
+    """Where DepthSequence's depth comes from, decided by its widget and connection alone (validate_inputs: before
+    anything runs): depth_images when connected, else depth_model's folder. None is a widget turned into a socket."""
+    if depth_images is not UNCONNECTED or depth_model is None:
+        return
+    if depth_model == NO_DEPTH_MODEL:
+        raise MagicPropError(
+            f"depth_model is {NO_DEPTH_MODEL!r} and depth_images is not connected: connect depth_images (any depth "
+            "preprocessor) or choose a depth_model from models/depth_estimation."
+        )
+    resolve_depth_model(depth_model)
 
 
 def estimate_depth(name: str, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -18,13 +43,7 @@ def estimate_depth(name: str, frames: torch.Tensor, batch_size: int) -> torch.Te
 
     The model runs through a ModelPatcher (ComfyUI places it and frees memory for it) and is offloaded after use.
     """
-    try:
-        path = depth_model_path(name)
-    except FileNotFoundError:
-        raise MagicPropError(
-            f"depth_model {name!r} is not a folder with config.json under models/depth_estimation; put a "
-            "transformers depth-estimation model there (e.g. Depth-Anything-V2-Small-hf)."
-        ) from None
+    path = resolve_depth_model(name)
     offload = comfy.model_management.unet_offload_device()
     estimator = DepthEstimator.from_folder(path, device=offload)
     holder = torch.nn.Module()  # ModelPatcher sets .device, a read-only property of transformers models
@@ -65,6 +84,10 @@ class DepthSequence(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, depth_model, depth_images=UNCONNECTED) -> bool | str:
+        return refusal(lambda: check_depth_source(depth_model, depth_images))
+
+    @classmethod
     def execute(cls, frames: torch.Tensor, depth_model: str, batch_size: int,
                 depth_images: torch.Tensor | None = None) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] == 0:
@@ -77,13 +100,8 @@ class DepthSequence(io.ComfyNode):
                     "expected one depth map per frame at the frames' size."
                 )
             relative = depth_from_image(depth_images)
-        elif depth_model != NO_DEPTH_MODEL:
+        else:  # depth_model is a folder: check_depth_source
             relative = estimate_depth(depth_model, frames, batch_size)
-        else:
-            raise MagicPropError(
-                "DepthSequence needs depth: connect depth_images (any depth preprocessor) or choose a depth_model "
-                "from models/depth_estimation."
-            )
         aligned = align_clip_depth(relative)  # (K, 1, H, W) in [0, 1]
         out = aligned[:, 0, :, :, None].expand(-1, -1, -1, 3).contiguous()
         return io.NodeOutput(out.to(comfy.model_management.intermediate_device()))

@@ -15,6 +15,7 @@ from ..magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowS
 from ..magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
 from .folders import NO_FLOW_WEIGHTS, flow_weight_files, flow_weights_path
 from .types import Flow
+from .validation import refusal
 
 log = get_logger(__name__)
 
@@ -22,10 +23,17 @@ MAX_PREVIEWS = 16
 """Flow-colour images shown on the node (every n-th pair of a long clip); the IMAGE output has them all."""
 
 
-def resolve_weights(name: str | None) -> str | None:
-    """A file name of models/optical_flow -> its path (None for no weights); one line naming the fix otherwise."""
-    if not name or name == NO_FLOW_WEIGHTS:
+def resolve_weights(name: str | None, estimator: str = "raft") -> str | None:
+    """raft_weights (a file name of models/optical_flow) -> its path; None for an estimator that needs no weights.
+    One line naming the widget and the fix otherwise."""
+    if estimator != "raft":
         return None
+    if not name or name == NO_FLOW_WEIGHTS:
+        raise MagicPropError(
+            f"raft_weights is {NO_FLOW_WEIGHTS!r} but estimator 'raft' needs a weights file: put a torchvision RAFT "
+            "weights file (raft_small or raft_large, .safetensors or .pth) in models/optical_flow, refresh the page "
+            "and pick it in raft_weights, or pick estimator 'dis'."
+        )
     path = flow_weights_path(name)
     if path is None:
         raise MagicPropError(
@@ -33,6 +41,15 @@ def resolve_weights(name: str | None) -> str | None:
             "(.safetensors or .pth) there and pick it, or pick estimator 'dis'."
         )
     return path
+
+
+def check_estimator(estimator: str | None, raft_weights: str | None) -> None:
+    """OpticalFlowSequence's estimator and raft_weights, checked by the core's FlowEngine (known estimator, OpenCV
+    importable, RAFT's file and torchvision) before anything runs; None is a widget turned into a socket (then the
+    same checks run in execute)."""
+    if estimator is None or (estimator == "raft" and raft_weights is None):
+        return
+    FlowEngine(FlowSettings(estimator=estimator, weights=resolve_weights(raft_weights, estimator)))
 
 
 class placed:
@@ -112,14 +129,18 @@ class OpticalFlowSequence(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, estimator, raft_weights) -> bool | str:
+        return refusal(lambda: check_estimator(estimator, raft_weights))
+
+    @classmethod
     def execute(cls, frames: torch.Tensor, estimator: str, dis_preset: str, raft_weights: str, work_size: int,
                 batch_size: int) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] < 2:
             raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected at least 2 video frames "
                                  "(K, H, W, 3).")
-        settings = FlowSettings(estimator=estimator, preset=dis_preset,
-                                weights=resolve_weights(raft_weights) if estimator == "raft" else None,
-                                work_size=work_size, device=str(comfy.model_management.unet_offload_device()))
+        weights = resolve_weights(raft_weights, estimator)
+        settings = FlowSettings(estimator=estimator, preset=dis_preset, weights=weights, work_size=work_size,
+                                device=str(comfy.model_management.unet_offload_device()))
         engine = FlowEngine(settings)
         with placed(engine):
             motion = engine.consecutive(frames[..., :3].cpu(), batch=batch_size,
@@ -158,7 +179,7 @@ def keyframe_engine(motion: Motion, strategy: str) -> tuple[FlowEngine | None, s
                         record.get("estimator"), strategy, FALLBACK_STRATEGY)
             strategy = FALLBACK_STRATEGY
         return None, strategy
-    weights = resolve_weights(record.get("weights"))
+    weights = resolve_weights(record.get("weights"), record["estimator"])
     settings = FlowSettings.from_record(record, weights, device=str(comfy.model_management.unet_offload_device()))
     return FlowEngine(settings), strategy
 

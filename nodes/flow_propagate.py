@@ -18,8 +18,19 @@ from ..magicprop.motion.propagate import (
 )
 from ..magicprop.propagate import check_keyframes
 from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
-from .propagate import parse_keyframe_indices
 from .types import ExternalFlow, Flow
+from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
+
+
+def check_widgets(keyframe_indices: str | None, flow, external_flow) -> None:
+    """Every FlowPropagate error its widgets and connections decide alone (validate_inputs: before anything runs);
+    None is a widget turned into a socket, UNCONNECTED an optional socket left empty."""
+    if keyframe_indices is not None:
+        parse_keyframe_indices(keyframe_indices)
+    if (flow is UNCONNECTED) == (external_flow is UNCONNECTED):
+        state = "neither is" if flow is UNCONNECTED else "both are"
+        raise MagicPropError(f"flow and external_flow: {state} connected: connect exactly one, OpticalFlowSequence's "
+                             "flow of the frames to flow or controlnet_aux's OPTICAL_FLOW to external_flow.")
 
 
 class FlowPropagate(io.ComfyNode):
@@ -73,6 +84,12 @@ class FlowPropagate(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, frames, keyframe_indices="", flow=UNCONNECTED, external_flow=UNCONNECTED) -> bool | str:
+        # frames (a required socket, so always in the prompt) is named for the host to attach the refusal to: with
+        # both flows unconnected and keyframe_indices unset, no other named input is there to carry it
+        return refusal(lambda: check_widgets(keyframe_indices, flow, external_flow))
+
+    @classmethod
     def execute(cls, frames: torch.Tensor, reference: torch.Tensor, reference_index: int, strategy: str,
                 flow: Motion | None = None, external_flow: torch.Tensor | None = None,
                 flow_direction: str = "forward", keyframe_indices: str = "", keyframe_window: int = 8,
@@ -83,15 +100,8 @@ class FlowPropagate(io.ComfyNode):
         if reference.ndim != 4 or tuple(reference.shape[1:3]) != (h, w):
             raise MagicPropError(f"reference has shape {tuple(reference.shape)}: expected edited frame(s) of the "
                                  f"frames' size (N, {h}, {w}, 3); edit the frame at the video's size.")
-        keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, reference.shape[0]), k,
+        keys = check_keyframes(keyframes(reference_index, keyframe_indices, reference.shape[0]), k,
                                references=reference.shape[0])
-        if strategy not in STRATEGIES:
-            raise MagicPropError(f"strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
-        if carry not in CARRIES:
-            raise MagicPropError(f"carry {carry!r}: expected one of {list(CARRIES)}.")
-        if (flow is None) == (external_flow is None) and k > 1:
-            raise MagicPropError("FlowPropagate needs exactly one of flow (from OpticalFlowSequence) or external_flow "
-                                 "(controlnet_aux's OPTICAL_FLOW): connect one of them.")
         masks = None if mask is None else mask.float().cpu()  # its shape is checked by the core, before any work
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))

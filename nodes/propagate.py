@@ -35,22 +35,9 @@ from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
 from .model import PropDPMModel
 from .preview import FramePreviews
 from .types import APPEARANCE_KEY, Flow
+from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 
 log = get_logger(__name__)
-
-
-def parse_keyframe_indices(reference_index: int, indices: str, references: int) -> list[int]:
-    """Frame numbers of the references as given: `reference_index` for one reference and an empty
-    `keyframe_indices`, else the parsed list (checked by the core's check_keyframes)."""
-    if references == 1 and not indices.strip():
-        return [reference_index]
-    try:
-        return [int(v) for v in indices.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise MagicPropError(
-            f"keyframe_indices={indices!r}: expected comma-separated frame numbers, one per reference image, "
-            "e.g. \"0, 60, 119\"."
-        ) from None
 
 
 def node_run_inputs(vae, depth: torch.Tensor, reference: torch.Tensor, keys: list[int],
@@ -131,8 +118,6 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
                 f"mask has shape {tuple(mask.shape)}: expected 1 or {k} masks of {w}x{h} (one for all frames, or "
                 "one per frame)."
             )
-        if source_frames is None:
-            raise MagicPropError("mask needs source_frames: connect the source video frames (kept outside the mask).")
     config = model.model.model_config.magicprop
     if source_frames is not None:
         if source_frames.shape[:3] != (k, h, w):
@@ -145,6 +130,16 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
                     "(without a mask) are not used; a flow-guided PropDPM uses them.")
     check_flow_inputs(config, flow, source_frames)
     check_control_hints([positive, negative], k)
+
+
+def check_widgets(keyframe_indices: str | None, mask, source_frames) -> None:
+    """Every AutoregressivePropagate error its widgets and connections decide alone (validate_inputs: before
+    anything runs); None is a widget turned into a socket, UNCONNECTED an optional socket left empty."""
+    if keyframe_indices is not None:
+        parse_keyframe_indices(keyframe_indices)
+    if mask is not UNCONNECTED and source_frames is UNCONNECTED:
+        raise MagicPropError("mask is connected but source_frames is not: connect the source video frames to "
+                             "source_frames (kept outside the mask), or disconnect mask to edit every pixel.")
 
 
 def select_reference(conditioning: list, i: int) -> list:
@@ -277,6 +272,10 @@ class AutoregressivePropagate(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, keyframe_indices="", mask=UNCONNECTED, source_frames=UNCONNECTED) -> bool | str:
+        return refusal(lambda: check_widgets(keyframe_indices, mask, source_frames))
+
+    @classmethod
     def execute(cls, model, positive, negative, vae, depth: torch.Tensor, reference: torch.Tensor,
                 reference_index: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 reference_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -290,7 +289,7 @@ class AutoregressivePropagate(io.ComfyNode):
             )
         check_reference(reference, batch=True)
         k = depth.shape[0]
-        keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, reference.shape[0]), k,
+        keys = check_keyframes(keyframes(reference_index, keyframe_indices, reference.shape[0]), k,
                                references=reference.shape[0])
         check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames, flow)
         if not decode:

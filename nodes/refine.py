@@ -18,6 +18,7 @@ from ..magicprop.refine import (
     RefineRequest,
     RefineSettings,
     active,
+    check_denoise,
     check_refine_inputs,
     denoise_levels,
     flow_refine,
@@ -29,8 +30,9 @@ from .denoiser import check_control_hints, frame_conditioning
 from .flow import check_flow
 from .model import PropDPMModel
 from .preview import FramePreviews
-from .propagate import ProgressReporter, parse_keyframe_indices
+from .propagate import ProgressReporter
 from .types import Flow
+from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 
 
 def timestep_range(model_sampling, sigmas: torch.Tensor) -> tuple[float, float]:
@@ -108,8 +110,23 @@ class ComfyFrameRefiner:
         return list(self.vae.decode(samples))
 
 
+def check_widgets(mode: str | None, denoise: float | None, filled_denoise: float | None, keyframe_indices: str | None,
+                  flow) -> None:
+    """Every FlowRefine error its widgets decide alone (validate_inputs: before anything runs). None is a widget
+    turned into a socket (checked in execute by the core); flow is UNCONNECTED when no flow is connected."""
+    if mode is not None:
+        RefineSettings(mode=mode).check()  # the core's check of mode (the other settings at their defaults)
+    if denoise is not None and filled_denoise is not None:
+        check_denoise(denoise, filled_denoise)
+    if keyframe_indices is not None:
+        parse_keyframe_indices(keyframe_indices)
+    if mode == "loopback" and flow is UNCONNECTED:
+        raise MagicPropError("mode 'loopback' needs flow, which is not connected: connect OpticalFlowSequence's flow "
+                             "of the source frames to flow, or pick mode 'per_frame'.")
+
+
 def check_inputs(model, positive, negative, images: torch.Tensor, filled, flow, mode: str) -> None:
-    """Every input error the node can see, before any encoding or sampling."""
+    """Every input error the node can see in its inputs' values, before any encoding or sampling."""
     if isinstance(getattr(model, "model", None), PropDPMModel):
         raise MagicPropError("model is a PropDPM (from Load PropDPM): FlowRefine refines with an image model (an SD "
                              "checkpoint); propagate with PropDPM through AutoregressivePropagate instead.")
@@ -119,10 +136,7 @@ def check_inputs(model, positive, negative, images: torch.Tensor, filled, flow, 
     if h % 8 or w % 8:
         raise MagicPropError(f"images are {w}x{h}: the VAE needs sides that are multiples of 8; resize the frames "
                              "(e.g. Upscale Image to a multiple of 8) before OpticalFlowSequence and FlowPropagate.")
-    if mode == "loopback" and k > 1:
-        if flow is None:
-            raise MagicPropError("mode 'loopback' needs flow: connect OpticalFlowSequence's flow of the source "
-                                 "frames, or pick mode 'per_frame'.")
+    if mode == "loopback" and k > 1 and flow is not None:  # whether it is connected: check_widgets
         check_flow(flow, images)
     check_control_hints([positive, negative], k)
 
@@ -197,6 +211,10 @@ class FlowRefine(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, mode, denoise, filled_denoise, keyframe_indices="", flow=UNCONNECTED) -> bool | str:
+        return refusal(lambda: check_widgets(mode, denoise, filled_denoise, keyframe_indices, flow))
+
+    @classmethod
     def execute(cls, model, positive, negative, vae, images: torch.Tensor, mode: str, reference_index: int,
                 seed: int, noise: str, steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float,
                 filled_denoise: float, filled: torch.Tensor | None = None, flow=None, keyframe_indices: str = "",
@@ -204,7 +222,7 @@ class FlowRefine(io.ComfyNode):
                 max_batch: int = 0) -> io.NodeOutput:
         check_inputs(model, positive, negative, images, filled, flow, mode)
         k = images.shape[0]
-        keys = check_keyframes(parse_keyframe_indices(reference_index, keyframe_indices, 1), k)
+        keys = check_keyframes(keyframes(reference_index, keyframe_indices, 1), k)
         settings = RefineSettings(mode=mode, noise=noise, seed=seed, denoise=denoise, filled_denoise=filled_denoise,
                                   border=border, window=keyframe_window, max_batch=max_batch)
         frames = images[..., :3].float().cpu()

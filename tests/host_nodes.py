@@ -12,3 +12,22 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from harness.tiny_nodes import CONTROL_LOG, TEST_NODES, register  # noqa: E402, F401
+
+
+class TestSpy:
+    """Passes its input on (None without one) and records each run: put upstream of a node, it tells whether
+    anything upstream ran before the node's error (a prompt refused by validation runs nothing)."""
+
+    runs: list = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"optional": {"value": ("*",)}}
+
+    RETURN_TYPES = ("*",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, value=None):
+        TestSpy.runs.append(value)
+        return (value,)

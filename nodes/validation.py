@@ -1,0 +1,69 @@
+"""What the nodes' `validate_inputs` share, and the keyframe_indices widget's syntax.
+
+ComfyUI calls a v3 node's `validate_inputs` when the prompt is queued, before any node of it runs (v0.8
+`execution.validate_inputs`), so every check that a widget value, or whether a socket is connected, decides alone
+belongs there and not in `execute`; checks of tensors stay in `execute` and the core.
+
+How the host calls it: only the inputs named in its signature are passed. A widget comes with its value; a connected
+socket comes as None (its value does not exist yet); an optional socket left unconnected is not passed at all, so
+its parameter keeps the default UNCONNECTED. A widget turned into a socket also comes as None: its check then happens
+in `execute`, through the same function. The host skips its own min/max/options check of every input the signature
+names, so a named widget is checked here in full. A returned string refuses the prompt: the host shows it once per
+named input that the prompt holds (so signatures name only what their checks need) and drops it when the prompt holds
+none of them (so a check about unconnected sockets also names a required input).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ..magicprop.errors import MagicPropError
+
+UNCONNECTED = object()
+"""Default of an optional socket in a `validate_inputs` signature: the host leaves it out when nothing is connected
+(and passes None when something is)."""
+
+KEYFRAME_FORMAT = ('write one frame number (0 = the first frame) per reference image, separated by commas, e.g. '
+                   '"0, 60, 119"')
+_FRAME_NUMBER = re.compile(r"[0-9]+")
+_NEGATIVE = re.compile(r"-[0-9]+")
+
+
+def refusal(check: Callable[[], object]) -> bool | str:
+    """`validate_inputs`' answer: True, or the one-line message of the MagicPropError that `check` raised."""
+    try:
+        check()
+    except MagicPropError as e:
+        return str(e)
+    return True
+
+
+def parse_keyframe_indices(text: str) -> list[int]:
+    """The frame numbers the keyframe_indices widget gives: separated by commas (or semicolons), each 0 or more,
+    distinct and increasing; [] for an empty widget. Raises MagicPropError naming the widget and the fix."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.replace(";", ",").split(",")]
+    for n, item in enumerate(items, 1):
+        if not item:
+            raise MagicPropError(f"keyframe_indices {text!r}: item {n} is empty: {KEYFRAME_FORMAT}.")
+        if _NEGATIVE.fullmatch(item):
+            raise MagicPropError(f"keyframe_indices {text!r}: {item} is negative (frames count from 0): "
+                                 f"{KEYFRAME_FORMAT}.")
+        if not _FRAME_NUMBER.fullmatch(item):
+            raise MagicPropError(f"keyframe_indices {text!r}: {item!r} is not a frame number: {KEYFRAME_FORMAT}.")
+    indices = [int(item) for item in items]
+    for a, b in zip(indices, indices[1:]):
+        if b <= a:
+            problem = f"{b} comes twice" if a == b else f"{b} comes after {a}"
+            raise MagicPropError(f"keyframe_indices {text!r}: {problem}: give each edited frame once, in increasing "
+                                 "order (the order of the reference images in the batch).")
+    return indices
+
+
+def keyframes(reference_index: int, keyframe_indices: str, references: int) -> list[int]:
+    """Frame numbers of a run's references: `reference_index` for one reference and an empty keyframe_indices, else
+    the widget's list (its count and range are checked against the clip by the core's check_keyframes)."""
+    indices = parse_keyframe_indices(keyframe_indices)
+    return [reference_index] if references == 1 and not indices else indices
