@@ -19,6 +19,7 @@ Displacement Optical Flow", ECCV 2010) gives per-pixel validity.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -501,7 +502,7 @@ class FlowEngine:
         first = next(it, None)
         if first is None:
             raise MagicPropError("flow frames: got fewer than 2 frames; expected at least 2.")
-        return self._collect(_chain(first, it), total, size[0], callback)
+        return self._collect(itertools.chain([first], it), total, size[0], callback)
 
     def to_keyframe(self, frames: torch.Tensor | Iterable, keyframe: torch.Tensor, batch: int = 8,
                     callback: Callable[[int], None] | None = None) -> Motion:
@@ -531,11 +532,6 @@ class FlowEngine:
                 yield torch.stack(held), key.expand(len(held), -1, -1, -1)
 
         return self._collect(pairs(), total, size, callback)
-
-
-def _chain(first, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
 
 
 __all__ = [

@@ -303,6 +303,19 @@ against +9.36). The fill of the residual is its pull-push continuation from the 
 was carried, the frame gets the mapping plus that smooth continuation."""
 
 
+def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+    """k -> frame k through `mapping` as (1, 3, h, w); the last frame is kept (a chain asks for each one twice)."""
+    last: dict = {}
+
+    def look(k: int) -> torch.Tensor:
+        if last.get("k") != k:
+            last.clear()
+            last.update(k=k, img=mapping.apply(frame(k)).permute(2, 0, 1)[None])
+        return last["img"]
+
+    return look
+
+
 def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
     """(1, C, H, W) values known where weight (1, 1, H, W) is 1, extended smoothly into the rest (weight 0).
 
@@ -445,12 +458,7 @@ def flow_propagate(
             mapping = mapping.global_only()
             reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
 
-        def look(k: int, mapping=mapping, last={}) -> torch.Tensor:  # noqa: B006 (one frame cached per chain)
-            if last.get("k") != k:
-                last.clear()
-                last.update(k=k, img=mapping.apply(frame(k)).permute(2, 0, 1)[None])
-            return last["img"]
-
+        look = _mapped_frames(mapping, frame)
         fill = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, fill):
             if carry == "residual":
