@@ -20,24 +20,8 @@ holds these same re-encoded composites (a VAE Decode of it gives the composite t
 IMAGE output is the composite in pixels). With the composite off, the model's own latent feeds frame k+1 and is the
 LATENT output (the model alone).
 
-Measured (the choice of both defaults): 3 held-out synthetic demo clips (DEMO_SEED + 0..2, 128 px, 30 frames after the
-reference, bounce), 10 steps, flow-guided PropDPMs fine-tuned from `propdpm-main` on 120 synthetic clips with DIS
-medium; mean PSNR over all pixels / over flow propagation's filled pixels (44-59% of the pixels on these clips):
-
-    fed to frame k+1 / filled pixels:       latent, grey    composite, grey    latent, fill     composite, fill
-    zero-initialised (= propdpm-main)      20.08 / 18.10   20.79 / 19.07      20.08 / 18.10    20.79 / 19.07
-    2k steps, lr 1e-4                      20.21 / 18.27   20.79 / 19.08      20.30 / 18.39    20.81 / 19.10
-    4k steps, lr 3e-4                      20.42 / 18.55   20.78 / 19.06      20.49 / 18.63    20.79 / 19.08
-    4k steps, lr 3e-4, prev noise aug 0.4  20.58 / 18.72   20.93 / 19.23      20.29 / 18.33    20.96 / 19.27
-    (flow propagation alone, guided + residual: 20.96 / 19.26)
-
-The composite feeding frame k+1 wins for every model (+0.35 to +0.71 dB over all pixels, +0.51 to +0.97 dB on the
-filled ones). Blanking against keeping flow propagation's fill is within 0.04 dB with the composite feeding k+1 and
-differs in sign between models with the latent feeding it (-0.12 to +0.39 dB); blanking is kept, as trained. None of
-these small fine-tunes beats flow propagation yet (shipped models and benchmark rows come with issue 14's items 4-5).
-Paired training (flow on the source frames, the EDIT frame as the reference, the fill kept, 100 clips, 4k steps) gained
-+0.34 / +0.42 dB over the zero-initialised model in a second run of the protocol but stayed under flow propagation:
-20.96 / 19.21 against 21.08 / 19.37 (the same flow propagation measured 0.12 dB higher there; cause not settled).
+Both defaults (composite feeding frame k+1, grey blanking) were chosen by a measured trial: docs/decisions.md,
+"Flow-guided PropDPM: feedback and blanking".
 """
 
 from __future__ import annotations
@@ -62,7 +46,7 @@ ESTIMATOR_KEYS = ("estimator", "preset", "work_size", "raft_iterations", "weight
 FEEDBACK = ("latent", "composite")
 """What feeds the next frame (and the LATENT output): the model's latent, or the pixel composite re-encoded."""
 DEFAULT_FEEDBACK = "composite"
-"""With the composite on (measured best, module docstring); with it off the model's latent feeds the next frame."""
+"""With the composite on (measured best: docs/decisions.md); with it off the model's latent feeds the next frame."""
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 """(B, H, W, 3) images in [0, 1] -> (B, 4, h, w) unscaled VAE latents (either backend's VAE)."""

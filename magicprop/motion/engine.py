@@ -9,7 +9,7 @@ Estimators come from well-kept libraries, picked by name from `ESTIMATORS`:
 - "raft": torchvision's RAFT (Teed & Deng, "RAFT: Recurrent All-Pairs Field Transforms", ECCV 2020), small or large
   (told apart by the weights file), from a local weights file; nothing is downloaded.
 
-Conventions (see MOTION_API.md): images (N, H, W, 3) floats in [0, 1]; flows (N, 2, h, w) float32 in pixels of the
+Conventions: images (N, H, W, 3) floats in [0, 1]; flows (N, 2, h, w) float32 in pixels of the
 resolution they are stored at, channel 0 = x; flow_{a->b}(p) = where the content at p in a is found in b.
 Flow is estimated at a working resolution whose long side is `FlowSettings.work_size` (never upscaled).
 Forward-backward consistency (Sundaram, Brox, Keutzer, "Dense Point Trajectories by GPU-Accelerated Large

@@ -45,11 +45,8 @@ CUT_MAX_VALID = 0.5
 CUT_NEIGHBOURS = 5
 """Pairs on each side whose median validity a pair is compared with."""
 OCCLUSION_CHECK = {"alpha": 0.05, "beta": 2.0}
-"""A looser forward-backward check of composed flows that matches ground-truth occlusion best: on synthetic clips
-moving 3 px per frame, pairs 8-12 frames apart, precision / recall of the invalid class 0.71-0.89 / 0.73-0.89 with
-it, 0.47-0.67 / 0.86-0.98 with the engine's defaults (tests/test_occlusion.py). Propagation keeps the defaults: a
-drifted sample that passes the looser check is worse than the fill (bigbuckbunny, false colour, accumulate:
-24.34 / 18.56 / 17.57 dB with the defaults, 22.72 / 16.82 / 15.65 with this)."""
+"""The forward-backward check that best matches true occlusion on composed flows (for finding occlusion; propagation
+keeps the engine's stricter defaults: docs/decisions.md, "Occlusion check")."""
 
 
 @dataclass
@@ -279,15 +276,7 @@ STRATEGIES: dict[str, Callable] = {
 KEYFRAME_FLOW_STRATEGIES = frozenset({"direct", "mixed", "guided"})
 """Strategies that estimate new flow (frame -> keyframe) with the engine; the others need only the motion."""
 DEFAULT_STRATEGY = "guided"
-"""Chosen by `bench real`'s rule (bench/results/real.json: rows passing every acceptance margin first, then the mean
-PSNR over both suites), with the residual carry, DIS medium: guided is the only strategy that passes. Known motion
-(stills moved along a known path, reference = widest view), worst window's gain over copy-reference and worst drop
-from frames 1-30 to 91-120: guided +9.49 / 1.53 dB, direct +6.22 / 3.97, mixed +5.98 / 7.38, chain +3.81 / 10.58,
-accumulate +3.43 / 11.45; mean window PSNR there guided 27.8, direct 21.5. Composed flows drift and chaining
-resamples and piles up flow noise; one estimate straight to the keyframe fails where the camera moved far from it
-(DIS fills 33-64% of each frame there against 13-20%), which the refinement from the accumulated guess reaches and the
-homography snapping makes precise. On colour edits every strategy is within 0.7 dB on the mean (the residual carry
-makes them the mapping's job). `bench quality` (bench/results/quality.json) is in the README."""
+"""The only strategy that passes every acceptance margin of `bench real` (docs/decisions.md, "Default strategy")."""
 
 
 CARRIES = ("edit", "residual")
@@ -296,11 +285,7 @@ mapping. "residual": the edit less what its global colour mapping predicts from 
 mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
 registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
 DEFAULT_CARRY = "residual"
-"""Chosen by `bench real` (bench/results/real.json), guided, DIS medium: colour edits of real clips are then what the
-mapping explains (worst window 45.7 dB against 21.8 carrying the edit; colour transfer alone 46.2); spatial edits keep
-the frame's own detail (known motion, mean window 27.8 dB against 25.9 carrying the edit, worst gain over copy +9.49
-against +9.36). The fill of the residual is its pull-push continuation from the carried pixels around: where nothing
-was carried, the frame gets the mapping plus that smooth continuation."""
+"""Colour edits become exact and spatial edits keep each frame's own detail (docs/decisions.md, "Default carry")."""
 
 
 def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
