@@ -63,13 +63,17 @@ def crop_to_grid(frames: torch.Tensor, what: str = "frames", notice: bool = True
 
 
 def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
-    """An image file -> (1, H, W, 3) float32 in [0, 1]."""
+    """An image file -> (1, H, W, 3) float32 in [0, 1] (PNG through `video.read_png`, other formats through PIL)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
         raise MagicPropError(f"{what} {str(p)!r} does not exist; pass the path of an image file (png, jpg ...).")
+    if p.suffix.lower() == ".png":  # 16-bit PNGs keep their depth, as in a frame folder
+        from .video import read_png
+
+        return read_png(p, what)[None]
     try:
         with Image.open(p) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0

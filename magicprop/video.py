@@ -69,15 +69,16 @@ def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
     return files
 
 
-def read_png(path: str | Path) -> torch.Tensor:
-    """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder."""
+def read_png(path: str | Path, what: str = "frame") -> torch.Tensor:
+    """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder.
+    The one PNG reader: frame folders, masks and single images (`frames.load_image`) keep their bit depth alike."""
     import av
 
     try:
         with av.open(str(path)) as c:
             frame = next(c.decode(video=0))
     except (av.error.FFmpegError, StopIteration) as e:
-        raise MagicPropError(f"frame {str(path)!r} is not a readable PNG ({e}); re-export the frame.") from None
+        raise MagicPropError(f"{what} {str(path)!r} is not a readable PNG ({e}); re-export it.") from None
     if frame.format.name.startswith(("rgb48", "rgba64", "gray16", "ya16")):
         return torch.from_numpy(frame.to_ndarray(format="rgb48le").astype(np.float32) / 65535.0)
     return torch.from_numpy(frame.to_ndarray(format="rgb24")).float() / 255.0

@@ -16,6 +16,7 @@ from magicprop.backend import DiffusersDenoiser, StandaloneModels
 from magicprop.cli import main
 from magicprop.depth import DepthEstimator, align_clip_depth, depth_to_latent_grid
 from magicprop.frames import crop_to_grid, resize_width, save_image
+from magicprop.log import PREFIX
 from magicprop.propagate import propagate
 from magicprop.video import probe, read_frames, write_video
 
@@ -195,5 +196,5 @@ def test_a_short_video_is_written_with_a_notice(tmp_path, tiny_models, bikes, ca
         assert main(args) == 0
     assert read_frames(out).shape[0] == 4
     notices = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert notices == ["short.mp4 has 4 frames (after --stride 1) where --frames asked for 200; writing 4 frames."], \
-        caplog.text
+    assert notices == [PREFIX + "short.mp4 has 4 frames (after --stride 1) where --frames asked for 200; "
+                       "writing 4 frames."], caplog.text

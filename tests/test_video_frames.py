@@ -97,3 +97,17 @@ def test_mp4_and_folder_hold_the_same_frames(tmp_path, bikes):
     write_frames(tmp_path / "png", iter(frames))
     assert torch.equal(read_frames(tmp_path / "png"), torch.round(frames * 255) / 255)
     assert torch.equal(read_frames(tmp_path / "png"), frames)  # decoded 8-bit frames survive PNG exactly
+
+
+def test_a_single_png_and_a_frame_folder_are_read_alike_at_16_bits(tmp_path):
+    """`--mask image.png` and a mask folder take the same PNG reader: a 16-bit mask keeps its depth in both."""
+    from magicprop.frames import load_image
+
+    ramp = torch.linspace(0, 1, 12 * 10).reshape(12, 10, 1).expand(12, 10, 3).contiguous()
+    write_png(tmp_path / "mask.png", ramp, bits=16)
+    single = load_image(tmp_path / "mask.png", "--mask")
+    assert single.shape == (1, 12, 10, 3) and torch.equal(single[0], read_png(tmp_path / "mask.png"))
+    assert (single[0] - ramp).abs().max() <= 0.5 / 65535 + 1e-7  # not the 1/255 steps of an 8-bit read
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(MagicPropError, match=r"^--mask .*bad\.png' is not a readable PNG"):
+        load_image(tmp_path / "bad.png", "--mask")

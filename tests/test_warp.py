@@ -11,6 +11,7 @@ import torch
 
 from magicprop.cli import main
 from magicprop.frames import load_image, resize_width, save_image
+from magicprop.log import PREFIX
 from magicprop.motion.engine import FlowEngine, FlowSettings
 from magicprop.motion.propagate import DEFAULT_STRATEGY, flow_propagate
 from magicprop.video import probe, read_frames, to_uint8, write_frames
@@ -153,8 +154,8 @@ def test_cut_notices_on_bikes(tmp_path, bikes, caplog):
     with caplog.at_level("INFO", logger="magicprop"):
         assert main(["-q", "warp", "--video", str(bikes), "--reference", str(reference), "--reference-index", "0",
                      "--out", f"{tmp_path}/out/", "--frames", "100", "--width", "160", "--strategy", "accumulate"]) == 0
-    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hard cut at frame")]
-    assert [int(m.split()[4]) for m in notices] == [30, 76], notices
+    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith(PREFIX + "hard cut at frame")]
+    assert [int(m.split()[5]) for m in notices] == [30, 76], notices
     assert all("add an edited keyframe at frame" in m for m in notices)
 
 
