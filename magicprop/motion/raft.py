@@ -8,7 +8,7 @@ torch.load(weights_only=True) so that no code in the file runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +16,15 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..log import get_logger
 
-if TYPE_CHECKING:
-    from .engine import FlowSettings
-
 logger = get_logger(__name__)
+
+
+class RAFTSettings(Protocol):
+    """What RAFT reads of `engine.FlowSettings` (structurally: the engine imports this module, not the reverse)."""
+
+    weights: str | None
+    device: str
+    raft_iterations: int
 
 
 class RAFTEstimator:
@@ -28,7 +33,7 @@ class RAFTEstimator:
 
     MIN_SIDE = 128
 
-    def __init__(self, settings: FlowSettings):
+    def __init__(self, settings: RAFTSettings):
         self.check(settings)
         from torchvision.models.optical_flow import raft_large, raft_small
 
@@ -49,7 +54,7 @@ class RAFTEstimator:
         logger.info("flow: torchvision %s loaded from %s on %s", variant, Path(settings.weights).name, settings.device)
 
     @staticmethod
-    def check(settings: FlowSettings) -> None:
+    def check(settings: RAFTSettings) -> None:
         # worded for every caller (CLI, Python API, nodes): no flag or widget names here; OpticalFlowSequence refuses
         # a missing file in its raft_weights widget before this is reached (nodes/flow.py resolve_weights)
         fix = ("give a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) as the flow "
