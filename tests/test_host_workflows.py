@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "upload")
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".onnx", ".gguf")  # the frontend's
 
 
 def ui_to_api(ui: dict, node_classes: dict) -> dict:
@@ -21,6 +23,8 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
     links = {link[0]: link for link in ui["links"]}
     api = {}
     for node in ui["nodes"]:
+        if node["type"] in FRONTEND_ONLY:  # a note: never sent to the server
+            continue
         spec = node_classes[node["type"]].INPUT_TYPES()
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         values = iter(node.get("widgets_values", []))
@@ -51,6 +55,53 @@ def test_workflows_are_listed_as_templates():
         ui = json.loads(path.read_text())
         assert ui["version"] == 0.4 and ui["nodes"] and ui["links"]
         assert (ROOT / "workflows" / "api" / path.name).is_file()
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_template_has_a_thumbnail_and_a_note(path):
+    """The workflow browser shows <name>.jpg (it asks for .jpg only); the note says what the workflow needs."""
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file() and thumb.stat().st_size < 80_000
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size[0] == im.size[1]
+    ui = json.loads(path.read_text())
+    (note,) = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    text = note["widgets_values"][0]
+    assert "depth_estimation/" in text and "25-35 s" in text
+    if any(n["type"] == "PropDPMLoader" for n in ui["nodes"]):
+        assert "magicprop/" in text and "none is shipped" in text
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_models_are_declared_for_the_missing_models_panel(path):
+    """Every model file a loader names that has a public download is declared on its node (properties.models) and
+    at the top (models), with the folder it goes in and a url (ComfyUI's workflow schema requires both)."""
+    ui = json.loads(path.read_text())
+    top = {m["name"]: m for m in ui["models"]}
+    for node in ui["nodes"]:
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_EXTENSIONS)]
+        declared = {m["name"]: m for m in node["properties"].get("models", [])}
+        for name in files:
+            if node["type"] == "PropDPMLoader":  # trained by the user: no url, so not declarable
+                assert name not in declared
+                continue
+            assert declared[name] == top[name]
+            assert declared[name]["url"].startswith("https://huggingface.co/") and declared[name]["directory"]
+    assert {m["directory"] for m in top.values()} >= {"checkpoints", "controlnet"}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_flow_preview_does_not_cover_the_next_node(path):
+    """OpticalFlowSequence shows flow images after a run: the node below it in its column starts past that room."""
+    ui = json.loads(path.read_text())
+    for node in ui["nodes"]:
+        if node["type"] != "OpticalFlowSequence":
+            continue
+        x, y = node["pos"]
+        below = [n["pos"][1] for n in ui["nodes"] if n["pos"][0] == x and n["pos"][1] > y]
+        assert not below or min(below) >= y + node["size"][1] + 250
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)

@@ -3,6 +3,8 @@ templates) and its API-format twin (workflows/api/*.json, run by the tests).
 
     python workflows/build.py
 
+    python workflows/build.py --thumbnails   # also the browser's pictures, workflows/<name>.jpg (thumbnails.py)
+
 Widget values follow ComfyUI's order (a seed widget is followed by its "control after generate" value, an upload
 combo by its upload button's value). The tests convert each UI file back to API format with the host's own node
 definitions and compare it with its twin, so an edit to one file that is not made to the other is caught.
@@ -21,6 +23,29 @@ sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
 from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
 
 FILMSTRIP_NODES = ("AutoregressivePropagate", "FlowRefine")
+PREVIEW_ROOM = {"KSampler": 280, "AutoregressivePropagate": 280, "FlowRefine": 280,
+                "OpticalFlowSequence": 260}  # room below a node for what a run shows on it (previews, images)
+NOTE_TYPES = ("MarkdownNote",)  # frontend-only nodes: in the UI file, not in the API twin
+
+# Models as ComfyUI's missing-models panel reads them: `properties.models` of the loader whose widget holds the name
+# (and the workflow's top-level `models`); each entry needs a download url (the frontend's schema requires one).
+# Folders (DepthSequence's depth model) and files with no public download (a PropDPM, trained by the user) cannot be
+# declared this way: the panel only checks widget values that are model file names, and rejects an entry without
+# url. The workflow's note names their folders instead.
+DOWNLOADS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+        "v1-5-pruned-emaonly-fp16.safetensors", "checkpoints"),
+    "control_v11f1p_sd15_depth_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11f1p_sd15_depth_fp16.safetensors", "controlnet"),
+    "clip-vit-large-patch14.safetensors": (
+        "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors", "clip_vision"),
+}
+DEPTH_MODEL = "Depth-Anything-V2-Small-hf"
+CPU_NOTE = ("On a CPU: a full SD1.5 step takes 25-35 s on 2 cores, so the edit of frame 0 (25 steps) takes about "
+            "12 min and PropDPM about 10 min per frame (20 steps); a GPU is advised. Flow propagation alone "
+            "takes seconds per frame.")
 
 
 @dataclass
@@ -34,20 +59,29 @@ class Node:
     title: str | None = None
     col: int = 0
     extra_widget_values: dict = field(default_factory=dict)  # widget name -> values that follow it in the UI
+    size: tuple | None = None  # (w, h) when not the default
 
 
 class Graph:
     def __init__(self, name: str) -> None:
         self.name, self.nodes = name, {}
 
-    def add(self, node_id, node_type, col, inputs=(), outputs=(), widgets=None, links=None, title=None, after=None):
+    def add(self, node_id, node_type, col, inputs=(), outputs=(), widgets=None, links=None, title=None, after=None,
+            size=None):
         self.nodes[node_id] = Node(node_id, node_type, dict(widgets or {}), dict(links or {}), list(outputs),
-                                   list(inputs), title, col, dict(after or {}))
+                                   list(inputs), title, col, dict(after or {}), size)
         return node_id
+
+    def note(self, node_id: int, col: int, text: str, height: int = 330) -> int:
+        """A Markdown note (frontend only): what the workflow does and needs."""
+        return self.add(node_id, "MarkdownNote", col, widgets={"text": text}, title="About this workflow",
+                        size=(340, height))
 
     def api(self) -> dict:
         out = {}
         for n in self.nodes.values():
+            if n.type in NOTE_TYPES:
+                continue
             inputs = dict(n.widgets)
             for name, (src, slot) in n.links.items():
                 inputs[name] = [str(src), slot]
@@ -62,14 +96,14 @@ class Graph:
             y = rows.get(n.col, 0.0)
             height = 46 + 24 * (max(len(n.inputs), len(n.outputs)) + len(n.widgets))
             height += 90 if n.type in FILMSTRIP_NODES else 0  # its filmstrip
-            room = 280 if n.type in ("KSampler", *FILMSTRIP_NODES) else 0  # the step preview grows it
-            rows[n.col] = y + height + room + 60
+            width, height = n.size or (340, height)
+            rows[n.col] = y + height + PREVIEW_ROOM.get(n.type, 0) + 60
             values = []
             for name, value in n.widgets.items():
                 values.append(value)
                 values.extend(n.extra_widget_values.get(name, []))
             ui_nodes[n.id] = {
-                "id": n.id, "type": n.type, "pos": [n.col * 380, y], "size": [340, height], "flags": {},
+                "id": n.id, "type": n.type, "pos": [n.col * 380, y], "size": [width, height], "flags": {},
                 "order": order, "mode": 0,
                 "inputs": [{"name": name, "type": kind, "link": None} for name, kind in n.inputs],
                 "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i}
@@ -79,6 +113,9 @@ class Graph:
             }
             if n.title:
                 ui_nodes[n.id]["title"] = n.title
+            models = [_model(v) for v in n.widgets.values() if isinstance(v, str) and v in DOWNLOADS]
+            if models:
+                ui_nodes[n.id]["properties"]["models"] = models
         for n in self.nodes.values():
             for name, (src, slot) in n.links.items():
                 link_id += 1
@@ -95,8 +132,43 @@ class Graph:
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "magicprop/" + self.name)), "revision": 0,
             "last_node_id": max(self.nodes), "last_link_id": link_id, "nodes": list(ui_nodes.values()),
             "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}},
-            "version": 0.4,
+            "version": 0.4, "models": self.models(),
         }
+
+    def models(self) -> list[dict]:
+        """The workflow's downloadable models, once each, in node order."""
+        names = dict.fromkeys(v for n in self.nodes.values() for v in n.widgets.values()
+                              if isinstance(v, str) and v in DOWNLOADS)
+        return [_model(name) for name in names]
+
+
+def _model(name: str) -> dict:
+    url, directory = DOWNLOADS[name]
+    return {"name": name, "url": url, "directory": directory}
+
+
+def note_text(title: str, what: str, needs: list[str], extra: str = "") -> str:
+    """The note of a workflow: its title, what it does, the models it needs (with their folders), CPU time."""
+    lines = [f"## {title}", "", what, "", "**Models** (folders under `ComfyUI/models/`):", ""]
+    lines += [f"- {n}" for n in needs]
+    if extra:
+        lines += ["", extra]
+    lines += ["", f"*{CPU_NOTE}*"]
+    return "\n".join(lines)
+
+
+SD15 = "`checkpoints/v1-5-pruned-emaonly-fp16.safetensors` (SD1.5; any SD1.5 checkpoint works)"
+CNET = "`controlnet/control_v11f1p_sd15_depth_fp16.safetensors` (SD1.5 depth ControlNet)"
+DEPTH = (f"`depth_estimation/{DEPTH_MODEL}/`: a transformers **folder** (save `depth-anything/{DEPTH_MODEL}` "
+         "there); ComfyUI's missing-models panel checks single files only, so it does not list this folder")
+CLIPV = ("`clip_vision/clip-vit-large-patch14.safetensors`: OpenAI CLIP ViT-L/14 (`model.safetensors` of "
+         "`openai/clip-vit-large-patch14`, saved under this name)")
+
+
+def propdpm_needs(checkpoint: str, flow_guided: bool = False) -> str:
+    kind = "a flow-guided PropDPM" if flow_guided else "a PropDPM"
+    return (f"`magicprop/{checkpoint}`: {kind} **that you train** (`python -m magicprop train`, see the README); "
+            "none is shipped and there is no download, so the missing-models panel cannot offer one")
 
 
 def video_frames(g: Graph, frames: int = 16, width: int = 512, height: int = 288) -> None:
@@ -138,7 +210,7 @@ def image_edit_models(g: Graph, prompt: str) -> None:
           widgets={"text": "blurry, low quality, deformed"}, outputs=[("CONDITIONING", "CONDITIONING")],
           title="Negative prompt")
     g.add(11, "ControlNetLoader", 3, outputs=[("CONTROL_NET", "CONTROL_NET")],
-          widgets={"control_net_name": "control_v11f1p_sd15_depth.safetensors"})
+          widgets={"control_net_name": "control_v11f1p_sd15_depth_fp16.safetensors"})
     g.add(12, "ControlNetApplyAdvanced", 3,
           inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("control_net", "CONTROL_NET"),
                   ("image", "IMAGE"), ("vae", "VAE")],
@@ -204,6 +276,11 @@ def restyle() -> Graph:
     image_edit_models(g, "a watercolor painting of cyclists on a sunny street, vivid colours")
     edit_whole_frame(g)
     propagation(g, (15, 0), 0, col=5)
+    g.note(40, 0, note_text(
+        "Restyle a video (PropDPM)",
+        "Edit frame 0 with SD1.5 + depth ControlNet + the prompt (KSampler), then AutoregressivePropagate carries "
+        "the edit to every frame with a PropDPM; saved with the source fps and audio.",
+        [SD15, CNET, DEPTH, CLIPV, propdpm_needs("propdpm.safetensors")]))
     return g
 
 
@@ -239,6 +316,11 @@ def local_edit() -> Graph:
           title="Edited reference (source outside the mask)")
     g.add(22, "PreviewImage", 4, inputs=[("images", "IMAGE")], links={"images": (27, 0)})
     propagation(g, (27, 0), 0, col=5, mask=(25, 0))
+    g.note(40, 0, note_text(
+        "Local edit in a mask (PropDPM)",
+        "Inpaint the masked region of frame 0 with SD1.5, then AutoregressivePropagate carries it inside the mask; "
+        "outside it every frame keeps the source. Draw your own mask in a Load Image mask editor.",
+        [SD15, CNET, DEPTH, CLIPV, propdpm_needs("propdpm.safetensors")]))
     return g
 
 
@@ -261,6 +343,13 @@ def flow_guided() -> Graph:
     edit_whole_frame(g)
     optical_flow(g, col=5)
     propagation(g, (15, 0), 0, col=5, flow=(30, 0), checkpoint="propdpm-flow-guided.safetensors")
+    g.note(40, 0, note_text(
+        "Flow-guided PropDPM restyle (train your own)",
+        "Like the PropDPM restyle, with a **flow-guided** PropDPM: the edit is carried along the clip's optical flow "
+        "where the flow sees it and the model paints the rest. It needs a flow-guided PropDPM that **you train** "
+        "(`python -m magicprop train` with `train.flow_guided = true`, flow estimated as OpticalFlowSequence does "
+        "here); none is shipped.",
+        [SD15, CNET, DEPTH, CLIPV, propdpm_needs("propdpm-flow-guided.safetensors", flow_guided=True)]))
     return g
 
 
@@ -290,6 +379,12 @@ def flow_restyle() -> Graph:
           outputs=[("VIDEO", "VIDEO")], title="Video (source fps and audio)")
     g.add(21, "SaveVideo", 6, inputs=[("video", "VIDEO")], links={"video": (20, 0)},
           widgets={"filename_prefix": f"magicprop/{g.name}", "format": "auto", "codec": "auto"})
+    g.note(40, 0, note_text(
+        "Restyle along optical flow (no PropDPM)",
+        "Edit frame 0 with SD1.5 + depth ControlNet + the prompt, then OpticalFlowSequence + FlowPropagate carry "
+        "the edit to every frame along the clip's optical flow; saved with the source fps and audio. Needs no "
+        "trained model of this pack.",
+        [SD15, CNET, DEPTH]))
     return g
 
 
@@ -321,19 +416,29 @@ def flow_refine() -> Graph:
     g.nodes[20].col = g.nodes[21].col = 8
     g.nodes[20].links["images"] = (34, 0)
     g.nodes[21].widgets["filename_prefix"] = f"magicprop/{g.name}"
+    g.nodes[40].widgets["text"] = note_text(
+        "Flow restyle + FlowRefine",
+        "The flow restyle, then FlowRefine refines the carried frames with the same SD1.5 checkpoint and prompt "
+        "and a depth ControlNet on every frame's depth (denoise 0.35; pixels the flow could not carry at 0.6), in "
+        "a loopback along the flow; saved with the source fps and audio. Needs no trained model of this pack.",
+        [SD15, CNET, DEPTH])
     return g
 
 
 WORKFLOWS = (restyle, local_edit, flow_restyle, flow_refine, flow_guided)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     (HERE / "api").mkdir(exist_ok=True)
     for make in WORKFLOWS:
         g = make()
         (HERE / f"{g.name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (HERE / "api" / f"{g.name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")
+    if "--thumbnails" in argv:
+        from thumbnails import write_all  # torch, OpenCV, scikit-video: only for the pictures
+
+        write_all(HERE)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
