@@ -109,7 +109,8 @@ def main() -> None:
     from magicprop.backend import DiffusersDenoiser
     from magicprop.checkpoint import load_checkpoint
     from magicprop.init_model import init_checkpoint
-    from magicprop.propagate import keyframe_plan, propagate
+    from magicprop.keyframes import keyframe_plan
+    from magicprop.propagate import propagate
     from magicprop.tiny import save_tiny_models, sd_shaped_config
 
     work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))

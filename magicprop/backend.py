@@ -29,8 +29,9 @@ from .conditioning import condition_for
 from .config import PropDPMConfig
 from .errors import MagicPropError
 from .fileio import model_folder
-from .propagate import FrameRequest, frame_noise
+from .propagate import FrameRequest
 from .schedule import guide, sample_scheduler
+from .seeding import frame_noise
 
 
 class DiffusersDenoiser:

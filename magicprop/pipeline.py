@@ -22,8 +22,8 @@ from .composite import DEFAULT_BORDER
 from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from .errors import MagicPropError
 from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
+from .keyframes import check_keyframes, check_max_batch, keyframe_plan
 from .log import get_logger
-from .propagate import check_keyframes, check_max_batch, keyframe_plan
 from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
 from .video import VideoInfo, iter_frames, probe, to_uint8, write_video
 

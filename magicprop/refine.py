@@ -14,7 +14,7 @@ Synthesis and Editing with Stochastic Differential Equations", ICLR 2022). Two r
   SIGGRAPH Asia 2023), so a repainted region stays stable from frame to frame.
 
 Keyframes are never refined and start the loopback chains, forward and backward, blended where chains meet by the
-keyframe plan (``magicprop.propagate.keyframe_plan``). The refined pixels are put back with
+keyframe plan (``magicprop.keyframes.keyframe_plan``). The refined pixels are put back with
 ``magicprop.composite.composite``, the one feathered pixel composite.
 
 Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.refine_job``).
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from .composite import DEFAULT_BORDER, composite
 from .errors import MagicPropError
-from .propagate import check_keyframes, check_max_batch, frame_seed, keyframe_plan, lockstep_order, meet, rounds
+from .keyframes import check_keyframes, check_max_batch, keyframe_plan, lockstep_order, meet, rounds
+from .seeding import frame_seed
 
 MODES = ("per_frame", "loopback")
 """per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""

@@ -17,8 +17,8 @@ import torch
 
 from .errors import MagicPropError
 from .frames import list_images, load_image, resize, resize_width
+from .keyframes import check_keyframes
 from .log import get_logger
-from .propagate import check_keyframes, frame_noise
 from .refine import (
     RefineRequest,
     RefineSettings,
@@ -30,6 +30,7 @@ from .refine import (
     refine_plan,
     start_level,
 )
+from .seeding import frame_noise
 from .unet import SINGLE_FILE_SUFFIXES
 from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
 

@@ -22,6 +22,7 @@ from .composite import DEFAULT_BORDER
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
 from .errors import MagicPropError
+from .keyframes import check_keyframes, keyframe_plan
 from .motion_inputs import (
     CarriedDenoiser,
     CarriedFrames,
@@ -33,16 +34,8 @@ from .motion_inputs import (
     checkpoint_strategy,
     composite_carried,
 )
-from .propagate import (
-    FrameCallback,
-    FrameDenoiser,
-    FrameRequest,
-    Keyframe,
-    check_keyframes,
-    frame_seed,
-    keyframe_plan,
-    propagate_keyframes,
-)
+from .propagate import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, propagate_keyframes
+from .seeding import frame_seed
 
 DenoiserFactory = Callable[[int, int], FrameDenoiser]
 """(position i of the reference in the batch, its absolute frame index) -> the denoiser carrying its appearance."""

@@ -163,8 +163,8 @@ def check_job(job: WarpJob):
     known, RAFT weights present), the strategy's name, the video's info, the references at the output size and the
     mask (or None).
     """
+    from .keyframes import keyframe_plan
     from .motion.engine import FlowEngine
-    from .propagate import keyframe_plan
 
     _check_paths(job)
     engine = FlowEngine(job.settings())
@@ -195,8 +195,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """
     from tqdm.auto import tqdm
 
+    from .keyframes import keyframe_plan
     from .motion.propagate import DEFAULT_CARRY, flow_propagate
-    from .propagate import keyframe_plan
 
     engine, strategy, info, references, mask = check_job(job)
     frames = read_selected(job)

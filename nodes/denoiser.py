@@ -17,7 +17,8 @@ from ..magicprop.conditioning import condition_for
 from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
 from ..magicprop.log import get_logger
-from ..magicprop.propagate import FrameRequest, frame_noise
+from ..magicprop.propagate import FrameRequest
+from ..magicprop.seeding import frame_noise
 from .model import CONCAT_KEY
 
 log = get_logger(__name__)

@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..magicprop.errors import MagicPropError
+from ..magicprop.keyframes import check_keyframes
 from ..magicprop.motion.engine import Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
 from ..magicprop.motion.propagate import (
@@ -16,7 +17,6 @@ from ..magicprop.motion.propagate import (
     STRATEGIES,
     flow_propagate,
 )
-from ..magicprop.propagate import check_keyframes
 from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
 from .types import ExternalFlow, Flow
 from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
+from ..magicprop.keyframes import check_keyframes
 from ..magicprop.log import get_logger
 from ..magicprop.motion_inputs import (
     CarriedFrames,
@@ -19,7 +20,6 @@ from ..magicprop.motion_inputs import (
     checkpoint_strategy,
     composite_carried,
 )
-from ..magicprop.propagate import check_keyframes
 from ..magicprop.run import (
     RunInputs,
     carried_for_run,

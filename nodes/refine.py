@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.errors import MagicPropError
-from ..magicprop.propagate import check_keyframes, frame_noise
+from ..magicprop.keyframes import check_keyframes
 from ..magicprop.refine import (
     MODES,
     NOISE_MODES,
@@ -26,6 +26,7 @@ from ..magicprop.refine import (
     refine_plan,
     start_level,
 )
+from ..magicprop.seeding import frame_noise
 from .denoiser import check_control_hints, frame_conditioning
 from .flow import check_flow
 from .model import PropDPMModel

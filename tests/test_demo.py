@@ -116,7 +116,8 @@ def test_two_keyframes_on_a_moving_scene_meet_without_a_seam():
     """Two different edits at frames 0 and K-1 of a moving synthetic scene, with the shipped main model."""
     from magicprop.backend import DiffusersDenoiser
     from magicprop.depth import depth_to_latent_grid
-    from magicprop.propagate import Keyframe, keyframe_plan, propagate, propagate_keyframes
+    from magicprop.keyframes import keyframe_plan
+    from magicprop.propagate import Keyframe, propagate, propagate_keyframes
     from magicprop.synthetic import SceneConfig, make_looks
 
     k, window, steps = 24, 12, 6

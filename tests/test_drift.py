@@ -7,7 +7,8 @@ import torch
 
 from magicprop.drift import AnchoredDenoiser, anchor_statistics, channel_stats
 from magicprop.errors import MagicPropError
-from magicprop.propagate import FrameRequest, Keyframe, iter_chain, keyframe_plan, propagate, propagate_keyframes
+from magicprop.keyframes import keyframe_plan
+from magicprop.propagate import FrameRequest, Keyframe, iter_chain, propagate, propagate_keyframes
 
 
 def test_anchoring_matches_reference_statistics():

@@ -24,8 +24,9 @@ from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError, MagicPropError
 from magicprop.motion.engine import FlowEngine, FlowSettings
 from magicprop.motion_inputs import composite_carried
-from magicprop.propagate import FrameRequest, frame_seed
+from magicprop.propagate import FrameRequest
 from magicprop.run import propagate_images
+from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
 
 SETTINGS = FlowSettings(estimator="dis", preset="ultrafast", work_size=64)

@@ -16,7 +16,7 @@ from test_host_flow_guided import files as guided_files  # noqa: F401  (the fixt
 from test_host_flow_guided import flow_guided_graph
 from test_host_graph import files  # noqa: F401  (the fixture)
 
-from magicprop.propagate import keyframe_plan
+from magicprop.keyframes import keyframe_plan
 
 pytestmark = pytest.mark.host
 

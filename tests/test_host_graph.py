@@ -121,7 +121,7 @@ def test_controlnet_gets_each_frames_own_hint(comfy_host, files):
         assert hint.shape[0] == 1, "one frame's hint per frame"
         if not seen or not torch.equal(seen[-1], hint):
             seen.append(hint)
-    from magicprop.propagate import keyframe_plan
+    from magicprop.keyframes import keyframe_plan
 
     chains = keyframe_plan([2], 5)[0]  # the frames as generated: the chains in lockstep, one frame per call
     order = [c.indices[j] for j in range(1, max(len(c.indices) for c in chains)) for c in chains if j < len(c.indices)]

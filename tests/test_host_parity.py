@@ -7,7 +7,8 @@ import torch
 from host_models import comfy_clip_vision, comfy_vae
 
 from magicprop.backend import DiffusersDenoiser, StandaloneModels
-from magicprop.propagate import FrameRequest, frame_seed
+from magicprop.propagate import FrameRequest
+from magicprop.seeding import frame_seed
 
 pytestmark = pytest.mark.host
 

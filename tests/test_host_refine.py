@@ -11,7 +11,7 @@ import torch
 from graphs import PROPDPM, VIDEO, add_hand_refined_frame, refine_graph
 from host import GraphError
 
-from magicprop.propagate import frame_seed
+from magicprop.seeding import frame_seed
 
 pytestmark = pytest.mark.host
 

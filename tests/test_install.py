@@ -184,7 +184,8 @@ def test_a_flow_graph_runs_through_post_prompt(installed_server):
         pytest.fail(f"/prompt refused the graph: {e.read().decode()[:2000]}")
     deadline = time.time() + 300
     while prompt_id not in (history := get(f"{url}/history/{prompt_id}")):
-        assert time.time() < deadline, "the graph did not finish in 300 s:\n" + installed_server["log"].read_text()[-3000:]
+        log = installed_server["log"].read_text()
+        assert time.time() < deadline, "the graph did not finish in 300 s:\n" + log[-3000:]
         time.sleep(0.5)
     status = history[prompt_id]["status"]
     assert status["status_str"] == "success", json.dumps(status["messages"])[-3000:]

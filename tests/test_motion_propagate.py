@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from magicprop.benchmarks.metrics import psnr
 from magicprop.benchmarks.real import EDITS
 from magicprop.errors import MagicPropError
+from magicprop.keyframes import keyframe_plan
 from magicprop.motion.colour import fit_edit_mapping
 from magicprop.motion.engine import FlowEngine, FlowSettings, Motion, consistency
 from magicprop.motion.propagate import (
@@ -23,7 +24,6 @@ from magicprop.motion.propagate import (
     detect_cuts,
     flow_propagate,
 )
-from magicprop.propagate import keyframe_plan
 from magicprop.synthetic import SceneConfig, make_clip
 from magicprop.video import iter_frames
 

@@ -10,7 +10,9 @@ import torch
 from magicprop.backend import DiffusersDenoiser
 from magicprop.checkpoint import load_checkpoint
 from magicprop.errors import MagicPropError
-from magicprop.propagate import chain_order, frame_seed, iter_chain, propagate
+from magicprop.keyframes import chain_order
+from magicprop.propagate import iter_chain, propagate
+from magicprop.seeding import frame_seed
 
 K, R = 7, 3
 

@@ -11,7 +11,6 @@ from magicprop.benchmarks.metrics import warp_error
 from magicprop.composite import composite, feather
 from magicprop.errors import MagicPropError
 from magicprop.motion.engine import FlowEngine, FlowSettings, resize_flow, warp
-from magicprop.propagate import frame_seed
 from magicprop.refine import (
     RefineSettings,
     active,
@@ -21,6 +20,7 @@ from magicprop.refine import (
     refine_plan,
     start_level,
 )
+from magicprop.seeding import frame_seed
 
 K, H, W = 5, 48, 64
 

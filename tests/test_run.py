@@ -13,8 +13,9 @@ from magicprop.conditioning import AUGMENT_SEED_SALT, condition_for
 from magicprop.depth import depth_to_latent_grid
 from magicprop.drift import AnchoredDenoiser
 from magicprop.errors import MagicPropError
-from magicprop.propagate import FrameRequest, frame_seed, propagate
+from magicprop.propagate import FrameRequest, propagate
 from magicprop.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
+from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
 
 STEPS = 2

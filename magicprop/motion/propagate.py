@@ -5,7 +5,7 @@ their sequences meet), with the flow's own forward-backward check (Sundaram, Bro
 which pixels the flow carries: every other pixel (occluded, revealed, out of frame) is filled from the source frame
 passed through the edit's colour mapping (`colour.fit_edit_mapping`), so new content gets the edit's look instead of
 stretched pixels. The keyframe plan (which keyframe owns which frame, blend weights where two chains meet) is
-`magicprop.propagate.keyframe_plan`, shared with the diffusion path.
+`magicprop.keyframes.keyframe_plan`, shared with every path.
 
 Strategies (STRATEGIES), each carrying keyframe r to frame t of its chain:
 - "chain": frame to frame, each frame warped from the previous result (resampling blur and flow noise pile up);
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
+from ..keyframes import keyframe_plan, meet
 from ..log import get_logger
-from ..propagate import keyframe_plan, meet
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MagicPropError
-from ..propagate import frame_seed
+from ..seeding import frame_seed
 from .clips import ClipData, ClipSource
 
 

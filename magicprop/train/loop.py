@@ -34,8 +34,9 @@ from ..fileio import atomic_path
 from ..init_model import initial_models
 from ..log import get_logger
 from ..motion_inputs import check_flow_record, motion_record
-from ..propagate import FrameRequest, frame_seed
+from ..propagate import FrameRequest
 from ..schedule import ScheduleConfig, train_scheduler
+from ..seeding import frame_seed
 from .config import RunConfig
 from .data import make_source, sample_spec
 from .encoders import ClipCache, FrozenEncoders

@@ -1,0 +1,132 @@
+"""Keyframes and chains, shared by every path (flow propagation, FlowRefine, PropDPM, warp, the trainer): which
+frames are made from which keyframe, in which order, where two chains meet and how they are blended there, and how
+a run's independent chains are batched in lockstep.
+
+A chain is a list of absolute frame indices starting at its keyframe; each frame is made from the one before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from .errors import MagicPropError
+
+
+def check_max_batch(max_batch: int) -> int:
+    if int(max_batch) < 0:
+        raise MagicPropError(f"max_batch={max_batch}: expected 0 (every ready frame in one call) or a cap of 1 or more "
+                             "frames per sampler call (1 = one frame at a time).")
+    return int(max_batch)
+
+
+def rounds(items: Sequence, max_batch: int = 0) -> Iterator[list]:
+    """`items` in consecutive batches of at most `max_batch` (0 = all in one)."""
+    size = check_max_batch(max_batch) or max(1, len(items))
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def chain_order(reference_index: int, num_frames: int) -> list[list[int]]:
+    """The chains a run is made of, each a list of absolute indices starting at the reference.
+
+    Forward [r, r+1, .., K-1] first, then backward [r, r-1, .., 0]; chains of one index are dropped.
+    """
+    if num_frames < 1:
+        raise MagicPropError(f"num_frames={num_frames}: expected at least 1 frame.")
+    if not 0 <= reference_index < num_frames:
+        raise MagicPropError(
+            f"reference_index={reference_index} is out of range for a clip of {num_frames} frames: expected "
+            f"0 <= reference_index <= {num_frames - 1} (the index of the frame that was edited)."
+        )
+    chains = [list(range(reference_index, num_frames)), list(range(reference_index, -1, -1))]
+    return [c for c in chains if len(c) > 1]
+
+
+@dataclass(frozen=True)
+class Chain:
+    key: int
+    """Position of the keyframe it starts from (in the sorted keyframe list)."""
+    indices: list[int]
+    """Absolute frame indices, starting at the keyframe."""
+
+
+def check_keyframes(indices: Sequence[int], num_frames: int | None, references: int | None = None) -> list[int]:
+    """Every check on keyframe indices, in one place (both front ends call it before any model work).
+
+    One index per edited reference (when `references` is given), distinct and increasing, each inside the clip
+    (when `num_frames` is known). Returns the indices as a list.
+    """
+    indices = [int(i) for i in indices]
+    if references is not None and len(indices) != references:
+        raise MagicPropError(
+            f"keyframe indices {indices} give {len(indices)} indices for {references} reference images: give one "
+            "frame index per edited reference, in the references' order."
+        )
+    if not indices:
+        raise MagicPropError("keyframes: expected at least one edited reference.")
+    if indices != sorted(set(indices)):
+        raise MagicPropError(f"keyframe indices {indices}: expected distinct indices in increasing order.")
+    if num_frames is not None:
+        for i in indices:
+            chain_order(i, num_frames)  # range check with its message
+    return indices
+
+
+def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> tuple[list[Chain], dict[int, tuple]]:
+    """The chains of a run with keyframes at `indices` (sorted, distinct) and the blend of every shared frame.
+
+    Before the first keyframe a chain runs backward to frame 0; after the last one forward to K-1. Between two
+    keyframes a < b each runs towards the other up to a `window` of frames around the midpoint, which both chains
+    generate; there the result moves linearly from a's chain to b's (no seam). Returns (chains, blends) where
+    blends[k] = (key_a, key_b, weight of b).
+    """
+    check_keyframes(indices, num_frames)
+    if window < 0:
+        raise MagicPropError(f"window={window}: expected 0 or more frames.")
+    chains: list[Chain] = []
+    blends: dict[int, tuple] = {}
+    first, last = indices[0], indices[-1]
+    if first > 0:
+        chains.append(Chain(0, list(range(first, -1, -1))))
+    for n, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
+        gap = b - a - 1
+        w = min(window, gap)
+        lo = a + 1 + (gap - w) // 2  # first frame of the shared window
+        hi = lo + w - 1
+        a_end = hi if w else a + (gap + 1) // 2  # a's chain covers a+1 .. a_end, b's covers b-1 .. b_start
+        b_start = lo if w else a_end + 1
+        if a_end > a:
+            chains.append(Chain(n, list(range(a, a_end + 1))))
+        if b_start < b:
+            chains.append(Chain(n + 1, list(range(b, b_start - 1, -1))))
+        for k in range(lo, hi + 1):
+            blends[k] = (n, n + 1, (k - lo + 1) / (w + 1))
+    if last < num_frames - 1:
+        chains.append(Chain(len(indices) - 1, list(range(last, num_frames))))
+    return chains, blends
+
+
+def lockstep_order(chains: Sequence[Chain]) -> list[int]:
+    """The frames of `chains` in the order a run makes them: round j holds the j-th frame of every chain that has
+    one, in chain order."""
+    longest = max((len(c.indices) for c in chains), default=0)
+    return [c.indices[j] for j in range(1, longest) for c in chains if j < len(c.indices)]
+
+
+def meet(pending: dict, blends: dict[int, tuple], k: int, key: int, part):
+    """Chain `key`'s result for frame k, blended by `keyframe_plan`'s weights where two chains meet there.
+
+    part: a tensor or a tuple of tensors (each blended alike). Returns the part unchanged outside blends, None while
+    the other chain's part for k is still to come (kept in `pending`, a dict the caller holds for the whole run).
+    """
+    if k not in blends:
+        return part
+    pending.setdefault(k, {})[key] = part
+    key_a, key_b, t = blends[k]
+    if len(pending[k]) < 2:
+        return None
+    parts = pending.pop(k)
+    if isinstance(part, tuple):
+        return tuple((1 - t) * a + t * b for a, b in zip(parts[key_a], parts[key_b]))
+    return (1 - t) * parts[key_a] + t * parts[key_b]
