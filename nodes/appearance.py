@@ -9,9 +9,9 @@ from comfy_api.latest import io
 from ..magicprop.adapter import null_tokens
 from ..magicprop.clip import check_clip_compatible, projection_fingerprint
 from ..magicprop.errors import MagicPropError
-from ..magicprop.frames import GRID
 from .model import AdapterHandle
 from .types import APPEARANCE_KEY, Adapter, AppearanceInfo
+from .validation import check_reference
 
 
 def clip_token_shape(clip_vision) -> tuple[int, int]:
@@ -21,22 +21,6 @@ def clip_token_shape(clip_vision) -> tuple[int, int]:
     if not isinstance(proj, torch.nn.Module):
         raise MagicPropError("clip_vision has no visual projection: load a CLIP vision model (OpenAI ViT-L/14).")
     return proj.weight.shape[0], model.vision_model.embeddings.position_embedding.weight.shape[0]
-
-
-def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:
-    """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16."""
-    if reference.ndim != 4 or reference.shape[0] == 0 or (not batch and reference.shape[0] != 1):
-        expected = "images (N, H, W, 3)" if batch else "one image (1, H, W, 3)"
-        raise MagicPropError(
-            f"{name} has shape {tuple(reference.shape)}: expected {expected}, "
-            "the edited frame(s); pick images of a batch with ImageFromBatch."
-        )
-    h, w = reference.shape[1:3]
-    if h % GRID or w % GRID:
-        raise MagicPropError(
-            f"{name} is {w}x{h}: PropDPM needs sides that are multiples of {GRID}. Resize or crop the video frames "
-            f"first (e.g. to {w // GRID * GRID}x{h // GRID * GRID}) and edit the frame at that size."
-        )
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ from ..magicprop.motion.propagate import (
     STRATEGIES,
     flow_propagate,
 )
-from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
+from .flow_inputs import check_flow, keyframe_engine, placed
+from .progress import counted, frame_callback
 from .types import ExternalFlow, Flow
 from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io
 
@@ -29,13 +28,13 @@ from ..magicprop.run import (
     propagate_run,
     run_inputs,
 )
-from .appearance import check_reference
 from .denoiser import ComfyFrameDenoiser, check_control_hints
-from .flow import check_flow, counted, frame_callback, keyframe_engine, placed
+from .flow_inputs import check_flow, keyframe_engine, placed
 from .model import PropDPMModel
 from .preview import FramePreviews
+from .progress import ProgressReporter, counted, frame_callback
 from .types import APPEARANCE_KEY, Flow
-from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
+from .validation import UNCONNECTED, check_reference, keyframes, parse_keyframe_indices, refusal
 
 log = get_logger(__name__)
 
@@ -158,37 +157,6 @@ def check_image_output_unused(prompt: dict | None, node_id: str | None) -> None:
                     f"decode is off but node {other_id} ({node.get('class_type')}) reads the IMAGE output through "
                     f"{name!r}: turn decode on, or decode the LATENT output with a VAE Decode node."
                 )
-
-
-class ProgressReporter:
-    """One ComfyUI progress bar over every sampler step of every generated frame (a batched round advances all its
-    frames at once), with step previews of every frame of the round side by side; finished frames go to the web
-    filmstrip (FramePreviews)."""
-
-    def __init__(self, model, generations: int, steps: int, frames: FramePreviews | None = None) -> None:
-        self.steps, self.total = steps, max(1, generations * steps)
-        self.done = self.current = 0  # frames of finished rounds; frames of the round being sampled
-        self.bar = comfy.utils.ProgressBar(self.total)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        self.frames = frames
-        if frames is not None:
-            frames.start()
-
-    def on_step(self, indices: list[int], step: int, total_steps: int, x0: torch.Tensor) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if step == 1:
-            self.done, self.current = self.done + self.current, len(indices)
-        preview = None
-        if self.previewer is not None:
-            tiled = torch.cat(list(x0[: len(indices)]), dim=-1)[None]  # (1, C, h, B*w): the round's frames in a row
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", tiled)
-        value = self.done * self.steps + self.current * min(step, self.steps)
-        self.bar.update_absolute(min(value, self.total), self.total, preview)
-
-    def on_frame(self, index: int, latent: torch.Tensor) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if self.frames is not None:
-            self.frames.frame(index, latent)
 
 
 class AutoregressivePropagate(io.ComfyNode):

@@ -28,10 +28,10 @@ from ..magicprop.refine import (
 )
 from ..magicprop.seeding import frame_noise
 from .denoiser import check_control_hints, frame_conditioning
-from .flow import check_flow
+from .flow_inputs import check_flow
 from .model import PropDPMModel
 from .preview import FramePreviews
-from .propagate import ProgressReporter
+from .progress import ProgressReporter
 from .types import Flow
 from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 

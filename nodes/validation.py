@@ -18,7 +18,10 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import torch
+
 from ..magicprop.errors import MagicPropError
+from ..magicprop.frames import GRID
 
 UNCONNECTED = object()
 """Default of an optional socket in a `validate_inputs` signature: the host leaves it out when nothing is connected
@@ -67,3 +70,19 @@ def keyframes(reference_index: int, keyframe_indices: str, references: int) -> l
     the widget's list (its count and range are checked against the clip by the core's check_keyframes)."""
     indices = parse_keyframe_indices(keyframe_indices)
     return [reference_index] if references == 1 and not indices else indices
+
+
+def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:
+    """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16."""
+    if reference.ndim != 4 or reference.shape[0] == 0 or (not batch and reference.shape[0] != 1):
+        expected = "images (N, H, W, 3)" if batch else "one image (1, H, W, 3)"
+        raise MagicPropError(
+            f"{name} has shape {tuple(reference.shape)}: expected {expected}, "
+            "the edited frame(s); pick images of a batch with ImageFromBatch."
+        )
+    h, w = reference.shape[1:3]
+    if h % GRID or w % GRID:
+        raise MagicPropError(
+            f"{name} is {w}x{h}: PropDPM needs sides that are multiples of {GRID}. Resize or crop the video frames "
+            f"first (e.g. to {w // GRID * GRID}x{h // GRID * GRID}) and edit the frame at that size."
+        )
