@@ -333,11 +333,9 @@ def check_job(job: RefineJob) -> None:
 
 
 def _flow_settings(job: RefineJob):
-    from .motion.engine import FlowSettings
+    from .flow_options import flow_settings
 
-    weights = str(job.flow_weights) if job.flow_weights is not None else None
-    return FlowSettings(estimator=job.flow, preset=job.flow_preset, weights=weights, work_size=job.flow_size,
-                        device=job.device)
+    return flow_settings(job.flow, job.flow_preset, job.flow_weights, job.flow_size, job.device)
 
 
 def _read_masks(job: RefineJob, k: int, size: tuple[int, int]) -> torch.Tensor | None:

@@ -61,11 +61,9 @@ class WarpJob:
     """Frame pairs per flow-estimation batch."""
 
     def settings(self):
-        from .motion.engine import FlowSettings
+        from .flow_options import flow_settings
 
-        weights = str(self.flow_weights) if self.flow_weights is not None else None
-        return FlowSettings(estimator=self.flow, preset=self.flow_preset, weights=weights, work_size=self.flow_size,
-                            device=self.device)
+        return flow_settings(self.flow, self.flow_preset, self.flow_weights, self.flow_size, self.device)
 
 
 def _strategy(job: WarpJob) -> str:

@@ -107,7 +107,7 @@ def _refused(capsys, tmp_path, argv, *needles) -> None:
 def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckbunny, edit, capsys, monkeypatch):
     out = tmp_path / "out.mp4"
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "raft", "--flow-weights",
-                                     tmp_path / "raft.pth"), "raft.pth", "models/optical_flow")
+                                     tmp_path / "raft.pth"), "--flow-weights", "raft.pth", "--flow dis")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "horn"), "'horn'", "dis")
     small = tmp_path / "small.png"
     save_image(small, torch.zeros(16, 16, 3))
