@@ -51,7 +51,7 @@ class PeakRSS:
             self.peak = max(self.peak, rss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 

@@ -265,7 +265,7 @@ def main() -> None:
     unet_per_sample = {}
     with torch.no_grad():
         for n in (1, 2, 4):
-            unet_per_sample[str(n)] = median_time(lambda: unet(x[:n], t, encoder_hidden_states=ctx[:n]),
+            unet_per_sample[str(n)] = median_time(lambda n=n: unet(x[:n], t, encoder_hidden_states=ctx[:n]),
                                                   args.repeats, sync) / n
 
     memory = None

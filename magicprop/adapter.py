@@ -45,7 +45,7 @@ class AdapterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
         return cls(**data)
 
 

@@ -74,7 +74,7 @@ class DiffusersDenoiser:
     def __call__(self, request: FrameRequest) -> torch.Tensor:
         return self.batch([request])
 
-    def shares_sampler(self, other: "DiffusersDenoiser") -> bool:
+    def shares_sampler(self, other: DiffusersDenoiser) -> bool:
         """Whether `other` samples as this one does (same UNet, steps, guidance): one call can serve both."""
         return (other.unet is self.unet and other.steps == self.steps and other.cfg == self.cfg
                 and other.rescale == self.rescale and other.positive.shape[1:] == self.positive.shape[1:])
@@ -202,7 +202,7 @@ class StandaloneModels:
     def load(
         cls, checkpoint: str | Path, vae: str | Path, clip_vision: str | Path,
         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-    ) -> "StandaloneModels":
+    ) -> StandaloneModels:
         ckpt = load_checkpoint(checkpoint)
         encoders = FrozenEncoders(vae, clip_vision, device, dtype=dtype)
         check_clip_model(encoders.clip, ckpt.config.clip)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -82,7 +83,7 @@ class ClipSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClipSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ClipSpec:
         return cls(**data)
 
     def describe(self) -> str:

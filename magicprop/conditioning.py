@@ -23,8 +23,9 @@ trainer (``magicprop.train.loop.Batcher``), the diffusers backend and the ComfyU
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

@@ -130,7 +130,7 @@ class PropDPMConfig:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PropDPMConfig":
+    def from_json(cls, text: str) -> PropDPMConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

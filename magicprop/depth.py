@@ -17,8 +17,8 @@ Anything produce. Non-finite pixels are ignored by the fit and filled afterwards
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -235,7 +235,7 @@ class DepthEstimator:
     def from_folder(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
         output_kind: str | None = None,
-    ) -> "DepthEstimator":
+    ) -> DepthEstimator:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         folder = model_folder(path, "depth model", "a transformers depth-estimation model with its "

@@ -7,8 +7,8 @@ A chain is a list of absolute frame indices starting at its keyframe; each frame
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from .errors import MagicPropError
 

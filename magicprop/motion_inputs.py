@@ -27,8 +27,9 @@ Both defaults (composite feeding frame k+1, grey blanking) were chosen by a meas
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -24,8 +24,9 @@ ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes, anchoring)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 

@@ -156,7 +156,7 @@ class SDModels:
 
     @classmethod
     def load(cls, model: Path, single_file_config: Path | None = None, controlnet: Path | None = None,
-             device: str = "cpu", dtype: torch.dtype = torch.float32) -> "SDModels":
+             device: str = "cpu", dtype: torch.dtype = torch.float32) -> SDModels:
         from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 

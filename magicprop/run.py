@@ -13,8 +13,8 @@ depth, placed on the clip's scale there, and for flow-guided checkpoints the car
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -33,7 +33,7 @@ class ScheduleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScheduleConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ScheduleConfig:
         return cls(**data)
 
     def diffusers_kwargs(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ or on which chains run."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

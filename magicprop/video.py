@@ -13,10 +13,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch

@@ -7,7 +7,7 @@ CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import comfy.model_management
 import comfy.sample
@@ -125,7 +125,7 @@ class ComfyFrameDenoiser:
     def __call__(self, request: FrameRequest) -> torch.Tensor:
         return self.sample([request], self.positive, self.negative)
 
-    def shares_sampler(self, other: "ComfyFrameDenoiser") -> bool:
+    def shares_sampler(self, other: ComfyFrameDenoiser) -> bool:
         """Whether `other` samples as this one does: one sampler call can serve both."""
         return all(getattr(other, a) is getattr(self, a) for a in ("model", "source_latents", "masks")) \
             and (other.steps, other.cfg, other.sampler_name, other.scheduler, other.num_frames, other.on_step) == \

@@ -118,12 +118,11 @@ def check_inputs(model, positive, negative, depth, reference, keys, reference_de
                 "one per frame)."
             )
     config = model.model.model_config.magicprop
-    if source_frames is not None:
-        if source_frames.shape[:3] != (k, h, w):
-            raise MagicPropError(
-                f"source_frames has {source_frames.shape[0]} frames of {source_frames.shape[2]}x"
-                f"{source_frames.shape[1]} but depth has {k} frames of {w}x{h}: expected the same video."
-            )
+    if source_frames is not None and source_frames.shape[:3] != (k, h, w):
+        raise MagicPropError(
+            f"source_frames has {source_frames.shape[0]} frames of {source_frames.shape[2]}x"
+            f"{source_frames.shape[1]} but depth has {k} frames of {w}x{h}: expected the same video."
+        )
     if not config.flow_guided and (flow is not None or (source_frames is not None and mask is None)):
         log.warning("AutoregressivePropagate: this PropDPM declares no motion inputs, so flow and source_frames "
                     "(without a mask) are not used; a flow-guided PropDPM uses them.")

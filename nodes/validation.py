@@ -16,7 +16,7 @@ none of them (so a check about unconnected sockets also names a required input).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

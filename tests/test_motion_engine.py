@@ -296,10 +296,10 @@ def test_raft_large_detected_and_foreign_files_refused(tmp_path):
     assert raft_variant(load_raft_state(str(tmp_path / "large.safetensors"))) == "raft_large"
     torch.save({"module.fnet.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "raft-things.pth")
     with pytest.raises(MagicPropError, match="princeton-vl"):
-        FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "raft-things.pth"))).estimator
+        _ = FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "raft-things.pth"))).estimator
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(MagicPropError, match="could not be read"):
-        FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "junk.pth"))).estimator
+        _ = FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "junk.pth"))).estimator
 
 
 # -- errors --------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_prepare_writes_shards_and_reports_skips(tmp_path, tiny_models, video_fo
     assert "prepared 2 clips in 2 shards; skipped 2 videos" in caplog.text
     clip = source.clip(0)
     assert clip.frames.shape == (6, 64, 64, 3) and clip.frames.dtype == torch.uint8
-    assert clip.depth.shape == (6, 64, 64) and 0 <= clip.depth.min() and clip.depth.max() <= 1
+    assert clip.depth.shape == (6, 64, 64) and clip.depth.min() >= 0 and clip.depth.max() <= 1
     # WebDataset layout: samples are key.npz + key.json in plain tar shards
     with tarfile.open(out / source.clips[0]["shard"]) as tar:
         names = tar.getnames()

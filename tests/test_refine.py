@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from magicprop.benchmarks.metrics import warp_error
 from magicprop.composite import composite, feather
 from magicprop.errors import MagicPropError
+from magicprop.keyframes import keyframe_plan
 from magicprop.motion.engine import FlowEngine, FlowSettings, resize_flow, warp
 from magicprop.refine import (
     RefineSettings,
@@ -141,13 +142,24 @@ def test_loopback_init_is_the_previous_refined_frame_carried_by_the_flow(ref):
 
 
 def test_loopback_chains_of_two_keyframes_are_blended_where_they_meet():
+    """Keyframes 0 and 4, window 3: chain a (from 0) makes 1..3, chain b (from 4) makes 3..1, each going on from its
+    own result. Frame k of the run is keyframe_plan's linear blend (1 - t) a_k + t b_k; a chain's frames are what a
+    run from its keyframe alone makes (the same refiner, the same flow steps)."""
     clip = moving_clip()
     motion = FlowEngine().consecutive(clip)
+    settings = RefineSettings(mode="loopback", denoise=0.5, filled_denoise=0.5, window=3)
     rec = Recorder()
-    settings = RefineSettings(mode="loopback", denoise=0.5, filled_denoise=0.5, window=1)
     out = flow_refine(clip, None, [0, 4], rec, settings, motion=motion)
-    assert sorted(r.index for r in rec.requests) == [1, 2, 2, 3]  # frame 2 is made by both chains
+    assert sorted(r.index for r in rec.requests) == [1, 1, 2, 2, 3, 3]  # the window is made by both chains
     assert torch.equal(out[0], clip[0]) and torch.equal(out[4], clip[4])
+    a = flow_refine(clip, None, [0], Recorder(), settings, motion=motion)  # chain a alone: 0 -> 1 -> .. -> 4
+    b = flow_refine(clip, None, [4], Recorder(), settings, motion=motion)  # chain b alone: 4 -> 3 -> .. -> 0
+    _, blends = keyframe_plan([0, 4], K, settings.window)
+    assert {k: t for k, (_, _, t) in blends.items()} == {1: 0.25, 2: 0.5, 3: 0.75}
+    for k, (key_a, key_b, t) in blends.items():
+        assert (key_a, key_b) == (0, 1)
+        torch.testing.assert_close(out[k], (1 - t) * a[k] + t * b[k], atol=1e-6, rtol=0)
+        assert (out[k] - a[k]).abs().max() > 1e-3 and (out[k] - b[k]).abs().max() > 1e-3, k
 
 
 def test_loopback_needs_the_flow():

@@ -121,7 +121,7 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
         filled = result.filled[-1].float()[..., None].clamp(0, 1)
         later = later * (1 - 0.55 * filled) + torch.tensor([1.0, 0.2, 0.75]) * 0.55 * filled
 
-    head = SIZE - 3 * PANEL[0]
+    head, band = 0, 3 * PANEL[0]  # the text goes below the frames: the browser puts a badge on the top-left corner
     canvas = torch.full((SIZE, SIZE, 3), 0.12)
     canvas[head:head + PANEL[0], :PANEL[1]] = _small(clip[0])
     canvas[head:head + PANEL[0], PANEL[1]:] = _small(edited)
@@ -129,9 +129,9 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
     image = Image.fromarray((canvas * 255).round().to(torch.uint8).numpy())
     draw = ImageDraw.Draw(image)
     title, small = ImageFont.load_default(size=18), ImageFont.load_default(size=12)
-    draw.text((7, 3), spec.title, font=title, fill=(255, 255, 255))
-    draw.text((7, 26), spec.line, font=small, fill=(200, 220, 235))
-    labels = [(4, head + 2, "frame 0"), (PANEL[1] + 4, head + 2, "edited frame 0"),
+    draw.text((7, band + 3), spec.title, font=title, fill=(255, 255, 255))
+    draw.text((7, band + 26), spec.line, font=small, fill=(200, 220, 235))
+    labels = [(4, head + PANEL[0] - 16, "frame 0"), (PANEL[1] + 4, head + PANEL[0] - 16, "edited frame 0"),
               (4, head + PANEL[0] + 2, f"frame {LATER}, propagated")]
     if spec.show_filled:
         labels.append((4, head + PANEL[0] + 17, f"pink: {spec.show_filled}"))
@@ -142,7 +142,7 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
         box = [PANEL[1] + left * PANEL[1], head + top * PANEL[0], PANEL[1] + right * PANEL[1],
                head + bottom * PANEL[0]]
         draw.rectangle(box, outline=(255, 255, 255), width=1)
-    draw.text((4, SIZE - 14), "stand-in colour edit, carried by the pack's flow propagation",
+    draw.text((4, band - 14), "stand-in colour edit, carried by the pack's flow propagation",
               font=ImageFont.load_default(size=10), fill=(235, 235, 235), stroke_width=2, stroke_fill=(0, 0, 0))
     image.save(out / f"{name}.jpg", format="JPEG", quality=82, optimize=True)
 

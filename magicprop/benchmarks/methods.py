@@ -2,7 +2,8 @@
 
 Each method propagates the edited frame 0 of a synthetic clip pair (magicprop.synthetic.ClipPair) through the
 clip. Kinds: copying the reference; copying the TRUE previous edited frame (an oracle, not a method: the
-teacher-forced model's own baseline); flow-warp propagation without diffusion (the synthetic domain's exact flow, or
+teacher-forced model's own baseline); colour transfer without flow (the edit's colour mapping applied to every
+source frame: the ceiling of flow propagation's fill, `bench real`'s `colour transfer (no flow)` row); flow-warp propagation without diffusion (the synthetic domain's exact flow, or
 a Horn & Schunck estimate from the source frames); flow propagation (magicprop.motion: an engine estimator, a
 strategy, the fill from the edit's colour mapping: what EbSynth-style tools do); a shipped PropDPM run
 autoregressively (optionally with statistics anchoring) or teacher-forced from the true previous frames.
@@ -29,7 +30,8 @@ ANCHOR_STRENGTH = 0.5
 @dataclass(frozen=True)
 class Method:
     name: str  # the row name in the tables and the key in the JSON
-    kind: str  # copy | copy-previous | flow-exact | flow-estimated | flow-propagation | model | teacher-forced
+    kind: str  # copy | copy-previous | colour-transfer | flow-exact | flow-estimated | flow-propagation | model
+    #            | teacher-forced
     checkpoint: str | None = None  # shipped PropDPM file (model kinds)
     anchor: float = 0.0  # statistics anchoring strength (model kind), 0 = off
     estimator: str | None = None  # flow-propagation: the engine's estimator
@@ -63,10 +65,13 @@ FLOW_METHODS = tuple(
     for s, c in flow_variants(e)
     if e != "dualtvl1" or (s == DEFAULT_STRATEGY and c == DEFAULT_CARRY)
 )
+DEFAULT_FLOW = next(m for m in FLOW_METHODS if m.name == flow_row_name(FlowSettings().estimator))
+"""Flow propagation at its default settings (estimator, strategy, carry): what `warp` and the nodes do unless told."""
 UNMEASURED = {flow_row_name("raft"): "needs a local RAFT weights file: measured by `bench real --flow-weights`"}
 
 
 COPY = Method("copy reference", "copy")
+COLOUR_TRANSFER = Method("colour transfer (no flow)", "colour-transfer")
 FLOW_EXACT = Method("flow warp (exact flow)", "flow-exact")
 FLOW_ESTIMATED = Method("flow warp (Horn-Schunck)", "flow-estimated")
 NO_PREVIOUS = Method("no previous frame", "model", NO_PREV)
@@ -81,10 +86,20 @@ ALL_CONTROLS = Method("all drift controls", "model", DRIFT, ANCHOR_STRENGTH)
 QUALITY_METHODS = (COPY, FLOW_EXACT, FLOW_ESTIMATED, *FLOW_METHODS, NO_PREVIOUS, COPY_PREVIOUS, TEACHER_FORCED, PAPER,
                    NOISE_AUGMENTED, OWN_ROLLOUT, ANCHORED, ALL_CONTROLS)
 """Rows of `bench quality`, in table order."""
-DEMO_PAPER = replace(PAPER, name="PropDPM")
-"""The demo's main method (its mp4 and strip show it)."""
-DEMO_METHODS = (COPY, NO_PREVIOUS, DEMO_PAPER, replace(NOISE_AUGMENTED, name="PropDPM + noise aug."))
-"""Rows of the demo, in table order: the same methods as above, the paper's models under the demo's names."""
+DEMO_FLOW_METHODS = (DEFAULT_FLOW, COLOUR_TRANSFER, COPY)
+"""The demo's first table, in order: flow propagation at its defaults, then the two baselines without motion."""
+DEMO_MODEL_METHODS = (replace(PAPER, name="tiny PropDPM"), replace(NOISE_AUGMENTED, name="tiny PropDPM + noise aug."),
+                      replace(NO_PREVIOUS, name="tiny PropDPM, no previous frame"))
+"""The demo's second table: the tiny shipped PropDPMs (synthetic domain only) under the demo's names; the first is
+the one its strip and mp4 show."""
+
+
+def colour_transfer(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(K, H, W, 3) source frames through the colour mapping fitted between source frame 0 and the edited (1, H, W,
+    3) reference (motion.colour.fit_edit_mapping), no flow: what flow propagation's fill gives every pixel."""
+    from ..motion.colour import fit_edit_mapping
+
+    return fit_edit_mapping(source[0], reference[0]).apply(source)
 
 
 def run_method(method: Method, pair, models: dict[str, StandaloneModels], steps: int, seed: int,
@@ -95,6 +110,8 @@ def run_method(method: Method, pair, models: dict[str, StandaloneModels], steps:
     reference = truth[:1]
     if method.kind == "copy":
         return reference.expand_as(truth)
+    if method.kind == "colour-transfer":
+        return colour_transfer(pair.source.frames, reference)
     if method.kind == "copy-previous":  # oracle: frame k-1 of the ground truth as frame k
         return torch.cat([reference, truth[:-1]])
     if method.kind == "flow-exact":

@@ -1,4 +1,4 @@
-"""What the benchmarks show: the one text-table printer, the frame strip and the per-frame plot."""
+"""What the benchmarks show: the one text-table printer, the frame strip (and its row labels), the per-frame plot."""
 
 from __future__ import annotations
 
@@ -26,6 +26,28 @@ def strip(rows: Sequence[torch.Tensor], frames: Sequence[int], gap: int = 2) -> 
         for c, k in enumerate(frames):
             out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = clip[k].float().clamp(0, 1)
     return out
+
+
+def label_rows(image: torch.Tensor, labels: Sequence[str], row: int, gap: int = 2, margin: int = 160) -> torch.Tensor:
+    """`image` (H, W, 3), made of rows `row` px high with `gap` px between them, behind a white `margin` px wide on
+    its left where each row's label is written (black, PIL's default font; a label may hold line breaks)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ..video import to_uint8
+
+    canvas = Image.new("RGB", (margin + image.shape[1], image.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(to_uint8(image)), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=14)  # Pillow >= 10.1 with FreeType: a scalable font that ships with it
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
+    for r, label in enumerate(labels):
+        box = draw.multiline_textbbox((0, 0), label, font=font, spacing=3)
+        draw.multiline_text((6, r * (row + gap) + (row - (box[3] - box[1])) // 2), label, fill=(0, 0, 0), font=font,
+                            spacing=3)
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
 
 
 def plot(rows: Mapping[str, dict], title: str, path: Path) -> None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ class FlowSettings:
         return out
 
     @classmethod
-    def from_record(cls, record: dict, weights: str | None = None, device: str = "cpu") -> "FlowSettings":
+    def from_record(cls, record: dict, weights: str | None = None, device: str = "cpu") -> FlowSettings:
         """Settings back from `record()`; `weights` is the resolved path of the recorded weights file name."""
         name = record.get("estimator")
         if name not in ESTIMATORS:
@@ -315,7 +315,7 @@ class Motion:
     def __len__(self) -> int:
         return self.forward.shape[0]
 
-    def to_float(self) -> "Motion":
+    def to_float(self) -> Motion:
         """The same motion with float32 flows (for arithmetic; storage stays fp16)."""
         return Motion(self.forward.float(), self.backward.float(), self.valid_forward, self.valid_backward,
                       self.frame_size, self.settings)
@@ -339,7 +339,7 @@ class PairwiseMotion:
     frame(k) gives frame k (H, W, 3) of the `count` frames of size `frame_size`.
     """
 
-    def __init__(self, engine: "FlowEngine", frame: Callable[[int], torch.Tensor], count: int,
+    def __init__(self, engine: FlowEngine, frame: Callable[[int], torch.Tensor], count: int,
                  frame_size: tuple[int, int], cache: int = 4) -> None:
         self.engine, self.frame, self.count, self.cache = engine, frame, int(count), max(1, int(cache))
         self.frame_size, self.settings = tuple(frame_size), engine.settings.record()

@@ -97,9 +97,8 @@ class ShardWriter:
         import webdataset as wds
 
         name = f"shard-{len(self.index['shards']):06d}.tar"
-        with atomic_path(self.out / name) as tmp, open(tmp, "wb") as f:
-            # mtime fixed: the same clips give the same bytes
-            with wds.TarWriter(f, encoder=False, mtime=0) as tar:
+        # mtime fixed: the same clips give the same bytes
+        with atomic_path(self.out / name) as tmp, open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as tar:
                 for key, npz, meta in self.pending:
                     tar.write({"__key__": key, "npz": npz, "json": json.dumps(meta).encode()})
         ranges = member_ranges(self.out / name)
