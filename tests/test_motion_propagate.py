@@ -285,3 +285,56 @@ def test_pull_push_keeps_known_pixels_and_continues_them_into_holes():
     assert float((out[hole] - ramp[hole]).abs().max()) < 0.12  # a smooth guess, far better than zero
     assert float((out[hole] - ramp[hole]).abs().mean()) < 0.2 * float(ramp[hole].abs().mean())
     assert torch.equal(pull_push(ramp, torch.zeros(1, 1, 40, 64)), torch.zeros_like(ramp))
+
+
+def _counting(engine: FlowEngine) -> list[int]:
+    """Counts the frame pairs the engine's estimator is asked for (wraps the built estimator's __call__)."""
+    calls = [0]
+    estimator = engine.estimator
+    call = type(estimator).__call__
+
+    class Counted(type(estimator)):
+        def __call__(self, a, b, init=None):
+            calls[0] += a.shape[0]
+            return call(self, a, b, init)
+
+    estimator.__class__ = Counted
+    return calls
+
+
+def test_guided_with_an_estimator_that_cannot_refine_does_not_estimate_twice(tmp_path, clip, caplog):
+    """RAFT ignores an initial flow: `guided` then takes the direct estimate (no identical second estimate from the
+    accumulated guess), says so once, and gives exactly what it gave when it did the useless work."""
+    from safetensors.torch import save_file
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in raft_small(weights=None, progress=False).state_dict().items()},
+              str(tmp_path / "raft.safetensors"))
+    frames, reference = clip.source.frames[:6], clip.edit.frames[:1]
+    runs = {}
+    for name, settings in (("dis", FlowSettings(estimator="dis")),
+                           ("raft", FlowSettings(estimator="raft", weights=str(tmp_path / "raft.safetensors"),
+                                                 raft_iterations=2))):
+        for strategy in ("direct", "guided"):
+            engine = FlowEngine(settings)
+            calls = _counting(engine)
+            with caplog.at_level(logging.INFO, logger="magicprop.motion.propagate"):
+                caplog.clear()
+                result = flow_propagate(frames, reference, [0], engine, strategy=strategy)
+            runs[name, strategy] = calls[0], result.frames, caplog.text
+    assert not FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "raft.safetensors"))).refines
+    assert FlowEngine(FlowSettings(estimator="dis")).refines
+    # DIS refines the guess: guided asks for two more pairs per frame than direct
+    assert runs["dis", "guided"][0] == runs["dis", "direct"][0] + 2 * 5
+    # RAFT cannot: guided asks for exactly what direct does, and says why once
+    assert runs["raft", "guided"][0] == runs["raft", "direct"][0]
+    assert runs["raft", "guided"][2].count("cannot refine an initial flow") == 1
+    assert "cannot refine" not in runs["dis", "guided"][2]
+
+    class Insisting(FlowEngine):  # asks RAFT for the refinement anyway, as guided did before
+        refines = True
+
+    insisted = flow_propagate(frames, reference, [0], Insisting(FlowSettings(
+        estimator="raft", weights=str(tmp_path / "raft.safetensors"), raft_iterations=2)), strategy="guided")
+    assert torch.equal(insisted.frames, runs["raft", "guided"][1])

@@ -122,6 +122,8 @@ def _gray_u8(frames: torch.Tensor) -> list:
 class _OpenCVEstimator:
     """One OpenCV solver called pair by pair (each call is internally parallel)."""
 
+    refines_init = True  # OpenCV's initial-flow mode: a guess is refined against the second frame
+
     def __init__(self, settings: FlowSettings):
         self.cv2 = import_cv2()
         self.settings = settings
@@ -392,6 +394,11 @@ class FlowEngine:
         ESTIMATORS[s.estimator].check(s)
 
     @property
+    def refines(self) -> bool:
+        """Whether the estimator refines an initial guess (`flow(..., init=)`); one that cannot ignores it."""
+        return ESTIMATORS[self.settings.estimator].refines_init
+
+    @property
     def estimator(self):
         if self._estimator is None:
             self._estimator = ESTIMATORS[self.settings.estimator](self.settings)
@@ -421,7 +428,8 @@ class FlowEngine:
 
         init: a first guess of flow_{a->b} (N, 2, h, w) at the working resolution that the estimator refines against
         b (OpenCV's initial-flow mode for DIS, Farneback and DualTVL1). RAFT ignores it: torchvision's RAFT has no
-        flow_init (its updates start from zero flow), so RAFT's result is the same with or without a guess.
+        flow_init (its updates start from zero flow), so RAFT's result is the same with or without a guess
+        (`refines` is False: callers skip the guess instead of estimating the same flow twice).
         """
         a, b = self.prepare(a), self.prepare(b)
         if a.shape != b.shape:

@@ -231,19 +231,24 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
     forward-backward residual is kept, so a refinement that went astray (non-rigid motion far from the keyframe)
     does not replace a good direct estimate; then `_snap_to_global` (a homography per dominant motion, chosen per
     pixel by photometric error); validity is the forward-backward check of the result.
-    Estimators without an initial-flow mode (RAFT) search from zero, which makes this "direct".
+    An estimator that cannot refine a guess (RAFT: `FlowEngine.refines` is False) would return the direct estimate
+    again, so the guess is skipped: the direct estimate, snapped (`flow_propagate` logs this once).
     """
     r = chain[0]
     key = ctx.frame(r)
     to_r = from_r = None
+    refines = ctx.engine.refines
     for (k, back, fwd, _), (d_to, d_from, _) in zip(chain_steps(ctx.motion, chain), ctx.to_keyframe(chain[1:], r)):
-        guess_to = back if to_r is None else compose(back, to_r)
-        guess_from = fwd if from_r is None else compose(from_r, fwd)
         frame = ctx.frame(k)
-        g_to = ctx.engine.flow(frame[None], key[None], init=guess_to)
-        g_from = ctx.engine.flow(key[None], frame[None], init=guess_from)
-        to_r = torch.where(_residual(d_to, d_from) <= _residual(g_to, g_from), d_to, g_to)
-        from_r = torch.where(_residual(d_from, d_to) <= _residual(g_from, g_to), d_from, g_from)
+        if refines:
+            guess_to = back if to_r is None else compose(back, to_r)
+            guess_from = fwd if from_r is None else compose(from_r, fwd)
+            g_to = ctx.engine.flow(frame[None], key[None], init=guess_to)
+            g_from = ctx.engine.flow(key[None], frame[None], init=guess_from)
+            to_r = torch.where(_residual(d_to, d_from) <= _residual(g_to, g_from), d_to, g_to)
+            from_r = torch.where(_residual(d_from, d_to) <= _residual(g_from, g_to), d_from, g_from)
+        else:
+            to_r, from_r = d_to, d_from
         to_r, from_r = _snap_to_global(to_r, from_r, frame, key)
         yield k, to_r, consistency(to_r, from_r)[0]
 
@@ -413,6 +418,10 @@ def flow_propagate(
     num, h, w, _ = frames.shape
     ctx = _Context(frames, engine, motion)
     frame = ctx.frame
+    if strategy == "guided" and not engine.refines:
+        log.info("flow: %s cannot refine an initial flow; strategy 'guided' uses its direct estimate to the keyframe, "
+                 "snapped to the frame's dominant motions (no second estimate from the accumulated guess)",
+                 engine.settings.estimator)
     if motion is None:
         ctx.motion = motion = PairwiseMotion(engine, frame, num, (h, w))
 

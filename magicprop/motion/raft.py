@@ -32,6 +32,7 @@ class RAFTEstimator:
     at least 128 px per side (its correlation pyramid downsamples the 1/8-resolution features 3 more times)."""
 
     MIN_SIDE = 128
+    refines_init = False  # torchvision's RAFT has no flow_init: its updates always start from zero flow
 
     def __init__(self, settings: RAFTSettings):
         self.check(settings)
