@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..magicprop.errors import MagicPropError
 from ..magicprop.keyframes import check_keyframes
-from ..magicprop.motion.engine import Motion
+from ..magicprop.motion.engine import FlowEngine, FlowSettings, Motion
 from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
 from ..magicprop.motion.propagate import (
     CARRIES,
@@ -59,7 +59,8 @@ class FlowPropagate(io.ComfyNode):
                 Flow.Input("flow", optional=True, tooltip="OpticalFlowSequence's flow of the same frames."),
                 ExternalFlow.Input("external_flow", optional=True,
                                    tooltip="Instead of flow: controlnet_aux's OPTICAL_FLOW (K-1, H, W, 2) in pixels, "
-                                           "e.g. from its Unimatch node; see flow_direction."),
+                                           "e.g. from its Unimatch node; see flow_direction. The other direction is "
+                                           "estimated from frames with DIS for the occlusion check."),
                 io.Combo.Input("flow_direction", options=list(DIRECTIONS), default="forward", optional=True,
                                tooltip="Direction of external_flow: forward = frame k to k+1 (controlnet_aux's "
                                        "default), backward = k+1 to k (its backward_flow option)."),
@@ -106,7 +107,9 @@ class FlowPropagate(io.ComfyNode):
         masks = None if mask is None else mask.float().cpu()  # its shape is checked by the core, before any work
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))
-            flow = external_motion(external_flow, flow_direction, (h, w))
+            # the missing direction estimated from the frames by the default engine: occlusions are then found
+            flow = external_motion(external_flow, flow_direction, (h, w), frames=frames[..., :3].float().cpu(),
+                                   engine=FlowEngine(FlowSettings()))
         elif flow is not None:
             check_flow(flow, frames)
         engine, strategy = keyframe_engine(flow, strategy) if flow is not None else (None, strategy)

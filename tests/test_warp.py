@@ -134,7 +134,8 @@ def test_external_flow_becomes_motion_both_ways():
     flow = torch.stack([dx, dy], -1)[None].repeat(2, 1, 1, 1)  # controlnet_aux layout (K-1, H, W, 2)
     check_external_flow(flow, 3, (h, w))
     motion = external_motion(flow, "forward", (h, w))
-    assert motion.settings == {"estimator": "external", "direction": "forward"} and len(motion) == 2
+    assert motion.settings == {"estimator": "external", "direction": "forward", "other_direction": "inverted"}
+    assert len(motion) == 2
     assert torch.allclose(motion.forward.float(), flow.permute(0, 3, 1, 2), atol=2e-2)  # fp16 storage
     round_trip = compose(motion.forward.float(), motion.backward.float())  # a -> b -> a: no motion
     assert motion.valid_forward[:, 4:-4, 4:-4].float().mean() > 0.95
