@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from magicprop.backend import DiffusersDenoiser, FrozenEncoders, StandaloneModels
+from magicprop.backend import FrozenEncoders, StandaloneModels
 from magicprop.conditioning import AUGMENT_SEED_SALT, condition_for
 from magicprop.depth import depth_to_latent_grid
-from magicprop.drift import AnchoredDenoiser
+from magicprop.drift import anchor_statistics
 from magicprop.errors import MagicPropError
-from magicprop.propagate import FrameRequest, propagate
+from magicprop.propagate import FrameRequest, iter_chain
 from magicprop.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
 from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
@@ -31,31 +31,47 @@ def pair():
     return make_clip(7, SceneConfig(size=32, frames=5))
 
 
-def test_propagate_images_is_the_composition_the_benchmarks_ran(models, pair):
-    """Bit for bit what evaluate.propagate_frames and quality._anchored computed before the run layer."""
+def test_propagate_images_is_the_chain_of_eq6_from_the_reference(models, pair):
+    """MagicProp eq. 6 written out by hand for a reference at r = 2 of 5 frames: z^2 = E(x^#); forward z^3, z^4 and
+    backward z^1, z^0, each one call of the reference's denoiser on its predecessor's latent and depth with frame k's
+    seed, anchored to the reference's channel statistics before the next frame reads it; then decoded."""
     reference, depth = pair.edit.frames[2:3], pair.source.depth
+    seed = 3
     for anchor in (0.0, 0.5):
-        ours = propagate_images(models, reference, depth, 2, steps=STEPS, seed=3, cfg=2.0, anchor_strength=anchor)
-        ref_latent = models.encode(reference)
-        depth_lat = depth_to_latent_grid(depth[:, None].float(), tuple(ref_latent.shape[-2:]))
-        tokens = models.appearance_tokens(reference, ref_latent)
-        denoiser = DiffusersDenoiser(models.unet, models.config, tokens, steps=STEPS, cfg=2.0)
-        if anchor:
-            denoiser = AnchoredDenoiser(denoiser, ref_latent, anchor)
-        expected = models.decode(propagate(denoiser, ref_latent, depth_lat, 2, 3))
-        assert torch.equal(ours, expected), anchor
-    assert not torch.equal(ours[3], ours[4]), "frames are generated, not copied"
+        ours = propagate_images(models, reference, depth, 2, steps=STEPS, seed=seed, cfg=2.0, anchor_strength=anchor)
+        z_ref = models.encode(reference)
+        grid = depth_to_latent_grid(depth[:, None].float(), tuple(z_ref.shape[-2:]))
+        step = models.denoiser(reference, z_ref, STEPS, 2.0)
+        z = {2: z_ref}
+        for k, prev in ((3, 2), (4, 3), (1, 2), (0, 1)):
+            made = step(FrameRequest(k, prev, z[prev], grid[k : k + 1], grid[prev : prev + 1], frame_seed(seed, k)))
+            z[k] = anchor_statistics(made, z_ref, anchor)
+        expected = models.decode(torch.cat([z[k] for k in range(5)]))
+        # the run samples the two chains' frames in one batch: equal up to a batched convolution's rounding
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0, msg=lambda m: f"anchor {anchor}: {m}")
+        torch.testing.assert_close(ours[2], models.decode(z_ref)[0], atol=1e-5, rtol=0)
+    assert (ours[3] - ours[4]).abs().max() > 1e-2, "frames are generated, not copied"
 
 
-def test_teacher_forced_is_the_composition_the_benchmark_ran(models, pair):
+def test_teacher_forced_makes_each_frame_from_the_true_previous_frame(models, pair):
+    """Frame k is the first frame a chain from the TRUE frame k-1 makes (frame 0's appearance, frame k's
+    seed); so changing true frame 3 changes output frame 4 and nothing else."""
     truth, depth = pair.edit.frames, pair.source.depth
-    ours = teacher_forced(models, truth, depth, steps=STEPS, seed=4)
+    seed = 4
+    ours = teacher_forced(models, truth, depth, steps=STEPS, seed=seed)
     latents = models.encode(truth)
-    depth_lat = depth_to_latent_grid(depth[:, None].float(), tuple(latents.shape[-2:]))
-    denoiser = DiffusersDenoiser(models.unet, models.config, models.appearance_tokens(truth[:1], latents[:1]), STEPS)
-    out = [latents[:1]] + [denoiser(FrameRequest(k, k - 1, latents[k - 1 : k], depth_lat[k : k + 1],
-                                                 depth_lat[k - 1 : k], frame_seed(4, k))) for k in range(1, 5)]
-    assert torch.equal(ours, models.decode(torch.cat(out)))
+    grid = depth_to_latent_grid(depth[:, None].float(), tuple(latents.shape[-2:]))
+    appearance = models.denoiser(truth[:1], latents[:1], STEPS)
+    torch.testing.assert_close(ours[0], models.decode(latents[:1])[0], atol=1e-5, rtol=0)
+    for k in range(1, 5):
+        [(index, from_truth)] = iter_chain(appearance, [k - 1, k], latents[k - 1 : k], grid, seed)
+        assert index == k
+        torch.testing.assert_close(ours[k], models.decode(from_truth)[0], atol=1e-5, rtol=0)
+    changed = truth.clone()
+    changed[3] = 1 - changed[3]
+    other = teacher_forced(models, changed, depth, steps=STEPS, seed=seed)
+    assert torch.equal(other[:4], ours[:4]), "true frame 3 only feeds frame 4"
+    assert (other[4] - ours[4]).abs().max() > 1e-2
 
 
 def test_inference_augmentation_is_drawn_from_the_frame_seed(models):
