@@ -338,3 +338,32 @@ def test_guided_with_an_estimator_that_cannot_refine_does_not_estimate_twice(tmp
     insisted = flow_propagate(frames, reference, [0], Insisting(FlowSettings(
         estimator="raft", weights=str(tmp_path / "raft.safetensors"), raft_iterations=2)), strategy="guided")
     assert torch.equal(insisted.frames, runs["raft", "guided"][1])
+
+
+def test_synthesis_fill_makes_revealed_content_once_and_carries_it(clip):
+    """With fill 'synthesis', a pixel the keyframe never showed is made once; on the next frame, where the exact
+    consecutive flow is valid and the pixel is still not carried from the keyframe, it is the previous frame's made
+    pixel carried by that flow (no flicker), and the result differs from the colour fill there."""
+    from magicprop.motion.engine import warp
+
+    src, truth = clip.source.frames, clip.edit.frames
+    motion = _exact_motion(clip.source)
+    made = flow_propagate(src, truth[:1], [0], None, motion=motion, strategy="accumulate", fill="synthesis", seed=2)
+    colour = flow_propagate(src, truth[:1], [0], None, motion=motion, strategy="accumulate")
+    assert torch.equal(made.filled, colour.filled)  # what is not carried from the keyframe is the same
+    hole = made.filled > 0.999
+    assert hole[1:].float().mean() > 0.05 and not torch.equal(made.frames[hole], colour.frames[hole])
+    checked = 0
+    for t in range(1, src.shape[0] - 1):
+        _, back, _, valid = motion.pair(t)  # pair t: flow_{t+1->t} is its backward flow, valid on frame t+1
+        prev = made.frames[t].permute(2, 0, 1)[None]
+        followed = warp(prev, back[None].float())[0].permute(1, 2, 0)
+        was_made = warp(made.filled[t][None, None].float(), back[None].float())[0, 0] > 0.5
+        keep = valid & hole[t + 1] & was_made
+        checked += int(keep.sum())
+        assert torch.allclose(made.frames[t + 1][keep], followed[keep], atol=1e-5), t
+    assert checked > 100
+    again = flow_propagate(src, truth[:1], [0], None, motion=motion, strategy="accumulate", fill="synthesis", seed=2)
+    assert torch.equal(again.frames, made.frames)
+    with pytest.raises(MagicPropError, match="fill 'paint': expected one of"):
+        flow_propagate(src, truth[:1], [0], None, motion=motion, strategy="accumulate", fill="paint")

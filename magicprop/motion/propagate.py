@@ -35,6 +35,7 @@ from ..keyframes import keyframe_plan, meet
 from ..log import get_logger
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
+from .synthesis import synthesize
 
 log = get_logger(__name__)
 
@@ -289,6 +290,13 @@ CARRIES = ("edit", "residual")
 mapping. "residual": the edit less what its global colour mapping predicts from the source keyframe, added to the
 mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
 registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
+FILLS = ("colour", "synthesis")
+"""What the pixels the flow cannot see get. "colour": the source frame through the edit's colour mapping (with the
+residual continued into it). "synthesis": patches of the edited reference placed where the frame's own content
+guides them (`synthesis.synthesize`); content made for a frame is carried along the consecutive flow to the next
+frames of the chain where that flow is valid (made once, then followed), and only what is still uncovered is made."""
+DEFAULT_FILL = "colour"
+"""Until the hard-motion suite of `bench real` shows synthesis ahead (docs/decisions.md)."""
 DEFAULT_CARRY = "residual"
 """Colour edits become exact and spatial edits keep each frame's own detail (docs/decisions.md, "Default carry")."""
 
@@ -304,6 +312,41 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
         return last["img"]
 
     return look
+
+
+class _Made:
+    """The synthesis fill along one chain: what the flow cannot see at frame k is made from the keyframe's pair
+    (source frame, edited frame); what was made for the previous frame of the chain is followed along the
+    consecutive flow where that flow is valid (so it does not flicker), and only the rest is made anew."""
+
+    FULL = 0.999  # pixels carried at least this much from the keyframe are left as they are
+
+    def __init__(self, ctx: _Context, chain: Sequence[int], source: torch.Tensor, edited: torch.Tensor,
+                 seed: int) -> None:
+        self.ctx, self.source, self.edited, self.seed = ctx, source, edited, seed
+        self.steps = chain_steps(ctx.motion, chain)
+        self.prev: torch.Tensor | None = None  # (1, 3, H, W) the previous frame's result
+        self.prev_made: torch.Tensor | None = None  # (1, 1, H, W) its made (not carried) share
+
+    def fill(self, k: int, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        from ..seeding import frame_seed
+
+        size = tuple(img.shape[-2:])
+        _, back, _, valid = next(self.steps)  # flow_{k->prev}, valid on frame k
+        need = 1 - weight  # (1, 1, H, W): how much of each pixel is not carried from the keyframe
+        out = img
+        followed = torch.zeros_like(need)
+        if self.prev is not None:
+            full = resize_flow(back, size)
+            followed = _up(valid, size) * (warp(self.prev_made, full) > 0.5).float() * (need > 0)
+            out = torch.where(followed > 0, weight * img + need * warp(self.prev, full), img)
+        hole = ((weight < self.FULL) & (followed == 0))[0, 0]
+        if hole.any():
+            made = synthesize(self.ctx.frame(k), hole, self.source, self.edited, out[0].permute(1, 2, 0),
+                              seed=frame_seed(self.seed, k)).permute(2, 0, 1)[None]
+            out = torch.where(hole[None, None], weight * img + need * made, out)
+        self.prev, self.prev_made = out, (need > 1 - self.FULL).float()
+        return out.clamp(0, 1)
 
 
 def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
@@ -399,6 +442,8 @@ def flow_propagate(
     callback: Callable[[int], None] | None = None,
     carry: str = DEFAULT_CARRY,
     dtype: torch.dtype = torch.float32,
+    fill: str = DEFAULT_FILL,
+    seed: int = 0,
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
     float in [0, 1] or uint8 (converted a frame at a time).
@@ -409,9 +454,13 @@ def flow_propagate(
     W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
     may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
     (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are carried.
+    fill: what the pixels the flow cannot see get (FILLS); seed: synthesis's random search (frame k uses
+    seeding.frame_seed(seed, k)). The `filled` share is the same for both fills: the pixels not carried from a keyframe.
     """
     if carry not in CARRIES:
         raise MagicPropError(f"flow propagation carry {carry!r}: expected one of {sorted(CARRIES)}.")
+    if fill not in FILLS:
+        raise MagicPropError(f"flow propagation fill {fill!r}: expected one of {list(FILLS)}.")
     indices = [int(i) for i in indices]
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
     chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
@@ -453,13 +502,17 @@ def flow_propagate(
             reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
 
         look = _mapped_frames(mapping, frame)
-        fill = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
-        for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, fill):
+        colour = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
+        made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
+            if fill == "synthesis" else None
+        for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, colour):
             if carry == "residual":
                 hole = (weight > 0.5).float()  # the residual of carried pixels, continued into the filled ones
                 img = (weight * img + (1 - weight) * pull_push(img, hole) + look(k)).clamp(0, 1)
             else:
-                img = weight * img + (1 - weight) * fill(k)
+                img = weight * img + (1 - weight) * colour(k)
+            if made is not None:
+                img = made.fill(k, img, weight)
             part = meet(pending, blends, k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0]))
             if part is not None:
                 finish(k, *part)
