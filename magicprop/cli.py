@@ -98,7 +98,7 @@ def _add_flow_guided(p) -> None:
 
 def _add_warp(sub) -> None:
     from .motion.engine import DIS_PRESETS, ESTIMATORS
-    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES
+    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
 
     p = sub.add_parser("warp", help="carry edited frame(s) along the video's optical flow (no model)")
     # str, not Path: a trailing slash (a frame folder to create) must survive
@@ -127,6 +127,10 @@ def _add_warp(sub) -> None:
                    help="what the flow carries: residual (each frame's own pixels through the edit's colour mapping "
                         "plus the rest of the edit carried) or edit (the edited pixels); default "
                         f"{DEFAULT_CARRY}, the measured best")
+    p.add_argument("--fill", default=None, metavar="|".join(FILLS),
+                   help="what the pixels the flow cannot see get: colour (the frame through the edit's colour "
+                        "mapping) or synthesis (patches of the edited reference guided by the frame's content, made "
+                        f"once and then carried along the flow); default {DEFAULT_FILL}")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")
@@ -300,7 +304,8 @@ def _run(args: argparse.Namespace) -> None:
         job = WarpJob(
             video=args.video, reference=args.reference, reference_index=args.reference_index, out=args.out,
             flow=args.flow, flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            strategy=args.strategy, carry=args.carry, keyframe_window=args.keyframe_window, mask=args.mask,
+            strategy=args.strategy, carry=args.carry, fill=args.fill, keyframe_window=args.keyframe_window,
+            mask=args.mask,
             mask_out=args.mask_out,
             max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
             crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device),

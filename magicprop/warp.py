@@ -43,6 +43,8 @@ class WarpJob:
     """A name in magicprop.motion.propagate.STRATEGIES; None = its default."""
     carry: str | None = None
     """A name in magicprop.motion.propagate.CARRIES; None = its default."""
+    fill: str | None = None
+    """A name in magicprop.motion.propagate.FILLS (what the flow cannot see gets); None = its default."""
     keyframe_window: int = 8
     mask: Path | None = None
     """Where the edit applies: one image for every frame, or a folder with one per source frame."""
@@ -67,13 +69,15 @@ class WarpJob:
 
 
 def _strategy(job: WarpJob) -> str:
-    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES
+    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
 
     name = DEFAULT_STRATEGY if job.strategy is None else job.strategy
     if name not in STRATEGIES:
         raise MagicPropError(f"--strategy {name!r}: expected one of {sorted(STRATEGIES)} (default {DEFAULT_STRATEGY}).")
     if job.carry is not None and job.carry not in CARRIES:
         raise MagicPropError(f"--carry {job.carry!r}: expected one of {list(CARRIES)} (default {DEFAULT_CARRY}).")
+    if job.fill is not None and job.fill not in FILLS:
+        raise MagicPropError(f"--fill {job.fill!r}: expected one of {list(FILLS)} (default {DEFAULT_FILL}).")
     return name
 
 
@@ -194,7 +198,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from .keyframes import keyframe_plan
-    from .motion.propagate import DEFAULT_CARRY, flow_propagate
+    from .motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
     frames = read_selected(job)
@@ -212,7 +216,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     with tqdm(total=k, desc=f"propagate ({strategy})", unit="frame", disable=not progress) as bar:
         result = flow_propagate(frames, references, indices, engine, motion=motion, strategy=strategy,
                                 window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1),
-                                carry=job.carry or DEFAULT_CARRY)
+                                carry=job.carry or DEFAULT_CARRY, fill=job.fill or DEFAULT_FILL)
     fps = Fraction(info.fps) / job.stride
     audio = job.video if job.audio and info.has_audio else None
     path = write_video(job.out, iter(result.frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)

@@ -13,7 +13,9 @@ from ..magicprop.motion.external import DIRECTIONS, check_external_flow, externa
 from ..magicprop.motion.propagate import (
     CARRIES,
     DEFAULT_CARRY,
+    DEFAULT_FILL,
     DEFAULT_STRATEGY,
+    FILLS,
     STRATEGIES,
     flow_propagate,
 )
@@ -77,6 +79,13 @@ class FlowPropagate(io.ComfyNode):
                                        "part of the edit the mapping cannot explain carried by the flow (sharp "
                                        "detail, exact colour edits); edit: the edited pixels themselves carried. "
                                        f"Default {DEFAULT_CARRY} (measured best)."),
+                io.Combo.Input("fill", options=list(FILLS), default=DEFAULT_FILL, optional=True,
+                               tooltip="What the pixels the flow cannot see get (the filled mask): colour = the frame "
+                                       "through the edit's colour mapping; synthesis = patches of the edited "
+                                       "reference placed where the frame's own content guides them, made once and "
+                                       "then carried along the flow (slower: about 0.25-1 s per frame on a CPU)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             optional=True, tooltip="Synthesis's random search (the same seed gives the same frames)."),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="All K frames with the edit carried along the flow."),
@@ -95,7 +104,8 @@ class FlowPropagate(io.ComfyNode):
     def execute(cls, frames: torch.Tensor, reference: torch.Tensor, reference_index: int, strategy: str,
                 flow: Motion | None = None, external_flow: torch.Tensor | None = None,
                 flow_direction: str = "forward", keyframe_indices: str = "", keyframe_window: int = 8,
-                mask: torch.Tensor | None = None, carry: str = DEFAULT_CARRY) -> io.NodeOutput:
+                mask: torch.Tensor | None = None, carry: str = DEFAULT_CARRY, fill: str = DEFAULT_FILL,
+                seed: int = 0) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] < 1:
             raise MagicPropError(f"frames has shape {tuple(frames.shape)}: expected video frames (K, H, W, 3).")
         k, h, w = frames.shape[:3]
@@ -117,6 +127,6 @@ class FlowPropagate(io.ComfyNode):
         with placed(engine):
             result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
                                     strategy=strategy, window=keyframe_window, mask=masks,
-                                    callback=counted(frame_callback(k)), carry=carry)
+                                    callback=counted(frame_callback(k)), carry=carry, fill=fill, seed=seed)
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))

@@ -40,12 +40,20 @@ def _u8(frames: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.from_numpy(to_uint8(f)) for f in frames])
 
 
-def _core(video: Path, edit: Path):
+def _core(video: Path, edit: Path, **options):
     """flow_propagate called directly on the frames the CLI works on, with the CLI's default settings."""
     frames = resize_width(read_frames(video, FRAMES), WIDTH)
     reference = resize_width(load_image(edit), WIDTH)
     engine = FlowEngine(FlowSettings(estimator="dis", preset="medium", work_size=512))
-    return flow_propagate(frames, reference, [R], engine, strategy=DEFAULT_STRATEGY, window=8)
+    return flow_propagate(frames, reference, [R], engine, strategy=DEFAULT_STRATEGY, window=8, **options)
+
+
+def test_warp_fill_synthesis_equals_the_core(tmp_path, bigbuckbunny, edit):
+    png = tmp_path / "frames"
+    assert main(_args(bigbuckbunny, edit, f"{png}/", "--fill", "synthesis")) == 0
+    expected = _core(bigbuckbunny, edit, fill="synthesis")
+    assert torch.equal(_u8(read_frames(png)), _u8(expected.frames))
+    assert not torch.equal(_u8(expected.frames), _u8(_core(bigbuckbunny, edit).frames))  # the fill is not colour
 
 
 def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_path, bigbuckbunny, edit):
@@ -109,6 +117,7 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "raft", "--flow-weights",
                                      tmp_path / "raft.pth"), "--flow-weights", "raft.pth", "--flow dis")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "horn"), "'horn'", "dis")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--fill", "paint"), "--fill 'paint'", "synthesis")
     small = tmp_path / "small.png"
     save_image(small, torch.zeros(16, 16, 3))
     _refused(capsys, tmp_path, _args(bigbuckbunny, small, out), "--reference", "small.png", "video's size")

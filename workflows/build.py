@@ -20,7 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the pack's root, for the core's defaults
-from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402  (FlowPropagate's, by measure)
+from magicprop.motion.propagate import DEFAULT_CARRY as FLOW_CARRY  # noqa: E402  (FlowPropagate's defaults)
+from magicprop.motion.propagate import DEFAULT_FILL as FLOW_FILL  # noqa: E402
+from magicprop.motion.propagate import DEFAULT_STRATEGY as FLOW_STRATEGY  # noqa: E402
 
 FILMSTRIP_NODES = ("AutoregressivePropagate", "FlowRefine")
 PREVIEW_ROOM = {"KSampler": 280, "AutoregressivePropagate": 280, "FlowRefine": 280,
@@ -372,8 +374,9 @@ def flow_restyle() -> Graph:
                   ("external_flow", "OPTICAL_FLOW"), ("mask", "MASK")],
           links={"frames": (4, 0), "reference": (15, 0), "flow": (30, 0)},
           widgets={"reference_index": 0, "strategy": FLOW_STRATEGY, "flow_direction": "forward",
-                   "keyframe_indices": "", "keyframe_window": 8},  # every widget, in node order
-          outputs=[("IMAGE", "IMAGE"), ("filled", "MASK")])
+                   "keyframe_indices": "", "keyframe_window": 8, "carry": FLOW_CARRY, "fill": FLOW_FILL,
+                   "seed": 0},  # every widget, in node order
+          outputs=[("IMAGE", "IMAGE"), ("filled", "MASK")], after={"seed": ["fixed"]})
     g.add(20, "CreateVideo", 6, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
           links={"images": (31, 0), "fps": (2, 2), "audio": (2, 1)}, widgets={"fps": 30.0},
           outputs=[("VIDEO", "VIDEO")], title="Video (source fps and audio)")
