@@ -46,15 +46,62 @@ def refine_args(clip, sd, warped, out, *extra) -> list[str]:
             "--out", str(out), "--device", "cpu", *extra]
 
 
+PROMPT, NEGATIVE = "a watercolor painting", "blurry"
+PNG_ROUNDING = 0.5 / 255 + 1e-4
+"""A float frame written as an 8-bit PNG and read back, against the same frame in float (batched rounding too)."""
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def controlnet(sd, tmp_path_factory):
+    """The tiny ControlNet with a hint embedding that passes the hint on: save_tiny_sd's keeps diffusers' zero
+    conv_out there (the hint never reaches the UNet), and weights of default scale vanish in its GroupNorms."""
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_pretrained(sd["controlnet"])
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in net.controlnet_cond_embedding.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    folder = tmp_path_factory.mktemp("controlnet") / "hinted"
+    net.save_pretrained(folder)
+    return folder
+
+
+def core_refine(models, warped, denoise: float, filled_denoise: float, hints: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """The refine CLI's run done with the core directly: flow_refine with the diffusers refiner on `models`
+    (SDModels), refine_args' settings (steps 2, cfg 7, seed 0, fixed noise, per_frame), ControlNet hints if given."""
+    from magicprop.refine import RefineSettings, flow_refine
+    from magicprop.refine_job import DiffusersRefiner
+
+    refiner = DiffusersRefiner(models, PROMPT, NEGATIVE, steps=2, cfg=7.0, denoise=denoise,
+                               filled_denoise=filled_denoise, hints=hints)
+    carried, filled = read_frames(warped["carried"]), read_frames(warped["filled"]).amax(-1)
+    return flow_refine(carried, filled, [R], refiner, RefineSettings(denoise=denoise, filled_denoise=filled_denoise))
+
+
 def test_refine_writes_an_mp4_with_the_keyframe_kept(tmp_path, clip, sd, warped):
+    """The mp4 holds the keyframe as warp carried it and every other frame as the core's refiner made it, each up to
+    the codec (x264 crf 0, yuv444p: the RGB <-> YUV rounding only, PSNR > 40 dB), and the refined frames are far
+    further from their carried frames than that."""
     out = tmp_path / "refined.mp4"
     assert main(refine_args(clip, sd, warped, out, "--denoise", "0.3", "--filled-denoise", "0.6",
                             "--crf", "0", "--pix-fmt", "yuv444p")) == 0
     info = probe(out)
     assert info.frames == FRAMES and (info.width, info.height) == (176, 144)
+    from magicprop.refine_job import SDModels
+
     refined, carried = read_frames(out), read_frames(warped["carried"])
-    assert (refined[R] - carried[R]).abs().mean() < 0.01, "the keyframe is kept (up to the codec)"
-    assert (refined[0] - carried[0]).abs().mean() > 0.01, "the other frames are refined"
+    expected = core_refine(SDModels.load(sd["sd"]), warped, 0.3, 0.6)
+    assert torch.equal(expected[R], carried[R])
+    for k in range(FRAMES):
+        assert psnr(refined[k], expected[k]) > 40, (k, psnr(refined[k], expected[k]))
+        if k != R:
+            assert psnr(refined[k], carried[k]) < 30, (k, psnr(refined[k], carried[k]))
 
 
 def test_refine_loopback_with_a_controlnet_writes_png_frames(tmp_path, clip, sd, warped):
@@ -66,11 +113,35 @@ def test_refine_loopback_with_a_controlnet_writes_png_frames(tmp_path, clip, sd,
     assert torch.equal(refined[R], carried[R]), "PNG in, PNG out: the keyframe bit-identical"
 
 
-def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, warped, tiny_models):
+def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, controlnet, warped, tiny_models):
+    """Hint k is the clip-aligned depth of source frame k (near = white) and reaches the ControlNet for frame k: the
+    PNG frames equal the core's run with those hints, frame k equals a run where every frame has hint k, and the same
+    run with zero hints is clearly different."""
+    from magicprop.depth import ClipDepthAligner, DepthEstimator
+    from magicprop.refine_job import SDModels
+
     out = tmp_path / "depth"
-    assert main(refine_args(clip, sd, warped, str(out) + "/", "--controlnet", str(sd["controlnet"]),
+    assert main(refine_args(clip, sd, warped, str(out) + "/", "--controlnet", str(controlnet),
                             "--depth-model", str(tiny_models["depth"]))) == 0
-    assert len(list_frames(out)) == FRAMES
+    refined = read_frames(out)
+    assert refined.shape[0] == FRAMES
+    aligner = ClipDepthAligner()
+    for d in DepthEstimator.from_folder(tiny_models["depth"], "cpu")(read_frames(clip, FRAMES)):
+        aligner.push(d)
+    depth = aligner.finish()[:, 0, ..., None].expand(-1, -1, -1, 3)  # (K, H, W, 3)
+    assert depth.shape == refined.shape and float(depth.std()) > 0.05
+    denoise, filled_denoise = 0.35, 0.6  # the CLI's defaults
+    models = SDModels.load(sd["sd"], controlnet=controlnet)
+    torch.testing.assert_close(refined, core_refine(models, warped, denoise, filled_denoise, depth),
+                               atol=PNG_ROUNDING, rtol=0)
+    for k in range(FRAMES):
+        if k != R:
+            only_k = core_refine(models, warped, denoise, filled_denoise, depth[k : k + 1])  # every frame gets hint k
+            torch.testing.assert_close(refined[k], only_k[k], atol=PNG_ROUNDING, rtol=0, msg=lambda m: f"{k}: {m}")
+    zero = core_refine(models, warped, denoise, filled_denoise, torch.zeros_like(depth))
+    for k in range(FRAMES):
+        if k != R:
+            assert (refined[k] - zero[k]).abs().mean() > 0.01, k
 
 
 def test_denoise_zero_without_filled_pixels_is_the_identity(tmp_path, clip, sd, warped):
