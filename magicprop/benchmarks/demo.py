@@ -134,7 +134,8 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     picks = sorted({round(i * (k - 1) / REAL_STRIP_FRAMES) for i in range(1, REAL_STRIP_FRAMES + 1)})
     write_strip({(clip.name, REAL_EDIT): {t: (source[t], reference, result.frames[t],
                                               result.filled[t].float()[..., None].expand(-1, -1, 3)) for t in picks}},
-                out / "real.png", ("source", "edited reference", "flow propagation", "filled by the fill (white)"))
+                out / "real.png",
+                ("source", "edited reference", "flow propagation", "filled from the colour mapping (white)"))
     filled = result.filled.float().flatten(1).mean(1)
     return {"clip": clip.name, "file": clip.file, "first": clip.first, "last": clip.first + k - 1, "frames": k,
             "fps": float(fps), "size": list(source.shape[1:3]), "edit": REAL_EDIT, "method": DEFAULT_FLOW.name,
