@@ -271,17 +271,17 @@ def flow_refine(
 
     def refined(jobs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """(k, init image) of a round -> each frame refined and put back into its carried frame."""
-        sampled = [(k, init, settings.region(_fill_of(filled, k))) for k, init in jobs
+        sampled = [(j, k, init, settings.region(_fill_of(filled, k))) for j, (k, init) in enumerate(jobs)
                    if settings.samples(_fill_of(filled, k))]
         new = refine_round(refine, [RefineRequest(k, init, region, settings.frame_seed(k))
-                                    for k, init, region in sampled])
-        made = {}
-        for (k, init, region), image in zip(sampled, new):
+                                    for _, k, init, region in sampled])
+        made = {}  # by position in the round: two loopback chains can make the same frame k in one round
+        for (j, k, init, region), image in zip(sampled, new):
             image = image.float().cpu().clamp(0, 1)
             # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
             taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
-            made[k] = composite(carried[k], image, taken, settings.border)
-        return [made.get(k, carried[k]) for k, _ in jobs]
+            made[j] = composite(carried[k], image, taken, settings.border)
+        return [made.get(j, carried[k]) for j, (k, _) in enumerate(jobs)]
 
     for k in keys:
         finish(k, carried[k])

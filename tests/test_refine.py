@@ -141,15 +141,10 @@ def test_loopback_init_is_the_previous_refined_frame_carried_by_the_flow(ref):
     assert checked == K - 1
 
 
-MEET_BUG = ("magicprop/refine.py flow_refine: refined() keys its results by frame index (made[k]); when both chains "
-            "make the midpoint in one round, chain b's result overwrites chain a's, so the blend there is b's frame "
-            "and chain a goes on from it")
-
-
 @pytest.mark.parametrize("keys,window,max_batch", [
     ([0, 3], 2, 0),  # chains meet on frames 1 and 2 in different rounds
     ([0, 4], 3, 1),  # both chains make frame 2 in round 2, one frame per sampler call
-    pytest.param([0, 4], 3, 0, marks=pytest.mark.xfail(strict=True, reason=MEET_BUG)),  # ... in one call
+    ([0, 4], 3, 0),  # ... the midpoint by both chains in one sampler call (results kept apart by position)
 ])
 def test_loopback_chains_of_two_keyframes_are_blended_where_they_meet(keys, window, max_batch):
     """Chain a (from keys[0]) and chain b (from keys[1]) both make the frames of the window, each going on from its
