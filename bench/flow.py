@@ -43,8 +43,9 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from magicprop.benchmarks.similarity import similarity_flow
     from magicprop.fileio import atomic_path
-    from magicprop.motion.engine import FlowEngine, FlowSettings, similarity_flow, warp
+    from magicprop.motion.engine import FlowEngine, FlowSettings, warp
     from magicprop.video import read_frames
 
     if args.threads:

@@ -24,7 +24,7 @@ ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes, anchoring)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,28 +94,6 @@ def inner_round(jobs: Sequence[Job], transform: Callable[[FrameDenoiser, FrameRe
 
 FrameCallback = Callable[[int, torch.Tensor], None]
 """Called after each generated frame with (absolute index, latent); raise inside it to cancel."""
-
-
-def iter_chain(
-    denoiser: FrameDenoiser,
-    indices: Sequence[int],
-    start_latent: torch.Tensor,
-    depth: torch.Tensor,
-    seed: int,
-    start_depth: torch.Tensor | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Generate indices[1:], each from the one before it; indices[0] is the frame given by `start_latent`.
-
-    depth: (K, 1, h, w) clip depth at the latent grid, indexed by absolute frame index.
-    start_depth: (1, 1, h, w) depth that goes with `start_latent` (default depth[indices[0]]).
-    Yields (index, latent) as each frame is done.
-    """
-    state = ChainState(list(indices), start_latent, start_depth)
-    while state.pending:
-        request = state.request(depth, seed)
-        latent = denoiser(request)
-        state.advance(latent, depth)
-        yield request.index, latent
 
 
 class ChainState:

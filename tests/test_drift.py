@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from chains import iter_chain
 
 from magicprop.drift import AnchoredDenoiser, anchor_statistics, channel_stats
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import keyframe_plan
-from magicprop.propagate import FrameRequest, Keyframe, iter_chain, propagate, propagate_keyframes
+from magicprop.propagate import FrameRequest, Keyframe, propagate, propagate_keyframes
 
 
 def test_anchoring_matches_reference_statistics():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from magicprop.benchmarks.similarity import similarity_flow
 from magicprop.errors import MagicPropError
 from magicprop.motion.engine import (
     ESTIMATORS,
@@ -19,7 +20,6 @@ from magicprop.motion.engine import (
     consistency,
     inside,
     resize_flow,
-    similarity_flow,
     warp,
 )
 from magicprop.video import read_frames

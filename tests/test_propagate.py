@@ -6,12 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from chains import iter_chain
 
 from magicprop.backend import DiffusersDenoiser
 from magicprop.checkpoint import load_checkpoint
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import chain_order
-from magicprop.propagate import iter_chain, propagate
+from magicprop.propagate import propagate
 from magicprop.seeding import frame_seed
 
 K, R = 7, 3

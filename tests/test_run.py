@@ -7,13 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from chains import iter_chain
 
 from magicprop.backend import FrozenEncoders, StandaloneModels
 from magicprop.conditioning import AUGMENT_SEED_SALT, condition_for
 from magicprop.depth import depth_to_latent_grid
 from magicprop.drift import anchor_statistics
 from magicprop.errors import MagicPropError
-from magicprop.propagate import FrameRequest, iter_chain
+from magicprop.propagate import FrameRequest
 from magicprop.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
 from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
