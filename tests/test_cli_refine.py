@@ -137,7 +137,7 @@ def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, controln
     for k in range(FRAMES):
         if k != R:
             only_k = core_refine(models, warped, denoise, filled_denoise, depth[k : k + 1])  # every frame gets hint k
-            torch.testing.assert_close(refined[k], only_k[k], atol=PNG_ROUNDING, rtol=0, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(refined[k], only_k[k], atol=PNG_ROUNDING, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
     zero = core_refine(models, warped, denoise, filled_denoise, torch.zeros_like(depth))
     for k in range(FRAMES):
         if k != R:

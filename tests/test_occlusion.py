@@ -49,7 +49,7 @@ def test_scenes_move_fast_and_cross():
 def test_invalid_class_matches_ground_truth_occlusion(scenes):
     _, items = scenes
     tp = fp = fn = 0
-    for _, clip, motion, estimated in items:
+    for _, _clip, motion, estimated in items:
         for s in STARTS:
             for k, _, valid in accumulated_flow(estimated.to_float(), list(range(s, CFG.frames)), OCCLUSION_CHECK):
                 if k - s not in GAPS:

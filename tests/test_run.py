@@ -49,7 +49,8 @@ def test_propagate_images_is_the_chain_of_eq6_from_the_reference(models, pair):
             z[k] = anchor_statistics(made, z_ref, anchor)
         expected = models.decode(torch.cat([z[k] for k in range(5)]))
         # the run samples the two chains' frames in one batch: equal up to a batched convolution's rounding
-        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0, msg=lambda m: f"anchor {anchor}: {m}")
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0,
+                                   msg=lambda m, anchor=anchor: f"anchor {anchor}: {m}")
         torch.testing.assert_close(ours[2], models.decode(z_ref)[0], atol=1e-5, rtol=0)
     assert (ours[3] - ours[4]).abs().max() > 1e-2, "frames are generated, not copied"
 

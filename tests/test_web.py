@@ -65,12 +65,13 @@ def server(comfy_path, tiny_models, bikes, tmp_path_factory):
     (base / "input").mkdir()
     shutil.copy(bikes, base / "input" / "video.mp4")
     port = _free_port()
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--disable-auto-launch", "--preview-method", "latent2rgb", "--database-url", "sqlite:///:memory:"],
-        cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(base / "server.log", "w") as log:  # the server writes to its own copy of the file descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+             str(base), "--disable-auto-launch", "--preview-method", "latent2rgb", "--database-url",
+             "sqlite:///:memory:"],
+            cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -92,7 +93,6 @@ def server(comfy_path, tiny_models, bikes, tmp_path_factory):
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 STRIP_WORKFLOWS = {  # workflow -> (node with the strip, index of its steps widget value, steps, frame size)

@@ -35,8 +35,8 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 

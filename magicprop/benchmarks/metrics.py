@@ -4,7 +4,7 @@ consistency along the source clip's flow) of refined frames."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -29,9 +29,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -846,9 +846,8 @@ def write_strip(kept: dict, path: Path, columns: Sequence[str] = ("source", "edi
     head = 16
     canvas_w = tiles[0].shape[1]
     blocks = []
-    for tile, label in zip(tiles, labels):
-        bar = torch.ones(head, canvas_w, 3)
-        blocks.append(torch.cat([bar, tile[:, :canvas_w]], 0))
+    for tile in tiles:  # a white bar above each row for its label (drawn below)
+        blocks.append(torch.cat([torch.ones(head, canvas_w, 3), tile[:, :canvas_w]], 0))
     img = (torch.cat(blocks, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     image = Image.fromarray(img)
     draw = ImageDraw.Draw(image)
