@@ -41,6 +41,19 @@ def _need_browser():
         pytest.skip(reason)
 
 
+def artifacts_dir(tmp_path: Path) -> Path:
+    """Where screenshots go: $MAGICPROP_ARTIFACTS (kept), else the test's temporary folder."""
+    artifacts = Path(os.environ.get("MAGICPROP_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts
+
+
+def new_page(pw):
+    """A page of Debian's Chromium, headless, 1600x1000 (Playwright gives every launch a new empty profile)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+    return browser.new_page(viewport={"width": 1600, "height": 1000})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,13 +146,10 @@ def test_filmstrip_grows_live_and_stays(server, tmp_path, workflow):
     from playwright.sync_api import sync_playwright
 
     strip_node = STRIP_WORKFLOWS[workflow][0]
-    artifacts = Path(os.environ.get("MAGICPROP_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_dir(tmp_path)
     errors: list[str] = []
     with sync_playwright() as pw:
-        # Playwright gives every launch a new empty profile
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = new_page(pw)
         page.on("console", lambda m: errors.append(f"console {m.type}: {m.text} @ {m.location.get('url', '')}")
                 if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"pageerror: {e} {getattr(e, 'stack', '')}"))
@@ -171,7 +181,7 @@ def test_filmstrip_grows_live_and_stays(server, tmp_path, workflow):
         final = page.evaluate("() => [...document.querySelectorAll('.magicprop-filmstrip img')]"
                               ".map(i => [Number(i.dataset.index), i.classList.contains('magicprop-reference')])")
         page.screenshot(path=str(artifacts / f"filmstrip-{strip_node}.png"), full_page=True)
-        browser.close()
+        page.context.browser.close()
     intermediate = [c for c in counts if 0 < c < FRAMES]
     assert len(intermediate) >= 2, counts
     assert [i for i, _ in final] == list(range(FRAMES)), final

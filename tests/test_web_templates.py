@@ -8,14 +8,12 @@ flow-restyle-after-run.png (the graph after the run).
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from test_host_workflows import ROOT
-from test_web import CHROMIUM, CHROMIUM_FLAGS, FRAMES, server  # noqa: F401  (server: the module's fixture)
+from test_web import FRAMES, artifacts_dir, new_page, server  # noqa: F401  (server: the module's fixture)
 
 pytestmark = pytest.mark.host
 PACK = "comfyui_magicprop"  # the folder name test_web's server gives the pack
@@ -57,12 +55,10 @@ def _wait_done(url: str, timeout: float = 300) -> dict:
 def test_templates_in_the_browser_and_flow_restyle_runs(server, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
-    artifacts = Path(os.environ.get("MAGICPROP_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_dir(tmp_path)
     messages: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = new_page(pw)
         page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
         pictures: dict[str, int] = {}
         page.on("response", lambda r: pictures.__setitem__(r.url.rsplit("/", 1)[1], r.status)
@@ -108,7 +104,7 @@ def test_templates_in_the_browser_and_flow_restyle_runs(server, tmp_path):  # no
         }""")
         page.wait_for_timeout(800)
         page.screenshot(path=str(artifacts / "flow-restyle-after-run.png"))
-        browser.close()
+        page.context.browser.close()
 
     assert pictures == {f"{n}.jpg": 200 for n in NAMES}, pictures
     assert "FlowPropagate" in loaded and "MarkdownNote" in loaded
