@@ -16,7 +16,16 @@ import torch
 from .errors import MagicPropError
 from .frames import check_reference_count, load_image, resize_width
 from .log import get_logger
-from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, read_png, write_video
+from .video import (
+    check_frame_folder_out,
+    is_frame_folder,
+    iter_frames,
+    list_frames,
+    probe,
+    read_png,
+    to_uint8,
+    write_video,
+)
 
 log = get_logger(__name__)
 
@@ -59,8 +68,6 @@ class WarpJob:
     crf: int = 18
     pix_fmt: str = "yuv420p"
     device: str = "cpu"
-    batch: int = 8
-    """Frame pairs per flow-estimation batch."""
 
     def settings(self):
         from .flow_options import flow_settings
@@ -123,7 +130,8 @@ def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
                 "exported from the video, before --width)."
             )
         images.append(image)
-    return resize_width(torch.cat(images), job.width)
+    # at 8 bits, like the frames and the output: the edited frames come out exactly as given (after --width)
+    return resize_width(torch.cat(images), job.width).mul(255).round().div(255)
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -182,8 +190,11 @@ def check_job(job: WarpJob):
 
 
 def read_selected(job: WarpJob) -> torch.Tensor:
-    """(K, H', W', 3) frames the job works on: every stride-th, at most max_frames, resized to `width`."""
-    frames = [resize_width(f[None], job.width)[0] for f in iter_frames(job.video, job.max_frames, job.stride)]
+    """(K, H', W', 3) uint8 frames the job works on: every stride-th, at most max_frames, resized to `width`.
+
+    Held as 8 bits (a quarter of float32; the output is 8-bit): flow propagation converts one frame at a time."""
+    frames = [torch.from_numpy(to_uint8(resize_width(f[None], job.width)[0]))
+              for f in iter_frames(job.video, job.max_frames, job.stride)]
     if not frames:
         raise MagicPropError(f"--video {str(job.video)!r} has no decodable frames.")
     return torch.stack(frames)
@@ -192,8 +203,9 @@ def read_selected(job: WarpJob) -> torch.Tensor:
 def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any work.
 
-    The clip's consecutive flow is estimated streaming from the decoder (memory flat in the clip's length beyond the
-    fp16 flow fields and the frames flow propagation samples); results are encoded to the files frame by frame.
+    Memory: the selected frames as uint8 and the carried frames and filled shares as float16 are held for the whole
+    clip (the output is written once every chain has passed); consecutive flow is estimated pair by pair as the chains
+    step through it (a few pairs cached), never held for the whole clip.
     """
     from tqdm.auto import tqdm
 
@@ -210,18 +222,17 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
             raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected one "
                                  "mask per source frame, in name order.")
         mask = mask[:k]
-    with tqdm(total=max(k - 1, 0), desc=f"flow ({job.flow})", unit="pair", disable=not progress) as bar:
-        motion = engine.consecutive(frames, batch=job.batch, callback=lambda n: bar.update(n - bar.n)) if k > 1 \
-            else None
-    with tqdm(total=k, desc=f"propagate ({strategy})", unit="frame", disable=not progress) as bar:
-        result = flow_propagate(frames, references, indices, engine, motion=motion, strategy=strategy,
+    with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="frame",
+              disable=not progress) as bar:
+        result = flow_propagate(frames, references, indices, engine, strategy=strategy,
                                 window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1),
-                                carry=job.carry or DEFAULT_CARRY, fill=job.fill or DEFAULT_FILL)
+                                carry=job.carry or DEFAULT_CARRY, fill=job.fill or DEFAULT_FILL, dtype=torch.float16)
     fps = Fraction(info.fps) / job.stride
     audio = job.video if job.audio and info.has_audio else None
-    path = write_video(job.out, iter(result.frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)
+    path = write_video(job.out, (f.float() for f in result.frames), fps, audio_from=audio, crf=job.crf,
+                       pix_fmt=job.pix_fmt)
     if job.mask_out is not None:
-        filled = result.filled.float()
-        masks = iter(filled) if is_frame_folder(job.mask_out) else (m[..., None].expand(-1, -1, 3) for m in filled)
+        filled = (m.float() for m in result.filled)
+        masks = filled if is_frame_folder(job.mask_out) else (m[..., None].expand(-1, -1, 3) for m in filled)
         write_video(job.mask_out, masks, fps, crf=job.crf, pix_fmt=job.pix_fmt)
     return path

@@ -42,18 +42,20 @@ def _u8(frames: torch.Tensor) -> torch.Tensor:
 
 def _core(video: Path, edit: Path, **options):
     """flow_propagate called directly on the frames the CLI works on, with the CLI's default settings."""
-    frames = resize_width(read_frames(video, FRAMES), WIDTH)
-    reference = resize_width(load_image(edit), WIDTH)
+    frames = _u8(resize_width(read_frames(video, FRAMES), WIDTH))  # the CLI holds the selected frames as 8 bits
+    reference = resize_width(load_image(edit), WIDTH).mul(255).round().div(255)  # ... and the reference too
     engine = FlowEngine(FlowSettings(estimator="dis", preset="medium", work_size=512))
-    return flow_propagate(frames, reference, [R], engine, strategy=DEFAULT_STRATEGY, window=8, **options)
+    return flow_propagate(frames, reference, [R], engine, strategy=DEFAULT_STRATEGY, window=8, dtype=torch.float16,
+                          **options)
 
 
 def test_warp_fill_synthesis_equals_the_core(tmp_path, bigbuckbunny, edit):
     png = tmp_path / "frames"
     assert main(_args(bigbuckbunny, edit, f"{png}/", "--fill", "synthesis")) == 0
     expected = _core(bigbuckbunny, edit, fill="synthesis")
-    assert torch.equal(_u8(read_frames(png)), _u8(expected.frames))
-    assert not torch.equal(_u8(expected.frames), _u8(_core(bigbuckbunny, edit).frames))  # the fill is not colour
+    assert torch.equal(_u8(read_frames(png)), _u8(expected.frames.float()))
+    colour = _core(bigbuckbunny, edit)
+    assert not torch.equal(_u8(expected.frames.float()), _u8(colour.frames.float()))  # the fill is not colour
 
 
 def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_path, bigbuckbunny, edit):
@@ -65,7 +67,7 @@ def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_p
     written = read_frames(png)
     assert written.shape == (FRAMES, 54, WIDTH, 3)
     assert sorted(p.name for p in png.iterdir()) == [f"{i:05d}.png" for i in range(FRAMES)]
-    assert torch.equal(_u8(written), _u8(expected.frames))  # exactly the core's frames, 8-bit
+    assert torch.equal(_u8(written), _u8(expected.frames.float()))  # exactly the core's frames, 8-bit
     assert torch.equal(_u8(read_frames(masks)[..., 0, None]), _u8(expected.filled.float()[..., None]))
     assert torch.equal(written[R], torch.round(resize_width(load_image(edit), WIDTH)[0] * 255) / 255)
 
