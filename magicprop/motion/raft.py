@@ -41,13 +41,15 @@ class RAFTEstimator:
         state = load_raft_state(settings.weights)
         variant = raft_variant(state, settings.weights)
         model = (raft_small if variant == "raft_small" else raft_large)(weights=None, progress=False)
+        missing = [k for k in model.state_dict() if k not in state]
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            first = str(e).splitlines()[0]
+            detail = f"{len(missing)} tensors missing, e.g. {missing[0]!r}" if missing else str(e).splitlines()[-1]
             raise MagicPropError(
-                f"flow weights {settings.weights!r} do not fit torchvision's {variant} ({first}): use a torchvision "
-                "RAFT state dict (e.g. Raft_Large_Weights.C_T_SKHT_V2 saved as .pth or .safetensors)."
+                f"flow weights {settings.weights!r} do not fit torchvision's {variant} ({detail}): use a complete "
+                "RAFT checkpoint, torchvision's (e.g. Raft_Large_Weights.C_T_SKHT_V2 saved as .pth or .safetensors) "
+                "or the RAFT authors' raft-things/sintel/kitti/small.pth."
             ) from None
         self.variant = variant
         self.iterations = settings.raft_iterations
@@ -105,7 +107,42 @@ def load_raft_state(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MagicPropError(f"flow weights {path!r} hold no tensor state dict: expected a torchvision RAFT "
                              "state dict saved as .safetensors or .pth.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return from_princeton_vl(state) if any(k.startswith("fnet.") for k in state) else state
+
+
+PRINCETON_VL = (  # the RAFT authors' key names (princeton-vl/RAFT) -> torchvision's, applied in order
+    (r"^fnet\.", "feature_encoder."), (r"^cnet\.", "context_encoder."),
+    (r"^(feature|context)_encoder\.conv1\.", r"\1_encoder.convnormrelu.0."),
+    (r"^(feature|context)_encoder\.norm1\.", r"\1_encoder.convnormrelu.1."),
+    (r"^(feature|context)_encoder\.conv2\.", r"\1_encoder.conv."),
+    (r"(layer\d\.\d)\.conv(\d)\.", r"\1.convnormrelu\2.0."),
+    (r"(layer\d\.\d)\.norm(\d)\.", r"\1.convnormrelu\2.1."),
+    (r"^update_block\.encoder\.convc(\d)\.", r"update_block.motion_encoder.convcorr\1.0."),
+    (r"^update_block\.encoder\.convf(\d)\.", r"update_block.motion_encoder.convflow\1.0."),
+    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+    (r"^update_block\.gru\.conv([zrq])(\d)\.", r"update_block.recurrent_block.convgru\2.conv\1."),
+    (r"^update_block\.gru\.conv([zrq])\.", r"update_block.recurrent_block.convgru1.conv\1."),
+    (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
+    (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+)
+
+
+def from_princeton_vl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of the RAFT authors' code (raft-things/sintel/kitti/small.pth) in torchvision's key layout.
+
+    The architectures are the same; only names differ. A residual block's `norm3` is dropped: the authors' module
+    registers the downsample's norm twice (as `norm3` and as `downsample.1`)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        if re.search(r"layer\d\.\d\.norm3\.", key):
+            continue
+        for pattern, repl in PRINCETON_VL:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
 
 
 def raft_variant(state: dict[str, torch.Tensor], path: str = "weights") -> str:
@@ -113,9 +150,9 @@ def raft_variant(state: dict[str, torch.Tensor], path: str = "weights") -> str:
     w = state.get("feature_encoder.convnormrelu.0.weight")
     if w is not None and w.shape[0] in (32, 64):
         return "raft_small" if w.shape[0] == 32 else "raft_large"
-    hint = " (it looks like the original princeton-vl RAFT layout)" if any(k.startswith("fnet.") for k in state) else ""
     raise MagicPropError(
-        f"flow weights {path!r} are not a torchvision RAFT state dict{hint}: expected the key "
+        f"flow weights {path!r} are not a RAFT state dict: expected the key "
         "'feature_encoder.convnormrelu.0.weight' of raft_small or raft_large; use torchvision's weights "
-        "(torchvision.models.optical_flow.Raft_Large_Weights / Raft_Small_Weights)."
+        "(torchvision.models.optical_flow.Raft_Large_Weights / Raft_Small_Weights) or the RAFT authors' "
+        "raft-things/sintel/kitti/small.pth."
     )
