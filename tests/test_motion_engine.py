@@ -410,3 +410,43 @@ def test_the_raft_authors_checkpoints_are_converted_and_recover_a_known_motion(t
     flow = engine.flow(hwc(texture), hwc(b))
     truth = similarity_flow(256, 256, **MOTION)
     assert float((flow - truth)[..., 24:-24, 24:-24].norm(dim=1).mean()) < epe
+
+
+def _authors_names(state: dict) -> dict:
+    """torchvision's RAFT keys written the RAFT authors' way (module. prefix, fnet/cnet, convc/convf, gru, mask),
+    including the residual blocks' duplicated downsample norm (norm3): an independent oracle for the converter."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        name = key
+        for a, b in ((r"^feature_encoder\.", "fnet."), (r"^context_encoder\.", "cnet."),
+                     (r"^(fnet|cnet)\.convnormrelu\.0\.", r"\1.conv1."),
+                     (r"^(fnet|cnet)\.convnormrelu\.1\.", r"\1.norm1."),
+                     (r"^(fnet|cnet)\.conv\.", r"\1.conv2."),
+                     (r"(layer\d\.\d)\.convnormrelu(\d)\.0\.", r"\1.conv\2."),
+                     (r"(layer\d\.\d)\.convnormrelu(\d)\.1\.", r"\1.norm\2."),
+                     (r"motion_encoder\.convcorr(\d)\.0\.", r"encoder.convc\1."),
+                     (r"motion_encoder\.convflow(\d)\.0\.", r"encoder.convf\1."),
+                     (r"motion_encoder\.conv\.0\.", "encoder.conv."),
+                     (r"recurrent_block\.convgru(\d)\.conv([zrq])\.", r"gru.conv\2\1."),
+                     (r"^mask_predictor\.convrelu\.0\.", "update_block.mask.0."),
+                     (r"^mask_predictor\.conv\.", "update_block.mask.2.")):
+            name = re.sub(a, b, name)
+        out["module." + name] = value
+        if re.search(r"layer\d\.\d\.downsample\.1\.", name):
+            out["module." + name.replace("downsample.1.", "norm3.")] = value
+    return out
+
+
+@pytest.mark.parametrize("builder", ["raft_large", "raft_small"])
+def test_the_authors_key_layout_converts_to_torchvision_exactly(tmp_path, builder):
+    import torchvision.models.optical_flow as of
+
+    from magicprop.motion.raft import load_raft_state
+
+    torch.manual_seed(1)
+    state = getattr(of, builder)(weights=None, progress=False).state_dict()
+    torch.save(_authors_names(state), tmp_path / "authors.pth")
+    converted = load_raft_state(str(tmp_path / "authors.pth"))
+    assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
