@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..errors import MagicPropError
 from ..keyframes import keyframe_plan, meet
 from ..log import get_logger
+from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 from .synthesis import synthesize
@@ -329,8 +330,6 @@ class _Made:
         self.prev_made: torch.Tensor | None = None  # (1, 1, H, W) its made (not carried) share
 
     def fill(self, k: int, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        from ..seeding import frame_seed
-
         size = tuple(img.shape[-2:])
         _, back, _, valid = next(self.steps)  # flow_{k->prev}, valid on frame k
         need = 1 - weight  # (1, 1, H, W): how much of each pixel is not carried from the keyframe

@@ -7,6 +7,7 @@ torch.load(weights_only=True) so that no code in the file runs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -133,8 +134,6 @@ def from_princeton_vl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
     The architectures are the same; only names differ. A residual block's `norm3` is dropped: the authors' module
     registers the downsample's norm twice (as `norm3` and as `downsample.1`)."""
-    import re
-
     out = {}
     for key, value in state.items():
         if re.search(r"layer\d\.\d\.norm3\.", key):

@@ -64,7 +64,6 @@ class _Level:
         k = min(cfg.components, s_guide.shape[1])
         self.guide_basis, self.style_basis = _basis(s_guide, k), _basis(e_style, k)
         self.k = k
-        self.t_guide = _patches(t, cfg.patch) @ self.guide_basis
         # the source pair's descriptors side by side: one gather per candidate field
         self.pair = torch.cat([s_guide @ self.guide_basis, e_style @ self.style_basis], 1).contiguous()
         self.e = e
@@ -72,7 +71,8 @@ class _Level:
         r = cfg.patch // 2
         near = F.max_pool2d(hole[None, None].float(), 2 * r + 1, 1, r)[0, 0] > 0  # pixels whose patch meets the hole
         self.active = near.flatten().nonzero()[:, 0]
-        self.t_guide = self.t_guide[self.active]  # only the active pixels' guide is ever compared
+        # only the active pixels' guide is ever compared
+        self.t_guide = _patches(t, cfg.patch)[self.active] @ self.guide_basis
 
     def refresh(self) -> None:
         self.o_style = _patches(self.out, self.cfg.patch)[self.active] @ self.style_basis
@@ -141,14 +141,12 @@ def _pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
 
 
 def synthesize(target: torch.Tensor, hole: torch.Tensor, source: torch.Tensor, edited: torch.Tensor,
-               init: torch.Tensor, prior: torch.Tensor | None = None, seed: int = 0,
-               settings: SynthesisSettings | None = None) -> torch.Tensor:
+               init: torch.Tensor, seed: int = 0, settings: SynthesisSettings | None = None) -> torch.Tensor:
     """The pixels of `hole` made from the edited reference, guided by the frames (module docstring).
 
     target: (H, W, 3) frame to make, in [0, 1]; hole: (H, W) bool, the pixels to make; source, edited: (h, w, 3) the
     reference frame before and after the edit; init: (H, W, 3) the current output (carried pixels, and a first
-    guess in the hole, e.g. the colour fill); prior: (H, W, 2) optional first correspondence (y, x) into the
-    reference (e.g. the flow's estimate where it was not trusted). Returns (H, W, 3): `init` outside the hole.
+    guess in the hole, e.g. the colour fill). Returns (H, W, 3): `init` outside the hole.
     """
     cfg = settings or SynthesisSettings()
     if cfg.patch < 3 or cfg.patch % 2 == 0:
@@ -175,15 +173,9 @@ def synthesize(target: torch.Tensor, hole: torch.Tensor, source: torch.Tensor, e
         out = op[i].clone() if out is None else torch.where(hl[None], F.interpolate(
             out[None], size=(h, w), mode="bilinear", align_corners=False)[0], op[i])
         if nnf is None:
-            if prior is not None:
-                scale = torch.tensor([s.shape[1] / source.shape[0], s.shape[2] / source.shape[1]], device=device)
-                p = F.interpolate(prior.float().permute(2, 0, 1)[None].to(device), size=(h, w), mode="bilinear",
-                                  align_corners=False)[0] * scale[:, None, None]
-                nnf = p.round().long()
-            else:
-                ys = torch.randint(0, s.shape[1], (h, w), generator=generator)
-                xs = torch.randint(0, s.shape[2], (h, w), generator=generator)
-                nnf = torch.stack([ys, xs]).to(device)
+            ys = torch.randint(0, s.shape[1], (h, w), generator=generator)
+            xs = torch.randint(0, s.shape[2], (h, w), generator=generator)
+            nnf = torch.stack([ys, xs]).to(device)
             jumps = [2 ** j for j in range(max(h, w).bit_length() - 1, -1, -1)]
             radius = max(s.shape[1:])
         else:
