@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import os
 import pickle
 import time
@@ -43,6 +42,7 @@ import torch
 from ..errors import MagicPropError
 from ..fileio import atomic_path
 from ..frames import save_image
+from ..log import get_logger
 from ..synthetic import SceneConfig, make_clip
 from ..video import write_video
 from .methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method
@@ -52,7 +52,7 @@ from .report import label_rows, strip
 from .report import table as _table
 from .seeds import DEMO_SEED
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WINDOW = 10
 """Frames per window of the tables: 1-10, 11-20, 21-30 after the reference."""
@@ -122,9 +122,9 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     from ..motion.engine import FlowEngine, FlowSettings
     from ..motion.propagate import DEFAULT_FILL, flow_propagate
     from ..video import probe
-    from .real import CLIPS, data_folder, load_clip, write_strip
+    from .real import data_folder, load_clip, real_clip, write_strip
 
-    clip = next(c for c in CLIPS if c.name == REAL_CLIP)
+    clip = real_clip(REAL_CLIP)
     fps = probe(data_folder() / clip.file).fps
     source = load_clip(clip.name, long_side, frames)  # (K, H, W, 3), reference first
     reference = stylize_and_decal(source[0])
@@ -323,9 +323,9 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
 
 def _shot_frames(frames: int | None) -> int:
     """Frames after the reference the real-clip part runs: the shot's, at most `frames`."""
-    from .real import CLIPS
+    from .real import real_clip
 
-    clip = next(c for c in CLIPS if c.name == REAL_CLIP)
+    clip = real_clip(REAL_CLIP)
     return clip.last - clip.first if frames is None else min(frames, clip.last - clip.first)
 
 

@@ -107,12 +107,17 @@ def _half(img: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(img.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
 
 
-def render(clip: HardClip, frames: int, edit=None) -> tuple[torch.Tensor, torch.Tensor]:
+def stills(clip: HardClip) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The clip's background still (1.25 still pixels per output pixel at zoom 1) and its layer's (120, 140) crop."""
+    bg = _half(still(*clip.background).float())
+    return bg, None if clip.layer is None else _half(still(*clip.layer).float())[50:170, 100:240]
+
+
+def render(clip: HardClip, frames: int, edit=None, images=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(frames + 1, H, W, 3) frames of the clip (through `edit` applied to its stills) and (frames + 1, H, W) bool:
-    whether frame 0 showed each pixel's content."""
+    whether frame 0 showed each pixel's content. images: the clip's `stills`, when already decoded."""
     cv2 = import_cv2()
-    bg = _half(still(*clip.background).float())  # 1.25 still pixels per output pixel at zoom 1
-    layer = None if clip.layer is None else _half(still(*clip.layer).float())[50:170, 100:240]  # (120, 140)
+    bg, layer = images or stills(clip)
     if edit is not None:
         bg = edit(bg)
         layer = None if layer is None else edit(layer)
@@ -163,12 +168,13 @@ def run_hard(out: Path, frames: int = 60, clips=CLIPS, edits=tuple(EDITS), fills
     total = len(clips) * len(edits) * len(fills)
     with tqdm(total=total, desc="bench hard", unit="run", disable=not progress) as bar:
         for clip in clips:
-            source, shown = render(clip, frames)
+            images = stills(clip)  # decoded once: every edit renders from them
+            source, shown = render(clip, frames, images=images)
             engine.memo.clear()
             motion = engine.consecutive(source)
             entry = {"unseen_share": _means((~shown).float().flatten(1).mean(1)), "edits": {}}
             for edit in edits:
-                truth, _ = render(clip, frames, EDITS[edit])
+                truth, _ = render(clip, frames, EDITS[edit], images)
                 rows = {COPY: {"psnr": _means(psnr(truth[:1].expand_as(truth), truth))}}
                 for fill in fills:
                     start = time.perf_counter()

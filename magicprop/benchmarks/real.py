@@ -81,7 +81,7 @@ def data_folder() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
-def _clip(name: str) -> RealClip:
+def real_clip(name: str) -> RealClip:
     for c in CLIPS:
         if c.name == name:
             return c
@@ -103,7 +103,7 @@ def load_clip(name: str, long_side: int = 320, frames: int | None = None) -> tor
     """(K, H, W, 3) source frames of clip `name` (reference first), at most `frames` after the reference."""
     from ..video import iter_frames
 
-    clip = _clip(name)
+    clip = real_clip(name)
     last = clip.last if frames is None else min(clip.last, clip.first + frames)
     out = [f for i, f in enumerate(iter_frames(data_folder() / clip.file, max_frames=last + 1)) if i >= clip.first]
     if len(out) != last - clip.first + 1:
@@ -599,7 +599,7 @@ def run_real(
                    "estimators": {e: eng.settings.record() for e, eng in engines.items()},
                    "strategies": strategies, "default_strategy": DEFAULT_STRATEGY, "default_carry": DEFAULT_CARRY,
                    "default_estimator": default_estimator, "default_row": default_row,
-                   "clips": {c: asdict(_clip(c)) for c in clips}, "edits": edits,
+                   "clips": {c: asdict(real_clip(c)) for c in clips}, "edits": edits,
                    "known": {k: asdict(_known(k)) for k in known}, "spatial_edits": spatial_edits,
                    "path": asdict(PATH)},
         "skipped": skipped, "colour": {}, "known_motion": {},
