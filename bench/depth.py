@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from magicprop.depth import ClipDepthAligner
+    from magicprop.propdpm.depth import ClipDepthAligner
 
     g = torch.Generator().manual_seed(0)
     base = torch.nn.functional.interpolate(torch.rand(1, 1, 16, 16, generator=g), size=(args.size, args.size),

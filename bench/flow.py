@@ -44,9 +44,9 @@ def main() -> None:
     import torch.nn.functional as F
 
     from magicprop.benchmarks.similarity import similarity_flow
-    from magicprop.fileio import atomic_path
+    from magicprop.io.fileio import atomic_path
+    from magicprop.io.video import read_frames
     from magicprop.motion.engine import FlowEngine, FlowSettings, warp
-    from magicprop.video import read_frames
 
     if args.threads:
         cv2.setNumThreads(args.threads)

@@ -62,7 +62,7 @@ class PeakRSS:
 
 def make_checkpoint(path: Path, tiny: dict, flow_guided: bool) -> Path:
     """The tiny PropDPM (random weights), extended to the flow-guided layout with DIS medium when asked."""
-    from magicprop.init_model import init_checkpoint
+    from magicprop.propdpm.init_model import init_checkpoint
     from magicprop.tiny import TINY_UNET_CONFIG
 
     paper = init_checkpoint(path.with_suffix(".paper.safetensors") if flow_guided else path,
@@ -70,7 +70,7 @@ def make_checkpoint(path: Path, tiny: dict, flow_guided: bool) -> Path:
     if not flow_guided:
         return paper
     from magicprop.motion.engine import FlowSettings
-    from magicprop.motion_inputs import flow_guided_checkpoint
+    from magicprop.propdpm.motion_inputs import flow_guided_checkpoint
 
     return flow_guided_checkpoint(paper, path, FlowSettings())
 
@@ -163,16 +163,16 @@ def node_child(frames: int, size: int, work: Path, flow_guided: bool = False) ->
 
 
 def make_video(path: Path, frames: int, size: int) -> None:
+    from magicprop.io.video import write_video
     from magicprop.synthetic import SceneConfig, make_clip
-    from magicprop.video import write_video
 
     clip = make_clip(5, SceneConfig(size=size, frames=frames), edit=False)
     write_video(path, clip.frames, fps=25, crf=18)
 
 
 def cli_run(frames: int, size: int, video: Path, tiny: dict, ckpt: Path, work: Path) -> dict:
-    from magicprop.frames import save_image
-    from magicprop.video import read_frames
+    from magicprop.io.images import save_image
+    from magicprop.io.video import read_frames
 
     ref = work / "ref.png"
     if not ref.exists():

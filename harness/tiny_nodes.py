@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicprop.unet_config import comfy_unet_config
+from magicprop.propdpm.unet_config import comfy_unet_config
 
 CONTROL_LOG: list = []
 """Every hint a test ControlNet received, in call order."""

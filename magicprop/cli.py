@@ -147,7 +147,7 @@ def _add_warp(sub) -> None:
 def _add_refine(sub) -> None:
     from .composite import DEFAULT_BORDER
     from .motion.engine import DIS_PRESETS, ESTIMATORS
-    from .refine import MODES, NOISE_MODES
+    from .refine.core import MODES, NOISE_MODES
 
     p = sub.add_parser("refine", help="refine carried frames (warp's output) with a Stable Diffusion model")
     p.add_argument("--video", type=str, required=True,
@@ -280,12 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "init":
-        from .init_model import init_checkpoint
+        from .propdpm.init_model import init_checkpoint
 
         init_checkpoint(args.out, args.unet, args.unet_config, args.clip_vision, args.seed, args.latent_scale,
                         args.resolution, args.single_file_config)
     elif args.command == "propagate":
-        from .pipeline import PropagateJob, run_propagate
+        from .jobs.propagate import PropagateJob, run_propagate
 
         if args.frames is not None and args.frames < 1:
             raise MagicPropError(f"--frames {args.frames}: expected 1 or more frames.")
@@ -303,7 +303,7 @@ def _run(args: argparse.Namespace) -> None:
         path = run_propagate(job, progress=not args.quiet)
         log.info("wrote %s", path)
     elif args.command == "warp":
-        from .warp import WarpJob, run_warp
+        from .jobs.warp import WarpJob, run_warp
 
         job = WarpJob(
             video=args.video, reference=args.reference, reference_index=args.reference_index, out=args.out,
@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace) -> None:
         if args.mask_out is not None:
             log.info("wrote %s", args.mask_out)
     elif args.command == "refine":
-        from .refine_job import RefineJob, run_refine
+        from .jobs.refine import RefineJob, run_refine
 
         job = RefineJob(
             video=args.video, carried=args.carried, model=args.model, out=args.out,

@@ -6,9 +6,9 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.adapter import null_tokens
-from ..magicprop.clip import check_clip_compatible, projection_fingerprint
 from ..magicprop.errors import MagicPropError
+from ..magicprop.propdpm.adapter import null_tokens
+from ..magicprop.propdpm.clip import check_clip_compatible, projection_fingerprint
 from .model import AdapterHandle
 from .types import APPEARANCE_KEY, Adapter, AppearanceInfo
 from .validation import check_reference

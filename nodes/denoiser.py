@@ -1,8 +1,8 @@
 """The core's "denoise one frame" protocol on ComfyUI's own samplers (comfy.sample.sample).
 
-Per frame: the spatial condition (``magicprop.conditioning.condition_for``) goes into every conditioning dict under
-CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the core's ``frame_noise`` (the same draw as
-``comfy.sample.prepare_noise``), and the sampler's own noise is seeded with the frame seed.
+Per frame: the spatial condition (``magicprop.propdpm.conditioning.condition_for``) goes into every conditioning dict
+under CONCAT_KEY, a ControlNet chain gets that frame's hint, the frame's noise is the core's ``frame_noise`` (the same
+draw as ``comfy.sample.prepare_noise``), and the sampler's own noise is seeded with the frame seed.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import comfy.model_management
 import comfy.sample
 import torch
 
-from ..magicprop.conditioning import condition_for
-from ..magicprop.config import PropDPMConfig
 from ..magicprop.errors import MagicPropError
 from ..magicprop.log import get_logger
-from ..magicprop.propagate import FrameRequest
+from ..magicprop.propdpm.conditioning import condition_for
+from ..magicprop.propdpm.config import PropDPMConfig
+from ..magicprop.propdpm.loop import FrameRequest
 from ..magicprop.seeding import frame_noise
 from .model import CONCAT_KEY
 

@@ -8,8 +8,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.depth import DepthEstimator, align_clip_depth, depth_from_image
 from ..magicprop.errors import MagicPropError
+from ..magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_from_image
 from .folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
 from .validation import UNCONNECTED, refusal
 

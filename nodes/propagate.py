@@ -9,17 +9,17 @@ import torch
 from comfy_api.latest import io
 
 from ..magicprop.composite import DEFAULT_BORDER
-from ..magicprop.depth import depth_from_image
 from ..magicprop.errors import MagicPropError
 from ..magicprop.keyframes import check_keyframes
 from ..magicprop.log import get_logger
-from ..magicprop.motion_inputs import (
+from ..magicprop.propdpm.depth import depth_from_image
+from ..magicprop.propdpm.motion_inputs import (
     CarriedFrames,
     check_flow_record,
     checkpoint_strategy,
     composite_carried,
 )
-from ..magicprop.run import (
+from ..magicprop.propdpm.run import (
     RunInputs,
     carried_for_run,
     depth_on_grid,

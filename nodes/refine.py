@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..magicprop.composite import DEFAULT_BORDER
 from ..magicprop.errors import MagicPropError
 from ..magicprop.keyframes import check_keyframes
-from ..magicprop.refine import (
+from ..magicprop.refine.core import (
     MODES,
     NOISE_MODES,
     RefineRequest,
@@ -48,7 +48,7 @@ def timestep_range(model_sampling, sigmas: torch.Tensor) -> tuple[float, float]:
 
 def refine_mask_function(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict) -> torch.Tensor:
     """The pack's denoise-mask function (model_options["denoise_mask_function"], on a clone of the MODEL): a pixel
-    whose level is below the share of the timestep range still ahead stays the noised input (magicprop.refine)."""
+    whose level is below the share of the timestep range still ahead stays the noised input (magicprop.refine.core)."""
     model_sampling = extra_options["model"].inner_model.model_sampling
     t_from, t_to = timestep_range(model_sampling, extra_options["sigmas"])
     return active(denoise_mask, float(model_sampling.timestep(sigma[0])), t_from, t_to)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ..magicprop.errors import MagicPropError
-from ..magicprop.frames import GRID
+from ..magicprop.io.images import GRID
 
 UNCONNECTED = object()
 """Default of an optional socket in a `validate_inputs` signature: the host leaves it out when nothing is connected

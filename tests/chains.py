@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from magicprop.propagate import ChainState, FrameDenoiser
+from magicprop.propdpm.loop import ChainState, FrameDenoiser
 
 
 def iter_chain(

@@ -42,7 +42,7 @@ def bigbuckbunny() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny VAE, CLIP vision, depth model folders, and an untrained tiny PropDPM checkpoint."""
-    from magicprop.init_model import init_checkpoint
+    from magicprop.propdpm.init_model import init_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny_models")
     paths = save_tiny_models(folder)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magicprop.adapter import AdapterConfig, AppearanceAdapter
 from magicprop.errors import MagicPropError
+from magicprop.propdpm.adapter import AdapterConfig, AppearanceAdapter
 
 
 def functional_tokens(sd: dict[str, torch.Tensor], clip: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:

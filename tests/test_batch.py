@@ -8,11 +8,11 @@ import pytest
 import torch
 from chains import iter_chain
 
-from magicprop.backend import DiffusersDenoiser
-from magicprop.checkpoint import load_checkpoint
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import keyframe_plan, meet
-from magicprop.propagate import Keyframe, propagate, propagate_keyframes
+from magicprop.propdpm.checkpoint import load_checkpoint
+from magicprop.propdpm.diffusers_backend import DiffusersDenoiser
+from magicprop.propdpm.loop import Keyframe, propagate, propagate_keyframes
 
 SEED, WINDOW = 7, 2
 LAYOUTS = {"mid-clip reference": (9, [4]), "3 keyframes": (9, [0, 4, 8])}

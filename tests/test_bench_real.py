@@ -10,7 +10,7 @@ import torch
 
 from magicprop.benchmarks import real
 from magicprop.errors import MagicPropError
-from magicprop.video import iter_frames
+from magicprop.io.video import iter_frames
 
 
 @pytest.fixture(scope="module")

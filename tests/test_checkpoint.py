@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from magicprop.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-from magicprop.config import PropDPMConfig
 from magicprop.errors import CheckpointError
-from magicprop.init_model import initial_models
+from magicprop.propdpm.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from magicprop.propdpm.config import PropDPMConfig
+from magicprop.propdpm.init_model import initial_models
 from magicprop.tiny import TINY_UNET_CONFIG, tiny_unet
 
 
@@ -157,7 +157,7 @@ def test_a_file_of_another_kind_is_named(tmp_path, name, content, what):
     """A PNG passed as the checkpoint is called a PNG (not a safetensors header claiming 7e17 bytes)."""
     import zipfile
 
-    from magicprop.frames import save_image
+    from magicprop.io.images import save_image
 
     path = tmp_path / name
     if content is not None:
@@ -169,7 +169,7 @@ def test_a_file_of_another_kind_is_named(tmp_path, name, content, what):
 
         Image.new("RGB", (16, 16), (200, 30, 30)).save(path, format="JPEG")
     elif name.endswith(".mp4"):
-        from magicprop.video import write_video
+        from magicprop.io.video import write_video
 
         write_video(path, torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0)), fps=25)
     else:

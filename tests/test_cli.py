@@ -12,13 +12,13 @@ import pytest
 import torch
 from tiny import TINY_UNET_CONFIG
 
-from magicprop.backend import DiffusersDenoiser, StandaloneModels
 from magicprop.cli import main
-from magicprop.depth import DepthEstimator, align_clip_depth, depth_to_latent_grid
-from magicprop.frames import crop_to_grid, resize_width, save_image
+from magicprop.io.images import crop_to_grid, resize_width, save_image
+from magicprop.io.video import probe, read_frames, write_video
 from magicprop.log import PREFIX
-from magicprop.propagate import propagate
-from magicprop.video import probe, read_frames, write_video
+from magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_to_latent_grid
+from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels
+from magicprop.propdpm.loop import propagate
 
 ROOT = Path(__file__).resolve().parents[1]
 R, FRAMES, WIDTH, STEPS, SEED = 5, 8, 160, 3, 9
@@ -45,7 +45,7 @@ def test_init_from_unet_config(tmp_path, tiny_models):
     out = tmp_path / "p.safetensors"
     assert main(["init", "--unet-config", str(tmp_path / "unet.json"), "--out", str(out),
                  "--clip-vision", str(tiny_models["clip_vision"])]) == 0
-    from magicprop.checkpoint import inspect_checkpoint
+    from magicprop.propdpm.checkpoint import inspect_checkpoint
 
     cfg = inspect_checkpoint(out)
     assert cfg.unet_config["in_channels"] == 10 and cfg.clip.token_dim == 32 and cfg.clip.fingerprint
@@ -67,7 +67,7 @@ def test_propagate_end_to_end_matches_the_core_loop(tmp_path, tiny_models, bikes
     # the same run composed from the core's parts
     frames_raw = read_frames(bikes, FRAMES)
     frames = crop_to_grid(resize_width(frames_raw, WIDTH), notice=False)
-    from magicprop.frames import load_image
+    from magicprop.io.images import load_image
 
     reference = crop_to_grid(resize_width(load_image(edit), WIDTH), notice=False)
     depth = align_clip_depth(DepthEstimator.from_folder(tiny_models["depth"])(frames))
@@ -154,8 +154,8 @@ def test_module_entry_point_reports_errors_with_exit_code(tmp_path):
 def test_width_applies_to_the_reference_at_either_size(tmp_path, tiny_models, bikes, edit, capfd):
     """--width W: a reference at the video's size is resized like the frames; one already at the resized size is
     taken as is; any other size is refused in one line that says --width applies to both."""
-    from magicprop.frames import load_image
-    from magicprop.pipeline import PropagateJob, read_job
+    from magicprop.io.images import load_image
+    from magicprop.jobs.propagate import PropagateJob, read_job
 
     def job(reference: Path) -> PropagateJob:
         return PropagateJob(checkpoint=tiny_models["checkpoint"], video=bikes, reference=reference, reference_index=0,

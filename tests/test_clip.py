@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magicprop.clip import clip_preprocess, clip_spec_of, clip_tokens, projection_fingerprint
+from magicprop.propdpm.clip import clip_preprocess, clip_spec_of, clip_tokens, projection_fingerprint
 from magicprop.tiny import tiny_clip
 
 

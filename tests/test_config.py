@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from magicprop.config import DepthSpec, GapDistribution, PropDPMConfig
 from magicprop.errors import MagicPropError
+from magicprop.propdpm.config import DepthSpec, GapDistribution, PropDPMConfig
 from magicprop.train.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from magicprop.benchmarks.models import MODELS_DIR, RECIPES, load_models, manife
 from magicprop.benchmarks.real import data_folder, load_clip
 from magicprop.benchmarks.seeds import DEMO_SEED
 from magicprop.cli import main
-from magicprop.frames import load_image
+from magicprop.io.images import load_image
+from magicprop.io.video import probe, read_frames
 from magicprop.synthetic import SceneConfig, make_clip
-from magicprop.video import probe, read_frames
 
 
 def test_shipped_models_are_small_and_complete():
@@ -121,8 +121,8 @@ def test_demo_without_scikit_video_says_how_to_install_it(monkeypatch):
 def test_demo_train_retrains_everything_from_scratch(tmp_path):
     from diffusers import AutoencoderKL
 
-    from magicprop.checkpoint import load_checkpoint
-    from magicprop.init_model import initial_models
+    from magicprop.propdpm.checkpoint import load_checkpoint
+    from magicprop.propdpm.init_model import initial_models
     from magicprop.train.config import load_config
     from magicprop.train.vae import VAETrainConfig, vae_config
 
@@ -157,10 +157,10 @@ def test_demo_train_retrains_everything_from_scratch(tmp_path):
 
 def test_two_keyframes_on_a_moving_scene_meet_without_a_seam():
     """Two different edits at frames 0 and K-1 of a moving synthetic scene, with the shipped main model."""
-    from magicprop.backend import DiffusersDenoiser
-    from magicprop.depth import depth_to_latent_grid
     from magicprop.keyframes import keyframe_plan
-    from magicprop.propagate import Keyframe, propagate, propagate_keyframes
+    from magicprop.propdpm.depth import depth_to_latent_grid
+    from magicprop.propdpm.diffusers_backend import DiffusersDenoiser
+    from magicprop.propdpm.loop import Keyframe, propagate, propagate_keyframes
     from magicprop.synthetic import SceneConfig, make_looks
 
     k, window, steps = 24, 12, 6

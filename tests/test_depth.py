@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from magicprop.depth import align_clip_depth, align_to, depth_to_latent_grid, fit_scale_shift
 from magicprop.errors import MagicPropError
-from magicprop.frames import resize_width
-from magicprop.video import read_frames
+from magicprop.io.images import resize_width
+from magicprop.io.video import read_frames
+from magicprop.propdpm.depth import align_clip_depth, align_to, depth_to_latent_grid, fit_scale_shift
 
 
 def pseudo_depth_clip(bikes, frames: int = 24):

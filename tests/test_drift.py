@@ -6,10 +6,10 @@ import pytest
 import torch
 from chains import iter_chain
 
-from magicprop.drift import AnchoredDenoiser, anchor_statistics, channel_stats
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import keyframe_plan
-from magicprop.propagate import FrameRequest, Keyframe, propagate, propagate_keyframes
+from magicprop.propdpm.drift import AnchoredDenoiser, anchor_statistics, channel_stats
+from magicprop.propdpm.loop import FrameRequest, Keyframe, propagate, propagate_keyframes
 
 
 def test_anchoring_matches_reference_statistics():

@@ -10,9 +10,10 @@ import pytest
 import torch
 from tiny import flow_guided_checkpoint
 
-from magicprop.backend import DiffusersDenoiser, StandaloneModels
-from magicprop.checkpoint import convert_checkpoint, inspect_checkpoint, load_checkpoint, save_checkpoint
-from magicprop.conditioning import (
+from magicprop.errors import CheckpointError, MagicPropError
+from magicprop.motion.engine import FlowEngine, FlowSettings
+from magicprop.propdpm.checkpoint import convert_checkpoint, inspect_checkpoint, load_checkpoint, save_checkpoint
+from magicprop.propdpm.conditioning import (
     FLOW_GUIDED_INPUTS,
     MOTION_SEED_SALT,
     PAPER_INPUTS,
@@ -20,12 +21,11 @@ from magicprop.conditioning import (
     condition_for,
     noise_augment,
 )
-from magicprop.config import PropDPMConfig
-from magicprop.errors import CheckpointError, MagicPropError
-from magicprop.motion.engine import FlowEngine, FlowSettings
-from magicprop.motion_inputs import composite_carried
-from magicprop.propagate import FrameRequest
-from magicprop.run import propagate_images
+from magicprop.propdpm.config import PropDPMConfig
+from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels
+from magicprop.propdpm.loop import FrameRequest
+from magicprop.propdpm.motion_inputs import composite_carried
+from magicprop.propdpm.run import propagate_images
 from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
 
@@ -144,7 +144,7 @@ def test_composite_keeps_carried_pixels_exactly():
 def test_the_composite_feeds_the_next_frame_when_it_is_on():
     import torch.nn.functional as F
 
-    from magicprop.motion_inputs import CarriedDenoiser, CarriedFrames
+    from magicprop.propdpm.motion_inputs import CarriedDenoiser, CarriedFrames
 
     def decode(z):  # (B, 4, h, w) -> (B, 8h, 8w, 3)
         return F.interpolate(torch.sigmoid(z[:, :3]), scale_factor=8).movedim(1, -1)
@@ -203,8 +203,8 @@ def test_flow_guided_run_keeps_carried_pixels_and_refuses_other_flow(tiny_models
 
 
 def test_keyframes_masks_and_anchoring_keep_working(tiny_models, guided, pair):
-    from magicprop.depth import depth_to_latent_grid
-    from magicprop.run import carried_for_run, latent_masks, propagate_run, run_inputs
+    from magicprop.propdpm.depth import depth_to_latent_grid
+    from magicprop.propdpm.run import carried_for_run, latent_masks, propagate_run, run_inputs
 
     models = StandaloneModels.load(guided, tiny_models["vae"], tiny_models["clip_vision"])
     frames, refs, keys = pair.source.frames, pair.edit.frames[[0, 4]], [0, 4]
@@ -265,10 +265,10 @@ def test_trainer_smoke_run_makes_a_loadable_flow_guided_checkpoint(tmp_path, tin
 
 
 def test_trainer_batches_carry_the_anchor_reference_through_the_source_flow(tiny_models):
-    from magicprop.backend import FrozenEncoders
     from magicprop.motion.propagate import flow_propagate
-    from magicprop.motion_inputs import encode_carried
-    from magicprop.schedule import ScheduleConfig, train_scheduler
+    from magicprop.propdpm.diffusers_backend import FrozenEncoders
+    from magicprop.propdpm.motion_inputs import encode_carried
+    from magicprop.propdpm.schedule import ScheduleConfig, train_scheduler
     from magicprop.train.config import load_config
     from magicprop.train.data import make_source, sample_spec
     from magicprop.train.encoders import ClipCache
@@ -305,9 +305,9 @@ def test_trainer_batches_carry_the_anchor_reference_through_the_source_flow(tiny
 def test_cli_propagate_uses_the_checkpoints_estimator_and_refuses_another(tmp_path, tiny_models, guided, bikes,
                                                                           capfd):
     from magicprop.cli import main
-    from magicprop.frames import crop_to_grid, resize_width, save_image
+    from magicprop.io.images import crop_to_grid, resize_width, save_image
+    from magicprop.io.video import read_frames
     from magicprop.motion.propagate import flow_propagate
-    from magicprop.video import read_frames
 
     frames = crop_to_grid(resize_width(read_frames(bikes, 4), 64), notice=False)  # (4, 24, 64, 3)
     save_image(tmp_path / "ref.png", 1 - read_frames(bikes, 2)[1])

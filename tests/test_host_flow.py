@@ -81,8 +81,8 @@ def flow_graph(external: dict | None = None) -> dict:
 def test_video_to_flow_propagation_to_video(host):
     import folder_paths
 
+    from magicprop.io.video import probe
     from magicprop.motion.propagate import flow_propagate
-    from magicprop.video import probe
 
     out_dir = Path(folder_paths.get_output_directory())
     before = set(out_dir.rglob("*.mp4"))

@@ -242,8 +242,8 @@ def test_full_size_vae_and_clip_vision_through_the_host_loaders(comfy_host, file
     """SD1.5's VAE and ViT-L/14 (random weights) load through VAELoader / CLIPVisionLoader into a full graph."""
     from tiny import TINY_UNET_CONFIG
 
-    from magicprop.checkpoint import inspect_checkpoint
-    from magicprop.init_model import init_checkpoint
+    from magicprop.propdpm.checkpoint import inspect_checkpoint
+    from magicprop.propdpm.init_model import init_checkpoint
 
     for kind, path in (("vae", full_size_models["vae"]), ("clip_vision", full_size_models["clip_vision"])):
         link = comfy_host.models / kind / path.name

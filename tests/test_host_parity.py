@@ -6,8 +6,8 @@ import pytest
 import torch
 from host_models import comfy_clip_vision, comfy_vae
 
-from magicprop.backend import DiffusersDenoiser, StandaloneModels
-from magicprop.propagate import FrameRequest
+from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels
+from magicprop.propdpm.loop import FrameRequest
 from magicprop.seeding import frame_seed
 
 pytestmark = pytest.mark.host
@@ -30,8 +30,8 @@ def _request(seed=3, k=4):
 
 @pytest.mark.parametrize("t", [999, 700, 250, 20])
 def test_model_prediction_matches_core(comfy_host, both, t):
-    from magicprop.backend import condition_for
-    from magicprop.schedule import train_scheduler, x0_from_v
+    from magicprop.propdpm.diffusers_backend import condition_for
+    from magicprop.propdpm.schedule import train_scheduler, x0_from_v
 
     core, patcher, _ = both
     config = core.config

@@ -1,4 +1,4 @@
-"""The refine CLI's diffusers refiner (magicprop.refine_job.DiffusersRefiner) against FlowRefine's host refiner
+"""The refine CLI's diffusers refiner (magicprop.jobs.refine.DiffusersRefiner) against FlowRefine's host refiner
 (nodes/refine.py ComfyFrameRefiner on comfy.sample.sample), the same tiny SD1.5-shaped weights, frames, seed and
 denoise through the same core loop (flow_refine)."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magicprop.refine import RefineSettings, flow_refine
+from magicprop.refine.core import RefineSettings, flow_refine
 
 pytestmark = pytest.mark.host
 
@@ -21,9 +21,9 @@ PROMPT, NEGATIVE, K, REF, STEPS, CFG = "a watercolor painting", "blurry", 3, 1, 
 def both(comfy_host, tmp_path_factory):
     """One tiny SD (diffusers folder) loaded by the CLI's SDModels and handed to the host as its MODEL and VAE."""
     from harness.comfy_models import comfy_sd15_model, comfy_vae
-    from magicprop.refine_job import SDModels
+    from magicprop.jobs.refine import SDModels
+    from magicprop.propdpm.unet_config import comfy_unet_config
     from magicprop.tiny import save_tiny_sd
-    from magicprop.unet_config import comfy_unet_config
 
     paths = save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"), controlnet=False)
     models = SDModels.load(paths["sd"])
@@ -39,7 +39,7 @@ def frames() -> torch.Tensor:
 
 def run_both(comfy_host, both, sampler: str, scheduler: str, denoise: float, scheduler_config: dict | None = None,
              filled_denoise: float | None = None):
-    from magicprop.refine_job import DiffusersRefiner
+    from magicprop.jobs.refine import DiffusersRefiner
 
     models, model, vae = both
     node = comfy_host.module("nodes.refine")

@@ -10,10 +10,10 @@ import torch
 from graphs import propagation_graph
 from test_host_graph import files  # noqa: F401  (the fixture)
 
-from magicprop.frames import load_image, save_image
-from magicprop.pipeline import PropagateJob, propagate_latents
+from magicprop.io.images import load_image, save_image
+from magicprop.io.video import read_frames, write_video
+from magicprop.jobs.propagate import PropagateJob, propagate_latents
 from magicprop.synthetic import SceneConfig, make_clip
-from magicprop.video import read_frames, write_video
 
 pytestmark = pytest.mark.host
 
@@ -94,7 +94,7 @@ def test_cli_and_node_build_the_same_run_and_give_the_same_latents(comfy_host, t
         assert node.reference_depth is None and cli.reference_depth is None
 
     # the node's run, as its execute() makes it, with the shared denoiser instead of ComfyUI's samplers
-    node_latents = comfy_host.module("magicprop.run").propagate_run(node, shared_factory, SEED, WINDOW, anchor)
+    node_latents = comfy_host.module("magicprop.propdpm.run").propagate_run(node, shared_factory, SEED, WINDOW, anchor)
     assert node_latents.shape == cli_latents.shape == (K, 4, SIZE // 8, SIZE // 8)
     torch.testing.assert_close(node_latents, cli_latents, atol=1e-5, rtol=0)
     for i, k in enumerate(keys):
@@ -108,5 +108,5 @@ def test_the_node_never_loads_the_diffusers_backend(comfy_host, files):  # noqa:
     assert comfy_host.output(ex, "12", 0)["samples"].shape[0] == 3
     pack = comfy_host.pack_module + "."
     mine = {m[len(pack):] for m in sys.modules if m.startswith(pack)}
-    assert {"magicprop.run", "magicprop.conditioning", "nodes.propagate"} <= mine, sorted(mine)
-    assert "magicprop.backend" not in mine, "the node pack imported the diffusers backend"
+    assert {"magicprop.propdpm.run", "magicprop.propdpm.conditioning", "nodes.propagate"} <= mine, sorted(mine)
+    assert "magicprop.propdpm.diffusers_backend" not in mine, "the node pack imported the diffusers backend"

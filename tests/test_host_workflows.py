@@ -174,7 +174,7 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_models, bikes, path):
     comfy_host.run(api)
     written = set(Path(folder_paths.get_output_directory()).rglob("*.mp4")) - before
     assert len(written) == 1
-    from magicprop.video import probe
+    from magicprop.io.video import probe
 
     info = probe(written.pop())
     assert info.frames == 6 and (info.width, info.height) == (512, 288)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from magicprop.benchmarks.similarity import similarity_flow
 from magicprop.errors import MagicPropError
+from magicprop.io.video import read_frames
 from magicprop.motion.engine import (
     ESTIMATORS,
     FlowEngine,
@@ -24,7 +25,6 @@ from magicprop.motion.engine import (
     resize_flow,
     warp,
 )
-from magicprop.video import read_frames
 
 
 @pytest.fixture(scope="module")

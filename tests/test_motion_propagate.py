@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from magicprop.benchmarks.metrics import psnr
 from magicprop.benchmarks.real import EDITS
 from magicprop.errors import MagicPropError
+from magicprop.io.video import iter_frames
 from magicprop.keyframes import keyframe_plan
 from magicprop.motion.colour import fit_edit_mapping
 from magicprop.motion.engine import FlowEngine, FlowSettings, Motion, consistency
@@ -25,7 +26,6 @@ from magicprop.motion.propagate import (
     flow_propagate,
 )
 from magicprop.synthetic import SceneConfig, make_clip
-from magicprop.video import iter_frames
 
 CFG = SceneConfig(size=64, frames=13, speed=0.04, camera_speed=0.04, bounce=True)
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from magicprop.benchmarks.models import MAIN, MODELS_DIR, load_models
-from magicprop.run import propagate_images
+from magicprop.propdpm.run import propagate_images
 from magicprop.synthetic import SceneConfig, make_clip
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "paper-10ch-v1" / "latents.safetensors"

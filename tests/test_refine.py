@@ -12,7 +12,7 @@ from magicprop.composite import composite, feather
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import keyframe_plan
 from magicprop.motion.engine import FlowEngine, FlowSettings, resize_flow, warp
-from magicprop.refine import (
+from magicprop.refine.core import (
     RefineSettings,
     active,
     denoise_levels,

@@ -9,13 +9,13 @@ import pytest
 import torch
 from chains import iter_chain
 
-from magicprop.backend import FrozenEncoders, StandaloneModels
-from magicprop.conditioning import AUGMENT_SEED_SALT, condition_for
-from magicprop.depth import depth_to_latent_grid
-from magicprop.drift import anchor_statistics
 from magicprop.errors import MagicPropError
-from magicprop.propagate import FrameRequest
-from magicprop.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
+from magicprop.propdpm.conditioning import AUGMENT_SEED_SALT, condition_for
+from magicprop.propdpm.depth import depth_to_latent_grid
+from magicprop.propdpm.diffusers_backend import FrozenEncoders, StandaloneModels
+from magicprop.propdpm.drift import anchor_statistics
+from magicprop.propdpm.loop import FrameRequest
+from magicprop.propdpm.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
 from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
 
@@ -95,7 +95,7 @@ def test_inference_augmentation_is_drawn_from_the_frame_seed(models):
 
 def test_trainer_batches_use_the_inference_recipe(models):
     """The Batcher's condition channels are condition_for's for the sample's request under the run's settings."""
-    from magicprop.schedule import ScheduleConfig, train_scheduler
+    from magicprop.propdpm.schedule import ScheduleConfig, train_scheduler
     from magicprop.train.data import SampleSpec
     from magicprop.train.encoders import EncodedClip
     from magicprop.train.loop import Batcher

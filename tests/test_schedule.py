@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from magicprop.errors import MagicPropError
-from magicprop.schedule import (
+from magicprop.propdpm.schedule import (
     ScheduleConfig,
     alphas_cumprod,
     eps_from_v,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from magicprop.errors import MagicPropError
+from magicprop.io.video import read_frames
 from magicprop.motion.synthesis import SynthesisSettings, synthesize
-from magicprop.video import read_frames
 
 
 @pytest.fixture(scope="module")

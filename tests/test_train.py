@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from magicprop.checkpoint import inspect_checkpoint, load_checkpoint
+from magicprop.propdpm.checkpoint import inspect_checkpoint, load_checkpoint
 from magicprop.tiny import TINY_UNET_CONFIG
 from magicprop.train.config import load_config
 from magicprop.train.loop import Batcher, PropDPMTrainable, latest_checkpoint, train
@@ -51,7 +51,7 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
 
 def fixed_batch_loss(checkpoint: Path, cfg, n: int = 16) -> float:
     """The v-loss of a checkpoint on a fixed batch (fixed clips, frames, timesteps and noise)."""
-    from magicprop.schedule import ScheduleConfig, train_scheduler
+    from magicprop.propdpm.schedule import ScheduleConfig, train_scheduler
     from magicprop.train.data import make_source, sample_spec
     from magicprop.train.encoders import ClipCache, FrozenEncoders
 
@@ -164,8 +164,8 @@ def test_exported_checkpoint_runs_in_the_cli(tmp_path, tiny_models, bikes):
     from diffusers import AutoencoderKL
 
     from magicprop.cli import main
-    from magicprop.frames import crop_to_grid, load_image, resize_width, save_image
-    from magicprop.video import read_frames
+    from magicprop.io.images import crop_to_grid, load_image, resize_width, save_image
+    from magicprop.io.video import read_frames
 
     path = train(load_config(None, run_args(tiny_models, tmp_path / "run", steps=2)), progress=False)
     save_image(tmp_path / "ref.png", read_frames(bikes, 1)[0])

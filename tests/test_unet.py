@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from magicprop.errors import MagicPropError
+from magicprop.propdpm.unet import load_sd15_unet, widen_to_propdpm
+from magicprop.propdpm.unet_config import comfy_unet_config
 from magicprop.tiny import TINY_UNET_CONFIG, tiny_unet
-from magicprop.unet import load_sd15_unet, widen_to_propdpm
-from magicprop.unet_config import comfy_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def test_single_file_sd15_loads_offline(tmp_path, comfy_path):
     save_file(_ldm_checkpoint(sd, comfy_path), str(tmp_path / "tiny-sd15.safetensors"))
     sd.save_config(tmp_path / "config" / "unet")  # the tiny model's diffusers config, as the package ships SD1.5's
     probe = (
-        "import sys, torch; from magicprop.unet import load_sd15_unet; "
+        "import sys, torch; from magicprop.propdpm.unet import load_sd15_unet; "
         "u = load_sd15_unet(sys.argv[1], sys.argv[2]); torch.save(u.state_dict(), sys.argv[3])"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
@@ -85,7 +85,7 @@ def test_single_file_sd15_loads_offline(tmp_path, comfy_path):
 def test_shipped_sd15_config_is_sd15():
     import json
 
-    from magicprop.unet import SD15_CONFIG_DIR
+    from magicprop.propdpm.unet import SD15_CONFIG_DIR
 
     cfg = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
     assert cfg["block_out_channels"] == [320, 640, 1280, 1280] and cfg["cross_attention_dim"] == 768

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from magicprop.errors import MagicPropError
-from magicprop.video import (
+from magicprop.io.video import (
     is_frame_folder,
     iter_frames,
     list_frames,
@@ -101,7 +101,7 @@ def test_mp4_and_folder_hold_the_same_frames(tmp_path, bikes):
 
 def test_a_single_png_and_a_frame_folder_are_read_alike_at_16_bits(tmp_path):
     """`--mask image.png` and a mask folder take the same PNG reader: a 16-bit mask keeps its depth in both."""
-    from magicprop.frames import load_image
+    from magicprop.io.images import load_image
 
     ramp = torch.linspace(0, 1, 12 * 10).reshape(12, 10, 1).expand(12, 10, 3).contiguous()
     write_png(tmp_path / "mask.png", ramp, bits=16)

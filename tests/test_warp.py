@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from magicprop.cli import main
-from magicprop.frames import load_image, resize_width, save_image
+from magicprop.io.images import load_image, resize_width, save_image
+from magicprop.io.video import probe, read_frames, to_uint8, write_frames
 from magicprop.log import PREFIX
 from magicprop.motion.engine import FlowEngine, FlowSettings
 from magicprop.motion.propagate import DEFAULT_STRATEGY, flow_propagate
-from magicprop.video import probe, read_frames, to_uint8, write_frames
 
 R, FRAMES, WIDTH = 2, 6, 96
 

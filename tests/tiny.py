@@ -82,7 +82,7 @@ def full_size_clip_vision(folder: Path) -> Path:
 def flow_guided_checkpoint(paper: Path, out: Path, settings, perturb: bool = True, noise: float = 0.0) -> Path:
     """A flow-guided tiny PropDPM made from a paper one (`settings`: the FlowSettings it records); its new input
     channels are zero, or seeded random when `perturb` (so the motion inputs matter)."""
-    from magicprop.motion_inputs import flow_guided_checkpoint as extend
+    from magicprop.propdpm.motion_inputs import flow_guided_checkpoint as extend
 
     def randomise(unet) -> None:
         w = unet.conv_in.weight

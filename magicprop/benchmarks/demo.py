@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 
 from ..errors import MagicPropError
-from ..fileio import atomic_path
-from ..frames import save_image
+from ..io.fileio import atomic_path
+from ..io.images import save_image
+from ..io.video import write_video
 from ..log import get_logger
 from ..synthetic import SceneConfig, make_clip
-from ..video import write_video
 from .methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method
 from .metrics import Scores, windows
 from .models import MODELS_DIR, load_models, manifest
@@ -89,8 +89,8 @@ def stylize_and_decal(frame: torch.Tensor) -> torch.Tensor:
     """
     import numpy as np
 
+    from ..io.video import to_uint8
     from ..motion.engine import import_cv2
-    from ..video import to_uint8
 
     cv2 = import_cv2()
     h, w = frame.shape[:2]
@@ -119,9 +119,9 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     writes `out`/real.mp4 (source | propagated, the clip's fps) and `out`/real.png. `frames`: after the reference,
     at most (None: the whole shot); tick() once per propagated frame. Returns what was done and the filled share of
     every frame."""
+    from ..io.video import probe
     from ..motion.engine import FlowEngine, FlowSettings
     from ..motion.propagate import DEFAULT_FILL, flow_propagate
-    from ..video import probe
     from .real import data_folder, load_clip, real_clip, write_strip
 
     clip = real_clip(REAL_CLIP)

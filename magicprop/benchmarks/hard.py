@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 from ..log import get_logger
 from ..motion.engine import FlowSettings, import_cv2
 from .metrics import psnr, warp_error, window_means, windows

@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..backend import StandaloneModels
 from ..errors import MagicPropError
 from ..motion.engine import FlowEngine, FlowSettings
 from ..motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_STRATEGY, STRATEGIES, flow_propagate
-from ..propagate import FrameCallback
-from ..run import propagate_images, teacher_forced
+from ..propdpm.diffusers_backend import StandaloneModels
+from ..propdpm.loop import FrameCallback
+from ..propdpm.run import propagate_images, teacher_forced
 from .flow_baseline import horn_schunck, propagate_by_flow
 from .models import DRIFT, MAIN, NO_PREV, NOISE_AUG, ROLLOUT
 

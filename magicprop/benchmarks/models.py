@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..backend import StandaloneModels
 from ..errors import MagicPropError
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
+from ..propdpm.diffusers_backend import StandaloneModels
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "demo_models"
 MANIFEST = "MANIFEST.json"
@@ -80,7 +80,7 @@ def demo_overrides(models: Path, work: Path, filename: str, steps: int | None = 
 def train_demo_propdpm(models: Path, work: Path, filename: str, recipe: str, init: str | None = None,
                        steps: int | None = None, clips: int | None = None, progress: bool = True) -> float:
     """Train one demo PropDPM from its recipe and copy it into `models`; returns the seconds it took."""
-    from ..checkpoint import convert_checkpoint
+    from ..propdpm.checkpoint import convert_checkpoint
     from ..train.config import load_config
     from ..train.loop import train
 

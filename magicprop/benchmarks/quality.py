@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..errors import MagicPropError
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 from ..log import get_logger
 from ..synthetic import SceneConfig, make_clip
 from .methods import QUALITY_METHODS, UNMEASURED, run_method, runs_here

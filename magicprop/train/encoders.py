@@ -1,4 +1,5 @@
-"""Training's view of the frozen encoders (``magicprop.backend.FrozenEncoders``): encoded clips and their cache."""
+"""Training's view of the frozen encoders (``magicprop.propdpm.diffusers_backend.FrozenEncoders``): encoded clips and
+their cache."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..backend import FrozenEncoders
-from ..depth import depth_to_latent_grid
+from ..propdpm.depth import depth_to_latent_grid
+from ..propdpm.diffusers_backend import FrozenEncoders
 from .clips import ClipData
 
 __all__ = ["ClipCache", "EncodedClip", "FrozenEncoders", "encode_clip"]
@@ -53,7 +54,7 @@ class ClipCache:
         from safetensors.torch import load_file, save_file
         from tqdm.auto import tqdm
 
-        from ..fileio import atomic_path
+        from ..io.fileio import atomic_path
 
         if path.is_file():
             t = load_file(str(path))

@@ -5,11 +5,11 @@ Per sample: a (reference, previous, target) triplet of one clip; the target late
 zero-terminal-SNR schedule and the UNet, given the previous latent and both depths (concatenated) and the
 reference's appearance tokens (cross-attention), predicts v; the loss is the MSE on v. The appearance tokens are
 replaced by zeros with probability `appearance_dropout` (guidance); the condition channels follow
-``magicprop.conditioning.condition_for``, the recipe inference uses (noise augmentation included).
+``magicprop.propdpm.conditioning.condition_for``, the recipe inference uses (noise augmentation included).
 
-With `train.flow_guided` the UNet also reads the motion inputs (``magicprop.motion_inputs``): the sample's reference
-(an anchor of the clip, ``train.motion``) carried to the target by flow propagation on the source frames with the
-run's estimator, its validity and the carried latent's noise level; the checkpoint records the estimator.
+With `train.flow_guided` the UNet also reads the motion inputs (``magicprop.propdpm.motion_inputs``): the sample's
+reference (an anchor of the clip, ``train.motion``) carried to the target by flow propagation on the source frames with
+the run's estimator, its validity and the carried latent's noise level; the checkpoint records the estimator.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..adapter import AppearanceAdapter
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..conditioning import FLOW_GUIDED_INPUTS, PAPER_INPUTS, ConditionRecipe, condition_for
-from ..config import DepthSpec, GapDistribution, PropDPMConfig
 from ..errors import MagicPropError
-from ..fileio import atomic_path
-from ..init_model import initial_models
+from ..io.fileio import atomic_path
 from ..log import get_logger
-from ..motion_inputs import check_flow_record, motion_record
-from ..propagate import FrameRequest
-from ..schedule import ScheduleConfig, train_scheduler
+from ..propdpm.adapter import AppearanceAdapter
+from ..propdpm.checkpoint import load_checkpoint, save_checkpoint
+from ..propdpm.conditioning import FLOW_GUIDED_INPUTS, PAPER_INPUTS, ConditionRecipe, condition_for
+from ..propdpm.config import DepthSpec, GapDistribution, PropDPMConfig
+from ..propdpm.init_model import initial_models
+from ..propdpm.loop import FrameRequest
+from ..propdpm.motion_inputs import check_flow_record, motion_record
+from ..propdpm.schedule import ScheduleConfig, train_scheduler
 from ..seeding import frame_seed
 from .config import RunConfig
 from .data import make_source, sample_spec
@@ -79,7 +79,7 @@ class TrainState:
 def _init_models(cfg: RunConfig, settings=None):
     """(unet, adapter) to train; a flow-guided run extends a paper-layout UNet with zero-initialised motion channels
     (``unet.extend_inputs``), so it starts as exactly the model it comes from."""
-    from ..unet import extend_inputs
+    from ..propdpm.unet import extend_inputs
 
     m = cfg.model
     if m.init_checkpoint:
@@ -192,7 +192,7 @@ class Rollout:
     @torch.no_grad()
     def __call__(self, items: list) -> list[torch.Tensor]:
         """items: [(encoded clip, spec)] -> the (1, 4, h, w) unscaled previous latent of each."""
-        from ..backend import DiffusersDenoiser
+        from ..propdpm.diffusers_backend import DiffusersDenoiser
 
         model = self.acc.unwrap_model(self.module)
         t = self.cfg.train

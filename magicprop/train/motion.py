@@ -1,7 +1,7 @@
 """Training's motion inputs: each clip's reference carried by flow propagation, estimated once and cached.
 
-A flow-guided PropDPM (``magicprop.motion_inputs``) is trained on what inference will give it: flow estimated on the
-SOURCE frames with the engine and settings the user runs (never the synthetic domain's exact flow), the checkpoint's
+A flow-guided PropDPM (``magicprop.propdpm.motion_inputs``) is trained on what inference will give it: flow estimated on
+the SOURCE frames with the engine and settings the user runs (never the synthetic domain's exact flow), the checkpoint's
 flow propagation strategy, filled pixels blanked to grey, VAE-encoded. References sit at a few fixed positions of
 each clip (``anchors``: first, middle, last), so the reference is often far from the target, as in long clips;
 for each one the carried latents and validity of every frame are computed once per clip (in memory, or for the whole
@@ -22,7 +22,7 @@ import torch
 
 from ..errors import MagicPropError
 from ..log import get_logger
-from ..motion_inputs import carry_frames, motion_record
+from ..propdpm.motion_inputs import carry_frames, motion_record
 from .config import RunConfig
 
 log = get_logger(__name__)
@@ -86,7 +86,7 @@ class MotionCache:
         from safetensors.torch import load_file, save_file
         from tqdm.auto import tqdm
 
-        from ..fileio import atomic_path
+        from ..io.fileio import atomic_path
 
         record = json.dumps(self.record, sort_keys=True)
         if path.is_file():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..depth import DepthEstimator, align_clip_depth
 from ..errors import MagicPropError
-from ..frames import square
+from ..io.images import square
 from ..log import get_logger
+from ..propdpm.depth import DepthEstimator, align_clip_depth
 from .shards import INDEX_NAME, ShardWriter, encode_clip_npz, new_index, write_index
 
 log = get_logger(__name__)
@@ -58,7 +58,7 @@ def prepare(videos: str | Path, depth_model: str | Path, out: str | Path, cfg: P
     """Prepare (or resume preparing) shards; returns the index (clips, shards, skipped videos with reasons)."""
     from tqdm.auto import tqdm
 
-    from ..video import read_frames
+    from ..io.video import read_frames
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import MagicPropError
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 from .clips import ClipData
 
 INDEX_NAME = "index.json"

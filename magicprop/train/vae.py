@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backend import FrozenEncoders
 from ..benchmarks.seeds import VAE_RUN_STRIDE, VAE_SEED
-from ..fileio import atomic_path
+from ..io.fileio import atomic_path
 from ..log import get_logger
+from ..propdpm.diffusers_backend import FrozenEncoders
 
 log = get_logger(__name__)
 

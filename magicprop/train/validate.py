@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ..backend import FrozenEncoders, StandaloneModels
 from ..benchmarks.metrics import psnr
 from ..benchmarks.report import strip
 from ..benchmarks.seeds import VALIDATION_OFFSET
-from ..frames import save_image
+from ..io.images import save_image
 from ..log import get_logger
-from ..run import propagate_images
+from ..propdpm.diffusers_backend import FrozenEncoders, StandaloneModels
+from ..propdpm.run import propagate_images
 
 log = get_logger(__name__)
 

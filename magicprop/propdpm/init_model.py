@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
+from ..errors import MagicPropError
+from ..log import get_logger
 from .adapter import AdapterConfig, AppearanceAdapter
 from .checkpoint import save_checkpoint
 from .clip import ClipSpec, clip_spec_of, load_clip_vision
 from .conditioning import LATENT_CHANNELS
 from .config import PropDPMConfig
-from .errors import MagicPropError
-from .log import get_logger
 from .unet import load_sd15_unet, unet_from_config, widen_to_propdpm
 
 log = get_logger(__name__)

@@ -17,7 +17,7 @@ Keyframes are never refined and start the loopback chains, forward and backward,
 keyframe plan (``magicprop.keyframes.keyframe_plan``). The refined pixels are put back with
 ``magicprop.composite.composite``, the one feathered pixel composite.
 
-Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.refine_job``).
+Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.jobs.refine``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .composite import DEFAULT_BORDER, composite
-from .errors import MagicPropError
-from .keyframes import check_keyframes, check_max_batch, keyframe_plan, lockstep_order, meet, rounds
-from .seeding import frame_seed
+from ..composite import DEFAULT_BORDER, composite
+from ..errors import MagicPropError
+from ..keyframes import check_keyframes, check_max_batch, keyframe_plan, lockstep_order, meet, rounds
+from ..seeding import frame_seed
 
 MODES = ("per_frame", "loopback")
 """per_frame: img2img of each carried frame; loopback: from the previous refined frame carried by the flow."""
@@ -188,7 +188,7 @@ def loopback_init(previous: torch.Tensor, carried: torch.Tensor, flow: torch.Ten
     previous, carried: (H, W, 3); flow: (1, 2, h, w) flow_{k->prev} in pixels of its resolution; valid: (h, w)
     bool (its forward-backward check on frame k). Exactly the carried previous frame where validity is 1.
     """
-    from .motion.engine import resize_flow, warp
+    from ..motion.engine import resize_flow, warp
 
     size = tuple(carried.shape[:2])
     moved = warp(previous.permute(2, 0, 1)[None].float(), resize_flow(flow.float(), size))[0].permute(1, 2, 0)
@@ -292,7 +292,7 @@ def flow_refine(
                 finish(k, image)
         return out
 
-    from .motion.propagate import chain_steps
+    from ..motion.propagate import chain_steps
 
     chains, blends = keyframe_plan(keys, num, settings.window)
     pending: dict[int, dict[int, torch.Tensor]] = {}

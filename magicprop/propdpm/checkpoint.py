@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
+from ..io.fileio import SNIFF_BYTES, atomic_path, sniff
 from .adapter import AppearanceAdapter
 from .config import FORMAT_NAME, PropDPMConfig
-from .errors import CheckpointError
-from .fileio import SNIFF_BYTES, atomic_path, sniff
 from .unet import check_propdpm_unet_config
 
 UNET_PREFIX = "unet."

@@ -1,7 +1,7 @@
 """The host-free backend: PropDPM with diffusers' UNet and schedulers (CLI, trainer, benchmarks, tests).
 
 Sampling uses DDIM with trailing timesteps on the zero-terminal-SNR schedule (Lin et al. 2023, section 3.3), from
-pure noise, with v-prediction; guidance on the appearance tokens as in ``magicprop.schedule.guide``. The frozen
+pure noise, with v-prediction; guidance on the appearance tokens as in ``magicprop.propdpm.schedule.guide``. The frozen
 encoders (VAE and CLIP vision) are one class, ``FrozenEncoders``, for inference, training and validation.
 """
 
@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MagicPropError
+from ..io.fileio import model_folder
+from ..seeding import frame_noise
 from .adapter import AppearanceAdapter, null_tokens
 from .checkpoint import load_checkpoint
 from .clip import (
@@ -27,11 +30,8 @@ from .clip import (
 )
 from .conditioning import condition_for
 from .config import PropDPMConfig
-from .errors import MagicPropError
-from .fileio import model_folder
-from .propagate import FrameRequest
+from .loop import FrameRequest
 from .schedule import guide, sample_scheduler
-from .seeding import frame_noise
 
 
 class DiffusersDenoiser:
@@ -81,7 +81,7 @@ class DiffusersDenoiser:
 
     def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
         """One batched DDIM run for the frames of several chains, each with its own denoiser's appearance
-        (``magicprop.propagate.denoise_round``); denoisers that sample differently run one call each."""
+        (``magicprop.propdpm.loop.denoise_round``); denoisers that sample differently run one call each."""
         if not all(self.shares_sampler(d) for d, _ in jobs):
             return [d(r) for d, r in jobs]
         positive = torch.cat([d.positive for d, _ in jobs])
@@ -174,7 +174,7 @@ class FrozenEncoders:
 
     @torch.no_grad()
     def clip_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) in [0, 1] -> (B, 1+N, C) projected CLIP tokens (``magicprop.clip.clip_tokens``)."""
+        """(B, H, W, 3) in [0, 1] -> (B, 1+N, C) projected CLIP tokens (``magicprop.propdpm.clip.clip_tokens``)."""
         if self.clip is None:
             raise MagicPropError("these encoders have no CLIP vision model: pass clip_vision to make tokens.")
         return clip_tokens(self.clip, images, self.mean, self.std)

@@ -9,7 +9,7 @@ previous depth m^{k-1}. The paper's UNet input has 4 + 6 channels, in this order
     [9]    previous depth m^{k-1}             (same mapping)
 
 A checkpoint lists its inputs by name (``PropDPMConfig.inputs``, names from ``INPUTS``). The flow-guided layout
-(``FLOW_GUIDED_INPUTS``, 16 channels) appends the motion inputs that ``magicprop.motion_inputs`` builds:
+(``FLOW_GUIDED_INPUTS``, 16 channels) appends the motion inputs that ``magicprop.propdpm.motion_inputs`` builds:
 
     [10:14] carried latent    the reference carried to frame k by flow propagation in pixel space (filled pixels
                               blanked), then VAE-encoded; scaled by the latent scale, noise-augmented at the
@@ -29,8 +29,8 @@ from typing import Protocol
 
 import torch
 
-from .errors import MagicPropError
-from .propagate import FrameRequest
+from ..errors import MagicPropError
+from .loop import FrameRequest
 
 LATENT_CHANNELS = 4
 CONDITION_CHANNELS = 6  # the paper's: previous latent (4) + target depth (1) + previous depth (1)
@@ -80,7 +80,7 @@ def spatial_condition(
         if d.ndim != 4 or d.shape[1] != 1 or d.shape[-2:] != (h, w):
             raise MagicPropError(
                 f"{name} has shape {tuple(d.shape)}: expected (batch, 1, {h}, {w}), a depth map at the latent size "
-                "(use magicprop.depth.depth_to_latent_grid)."
+                "(use magicprop.propdpm.depth.depth_to_latent_grid)."
             )
     depth = depth.expand(b, -1, -1, -1).to(prev_latent_scaled)
     prev_depth = prev_depth.expand(b, -1, -1, -1).to(prev_latent_scaled)
@@ -118,7 +118,7 @@ def _need(request: FrameRequest, field: str) -> torch.Tensor:
         raise MagicPropError(
             f"frame {request.index}: the checkpoint declares the input {field!r} but the request has none: a "
             "flow-guided PropDPM needs the source frames and their flow (OpticalFlowSequence in ComfyUI; the frames "
-            "in the command line), which magicprop.motion_inputs turns into its motion inputs."
+            "in the command line), which magicprop.propdpm.motion_inputs turns into its motion inputs."
         )
     return value
 
@@ -212,7 +212,7 @@ def condition_for(request: FrameRequest, settings: ConditionSettings) -> torch.T
 
     The previous latent is scaled like the noisy latent, zeroed for a model trained without it, and noise-augmented
     at the checkpoint's level with a generator seeded from the request's seed; the depths are centred. Motion inputs
-    come from the request (``magicprop.motion_inputs``); a missing one is refused in one line.
+    come from the request (``magicprop.propdpm.motion_inputs``); a missing one is refused in one line.
     """
     names = getattr(settings, "inputs", PAPER_INPUTS)
     if tuple(names) == PAPER_INPUTS:  # the paper's recipe exactly as it was built before inputs were declared

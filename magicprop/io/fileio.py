@@ -33,7 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def model_folder(path: str | Path, what: str, expected: str) -> Path:
     """A local model folder (with config.json), or MagicPropError naming the input and what it should hold."""
-    from .errors import MagicPropError
+    from ..errors import MagicPropError
 
     folder = Path(path)
     if not (folder / "config.json").is_file():

@@ -2,7 +2,7 @@
 
 EbSynth-style propagation without weights: the engine (magicprop.motion.engine) estimates the clip's flow once and
 flow propagation (magicprop.motion.propagate) carries the edited reference(s) to every frame. Video in and out may be
-a video file or a folder of numbered PNG frames (magicprop.video).
+a video file or a folder of numbered PNG frames (magicprop.io.video).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import MagicPropError
-from .frames import check_reference_count, load_image, resize_width
-from .log import get_logger
-from .video import (
+from ..errors import MagicPropError
+from ..io.images import check_reference_count, load_image, resize_width
+from ..io.video import (
     check_frame_folder_out,
     is_frame_folder,
     iter_frames,
@@ -26,6 +25,7 @@ from .video import (
     to_uint8,
     write_video,
 )
+from ..log import get_logger
 
 log = get_logger(__name__)
 
@@ -70,13 +70,13 @@ class WarpJob:
     device: str = "cpu"
 
     def settings(self):
-        from .flow_options import flow_settings
+        from .options import flow_settings
 
         return flow_settings(self.flow, self.flow_preset, self.flow_weights, self.flow_size, self.device)
 
 
 def _strategy(job: WarpJob) -> str:
-    from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
+    from ..motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
 
     name = DEFAULT_STRATEGY if job.strategy is None else job.strategy
     if name not in STRATEGIES:
@@ -173,8 +173,8 @@ def check_job(job: WarpJob):
     known, RAFT weights present), the strategy's name, the video's info, the references at the output size and the
     mask (or None).
     """
-    from .keyframes import keyframe_plan
-    from .motion.engine import FlowEngine
+    from ..keyframes import keyframe_plan
+    from ..motion.engine import FlowEngine
 
     _check_paths(job)
     engine = FlowEngine(job.settings())
@@ -209,8 +209,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from .keyframes import keyframe_plan
-    from .motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, flow_propagate
+    from ..keyframes import keyframe_plan
+    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
     frames = read_selected(job)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import MagicPropError
-from .fileio import model_folder
-from .log import get_logger
+from ..errors import MagicPropError
+from ..io.fileio import model_folder
+from ..log import get_logger
 
 log = get_logger(__name__)
 

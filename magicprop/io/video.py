@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MagicPropError
+from ..errors import MagicPropError
+from ..log import get_logger
 from .fileio import atomic_path
-from .log import get_logger
 
 log = get_logger(__name__)
 

@@ -1,14 +1,14 @@
 """One propagation run, whatever the front end: encoded references, keyframe indices and per-frame conditions on
 the latent grid, a denoiser per keyframe, optional anchoring -> the latents of every frame.
 
-The command line (``magicprop.pipeline``), the ComfyUI node (``nodes/propagate.py``), the benchmarks and the
+The command line (``magicprop.jobs.propagate``), the ComfyUI node (``nodes/propagate.py``), the benchmarks and the
 trainer's validation all go through ``run_inputs`` (checks, reference-depth placement) and ``propagate_run``
-(keyframes, anchoring, the autoregressive loop of ``magicprop.propagate``). They differ only in how they encode
+(keyframes, anchoring, the autoregressive loop of ``magicprop.propdpm.loop``). They differ only in how they encode
 the references and which FrameDenoiser they make (diffusers' DDIM or ComfyUI's samplers).
 
 Everything a run reads per frame sits on the latent grid (h, w) = (H/8, W/8): the clip depth, the reference
 depth, placed on the clip's scale there, and for flow-guided checkpoints the carried frames' latents and validity
-(``magicprop.motion_inputs.CarriedFrames``), which join ``RunInputs`` beside ``depth``.
+(``magicprop.propdpm.motion_inputs.CarriedFrames``), which join ``RunInputs`` beside ``depth``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .composite import DEFAULT_BORDER
+from ..composite import DEFAULT_BORDER
+from ..errors import MagicPropError
+from ..keyframes import check_keyframes, keyframe_plan
+from ..seeding import frame_seed
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
-from .errors import MagicPropError
-from .keyframes import check_keyframes, keyframe_plan
+from .loop import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, propagate_keyframes
 from .motion_inputs import (
     CarriedDenoiser,
     CarriedFrames,
@@ -34,8 +36,6 @@ from .motion_inputs import (
     checkpoint_strategy,
     composite_carried,
 )
-from .propagate import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, propagate_keyframes
-from .seeding import frame_seed
 
 DenoiserFactory = Callable[[int, int], FrameDenoiser]
 """(position i of the reference in the batch, its absolute frame index) -> the denoiser carrying its appearance."""
@@ -73,7 +73,7 @@ def place_reference_depth(reference_depth: torch.Tensor, depth: torch.Tensor, in
     in [0, 1] (depth images, near = bright, on their own scale) -> (N, 1, h, w) in [0, 1].
 
     Each map is brought to the latent grid first, then fitted to the clip's depth at its keyframe by the robust
-    scale-and-shift fit that aligns the clip's own frames (``magicprop.depth.align_to``).
+    scale-and-shift fit that aligns the clip's own frames (``magicprop.propdpm.depth.align_to``).
     """
     if reference_depth.ndim != 3 or reference_depth.shape[0] != len(indices):
         raise MagicPropError(
@@ -139,14 +139,14 @@ def propagate_run(
     max_batch: int = 0,
 ) -> torch.Tensor:
     """Run the propagation: (K, C, h, w) latents, each reference in its place; the chains' frames of each round in
-    one sampler call of at most `max_batch` frames (0 = all ready; ``magicprop.propagate``).
+    one sampler call of at most `max_batch` frames (0 = all ready; ``magicprop.propdpm.loop``).
 
-    anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.drift``),
+    anchor_strength > 0 wraps every keyframe's denoiser in reference-statistics anchoring (``magicprop.propdpm.drift``),
     inside `masks` ((1 or K, 1, h, w) latent-grid masks, ``latent_masks``) when given. With `inputs.carried`, every
-    frame gets its motion inputs (``magicprop.motion_inputs.CarriedDenoiser``, outermost, so anchoring acts on the
-    model's own latent); `feedback`, `encode`, `decode` and `composite_border` say what feeds the next frame (default:
-the composite re-encoded when `composite_border` is not None, which needs the VAE's `encode` and `decode`;
-``magicprop.motion_inputs``).
+    frame gets its motion inputs (``magicprop.propdpm.motion_inputs.CarriedDenoiser``, outermost, so anchoring acts on
+    the model's own latent); `feedback`, `encode`, `decode` and `composite_border` say what feeds the next frame
+(default: the composite re-encoded when `composite_border` is not None, which needs the VAE's `encode` and `decode`;
+``magicprop.propdpm.motion_inputs``).
     """
     if not 0.0 <= anchor_strength <= 1.0:
         raise MagicPropError(f"anchor strength={anchor_strength}: expected a value in [0, 1] (0 = off).")
@@ -174,7 +174,7 @@ def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth
     return torch.cat(out)
 
 
-# -- host-free runs on images (benchmarks, validation); `models` is a magicprop.backend.StandaloneModels ----------
+# -- host-free runs on images (benchmarks, validation); `models` is a magicprop.propdpm.diffusers_backend.StandaloneM --
 
 def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tensor, indices: Sequence[int],
                     encode: Encode, engine=None, motion=None, carry: str | None = None, window: int = 8,
@@ -186,7 +186,7 @@ def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tenso
     the checkpoint's record; `weights`: the RAFT weights file it records) and `motion` (the clip's consecutive flow,
     default: estimated here) are refused in one line when made by another estimator. dtype: of the carried frames
     kept for the run (``carry_frames``)."""
-    from .motion.engine import FlowEngine
+    from ..motion.engine import FlowEngine
 
     if not config.flow_guided:
         return None

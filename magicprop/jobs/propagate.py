@@ -1,9 +1,9 @@
 """Video in, edited video out, without ComfyUI: the `python -m magicprop propagate` job.
 
 The job reads its files (references, depth, the video's frames for depth), builds the run's inputs on the latent
-grid and runs them through ``magicprop.run``, the same core the ComfyUI node uses; frames are decoded and written
-in chunks. A flow-guided checkpoint also gets its motion inputs: the video's frames are held, their flow is estimated
-with the estimator the checkpoint records (``--flow`` and its settings may only repeat it), and the output is
+grid and runs them through ``magicprop.propdpm.run``, the same core the ComfyUI node uses; frames are decoded and
+written in chunks. A flow-guided checkpoint also gets its motion inputs: the video's frames are held, their flow is
+estimated with the estimator the checkpoint records (``--flow`` and its settings may only repeat it), and the output is
 composited under the carried pixels (``--no-composite`` turns that off).
 """
 
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from .backend import FrozenEncoders, StandaloneModels
-from .checkpoint import inspect_checkpoint
-from .composite import DEFAULT_BORDER
-from .depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
-from .errors import MagicPropError
-from .frames import check_reference_count, crop_to_grid, list_images, load_image, resize_width
-from .keyframes import check_keyframes, check_max_batch, keyframe_plan
-from .log import get_logger
-from .run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
-from .video import VideoInfo, iter_frames, probe, to_uint8, write_video
+from ..composite import DEFAULT_BORDER
+from ..errors import MagicPropError
+from ..io.images import check_reference_count, crop_to_grid, list_images, load_image, resize_width
+from ..io.video import VideoInfo, iter_frames, probe, to_uint8, write_video
+from ..keyframes import check_keyframes, check_max_batch, keyframe_plan
+from ..log import get_logger
+from ..propdpm.checkpoint import inspect_checkpoint
+from ..propdpm.depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
+from ..propdpm.diffusers_backend import FrozenEncoders, StandaloneModels
+from ..propdpm.run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
 
 log = get_logger(__name__)
 
@@ -121,8 +121,8 @@ def _check_files(job: PropagateJob) -> None:
 def flow_engine(job: PropagateJob, config):
     """The flow engine of a flow-guided checkpoint: its recorded estimator and settings, which --flow, --flow-preset,
     --flow-size may repeat but not change (one line naming both); None for a paper checkpoint."""
-    from .motion.engine import FlowEngine
-    from .motion_inputs import check_flow_record, checkpoint_settings
+    from ..motion.engine import FlowEngine
+    from ..propdpm.motion_inputs import check_flow_record, checkpoint_settings
 
     given = {"estimator": job.flow, "preset": job.flow_preset, "work_size": job.flow_size}
     if not config.flow_guided:
@@ -221,12 +221,12 @@ class JobInputs:
     """(K, H, W, 3) uint8: the selected frames, prepared like the references (flow-guided checkpoints only; uint8
     holds a long clip in a quarter of float32's memory, exactly unless --width resized the frames)."""
     carried: object | None = None
-    """After the run: a flow-guided run's carried frames (``magicprop.motion_inputs.CarriedFrames``)."""
+    """After the run: a flow-guided run's carried frames (``magicprop.propdpm.motion_inputs.CarriedFrames``)."""
 
     def run_inputs(self, encoders: FrozenEncoders | StandaloneModels, config=None,
                    progress: bool = False) -> RunInputs:
-        """The run's inputs: the references encoded, their depth placed on the latent grid (``magicprop.run``), and
-        for a flow-guided `config` the references carried through the frames by flow propagation."""
+        """The run's inputs: the references encoded, their depth placed on the latent grid (``magicprop.propdpm.run``),
+        and for a flow-guided `config` the references carried through the frames by flow propagation."""
         carried = None
         if config is not None and self.engine is not None:
             from tqdm.auto import tqdm
@@ -274,7 +274,7 @@ def read_job(job: PropagateJob, progress: bool = True) -> JobInputs:
 def _decoded_frames(models: StandaloneModels, latents: torch.Tensor, carried=None,
                     border: int | None = DEFAULT_BORDER, chunk: int = 8):
     """The frames, decoded a chunk at a time; a flow-guided run's composited under its carried pixels."""
-    from .motion_inputs import composite_carried
+    from ..propdpm.motion_inputs import composite_carried
 
     for i in range(0, latents.shape[0], chunk):
         images = models.decode(latents[i : i + chunk])

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .composite import DEFAULT_BORDER, composite
-from .errors import MagicPropError
-from .propagate import FrameDenoiser, FrameRequest, inner_round
+from ..composite import DEFAULT_BORDER, composite
+from ..errors import MagicPropError
+from .loop import FrameDenoiser, FrameRequest, inner_round
 
 GREY = 0.5
 """The value filled pixels are blanked to before encoding (mid-grey in [0, 1], the VAE's zero in [-1, 1])."""
@@ -76,7 +76,7 @@ def check_flow_record(config, record: dict, what: str = "flow") -> None:
     with the checkpoint's estimator. A paper checkpoint accepts anything (it reads no flow)."""
     if not config.flow_guided:
         return
-    from .motion.external import EXTERNAL
+    from ..motion.external import EXTERNAL
 
     trained = config.motion
     fix = (f"estimate it with {describe_record(trained)} (OpticalFlowSequence in ComfyUI; `--flow "
@@ -93,7 +93,7 @@ def check_flow_record(config, record: dict, what: str = "flow") -> None:
 
 def checkpoint_settings(config, weights: str | None = None, device: str = "cpu"):
     """The FlowSettings of the estimator a flow-guided checkpoint records (RAFT needs `weights`, the file's path)."""
-    from .motion.engine import FlowSettings
+    from ..motion.engine import FlowSettings
 
     if not config.flow_guided:
         raise MagicPropError("this PropDPM declares no motion inputs: it reads no flow (pass no flow settings).")
@@ -103,7 +103,7 @@ def checkpoint_settings(config, weights: str | None = None, device: str = "cpu")
 
 def checkpoint_strategy(config) -> str:
     """The flow propagation strategy the checkpoint was trained with (the engine's default for older records)."""
-    from .motion.propagate import DEFAULT_STRATEGY
+    from ..motion.propagate import DEFAULT_STRATEGY
 
     return config.motion.get("strategy", DEFAULT_STRATEGY)
 
@@ -165,7 +165,7 @@ def carry_frames(frames: torch.Tensor, references: torch.Tensor, indices: Sequen
     engine's default, the residual carry; training carries "edit"). mask: the edited region (source kept outside).
     dtype: of the carried frames and filled shares kept for the run (float16 for long clips).
     """
-    from .motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY, flow_propagate
+    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY, flow_propagate
 
     result = flow_propagate(frames.cpu(), references.float().cpu(), list(indices), engine, motion=motion,
                             strategy=strategy or DEFAULT_STRATEGY, window=window, mask=mask, callback=callback,

@@ -18,8 +18,9 @@ per call, the sequential run). A batch holds at most one frame per chain, so mem
 Because a frame's inputs and noise do not depend on the other frames of its batch, batched and one-at-a-time runs
 agree up to the float rounding of a batched convolution (deterministic samplers).
 
-Backends implement ``FrameDenoiser`` (and optionally ``denoise_batch``): diffusers in ``magicprop.backend``,
-ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes, anchoring) is assembled by ``magicprop.run``.
+Backends implement ``FrameDenoiser`` (and optionally ``denoise_batch``): diffusers in
+``magicprop.propdpm.diffusers_backend``, ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes,
+anchoring) is assembled by ``magicprop.propdpm.run``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from typing import Protocol
 
 import torch
 
-from .errors import MagicPropError
-from .keyframes import chain_order, check_max_batch, keyframe_plan, meet, rounds
-from .seeding import frame_seed
+from ..errors import MagicPropError
+from ..keyframes import chain_order, check_max_batch, keyframe_plan, meet, rounds
+from ..seeding import frame_seed
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class FrameRequest:
     """frame_seed(run seed, k): seeds this frame's initial noise and sampler noise."""
     carried_latent: torch.Tensor | None = None
     """(1, C, h, w) unscaled VAE latent of the reference carried to frame k by flow propagation (flow-guided
-    checkpoints only; ``magicprop.motion_inputs`` attaches it)."""
+    checkpoints only; ``magicprop.propdpm.motion_inputs`` attaches it)."""
     carried_valid: torch.Tensor | None = None
     """(1, 1, h, w) share of frame k's latent cell the flow carried (1) rather than filled (0)."""
     motion_noise_level: float | None = None

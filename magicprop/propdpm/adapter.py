@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .errors import MagicPropError
+from ..errors import MagicPropError
 
 
 @dataclass(frozen=True)

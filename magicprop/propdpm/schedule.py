@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import MagicPropError
+from ..errors import MagicPropError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ MagicProp's own limit (section 4): beyond ~30 frames, over-smoothing and colour 
 Three controls, each a switch:
 
 - noise augmentation of the previous-frame latent (training and the matching inference level; GameNGen, Valevski
-  et al. 2024, section 3.2.1) lives in ``magicprop.conditioning.noise_augment``, its level in the checkpoint;
+  et al. 2024, section 3.2.1) lives in ``magicprop.propdpm.conditioning.noise_augment``, its level in the checkpoint;
 - training on the model's own rollouts (scheduled sampling, Bengio et al. 2015; self-forcing, Huang et al. 2025)
   lives in the trainer (``TrainConfig.rollout_probability``);
 - reference statistics anchoring, here: after each frame, the per-channel mean and standard deviation of the
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import MagicPropError
-from .propagate import FrameDenoiser, FrameRequest, inner_round
+from ..errors import MagicPropError
+from .loop import FrameDenoiser, FrameRequest, inner_round
 
 
 def channel_stats(latent: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

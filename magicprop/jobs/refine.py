@@ -1,10 +1,11 @@
 """The carried frames refined with a Stable Diffusion model, without ComfyUI: the `python -m magicprop refine` job.
 
-The same core as the FlowRefine node (``magicprop.refine``), on the diffusers backend: the model's UNet, text encoder
-and scheduler from a local diffusers folder (or a single-file checkpoint with its configs), the VAE through
-``magicprop.backend.FrozenEncoders``, an optional ControlNet with one hint per frame. Sampling follows ComfyUI's
-meaning of steps and denoise: `steps` steps from the timestep where a run at `denoise` starts (DDIM, eta 0); filled
-pixels get the per-pixel levels of ``magicprop.refine`` (held at the noised input until their level is reached).
+The same core as the FlowRefine node (``magicprop.refine.core``), on the diffusers backend: the model's UNet, text
+encoder and scheduler from a local diffusers folder (or a single-file checkpoint with its configs), the VAE through
+``magicprop.propdpm.diffusers_backend.FrozenEncoders``, an optional ControlNet with one hint per frame. Sampling follows
+ComfyUI's meaning of steps and denoise: `steps` steps from the timestep where a run at `denoise` starts (DDIM, eta 0);
+filled pixels get the per-pixel levels of ``magicprop.refine.core`` (held at the noised input until their level is
+reached).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import MagicPropError
-from .frames import list_images, load_image, resize, resize_width
-from .keyframes import check_keyframes
-from .log import get_logger
-from .refine import (
+from ..errors import MagicPropError
+from ..io.images import list_images, load_image, resize, resize_width
+from ..io.video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
+from ..keyframes import check_keyframes
+from ..log import get_logger
+from ..propdpm.unet import SINGLE_FILE_SUFFIXES
+from ..refine.core import (
     RefineRequest,
     RefineSettings,
     active,
@@ -30,9 +33,7 @@ from .refine import (
     refine_plan,
     start_level,
 )
-from .seeding import frame_noise
-from .unet import SINGLE_FILE_SUFFIXES
-from .video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
+from ..seeding import frame_noise
 
 log = get_logger(__name__)
 
@@ -101,7 +102,7 @@ def check_sd_model(path: Path, single_file_config: Path | None) -> None:
     A PropDPM checkpoint, an inpainting or other widened UNet, a pickle, an image ... are refused in one line saying
     what the file is.
     """
-    from .checkpoint import FORMAT_NAME, CheckpointError, read_safetensors_header
+    from ..propdpm.checkpoint import FORMAT_NAME, CheckpointError, read_safetensors_header
 
     path = Path(path)
     if path.is_dir():
@@ -151,7 +152,7 @@ class SDModels:
     text_encoder: torch.nn.Module
     tokenizer: object
     scheduler_config: dict
-    encoders: object  # magicprop.backend.FrozenEncoders
+    encoders: object  # magicprop.propdpm.diffusers_backend.FrozenEncoders
     controlnet: torch.nn.Module | None = None
 
     @classmethod
@@ -160,7 +161,7 @@ class SDModels:
         from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from .backend import FrozenEncoders
+        from ..propdpm.diffusers_backend import FrozenEncoders
 
         model = Path(model)
         if model.is_dir():
@@ -327,13 +328,13 @@ def check_job(job: RefineJob) -> None:
     if is_frame_folder(job.out):
         check_frame_folder_out(job.out, "--out")
     if job.mode == "loopback":
-        from .motion.engine import FlowEngine
+        from ..motion.engine import FlowEngine
 
         FlowEngine(_flow_settings(job))  # estimator known, OpenCV importable, RAFT weights present
 
 
 def _flow_settings(job: RefineJob):
-    from .flow_options import flow_settings
+    from .options import flow_settings
 
     return flow_settings(job.flow, job.flow_preset, job.flow_weights, job.flow_size, job.device)
 
@@ -357,7 +358,7 @@ def _read_hints(job: RefineJob, source: torch.Tensor) -> torch.Tensor | None:
         hints = torch.cat([load_image(p, "--depth-frames image") for p in
                            list_images(job.depth_frames, "--depth-frames")[:: job.stride][:k]])
     elif job.depth_model is not None:
-        from .depth import ClipDepthAligner, DepthEstimator
+        from ..propdpm.depth import ClipDepthAligner, DepthEstimator
 
         aligner = ClipDepthAligner()
         for d in DepthEstimator.from_folder(job.depth_model, job.device)(source):
@@ -392,7 +393,7 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
     settings = job.settings()
     motion = None
     if job.mode == "loopback" and k > 1:
-        from .motion.engine import FlowEngine
+        from ..motion.engine import FlowEngine
 
         motion = FlowEngine(_flow_settings(job)).consecutive(source)
     check_refine_inputs(carried, masks, keys, settings, motion)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MagicPropError
-from .log import get_logger
+from ..errors import MagicPropError
+from ..log import get_logger
 
 log = get_logger(__name__)
 

@@ -10,10 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..errors import CheckpointError, MagicPropError
 from .adapter import AdapterConfig
 from .clip import ClipSpec
 from .conditioning import PAPER_INPUTS, check_inputs, has_motion
-from .errors import CheckpointError, MagicPropError
 from .schedule import ScheduleConfig
 
 FORMAT_NAME = "magicprop.propdpm"
@@ -90,8 +90,8 @@ class PropDPMConfig:
     training: dict[str, Any] = field(default_factory=dict)
     """How the weights were made (source, steps, data); informational."""
     inputs: tuple[str, ...] = PAPER_INPUTS
-    """The UNet's extra input channels by name, in channel order (``magicprop.conditioning.INPUTS``): the paper's
-    layout by default, so files written before this field load and run as they did."""
+    """The UNet's extra input channels by name, in channel order (``magicprop.propdpm.conditioning.INPUTS``): the
+    paper's layout by default, so files written before this field load and run as they did."""
     motion: dict[str, Any] = field(default_factory=dict)
     """Flow-guided checkpoints: the estimator the motion inputs were made with in training (``FlowSettings.record()``)
     plus the flow propagation `strategy` and training `carry`; inference refuses flow from another estimator. Empty

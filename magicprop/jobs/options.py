@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import MagicPropError
-from .motion.engine import FlowSettings
+from ..errors import MagicPropError
+from ..motion.engine import FlowSettings
 
 
 def flow_settings(flow: str, preset: str, weights: str | Path | None, size: int, device: str) -> FlowSettings:

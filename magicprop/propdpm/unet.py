@@ -1,7 +1,7 @@
 """PropDPM's UNet: Stable Diffusion 1.5's latent UNet with a widened input (MagicProp section 3.2).
 
 PropDPM is initialised from SD1.5. The spatial conditions are concatenated to the noisy latent, so conv_in goes
-from 4 to 10 input channels (channel order in ``magicprop.conditioning``). The new input channels start at zero,
+from 4 to 10 input channels (channel order in ``magicprop.propdpm.conditioning``). The new input channels start at zero,
 so the initial PropDPM computes exactly what SD1.5 computes on the noisy latent. The appearance tokens replace the
 text context through the existing cross-attention (768 wide for SD1.5).
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ..errors import MagicPropError
 from .conditioning import CONDITION_CHANNELS, INPUTS, LATENT_CHANNELS, PAPER_INPUTS, check_inputs, input_channels
-from .errors import MagicPropError
 
 SD15_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd15"
 """A diffusers config of SD1.5 (unet/config.json) shipped with the package for single-file loading, offline."""

@@ -1,0 +1,2 @@
+"""Reading and writing: videos and frame folders (video.py), still images (images.py), atomic writes and model
+folders (fileio.py)."""

@@ -1,0 +1,1 @@
+"""The command line's jobs: `propagate`, `warp` and `refine`, and the options they share (options.py)."""
