@@ -93,7 +93,7 @@ def node_child(frames: int, size: int, work: Path, flow_guided: bool = False) ->
     tiny = save_tiny_models(work / "tiny")
     host = Host(ROOT, work / "comfy")
     make_checkpoint(host.models / "magicprop" / "m.safetensors", tiny, flow_guided)
-    types = host.module("nodes.types")
+    types = host.module("nodes.common.types")
     h = w = size // 8
 
     class BenchAppearance:

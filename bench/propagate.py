@@ -120,8 +120,8 @@ def main() -> None:
                            unet_config=sd_shaped_config(preset["channels"]), seed=0)
     k, size, steps, cfg = args.frames, preset["size"], preset["steps"], preset["cfg"]
     h = w = size // 8
-    types = host.module("nodes.types")
-    model_mod = host.module("nodes.model")
+    types = host.module("nodes.common.types")
+    model_mod = host.module("nodes.propdpm.model")
 
     # (a) the node, through the executor; everything upstream is cached after the first run
     graph = {

@@ -110,7 +110,7 @@ class Host:
         register(nodes)
 
     def module(self, name: str):
-        """A module of the pack as ComfyUI loaded it, e.g. module("nodes.model")."""
+        """A module of the pack as ComfyUI loaded it, e.g. module("nodes.propdpm.model")."""
         return sys.modules[f"{self.pack_module}.{name}"]
 
     def node_class(self, node_id: str):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .appearance import AppearanceAdapterEncode
-from .depth_sequence import DepthSequence
-from .flow import OpticalFlowSequence
-from .flow_propagate import FlowPropagate
-from .folders import register_model_folders
-from .loader import PropDPMLoader
-from .propagate import AutoregressivePropagate
-from .refine import FlowRefine
+from .common.folders import register_model_folders
+from .flow.flow_propagate import FlowPropagate
+from .flow.optical_flow import OpticalFlowSequence
+from .propdpm.appearance import AppearanceAdapterEncode
+from .propdpm.depth_sequence import DepthSequence
+from .propdpm.loader import PropDPMLoader
+from .propdpm.propagate import AutoregressivePropagate
+from .refine.refine import FlowRefine
 
 NODES: list[type[io.ComfyNode]] = [DepthSequence, AppearanceAdapterEncode, PropDPMLoader, AutoregressivePropagate,
                                    OpticalFlowSequence, FlowPropagate, FlowRefine]

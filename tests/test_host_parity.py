@@ -16,7 +16,7 @@ pytestmark = pytest.mark.host
 @pytest.fixture(scope="module")
 def both(comfy_host, tiny_models, tmp_path_factory):
     """The tiny PropDPM through the core (diffusers) and through the pack's ComfyUI loader."""
-    model_mod = comfy_host.module("nodes.model")
+    model_mod = comfy_host.module("nodes.propdpm.model")
     patcher, handle = model_mod.load_propdpm(str(tiny_models["checkpoint"]), "fp32")
     core = StandaloneModels.load(tiny_models["checkpoint"], tiny_models["vae"], tiny_models["clip_vision"])
     return core, patcher, handle
@@ -48,7 +48,7 @@ def test_model_prediction_matches_core(comfy_host, both, t):
     base = patcher.model
     sigma = base.model_sampling.sigmas[t]
     # the pack's concat_cond path: the condition arrives as a conditioning key
-    concat_key = comfy_host.module("nodes.model").CONCAT_KEY
+    concat_key = comfy_host.module("nodes.propdpm.model").CONCAT_KEY
     c_concat = base.concat_cond(**{concat_key: cond, "noise": x_t, "device": torch.device("cpu")})
     assert torch.equal(c_concat, cond)
     scale = (1 + sigma**2) ** 0.5
@@ -66,7 +66,7 @@ def test_appearance_tokens_match_core(comfy_host, both, tiny_models, tmp_path):
     from transformers import CLIPVisionModelWithProjection
 
     core, _, handle = both
-    appearance = comfy_host.module("nodes.appearance")
+    appearance = comfy_host.module("nodes.propdpm.appearance")
     clip = comfy_clip_vision(CLIPVisionModelWithProjection.from_pretrained(tiny_models["clip_vision"]), tmp_path)
     vae = comfy_vae(AutoencoderKL.from_pretrained(tiny_models["vae"]))
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def test_appearance_tokens_match_core(comfy_host, both, tiny_models, tmp_path):
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_full_frame_sample_matches_core_ddim(comfy_host, both, sampler, cfg):
     core, patcher, handle = both
-    denoiser_mod = comfy_host.module("nodes.denoiser")
-    types = comfy_host.module("nodes.types")
+    denoiser_mod = comfy_host.module("nodes.propdpm.denoiser")
+    types = comfy_host.module("nodes.common.types")
     torch.manual_seed(1)
     tokens = torch.randn(1, 13, 32)
     info = types.AppearanceInfo("tiny", 32, False)

@@ -1,5 +1,5 @@
 """The refine CLI's diffusers refiner (magicprop.jobs.refine.DiffusersRefiner) against FlowRefine's host refiner
-(nodes/refine.py ComfyFrameRefiner on comfy.sample.sample), the same tiny SD1.5-shaped weights, frames, seed and
+(nodes/refine/refine.py ComfyFrameRefiner on comfy.sample.sample), the same tiny SD1.5-shaped weights, frames, seed and
 denoise through the same core loop (flow_refine)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run_both(comfy_host, both, sampler: str, scheduler: str, denoise: float, sch
     from magicprop.jobs.refine import DiffusersRefiner
 
     models, model, vae = both
-    node = comfy_host.module("nodes.refine")
+    node = comfy_host.module("nodes.refine.refine")
     if scheduler_config is not None:
         models = dataclasses.replace(models, scheduler_config={**models.scheduler_config, **scheduler_config})
     filled, fd = None, denoise if filled_denoise is None else filled_denoise

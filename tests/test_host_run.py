@@ -78,7 +78,7 @@ def test_cli_and_node_build_the_same_run_and_give_the_same_latents(comfy_host, t
     frames = read_frames(clip_files["video"])
     depth = comfy_host.node_class("DepthSequence").execute(frames, "none", 8, depth_maps).result[0]
     vae = comfy_vae(AutoencoderKL.from_pretrained(tiny_models["vae"]))
-    node_module = comfy_host.module("nodes.propagate")
+    node_module = comfy_host.module("nodes.propdpm.propagate")
     node = node_module.node_run_inputs(vae, depth, _images(references), keys,
                                        _images(reference_depth) if with_depth else None)
 
@@ -108,5 +108,5 @@ def test_the_node_never_loads_the_diffusers_backend(comfy_host, files):  # noqa:
     assert comfy_host.output(ex, "12", 0)["samples"].shape[0] == 3
     pack = comfy_host.pack_module + "."
     mine = {m[len(pack):] for m in sys.modules if m.startswith(pack)}
-    assert {"magicprop.propdpm.run", "magicprop.propdpm.conditioning", "nodes.propagate"} <= mine, sorted(mine)
+    assert {"magicprop.propdpm.run", "magicprop.propdpm.conditioning", "nodes.propdpm.propagate"} <= mine, sorted(mine)
     assert "magicprop.propdpm.diffusers_backend" not in mine, "the node pack imported the diffusers backend"

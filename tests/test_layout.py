@@ -1,4 +1,5 @@
-"""The code's layout as a checked rule: no import cycle inside the core, no node file importing another node file.
+"""The code's layout as a checked rule: no import cycle inside the core, no node file importing another node file,
+and each folder of nodes/ (one per path: flow/, refine/, propdpm/) built on common/ alone.
 
 Read from the source (ast), so a cycle hidden inside a function body counts too: it is still a knot a reader must
 untie, and the next refactor turns it into an import-time failure.
@@ -95,3 +96,28 @@ def test_no_node_file_imports_another_node_file():
     assert len(nodes) == 7, sorted(nodes)
     crossing = {m: sorted(imports(m, f, known) & set(nodes)) for m, f in nodes.items()}
     assert {m: i for m, i in crossing.items() if i} == {}
+
+
+def folder(module: str) -> str:
+    """nodes.propdpm.loader -> nodes.propdpm; nodes (the extension itself) -> nodes."""
+    return ".".join(module.split(".")[:2])
+
+
+CROSSING_ALLOWED = {("nodes.refine.refine", "nodes.propdpm.model")}
+"""FlowRefine refuses a PropDPM model (by its class) before sampling with it as an image model."""
+
+
+def test_each_node_folder_imports_only_itself_and_common():
+    known = module_names(ROOT / "nodes")
+    folders = {folder(m) for m in known} - {"nodes"}
+    assert folders == {"nodes.common", "nodes.flow", "nodes.propdpm", "nodes.refine"}, sorted(folders)
+    crossing = {}
+    for m, f in known.items():
+        if m == "nodes":  # the extension lists every node
+            continue
+        allowed = {folder(m)} if folder(m) == "nodes.common" else {folder(m), "nodes.common"}
+        out = sorted(i for i in imports(m, f, known)
+                     if folder(i) not in allowed and (m, i) not in CROSSING_ALLOWED)
+        if out:
+            crossing[m] = out
+    assert crossing == {}

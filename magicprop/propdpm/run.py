@@ -1,8 +1,8 @@
 """One propagation run, whatever the front end: encoded references, keyframe indices and per-frame conditions on
 the latent grid, a denoiser per keyframe, optional anchoring -> the latents of every frame.
 
-The command line (``magicprop.jobs.propagate``), the ComfyUI node (``nodes/propagate.py``), the benchmarks and the
-trainer's validation all go through ``run_inputs`` (checks, reference-depth placement) and ``propagate_run``
+The command line (``magicprop.jobs.propagate``), the ComfyUI node (``nodes/propdpm/propagate.py``), the benchmarks and
+the trainer's validation all go through ``run_inputs`` (checks, reference-depth placement) and ``propagate_run``
 (keyframes, anchoring, the autoregressive loop of ``magicprop.propdpm.loop``). They differ only in how they encode
 the references and which FrameDenoiser they make (diffusers' DDIM or ComfyUI's samplers).
 

@@ -3,7 +3,7 @@
 ComfyUI's own diffusers detection only knows a fixed list of full-size models, so a PropDPM UNet (10 input
 channels, any size) is described here from its diffusers config; the key layout is then mapped by ComfyUI's own
 ``comfy.utils.unet_to_diffusers``. Pure Python in the core (no ComfyUI import): the node pack's loader
-(``nodes/model.py``), the host tests and the core's single-file tests use this one translation.
+(``nodes/propdpm/model.py``), the host tests and the core's single-file tests use this one translation.
 """
 
 from __future__ import annotations

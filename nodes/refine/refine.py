@@ -9,10 +9,10 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.composite import DEFAULT_BORDER
-from ..magicprop.errors import MagicPropError
-from ..magicprop.keyframes import check_keyframes
-from ..magicprop.refine.core import (
+from ...magicprop.composite import DEFAULT_BORDER
+from ...magicprop.errors import MagicPropError
+from ...magicprop.keyframes import check_keyframes
+from ...magicprop.refine.core import (
     MODES,
     NOISE_MODES,
     RefineRequest,
@@ -26,14 +26,14 @@ from ..magicprop.refine.core import (
     refine_plan,
     start_level,
 )
-from ..magicprop.seeding import frame_noise
-from .denoiser import check_control_hints, frame_conditioning
-from .flow_inputs import check_flow
-from .model import PropDPMModel
-from .preview import FramePreviews
-from .progress import ProgressReporter
-from .types import Flow
-from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
+from ...magicprop.seeding import frame_noise
+from ..common.conditioning import check_control_hints, frame_conditioning
+from ..common.flow_inputs import check_flow
+from ..common.preview import FramePreviews
+from ..common.progress import ProgressReporter
+from ..common.types import Flow
+from ..common.validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
+from ..propdpm.model import PropDPMModel
 
 
 def timestep_range(model_sampling, sigmas: torch.Tensor) -> tuple[float, float]:

@@ -18,11 +18,11 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.log import get_logger
-from ..magicprop.propdpm.checkpoint import load_checkpoint
-from ..magicprop.propdpm.config import PropDPMConfig
-from ..magicprop.propdpm.unet_config import UnsupportedUNet, comfy_unet_config
+from ...magicprop.errors import MagicPropError
+from ...magicprop.log import get_logger
+from ...magicprop.propdpm.checkpoint import load_checkpoint
+from ...magicprop.propdpm.config import PropDPMConfig
+from ...magicprop.propdpm.unet_config import UnsupportedUNet, comfy_unet_config
 
 log = get_logger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.io.images import GRID
+from ...magicprop.errors import MagicPropError
+from ...magicprop.io.images import GRID
 
 UNCONNECTED = object()
 """Default of an optional socket in a `validate_inputs` signature: the host leaves it out when nothing is connected

@@ -8,10 +8,10 @@ import comfy.model_management
 import comfy.model_patcher
 import torch
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.log import get_logger
-from ..magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
-from ..magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
+from ...magicprop.errors import MagicPropError
+from ...magicprop.log import get_logger
+from ...magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
+from ...magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
 from .folders import NO_FLOW_WEIGHTS, flow_weights_path
 
 log = get_logger(__name__)

@@ -6,11 +6,11 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.keyframes import check_keyframes
-from ..magicprop.motion.engine import FlowEngine, FlowSettings, Motion
-from ..magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
-from ..magicprop.motion.propagate import (
+from ...magicprop.errors import MagicPropError
+from ...magicprop.keyframes import check_keyframes
+from ...magicprop.motion.engine import FlowEngine, FlowSettings, Motion
+from ...magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
+from ...magicprop.motion.propagate import (
     CARRIES,
     DEFAULT_CARRY,
     DEFAULT_FILL,
@@ -19,10 +19,10 @@ from ..magicprop.motion.propagate import (
     STRATEGIES,
     flow_propagate,
 )
-from .flow_inputs import check_flow, keyframe_engine, placed
-from .progress import counted, frame_callback
-from .types import ExternalFlow, Flow
-from .validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
+from ..common.flow_inputs import check_flow, keyframe_engine, placed
+from ..common.progress import counted, frame_callback
+from ..common.types import ExternalFlow, Flow
+from ..common.validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 
 
 def check_widgets(keyframe_indices: str | None, flow, external_flow) -> None:

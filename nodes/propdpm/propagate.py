@@ -8,18 +8,18 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.composite import DEFAULT_BORDER
-from ..magicprop.errors import MagicPropError
-from ..magicprop.keyframes import check_keyframes
-from ..magicprop.log import get_logger
-from ..magicprop.propdpm.depth import depth_from_image
-from ..magicprop.propdpm.motion_inputs import (
+from ...magicprop.composite import DEFAULT_BORDER
+from ...magicprop.errors import MagicPropError
+from ...magicprop.keyframes import check_keyframes
+from ...magicprop.log import get_logger
+from ...magicprop.propdpm.depth import depth_from_image
+from ...magicprop.propdpm.motion_inputs import (
     CarriedFrames,
     check_flow_record,
     checkpoint_strategy,
     composite_carried,
 )
-from ..magicprop.propdpm.run import (
+from ...magicprop.propdpm.run import (
     RunInputs,
     carried_for_run,
     depth_on_grid,
@@ -28,13 +28,14 @@ from ..magicprop.propdpm.run import (
     propagate_run,
     run_inputs,
 )
-from .denoiser import ComfyFrameDenoiser, check_control_hints
-from .flow_inputs import check_flow, keyframe_engine, placed
+from ..common.conditioning import check_control_hints
+from ..common.flow_inputs import check_flow, keyframe_engine, placed
+from ..common.preview import FramePreviews
+from ..common.progress import ProgressReporter, counted, frame_callback
+from ..common.types import APPEARANCE_KEY, Flow
+from ..common.validation import UNCONNECTED, check_reference, keyframes, parse_keyframe_indices, refusal
+from .denoiser import ComfyFrameDenoiser
 from .model import PropDPMModel
-from .preview import FramePreviews
-from .progress import ProgressReporter, counted, frame_callback
-from .types import APPEARANCE_KEY, Flow
-from .validation import UNCONNECTED, check_reference, keyframes, parse_keyframe_indices, refusal
 
 log = get_logger(__name__)
 

@@ -8,10 +8,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_from_image
-from .folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
-from .validation import UNCONNECTED, refusal
+from ...magicprop.errors import MagicPropError
+from ...magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_from_image
+from ..common.folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
+from ..common.validation import UNCONNECTED, refusal
 
 
 def resolve_depth_model(name: str) -> str:

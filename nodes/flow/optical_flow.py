@@ -9,14 +9,14 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.log import get_logger
-from ..magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings
-from .flow_inputs import placed, resolve_weights
-from .folders import NO_FLOW_WEIGHTS, flow_weight_files
-from .progress import frame_callback
-from .types import Flow
-from .validation import refusal
+from ...magicprop.errors import MagicPropError
+from ...magicprop.log import get_logger
+from ...magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings
+from ..common.flow_inputs import placed, resolve_weights
+from ..common.folders import NO_FLOW_WEIGHTS, flow_weight_files
+from ..common.progress import frame_callback
+from ..common.types import Flow
+from ..common.validation import refusal
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 Adapter = io.Custom("MAGICPROP_ADAPTER")
-"""The appearance adapter of a PropDPM checkpoint (nodes.model.AdapterHandle)."""
+"""The appearance adapter of a PropDPM checkpoint (nodes.propdpm.model.AdapterHandle)."""
 
 Flow = io.Custom("MAGICPROP_FLOW")
 """A clip's consecutive forward and backward flow with validity, fp16 on the CPU, and the estimator that made it

@@ -6,12 +6,12 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..magicprop.errors import MagicPropError
-from ..magicprop.propdpm.adapter import null_tokens
-from ..magicprop.propdpm.clip import check_clip_compatible, projection_fingerprint
+from ...magicprop.errors import MagicPropError
+from ...magicprop.propdpm.adapter import null_tokens
+from ...magicprop.propdpm.clip import check_clip_compatible, projection_fingerprint
+from ..common.types import APPEARANCE_KEY, Adapter, AppearanceInfo
+from ..common.validation import check_reference
 from .model import AdapterHandle
-from .types import APPEARANCE_KEY, Adapter, AppearanceInfo
-from .validation import check_reference
 
 
 def clip_token_shape(clip_vision) -> tuple[int, int]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from .folders import PROPDPM_FOLDER, propdpm_files
+from ..common.folders import PROPDPM_FOLDER, propdpm_files
+from ..common.types import Adapter
 from .model import WEIGHT_DTYPES, load_propdpm
-from .types import Adapter
 
 
 class PropDPMLoader(io.ComfyNode):

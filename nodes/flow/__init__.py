@@ -1,0 +1,1 @@
+"""The flow propagation nodes: OpticalFlowSequence and FlowPropagate."""
