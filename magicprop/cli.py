@@ -11,21 +11,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from .errors import MagicPropError
+from .jobs.options import (
+    add_device_options,
+    add_flow_options,
+    add_frame_options,
+    add_output_options,
+    pick_device,
+    shared_fields,
+)
 
 log = logging.getLogger("magicprop")
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def pick_device(name: str) -> str:
-    """'auto' -> the current accelerator if torch has one, else 'cpu'."""
-    if name != "auto":
-        return name
-    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    return acc.type if acc is not None else "cpu"
 
 
 def _add_init(sub) -> None:
@@ -40,6 +36,14 @@ def _add_init(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latent-scale", type=float, default=0.18215, help="VAE latent scale (SD1.5: 0.18215)")
     p.add_argument("--resolution", type=int, default=256, help="training resolution to record")
+    p.set_defaults(func=_init)
+
+
+def _init(args: argparse.Namespace) -> None:
+    from .propdpm.init_model import init_checkpoint
+
+    init_checkpoint(args.out, args.unet, args.unet_config, args.clip_vision, args.seed, args.latent_scale,
+                    args.resolution, args.single_file_config)
 
 
 def _add_propagate(sub) -> None:
@@ -64,31 +68,22 @@ def _add_propagate(sub) -> None:
     depth.add_argument("--depth-frames", type=Path, help="folder with one depth image per source frame")
     p.add_argument("--reference-depth", type=Path, nargs="+",
                    help="depth image of each edited reference when the edit changed shape (one per --reference)")
-    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
-    p.add_argument("--stride", type=int, default=1, help="take every stride-th frame")
-    p.add_argument("--width", type=int, default=None, help="resize frames to this width first (aspect kept)")
+    add_frame_options(p, png_folders=False)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=1.0, help="appearance guidance; 1 = off (the paper)")
     p.add_argument("--guidance-rescale", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
-    p.add_argument("--crf", type=int, default=18, help="x264 quality (0 = lossless)")
-    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    add_output_options(p)
+    add_device_options(p, dtype=True)
     _add_flow_guided(p)
+    p.set_defaults(func=_propagate)
 
 
 def _add_flow_guided(p) -> None:
     from .composite import DEFAULT_BORDER
-    from .motion.engine import DIS_PRESETS, ESTIMATORS
 
     g = p.add_argument_group("flow-guided checkpoints", "the flow the checkpoint's motion inputs are made with")
-    g.add_argument("--flow", default=None, metavar="|".join(ESTIMATORS),
-                   help="optical flow estimator (default: the one the checkpoint records; another is refused)")
-    g.add_argument("--flow-weights", type=Path, help="RAFT weights file, when the checkpoint's estimator is raft")
-    g.add_argument("--flow-preset", choices=DIS_PRESETS, default=None, help="DIS preset (default: the checkpoint's)")
-    g.add_argument("--flow-size", type=int, default=None, help="flow working size (default: the checkpoint's)")
+    add_flow_options(g, from_checkpoint=True)
     g.add_argument("--composite-border", type=int, default=DEFAULT_BORDER,
                    help="px over which the carried pixels fade into the model's inside filled regions")
     g.add_argument("--no-composite", action="store_true",
@@ -96,8 +91,24 @@ def _add_flow_guided(p) -> None:
                         "own latent then feeds each next frame)")
 
 
+def _propagate(args: argparse.Namespace) -> None:
+    from .jobs.propagate import PropagateJob, run_propagate
+
+    if args.frames is not None and args.frames < 1:
+        raise MagicPropError(f"--frames {args.frames}: expected 1 or more frames.")
+    job = PropagateJob(
+        **shared_fields(args), checkpoint=args.checkpoint, video=args.video, reference=args.reference,
+        reference_index=args.reference_index, out=args.out, vae=args.vae, clip_vision=args.clip_vision,
+        depth_model=args.depth_model, depth_frames=args.depth_frames, reference_depth=args.reference_depth,
+        steps=args.steps, cfg=args.cfg, guidance_rescale=args.guidance_rescale, seed=args.seed,
+        keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength,
+        composite_border=None if args.no_composite else args.composite_border, max_batch=args.max_batch,
+    )
+    path = run_propagate(job, progress=not args.quiet)
+    log.info("wrote %s", path)
+
+
 def _add_warp(sub) -> None:
-    from .motion.engine import DIS_PRESETS, ESTIMATORS
     from .motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
 
     p = sub.add_parser("warp", help="carry edited frame(s) along the video's optical flow (no model)")
@@ -112,12 +123,7 @@ def _add_warp(sub) -> None:
                    help="the mp4 to write, or a folder for PNG frames (an existing folder or a path ending in '/')")
     p.add_argument("--mask-out", type=str, help="also write the masks of filled pixels (not carried by flow): "
                                                  "an mp4 or a PNG folder")
-    # names are checked by the engine (one-line error listing the registry), not by argparse (usage dump)
-    p.add_argument("--flow", default="dis", metavar="|".join(ESTIMATORS), help="optical flow estimator")
-    p.add_argument("--flow-weights", type=Path, help="RAFT weights file (.safetensors or torchvision .pth), for "
-                                                     "--flow raft")
-    p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset (faster to better)")
-    p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
+    add_flow_options(p)
     p.add_argument("--strategy", default=None, metavar="|".join(sorted(STRATEGIES)),
                    help=f"how the edit follows the flow: direct (flow from each frame to its keyframe), chain (frame "
                         f"to frame), accumulate (consecutive flow composed), mixed (the valid of direct and "
@@ -134,19 +140,28 @@ def _add_warp(sub) -> None:
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")
-    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
-    p.add_argument("--stride", type=int, default=1, help="take every stride-th frame")
-    p.add_argument("--width", type=int, default=None, help="resize frames to this width first (aspect kept)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of a PNG-folder --video (default 25)")
-    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
-    p.add_argument("--crf", type=int, default=18, help="x264 quality of an mp4 --out (0 = lossless)")
-    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
-    p.add_argument("--device", default="auto", help="where RAFT runs (the OpenCV estimators use the CPU)")
+    add_frame_options(p, png_folders=True)
+    add_output_options(p)
+    add_device_options(p, dtype=False, device_help="where RAFT runs (the OpenCV estimators use the CPU)")
+    p.set_defaults(func=_warp)
+
+
+def _warp(args: argparse.Namespace) -> None:
+    from .jobs.warp import WarpJob, run_warp
+
+    job = WarpJob(
+        **shared_fields(args), video=args.video, reference=args.reference, reference_index=args.reference_index,
+        out=args.out, strategy=args.strategy, carry=args.carry, fill=args.fill, keyframe_window=args.keyframe_window,
+        mask=args.mask, mask_out=args.mask_out,
+    )
+    path = run_warp(job, progress=not args.quiet)
+    log.info("wrote %s", path)
+    if args.mask_out is not None:
+        log.info("wrote %s", args.mask_out)
 
 
 def _add_refine(sub) -> None:
     from .composite import DEFAULT_BORDER
-    from .motion.engine import DIS_PRESETS, ESTIMATORS
     from .refine.core import MODES, NOISE_MODES
 
     p = sub.add_parser("refine", help="refine carried frames (warp's output) with a Stable Diffusion model")
@@ -187,19 +202,27 @@ def _add_refine(sub) -> None:
     hints.add_argument("--control-frames", type=str, help="ControlNet hints: one image per frame (mp4 or folder)")
     hints.add_argument("--depth-model", type=Path, help="ControlNet hints from this local depth model (near = white)")
     hints.add_argument("--depth-frames", type=Path, help="ControlNet hints: a folder of depth images, one per frame")
-    p.add_argument("--flow", default="dis", metavar="|".join(ESTIMATORS), help="optical flow estimator (loopback)")
-    p.add_argument("--flow-weights", type=Path, help="RAFT weights file, for --flow raft")
-    p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset")
-    p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
-    p.add_argument("--frames", type=int, default=None, help="use at most this many frames (as given to warp)")
-    p.add_argument("--stride", type=int, default=1, help="take every stride-th source frame (as given to warp)")
-    p.add_argument("--width", type=int, default=None, help="resize source frames to this width (as given to warp)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of a PNG-folder --video (default 25)")
-    p.add_argument("--no-audio", action="store_true", help="do not copy the source audio")
-    p.add_argument("--crf", type=int, default=18, help="x264 quality of an mp4 --out (0 = lossless)")
-    p.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (players) or yuv444p")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    add_flow_options(p, note="loopback")
+    add_frame_options(p, png_folders=True, note="as given to warp")
+    add_output_options(p)
+    add_device_options(p, dtype=True)
+    p.set_defaults(func=_refine)
+
+
+def _refine(args: argparse.Namespace) -> None:
+    from .jobs.refine import RefineJob, run_refine
+
+    job = RefineJob(
+        **shared_fields(args), video=args.video, carried=args.carried, model=args.model, out=args.out,
+        reference_index=args.reference_index, prompt=args.prompt, negative_prompt=args.negative_prompt,
+        filled_mask=args.filled_mask, denoise=args.denoise, filled_denoise=args.filled_denoise, mode=args.mode,
+        noise=args.noise, seed=args.seed, steps=args.steps, cfg=args.cfg, border=args.border,
+        keyframe_window=args.keyframe_window, single_file_config=args.single_file_config,
+        controlnet=args.controlnet, control_frames=args.control_frames, depth_model=args.depth_model,
+        depth_frames=args.depth_frames, controlnet_scale=args.controlnet_scale, max_batch=args.max_batch,
+    )
+    path = run_refine(job, progress=not args.quiet)
+    log.info("wrote %s", path)
 
 
 def _add_train(sub) -> None:
@@ -207,6 +230,15 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, help="TOML training config (see configs/train/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=2000 (repeatable)")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train.config import load_config
+    from .train.loop import train
+
+    path = train(load_config(args.config, args.set), progress=not args.quiet)
+    log.info("wrote %s", path)
 
 
 def _add_train_vae(sub) -> None:
@@ -214,6 +246,13 @@ def _add_train_vae(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to write (a diffusers AutoencoderKL)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_vae)
+
+
+def _train_vae(args: argparse.Namespace) -> None:
+    from .train.vae import VAETrainConfig, train_vae
+
+    train_vae(VAETrainConfig(output=str(args.out), steps=args.steps, seed=args.seed), progress=not args.quiet)
 
 
 def _add_prepare(sub) -> None:
@@ -227,6 +266,15 @@ def _add_prepare(sub) -> None:
     p.add_argument("--min-frames", type=int, default=8, help="shorter clips are skipped")
     p.add_argument("--clips-per-shard", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.set_defaults(func=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from .train.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(frames=args.frames, stride=args.stride, size=args.size, min_frames=args.min_frames,
+                        clips_per_shard=args.clips_per_shard)
+    prepare(args.videos, args.depth_model, args.out, cfg, pick_device(args.device), progress=not args.quiet)
 
 
 def _add_demo(sub) -> None:
@@ -241,6 +289,22 @@ def _add_demo(sub) -> None:
     p.add_argument("--models", type=Path, default=None, help="demo models folder (default: the shipped ones)")
     p.add_argument("--train", action="store_true", help="retrain every demo model from scratch first (hours on CPU)")
     p.add_argument("--train-steps", type=int, default=None, help="with --train: PropDPM steps (default: the recipe's)")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .benchmarks.demo import run_demo, table
+    from .benchmarks.models import MODELS_DIR, train_demo_models
+
+    models = args.models or (args.out / "models" if args.train else MODELS_DIR)
+    if args.train:
+        train_demo_models(models, args.out / "work", args.train_steps, progress=not args.quiet)
+    metrics = run_demo(args.out, models, args.clips, args.steps, args.model_clips, not args.no_real,
+                       args.real_frames, progress=not args.quiet)
+    sys.stdout.write(table(metrics) + "\n")  # the result: printed whatever -q says
+    real = [] if "skipped" in metrics["real"] else ["real.mp4", "real.png"]
+    for name in ["strip.png", "demo.mp4", "metrics.json", *real]:
+        log.info("wrote %s", (args.out / name).resolve())
 
 
 def _add_bench(sub) -> None:
@@ -253,16 +317,52 @@ def _add_bench(sub) -> None:
     q.add_argument("--short", type=int, default=30, help="frames after the reference (short clips)")
     q.add_argument("--steps", type=int, default=10, help="sampling steps per frame")
     q.add_argument("--models", type=Path, default=None, help="demo models folder (default: the shipped ones)")
+    q.set_defaults(func=_bench_quality)
     r = kinds.add_parser("real", help="flow propagation on real clips (colour edits) and known camera motion")
     r.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where real.json and the strip go")
     r.add_argument("--flow-weights", type=Path, default=None, help="RAFT weights file; without it RAFT is skipped")
+    r.set_defaults(func=_bench_real)
     h = kinds.add_parser("hard", help="flow propagation under hard motion (fast pans, deformation, a crossing layer, "
                                       "content frame 0 never showed) with stylization, sketch, oil and decal edits")
     h.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where hard.json goes")
     h.add_argument("--frames", type=int, default=60, help="frames after the reference")
+    h.set_defaults(func=_bench_hard)
+
+
+def _bench_quality(args: argparse.Namespace) -> None:
+    from .benchmarks.models import MODELS_DIR
+    from .benchmarks.quality import run_quality, table
+
+    results = run_quality(args.out, args.models or MODELS_DIR, args.clips, args.frames, args.short, args.steps,
+                          progress=not args.quiet)
+    sys.stdout.write(f"PSNR (dB) over {args.frames} frames after the reference, by window; slope in dB per 100 "
+                     f"frames\n{table(results)}\nsame motions, {args.short} frames:\n"
+                     f"{table(results, 'short_run')}\n")  # the result: printed whatever -q says
+    if results["skipped"]:
+        log.info("skipped (checkpoint not shipped): %s", ", ".join(results["skipped"]))
+    for name in ("quality.json", "quality.png"):
+        log.info("wrote %s", (args.out / name).resolve())
+
+
+def _bench_real(args: argparse.Namespace) -> None:
+    from .benchmarks.real import run_real, table
+
+    results = run_real(args.out, flow_weights=args.flow_weights, progress=not args.quiet)
+    sys.stdout.write(table(results) + "\n")  # the result: printed whatever -q says
+    for name in ("real.json", "real.png"):
+        log.info("wrote %s", (args.out / name).resolve())
+
+
+def _bench_hard(args: argparse.Namespace) -> None:
+    from .benchmarks.hard import run_hard, table
+
+    results = run_hard(args.out, frames=args.frames, progress=not args.quiet)
+    sys.stdout.write("PSNR (dB) per window: all pixels / pixels frame 0 never showed\n" + table(results) + "\n")
+    log.info("wrote %s", (args.out / "hard.json").resolve())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command's parser; each sets `func`, the function that runs it."""
     parser = argparse.ArgumentParser(prog="python -m magicprop", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,128 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "init":
-        from .propdpm.init_model import init_checkpoint
-
-        init_checkpoint(args.out, args.unet, args.unet_config, args.clip_vision, args.seed, args.latent_scale,
-                        args.resolution, args.single_file_config)
-    elif args.command == "propagate":
-        from .jobs.propagate import PropagateJob, run_propagate
-
-        if args.frames is not None and args.frames < 1:
-            raise MagicPropError(f"--frames {args.frames}: expected 1 or more frames.")
-        job = PropagateJob(
-            checkpoint=args.checkpoint, video=args.video, reference=args.reference,
-            reference_index=args.reference_index, out=args.out, vae=args.vae, clip_vision=args.clip_vision,
-            depth_model=args.depth_model, depth_frames=args.depth_frames, reference_depth=args.reference_depth,
-            max_frames=args.frames, stride=args.stride, width=args.width, steps=args.steps, cfg=args.cfg,
-            guidance_rescale=args.guidance_rescale, seed=args.seed, audio=not args.no_audio, crf=args.crf,
-            pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
-            keyframe_window=args.keyframe_window, anchor_strength=args.anchor_strength, flow=args.flow,
-            flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            composite_border=None if args.no_composite else args.composite_border, max_batch=args.max_batch,
-        )
-        path = run_propagate(job, progress=not args.quiet)
-        log.info("wrote %s", path)
-    elif args.command == "warp":
-        from .jobs.warp import WarpJob, run_warp
-
-        job = WarpJob(
-            video=args.video, reference=args.reference, reference_index=args.reference_index, out=args.out,
-            flow=args.flow, flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            strategy=args.strategy, carry=args.carry, fill=args.fill, keyframe_window=args.keyframe_window,
-            mask=args.mask,
-            mask_out=args.mask_out,
-            max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
-            crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device),
-        )
-        path = run_warp(job, progress=not args.quiet)
-        log.info("wrote %s", path)
-        if args.mask_out is not None:
-            log.info("wrote %s", args.mask_out)
-    elif args.command == "refine":
-        from .jobs.refine import RefineJob, run_refine
-
-        job = RefineJob(
-            video=args.video, carried=args.carried, model=args.model, out=args.out,
-            reference_index=args.reference_index, prompt=args.prompt, negative_prompt=args.negative_prompt,
-            filled_mask=args.filled_mask, denoise=args.denoise, filled_denoise=args.filled_denoise, mode=args.mode,
-            noise=args.noise, seed=args.seed, steps=args.steps, cfg=args.cfg, border=args.border,
-            keyframe_window=args.keyframe_window, single_file_config=args.single_file_config,
-            controlnet=args.controlnet, control_frames=args.control_frames, depth_model=args.depth_model,
-            depth_frames=args.depth_frames, controlnet_scale=args.controlnet_scale, flow=args.flow,
-            flow_weights=args.flow_weights, flow_preset=args.flow_preset, flow_size=args.flow_size,
-            max_frames=args.frames, stride=args.stride, width=args.width, fps=args.fps, audio=not args.no_audio,
-            crf=args.crf, pix_fmt=args.pix_fmt, device=pick_device(args.device), dtype=DTYPES[args.dtype],
-            max_batch=args.max_batch,
-        )
-        path = run_refine(job, progress=not args.quiet)
-        log.info("wrote %s", path)
-    elif args.command == "train":
-        from .train.config import load_config
-        from .train.loop import train
-
-        path = train(load_config(args.config, args.set), progress=not args.quiet)
-        log.info("wrote %s", path)
-    elif args.command == "prepare":
-        from .train.prepare import PrepareConfig, prepare
-
-        cfg = PrepareConfig(frames=args.frames, stride=args.stride, size=args.size, min_frames=args.min_frames,
-                            clips_per_shard=args.clips_per_shard)
-        prepare(args.videos, args.depth_model, args.out, cfg, pick_device(args.device), progress=not args.quiet)
-    elif args.command == "demo":
-        from .benchmarks.demo import run_demo, table
-        from .benchmarks.models import MODELS_DIR, train_demo_models
-
-        models = args.models or (args.out / "models" if args.train else MODELS_DIR)
-        if args.train:
-            train_demo_models(models, args.out / "work", args.train_steps, progress=not args.quiet)
-        metrics = run_demo(args.out, models, args.clips, args.steps, args.model_clips, not args.no_real,
-                           args.real_frames, progress=not args.quiet)
-        sys.stdout.write(table(metrics) + "\n")  # the result: printed whatever -q says
-        real = [] if "skipped" in metrics["real"] else ["real.mp4", "real.png"]
-        for name in ["strip.png", "demo.mp4", "metrics.json", *real]:
-            log.info("wrote %s", (args.out / name).resolve())
-    elif args.command == "bench" and args.bench == "real":
-        from .benchmarks.real import run_real, table
-
-        results = run_real(args.out, flow_weights=args.flow_weights, progress=not args.quiet)
-        sys.stdout.write(table(results) + "\n")  # the result: printed whatever -q says
-        for name in ("real.json", "real.png"):
-            log.info("wrote %s", (args.out / name).resolve())
-    elif args.command == "bench" and args.bench == "hard":
-        from .benchmarks.hard import run_hard, table
-
-        results = run_hard(args.out, frames=args.frames, progress=not args.quiet)
-        sys.stdout.write("PSNR (dB) per window: all pixels / pixels frame 0 never showed\n" + table(results) + "\n")
-        log.info("wrote %s", (args.out / "hard.json").resolve())
-    elif args.command == "bench":
-        from .benchmarks.models import MODELS_DIR
-        from .benchmarks.quality import run_quality, table
-
-        results = run_quality(args.out, args.models or MODELS_DIR, args.clips, args.frames, args.short, args.steps,
-                              progress=not args.quiet)
-        sys.stdout.write(f"PSNR (dB) over {args.frames} frames after the reference, by window; slope in dB per 100 "
-                         f"frames\n{table(results)}\nsame motions, {args.short} frames:\n"
-                         f"{table(results, 'short_run')}\n")  # the result: printed whatever -q says
-        if results["skipped"]:
-            log.info("skipped (checkpoint not shipped): %s", ", ".join(results["skipped"]))
-        for name in ("quality.json", "quality.png"):
-            log.info("wrote %s", (args.out / name).resolve())
-    elif args.command == "train-vae":
-        from .train.vae import VAETrainConfig, train_vae
-
-        train_vae(VAETrainConfig(output=str(args.out), steps=args.steps, seed=args.seed), progress=not args.quiet)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for noisy in ("accelerate", "diffusers", "transformers"):  # their INFO lines are not this tool's output
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        _run(args)
+        args.func(args)
     except MagicPropError as e:
         # the CLI's own output channel: one line, whatever logging the caller configured
         sys.stderr.write(f"magicprop {args.command}: error: {e}\n")

@@ -26,12 +26,13 @@ from ..propdpm.checkpoint import inspect_checkpoint
 from ..propdpm.depth import ClipDepthAligner, DepthEstimator, depth_from_image, depth_to_latent_grid
 from ..propdpm.diffusers_backend import FrozenEncoders, StandaloneModels
 from ..propdpm.run import DenoiserFactory, RunInputs, carried_for_run, generated_frames, propagate_run, run_inputs
+from .options import VideoOptions
 
 log = get_logger(__name__)
 
 
-@dataclass
-class PropagateJob:
+@dataclass(kw_only=True)
+class PropagateJob(VideoOptions):
     """Inputs of one propagation run (the CLI's arguments)."""
 
     checkpoint: Path
@@ -47,20 +48,14 @@ class PropagateJob:
     depth_frames: Path | None = None
     reference_depth: Path | list[Path] | None = None
     """Depth image of each edited reference when the edit changed shapes (one per reference)."""
-    max_frames: int | None = None
-    stride: int = 1
-    width: int | None = None
     steps: int = 20
     cfg: float = 1.0
     guidance_rescale: float = 0.0
     seed: int = 0
-    audio: bool = True
-    crf: int = 18
-    pix_fmt: str = "yuv420p"
-    device: str = "cpu"
     dtype: torch.dtype = torch.float32
     keyframe_window: int = 8
     anchor_strength: float = 0.0
+    # flow-guided checkpoints: the flow options, defaulting to what the checkpoint records (not FlowOptions' defaults)
     flow: str | None = None
     """Flow estimator for a flow-guided checkpoint (None: the one it records; another is refused)."""
     flow_weights: Path | None = None

@@ -34,6 +34,7 @@ from ..refine.core import (
     start_level,
 )
 from ..seeding import frame_noise
+from .options import FlowOptions
 
 log = get_logger(__name__)
 
@@ -41,8 +42,8 @@ SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """Subfolders of a diffusers Stable Diffusion folder that refine loads (model_index.json is not needed)."""
 
 
-@dataclass
-class RefineJob:
+@dataclass(kw_only=True)
+class RefineJob(FlowOptions):
     """Inputs of one refine run (the CLI's arguments)."""
 
     video: str | Path
@@ -72,18 +73,8 @@ class RefineJob:
     depth_model: Path | None = None
     depth_frames: Path | None = None
     controlnet_scale: float = 1.0
-    flow: str = "dis"
-    flow_weights: Path | None = None
-    flow_preset: str = "medium"
-    flow_size: int = 512
-    max_frames: int | None = None
-    stride: int = 1
-    width: int | None = None
     fps: float | None = None
-    audio: bool = True
-    crf: int = 18
-    pix_fmt: str = "yuv420p"
-    device: str = "cpu"
+    """Frame rate of a PNG-folder video (which does not record one)."""
     dtype: torch.dtype = torch.float32
     max_batch: int = 0
 
@@ -330,13 +321,7 @@ def check_job(job: RefineJob) -> None:
     if job.mode == "loopback":
         from ..motion.engine import FlowEngine
 
-        FlowEngine(_flow_settings(job))  # estimator known, OpenCV importable, RAFT weights present
-
-
-def _flow_settings(job: RefineJob):
-    from .options import flow_settings
-
-    return flow_settings(job.flow, job.flow_preset, job.flow_weights, job.flow_size, job.device)
+        FlowEngine(job.flow_settings())  # estimator known, OpenCV importable, RAFT weights present
 
 
 def _read_masks(job: RefineJob, k: int, size: tuple[int, int]) -> torch.Tensor | None:
@@ -395,7 +380,7 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
     if job.mode == "loopback" and k > 1:
         from ..motion.engine import FlowEngine
 
-        motion = FlowEngine(_flow_settings(job)).consecutive(source)
+        motion = FlowEngine(job.flow_settings()).consecutive(source)
     check_refine_inputs(carried, masks, keys, settings, motion)
     hints = _read_hints(job, source)
     models = SDModels.load(job.model, job.single_file_config, job.controlnet, job.device, job.dtype)

@@ -26,12 +26,13 @@ from ..io.video import (
     write_video,
 )
 from ..log import get_logger
+from .options import FlowOptions
 
 log = get_logger(__name__)
 
 
-@dataclass
-class WarpJob:
+@dataclass(kw_only=True)
+class WarpJob(FlowOptions):
     """Inputs of one flow-propagation run (the CLI's arguments)."""
 
     video: str | Path
@@ -42,12 +43,6 @@ class WarpJob:
     """Index of each edited frame among the selected frames (after stride)."""
     out: str | Path
     """An mp4 (with the source audio), or a folder for PNG frames (an existing folder, or a path ending in '/')."""
-    flow: str = "dis"
-    flow_weights: Path | None = None
-    """RAFT weights file (.safetensors or torchvision .pth); only for flow='raft'."""
-    flow_preset: str = "medium"
-    flow_size: int = 512
-    """Long side of the working resolution of the flow (frames larger than it are downscaled for estimation)."""
     strategy: str | None = None
     """A name in magicprop.motion.propagate.STRATEGIES; None = its default."""
     carry: str | None = None
@@ -59,20 +54,8 @@ class WarpJob:
     """Where the edit applies: one image for every frame, or a folder with one per source frame."""
     mask_out: str | Path | None = None
     """Where the masks of filled pixels (not carried by flow) go: an mp4 or a PNG folder."""
-    max_frames: int | None = None
-    stride: int = 1
-    width: int | None = None
     fps: float | None = None
     """Frame rate of a PNG-folder video (which does not record one)."""
-    audio: bool = True
-    crf: int = 18
-    pix_fmt: str = "yuv420p"
-    device: str = "cpu"
-
-    def settings(self):
-        from .options import flow_settings
-
-        return flow_settings(self.flow, self.flow_preset, self.flow_weights, self.flow_size, self.device)
 
 
 def _strategy(job: WarpJob) -> str:
@@ -177,7 +160,7 @@ def check_job(job: WarpJob):
     from ..motion.engine import FlowEngine
 
     _check_paths(job)
-    engine = FlowEngine(job.settings())
+    engine = FlowEngine(job.flow_settings())
     strategy = _strategy(job)
     info = probe(job.video, job.fps)
     size = (info.height, info.width)
