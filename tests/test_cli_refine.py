@@ -75,8 +75,8 @@ def core_refine(models, warped, denoise: float, filled_denoise: float, hints: to
                 ) -> torch.Tensor:
     """The refine CLI's run done with the core directly: flow_refine with the diffusers refiner on `models`
     (SDModels), refine_args' settings (steps 2, cfg 7, seed 0, fixed noise, per_frame), ControlNet hints if given."""
-    from magicprop.jobs.refine import DiffusersRefiner
     from magicprop.refine.core import RefineSettings, flow_refine
+    from magicprop.refine.diffusers_backend import DiffusersRefiner
 
     refiner = DiffusersRefiner(models, PROMPT, NEGATIVE, steps=2, cfg=7.0, denoise=denoise,
                                filled_denoise=filled_denoise, hints=hints)
@@ -93,7 +93,7 @@ def test_refine_writes_an_mp4_with_the_keyframe_kept(tmp_path, clip, sd, warped)
                             "--crf", "0", "--pix-fmt", "yuv444p")) == 0
     info = probe(out)
     assert info.frames == FRAMES and (info.width, info.height) == (176, 144)
-    from magicprop.jobs.refine import SDModels
+    from magicprop.refine.diffusers_backend import SDModels
 
     refined, carried = read_frames(out), read_frames(warped["carried"])
     expected = core_refine(SDModels.load(sd["sd"]), warped, 0.3, 0.6)
@@ -117,8 +117,8 @@ def test_refine_with_depth_hints_from_a_depth_model(tmp_path, clip, sd, controln
     """Hint k is the clip-aligned depth of source frame k (near = white) and reaches the ControlNet for frame k: the
     PNG frames equal the core's run with those hints, frame k equals a run where every frame has hint k, and the same
     run with zero hints is clearly different."""
-    from magicprop.jobs.refine import SDModels
     from magicprop.propdpm.depth import ClipDepthAligner, DepthEstimator
+    from magicprop.refine.diffusers_backend import SDModels
 
     out = tmp_path / "depth"
     assert main(refine_args(clip, sd, warped, str(out) + "/", "--controlnet", str(controlnet),
@@ -205,9 +205,9 @@ def test_bad_inputs_are_refused_in_one_line_before_any_work(tmp_path, capsys, cl
 def test_batched_refine_equals_one_frame_at_a_time(clip, sd, warped, mode):
     """The diffusers refiner samples a round's frames in one call (per_frame: all 3 here; loopback: the forward and
     backward chain's next frames) and gives each frame what the one-frame-at-a-time run gives (1e-4)."""
-    from magicprop.jobs.refine import DiffusersRefiner, SDModels
     from magicprop.motion.engine import FlowEngine
     from magicprop.refine.core import RefineSettings, flow_refine
+    from magicprop.refine.diffusers_backend import DiffusersRefiner, SDModels
 
     carried = read_frames(warped["carried"])
     filled = read_frames(warped["filled"])[..., 0]

@@ -1,6 +1,6 @@
-"""The refine CLI's diffusers refiner (magicprop.jobs.refine.DiffusersRefiner) against FlowRefine's host refiner
-(nodes/refine/refine.py ComfyFrameRefiner on comfy.sample.sample), the same tiny SD1.5-shaped weights, frames, seed and
-denoise through the same core loop (flow_refine)."""
+"""The refine CLI's diffusers refiner (magicprop.refine.diffusers_backend.DiffusersRefiner) against FlowRefine's host
+refiner (nodes/refine/refine.py ComfyFrameRefiner on comfy.sample.sample), the same tiny SD1.5-shaped weights, frames,
+seed and denoise through the same core loop (flow_refine)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ PROMPT, NEGATIVE, K, REF, STEPS, CFG = "a watercolor painting", "blurry", 3, 1, 
 def both(comfy_host, tmp_path_factory):
     """One tiny SD (diffusers folder) loaded by the CLI's SDModels and handed to the host as its MODEL and VAE."""
     from harness.comfy_models import comfy_sd15_model, comfy_vae
-    from magicprop.jobs.refine import SDModels
     from magicprop.propdpm.unet_config import comfy_unet_config
+    from magicprop.refine.diffusers_backend import SDModels
     from magicprop.tiny import save_tiny_sd
 
     paths = save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"), controlnet=False)
@@ -39,7 +39,7 @@ def frames() -> torch.Tensor:
 
 def run_both(comfy_host, both, sampler: str, scheduler: str, denoise: float, scheduler_config: dict | None = None,
              filled_denoise: float | None = None):
-    from magicprop.jobs.refine import DiffusersRefiner
+    from magicprop.refine.diffusers_backend import DiffusersRefiner
 
     models, model, vae = both
     node = comfy_host.module("nodes.refine.refine")
