@@ -16,7 +16,7 @@ import torch
 from ..errors import MagicPropError
 from .conditioning import CONDITION_CHANNELS, INPUTS, LATENT_CHANNELS, PAPER_INPUTS, check_inputs, input_channels
 
-SD15_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd15"
+SD15_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sd15"
 """A diffusers config of SD1.5 (unet/config.json) shipped with the package for single-file loading, offline."""
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
