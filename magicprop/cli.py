@@ -345,7 +345,8 @@ def _bench_quality(args: argparse.Namespace) -> None:
 
 
 def _bench_real(args: argparse.Namespace) -> None:
-    from .benchmarks.real import run_real, table
+    from .benchmarks.real.report import table
+    from .benchmarks.real.run import run_real
 
     results = run_real(args.out, flow_weights=args.flow_weights, progress=not args.quiet)
     sys.stdout.write(table(results) + "\n")  # the result: printed whatever -q says

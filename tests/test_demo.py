@@ -12,7 +12,7 @@ from magicprop.benchmarks.demo import REAL_CLIP, STRIP_FRAMES, STRIP_ROWS, run_d
 from magicprop.benchmarks.methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method
 from magicprop.benchmarks.metrics import psnr
 from magicprop.benchmarks.models import MODELS_DIR, RECIPES, load_models, manifest, train_demo_models
-from magicprop.benchmarks.real import data_folder, load_clip
+from magicprop.benchmarks.real.clips import data_folder, load_clip
 from magicprop.benchmarks.seeds import DEMO_SEED
 from magicprop.cli import main
 from magicprop.io.images import load_image

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from magicprop.benchmarks.metrics import psnr
-from magicprop.benchmarks.real import EDITS
+from magicprop.benchmarks.real.edits import EDITS
 from magicprop.errors import MagicPropError
 from magicprop.io.video import iter_frames
 from magicprop.keyframes import keyframe_plan

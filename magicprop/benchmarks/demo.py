@@ -122,7 +122,8 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     from ..io.video import probe
     from ..motion.engine import FlowEngine, FlowSettings
     from ..motion.propagate import DEFAULT_FILL, flow_propagate
-    from .real import data_folder, load_clip, real_clip, write_strip
+    from .real.clips import data_folder, load_clip, real_clip
+    from .real.report import write_strip
 
     clip = real_clip(REAL_CLIP)
     fps = probe(data_folder() / clip.file).fps
@@ -323,7 +324,7 @@ def run_demo(out: Path, models: Path = MODELS_DIR, clips: int = 4, steps: int = 
 
 def _shot_frames(frames: int | None) -> int:
     """Frames after the reference the real-clip part runs: the shot's, at most `frames`."""
-    from .real import real_clip
+    from .real.clips import real_clip
 
     clip = real_clip(REAL_CLIP)
     return clip.last - clip.first if frames is None else min(frames, clip.last - clip.first)

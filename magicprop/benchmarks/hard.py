@@ -24,7 +24,9 @@ from ..io.fileio import atomic_path
 from ..log import get_logger
 from ..motion.engine import FlowSettings, import_cv2
 from .metrics import psnr, warp_error, window_means, windows
-from .real import COPY, WINDOW, MemoFlowEngine, discs, still
+from .real.clips import still
+from .real.edits import discs
+from .real.score import COPY, WINDOW, MemoFlowEngine
 
 log = get_logger(__name__)
 
