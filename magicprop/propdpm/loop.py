@@ -32,7 +32,7 @@ from typing import Protocol
 import torch
 
 from ..errors import MagicPropError
-from ..keyframes import chain_order, check_max_batch, keyframe_plan, meet, rounds
+from ..keyframes import check_max_batch, keyframe_plan, meet, rounds
 from ..seeding import frame_seed
 
 
@@ -132,6 +132,25 @@ class Keyframe:
     """(1, 1, h, w) depth of the edited frame when the edit changed shapes (default: the clip's depth there)."""
 
 
+def check_latents(latents: torch.Tensor, depth: torch.Tensor, what: str = "reference latents",
+                  frames: int | None = None) -> None:
+    """The shape check of the tensors a PropDPM run starts from, in one place (once per run: ``propagate_keyframes``
+    for the loop's own callers, ``magicprop.propdpm.run.run_inputs`` for a whole run): `depth` (K, 1, h, w) at the
+    latent grid, and the edited frames' `latents` (N, C, h, w) on the same grid (N = `frames` when given)."""
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
+    n = "N" if frames is None else frames
+    if latents.ndim != 4 or latents.shape[0] == 0 or (frames is not None and latents.shape[0] != frames):
+        raise MagicPropError(
+            f"{what} have shape {tuple(latents.shape)}: expected ({n}, C, h, w), one per edited reference."
+        )
+    if latents.shape[-2:] != depth.shape[-2:]:
+        raise MagicPropError(
+            f"{what}: latent grid {tuple(latents.shape[-2:])} differs from the depth grid {tuple(depth.shape[-2:])}: "
+            "the references must have the same size as the video frames."
+        )
+
+
 def propagate_keyframes(
     keyframes: Sequence[Keyframe],
     depth: torch.Tensor,
@@ -148,19 +167,23 @@ def propagate_keyframes(
     noise. The chains advance in lockstep, the frames of a round batched up to `max_batch` (module docstring). The
     callback sees each frame once, when its final latent is known.
     """
-    if depth.ndim != 4 or depth.shape[1] != 1:
-        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
-    keyframes = sorted(keyframes, key=lambda kf: kf.index)
     for kf in keyframes:
-        if kf.latent.ndim != 4 or kf.latent.shape[0] != 1:
-            raise MagicPropError(
-                f"keyframe {kf.index}: latent has shape {tuple(kf.latent.shape)}: expected (1, C, h, w), one frame."
-            )
-        if kf.latent.shape[-2:] != depth.shape[-2:]:
-            raise MagicPropError(
-                f"keyframe {kf.index}: latent grid {tuple(kf.latent.shape[-2:])} differs from the depth grid "
-                f"{tuple(depth.shape[-2:])}: the references must have the same size as the video frames."
-            )
+        check_latents(kf.latent, depth, f"keyframe {kf.index}'s latent", frames=1)
+    return propagate_chains(keyframes, depth, seed, window, callback, out_device, max_batch)
+
+
+def propagate_chains(
+    keyframes: Sequence[Keyframe],
+    depth: torch.Tensor,
+    seed: int,
+    window: int = 8,
+    callback: FrameCallback | None = None,
+    out_device: torch.device | str = "cpu",
+    max_batch: int = 0,
+) -> torch.Tensor:
+    """``propagate_keyframes`` on tensors already checked (``check_latents``): a whole run's loop, whose inputs
+    ``magicprop.propdpm.run.run_inputs`` checked."""
+    keyframes = sorted(keyframes, key=lambda kf: kf.index)
     num_frames = depth.shape[0]
     chains, blends = keyframe_plan([kf.index for kf in keyframes], num_frames, window)
     out = torch.empty((num_frames, *keyframes[0].latent.shape[1:]), dtype=keyframes[0].latent.dtype,
@@ -204,16 +227,5 @@ def propagate(
     depth: (K, 1, h, w) aligned clip depth at the latent grid.
     reference_depth: depth of the edited reference when the edit changed its shape (default depth[r]).
     """
-    if reference_latent.ndim != 4 or reference_latent.shape[0] != 1:
-        raise MagicPropError(
-            f"reference_latent has shape {tuple(reference_latent.shape)}: expected (1, C, h, w), one encoded frame."
-        )
-    if depth.ndim == 4 and reference_latent.shape[-2:] != depth.shape[-2:]:
-        raise MagicPropError(
-            f"reference latent grid {tuple(reference_latent.shape[-2:])} differs from the depth grid "
-            f"{tuple(depth.shape[-2:])}: the reference must have the same size as the video frames."
-        )
-    if depth.ndim == 4:
-        chain_order(reference_index, depth.shape[0])
     key = Keyframe(reference_index, reference_latent, denoiser, reference_depth)
     return propagate_keyframes([key], depth, seed, callback=callback, out_device=out_device, max_batch=max_batch)

@@ -24,7 +24,7 @@ from ..keyframes import check_keyframes, keyframe_plan
 from ..seeding import frame_seed
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
-from .loop import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, propagate_keyframes
+from .loop import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, check_latents, propagate_chains
 from .motion_inputs import (
     CarriedDenoiser,
     CarriedFrames,
@@ -89,18 +89,7 @@ def run_inputs(reference_latents: torch.Tensor, indices: Sequence[int], depth: t
                reference_depth: torch.Tensor | None = None, carried: CarriedFrames | None = None) -> RunInputs:
     """Check and assemble a run's inputs; `reference_depth` is (N, H, W) raw depth of the edited references, placed
     here (``place_reference_depth``); `carried` the flow-guided checkpoint's motion inputs of every frame."""
-    if reference_latents.ndim != 4 or reference_latents.shape[0] == 0:
-        raise MagicPropError(
-            f"reference latents have shape {tuple(reference_latents.shape)}: expected (N, C, h, w), one per edited "
-            "reference."
-        )
-    if depth.ndim != 4 or depth.shape[1] != 1:
-        raise MagicPropError(f"depth has shape {tuple(depth.shape)}: expected (K, 1, h, w) at the latent grid.")
-    if reference_latents.shape[-2:] != depth.shape[-2:]:
-        raise MagicPropError(
-            f"reference latent grid {tuple(reference_latents.shape[-2:])} differs from the depth grid "
-            f"{tuple(depth.shape[-2:])}: the references must have the same size as the video frames."
-        )
+    check_latents(reference_latents, depth)
     indices = check_keyframes(indices, depth.shape[0], references=reference_latents.shape[0])
     if carried is not None and tuple(carried.latents.shape[:1]) + tuple(carried.latents.shape[-2:]) != \
             (depth.shape[0], *depth.shape[-2:]):
@@ -160,8 +149,8 @@ def propagate_run(
             denoiser = CarriedDenoiser(denoiser, inputs.carried, 0.0, feedback, encode, decode, composite_border)
         ref_depth = None if inputs.reference_depth is None else inputs.reference_depth[i : i + 1]
         keyframes.append(Keyframe(index, latent, denoiser, ref_depth))
-    return propagate_keyframes(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device,
-                               max_batch=max_batch)
+    return propagate_chains(keyframes, inputs.depth, seed, window, callback=callback, out_device=out_device,
+                            max_batch=max_batch)
 
 
 def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth: torch.Tensor,
@@ -174,7 +163,7 @@ def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth
     return torch.cat(out)
 
 
-# -- host-free runs on images (benchmarks, validation); `models` is a magicprop.propdpm.diffusers_backend.StandaloneM --
+# -- host-free runs on images (benchmarks, validation); `models` is a diffusers_backend.StandaloneModels --
 
 def carried_for_run(config, frames: torch.Tensor | None, references: torch.Tensor, indices: Sequence[int],
                     encode: Encode, engine=None, motion=None, carry: str | None = None, window: int = 8,
