@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from magicprop.propdpm.loop import ChainState, FrameDenoiser
+from magicprop.propdpm.loop import ChainState, FrameDenoiser, denoise_frame
 
 
 def iter_chain(
@@ -26,6 +26,6 @@ def iter_chain(
     state = ChainState(list(indices), start_latent, start_depth)
     while state.pending:
         request = state.request(depth, seed)
-        latent = denoiser(request)
+        latent = denoise_frame(denoiser, request)
         state.advance(latent, depth)
         yield request.index, latent

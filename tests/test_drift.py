@@ -9,7 +9,7 @@ from chains import iter_chain
 from magicprop.errors import MagicPropError
 from magicprop.keyframes import keyframe_plan
 from magicprop.propdpm.drift import AnchoredDenoiser, anchor_statistics, channel_stats
-from magicprop.propdpm.loop import FrameRequest, Keyframe, propagate, propagate_keyframes
+from magicprop.propdpm.loop import Keyframe, propagate, propagate_keyframes
 
 
 def test_anchoring_matches_reference_statistics():
@@ -42,8 +42,8 @@ class Blender:
     def __init__(self, target: float) -> None:
         self.target = target
 
-    def __call__(self, req: FrameRequest) -> torch.Tensor:
-        return req.prev_latent * 0.7 + 0.3 * self.target + 0.01 * req.depth.mean()
+    def denoise(self, jobs: list) -> torch.Tensor:
+        return torch.cat([req.prev_latent * 0.7 + 0.3 * d.target + 0.01 * req.depth.mean() for d, req in jobs])
 
 
 def test_single_keyframe_run_equals_forward_and_backward_chains():

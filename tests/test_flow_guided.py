@@ -23,7 +23,7 @@ from magicprop.propdpm.conditioning import (
 )
 from magicprop.propdpm.config import PropDPMConfig
 from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels
-from magicprop.propdpm.loop import FrameRequest
+from magicprop.propdpm.loop import FrameRequest, denoise_frame
 from magicprop.propdpm.motion_inputs import composite_carried
 from magicprop.propdpm.run import propagate_images
 from magicprop.seeding import frame_seed
@@ -118,8 +118,8 @@ def test_zero_initialised_extension_computes_the_paper_model(tiny_models, tmp_pa
     zero = make_flow_guided(tiny_models["checkpoint"], tmp_path / "zero.safetensors", perturb=False)
     paper, extended = (load_checkpoint(p) for p in (tiny_models["checkpoint"], zero))
     tokens = torch.randn(1, 5, paper.config.adapter.token_dim, generator=torch.Generator().manual_seed(0))
-    a = DiffusersDenoiser(paper.build_unet(), paper.config, tokens, steps=3)(request())
-    b = DiffusersDenoiser(extended.build_unet(), extended.config, tokens, steps=3)(request())
+    a = denoise_frame(DiffusersDenoiser(paper.build_unet(), paper.config, tokens, steps=3), request())
+    b = denoise_frame(DiffusersDenoiser(extended.build_unet(), extended.config, tokens, steps=3), request())
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
@@ -161,15 +161,19 @@ def test_the_composite_feeds_the_next_frame_when_it_is_on():
     made = torch.randn(1, 4, 4, 4, generator=g)
     seen = []
 
-    def inner(req):
-        seen.append(req)
-        return made
+    class Inner:
+        def denoise(self, jobs):
+            seen.extend(r for _, r in jobs)
+            return made
+
+    inner = Inner()
 
     req = request(carried=False)
-    out = CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=4)(req)
+    out = denoise_frame(CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=4), req)
     assert torch.equal(seen[0].carried_latent, carried.latents[2:3]) and seen[0].motion_noise_level == 0.0
     assert torch.equal(out, encode(composite_carried(decode(made), carried.frames[2:3], filled[2:3], 4)))
-    assert torch.equal(CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=None)(req), made)
+    assert torch.equal(denoise_frame(CarriedDenoiser(inner, carried, encode=encode, decode=decode, border=None), req),
+                       made)
     with pytest.raises(MagicPropError, match="feedback 'composite' needs the VAE") as e:
         CarriedDenoiser(inner, carried, feedback="composite", border=None)
     one_line(e)

@@ -7,7 +7,7 @@ import torch
 from host_models import comfy_clip_vision, comfy_vae
 
 from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels
-from magicprop.propdpm.loop import FrameRequest
+from magicprop.propdpm.loop import FrameRequest, denoise_frame
 from magicprop.seeding import frame_seed
 
 pytestmark = pytest.mark.host
@@ -91,8 +91,9 @@ def test_full_frame_sample_matches_core_ddim(comfy_host, both, sampler, cfg):
     positive = [[tokens, {types.APPEARANCE_KEY: info}]]
     negative = [[torch.zeros_like(tokens), {types.APPEARANCE_KEY: info}]]
     req = _request(seed=5, k=2)
-    ours = denoiser_mod.ComfyFrameDenoiser(patcher, positive, negative, core.config, 8, 10, cfg, sampler, "simple")(req)
-    theirs = DiffusersDenoiser(core.unet, core.config, tokens, steps=10, cfg=cfg)(req)
+    ours = denoise_frame(denoiser_mod.ComfyFrameDenoiser(patcher, positive, negative, core.config, 8, 10, cfg, sampler,
+                                                         "simple"), req)
+    theirs = denoise_frame(DiffusersDenoiser(core.unet, core.config, tokens, steps=10, cfg=cfg), req)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-3)
     assert ours.abs().mean() > 0.1

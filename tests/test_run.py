@@ -14,7 +14,7 @@ from magicprop.propdpm.conditioning import AUGMENT_SEED_SALT, condition_for
 from magicprop.propdpm.depth import depth_to_latent_grid
 from magicprop.propdpm.diffusers_backend import FrozenEncoders, StandaloneModels
 from magicprop.propdpm.drift import anchor_statistics
-from magicprop.propdpm.loop import FrameRequest
+from magicprop.propdpm.loop import FrameRequest, denoise_frame
 from magicprop.propdpm.run import place_reference_depth, propagate_images, run_inputs, teacher_forced
 from magicprop.seeding import frame_seed
 from magicprop.synthetic import SceneConfig, make_clip
@@ -45,7 +45,8 @@ def test_propagate_images_is_the_chain_of_eq6_from_the_reference(models, pair):
         step = models.denoiser(reference, z_ref, STEPS, 2.0)
         z = {2: z_ref}
         for k, prev in ((3, 2), (4, 3), (1, 2), (0, 1)):
-            made = step(FrameRequest(k, prev, z[prev], grid[k : k + 1], grid[prev : prev + 1], frame_seed(seed, k)))
+            request = FrameRequest(k, prev, z[prev], grid[k : k + 1], grid[prev : prev + 1], frame_seed(seed, k))
+            made = denoise_frame(step, request)
             z[k] = anchor_statistics(made, z_ref, anchor)
         expected = models.decode(torch.cat([z[k] for k in range(5)]))
         # the run samples the two chains' frames in one batch: equal up to a batched convolution's rounding

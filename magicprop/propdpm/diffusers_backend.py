@@ -7,6 +7,7 @@ encoders (VAE and CLIP vision) are one class, ``FrozenEncoders``, for inference,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .clip import (
 )
 from .conditioning import condition_for
 from .config import PropDPMConfig
-from .loop import FrameRequest
+from .loop import FrameRequest, Job, denoise_frame
 from .schedule import guide, sample_scheduler
 
 
@@ -70,24 +71,20 @@ class DiffusersDenoiser:
         v_uncond, v_cond = self.unet(torch.cat([inp, inp]), t, encoder_hidden_states=ctx).sample.float().chunk(2)
         return guide(v_cond, v_uncond, self.cfg, self.rescale)
 
-    @torch.no_grad()
-    def __call__(self, request: FrameRequest) -> torch.Tensor:
-        return self.batch([request])
-
-    def shares_sampler(self, other: DiffusersDenoiser) -> bool:
+    def _shares_sampler(self, other: DiffusersDenoiser) -> bool:
         """Whether `other` samples as this one does (same UNet, steps, guidance): one call can serve both."""
         return (other.unet is self.unet and other.steps == self.steps and other.cfg == self.cfg
                 and other.rescale == self.rescale and other.positive.shape[1:] == self.positive.shape[1:])
 
-    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
-        """One batched DDIM run for the frames of several chains, each with its own denoiser's appearance
-        (``magicprop.propdpm.loop.denoise_round``); denoisers that sample differently run one call each."""
-        if not all(self.shares_sampler(d) for d, _ in jobs):
-            return [d(r) for d, r in jobs]
-        positive = torch.cat([d.positive for d, _ in jobs])
-        if self.cfg != 1.0 and any(not torch.equal(d.negative, self.negative) for d, _ in jobs):
-            return [d(r) for d, r in jobs]
-        return list(self.batch([r for _, r in jobs], positive).split(1))
+    def denoise(self, jobs: Sequence[Job]) -> torch.Tensor:
+        """FrameDenoiser: one DDIM run for the frames of `jobs`, each with its own denoiser's appearance (one frame:
+        this denoiser's own); denoisers that sample differently run one call each."""
+        if len(jobs) == 1:
+            return self.batch([jobs[0][1]])
+        if not all(self._shares_sampler(d) for d, _ in jobs) or (
+                self.cfg != 1.0 and any(not torch.equal(d.negative, self.negative) for d, _ in jobs)):
+            return torch.cat([denoise_frame(d, r) for d, r in jobs])
+        return self.batch([r for _, r in jobs], torch.cat([d.positive for d, _ in jobs]))
 
     @torch.no_grad()
     def batch(self, requests: list[FrameRequest], positive: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,10 +16,12 @@ Three controls, each a switch:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..errors import MagicPropError
-from .loop import FrameDenoiser, FrameRequest, inner_round
+from .loop import FrameDenoiser, FrameRequest, Job, inner_round
 
 
 def channel_stats(latent: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,13 +70,10 @@ class AnchoredDenoiser:
             return None
         return self.masks[min(k, self.masks.shape[0] - 1)][None]
 
-    def __call__(self, request: FrameRequest) -> torch.Tensor:
-        return self.anchored(request, self.inner(request))
-
     def anchored(self, request: FrameRequest, latent: torch.Tensor) -> torch.Tensor:
         return anchor_statistics(latent, self.reference.to(latent), self.strength, self._mask(request.index),
                                  self._mask(self.reference_index))
 
-    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
-        """The inner denoisers' frames in one batched round, each then anchored to its own reference."""
-        return [d.anchored(r, latent) for (d, r), latent in zip(jobs, inner_round(jobs))]
+    def denoise(self, jobs: Sequence[Job]) -> torch.Tensor:
+        """FrameDenoiser: the inner denoisers' frames in one round, each then anchored to its own reference."""
+        return torch.cat([d.anchored(r, latent) for (d, r), latent in zip(jobs, inner_round(jobs))])

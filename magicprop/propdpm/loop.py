@@ -18,9 +18,9 @@ per call, the sequential run). A batch holds at most one frame per chain, so mem
 Because a frame's inputs and noise do not depend on the other frames of its batch, batched and one-at-a-time runs
 agree up to the float rounding of a batched convolution (deterministic samplers).
 
-Backends implement ``FrameDenoiser`` (and optionally ``denoise_batch``): diffusers in
-``magicprop.propdpm.diffusers_backend``, ComfyUI's samplers in ``nodes/``. A whole run (references, keyframes,
-anchoring) is assembled by ``magicprop.propdpm.run``.
+Backends and wrappers implement ``FrameDenoiser``, one method, batch first (``denoise``; one frame is a batch of
+one): diffusers in ``magicprop.propdpm.diffusers_backend``, ComfyUI's samplers in ``nodes/``. A whole run
+(references, keyframes, anchoring) is assembled by ``magicprop.propdpm.run``.
 """
 
 from __future__ import annotations
@@ -62,28 +62,28 @@ class FrameRequest:
 
 
 class FrameDenoiser(Protocol):
-    """Denoise one frame: pure noise -> (1, C, h, w) unscaled latent, conditioned as in the request.
+    """Denoise frames from pure noise, each conditioned as in its request: (B, C, h, w) unscaled latents.
 
-    A denoiser may also have ``denoise_batch(items)``: a list of (denoiser, request) pairs whose denoisers are of its
-    own type (each chain's, e.g. each keyframe's appearance) -> one (1, C, h, w) latent per pair, made in one sampler
-    call where the denoisers can share one (``denoise_round`` calls it).
+    `jobs` are (denoiser, request) pairs, one frame is a list of one. The first denoiser is `self`; the others are its
+    siblings of the same run (each chain's, e.g. each keyframe's appearance), made by the same factory and so of its
+    type: a backend makes them in one sampler call where they can share one.
     """
 
-    def __call__(self, request: FrameRequest) -> torch.Tensor: ...
+    def denoise(self, jobs: Sequence[Job]) -> torch.Tensor: ...
 
 
 Job = tuple[FrameDenoiser, FrameRequest]
 """A frame to make and the denoiser of its chain."""
 
 
+def denoise_frame(denoiser: FrameDenoiser, request: FrameRequest) -> torch.Tensor:
+    """One frame: (1, C, h, w)."""
+    return denoiser.denoise([(denoiser, request)])
+
+
 def denoise_round(jobs: Sequence[Job]) -> list[torch.Tensor]:
-    """The frames of one round, (1, C, h, w) each: one batched call when every denoiser is of one type that has
-    ``denoise_batch``, else one call per frame."""
-    first = jobs[0][0]
-    batch = getattr(first, "denoise_batch", None)
-    if len(jobs) > 1 and batch is not None and all(type(d) is type(first) for d, _ in jobs):
-        return list(batch(list(jobs)))
-    return [d(r) for d, r in jobs]
+    """The frames of one round, (1, C, h, w) each, in one call of the first job's denoiser."""
+    return list(jobs[0][0].denoise(list(jobs)).split(1))
 
 
 def inner_round(jobs: Sequence[Job], transform: Callable[[FrameDenoiser, FrameRequest], FrameRequest] | None = None

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..composite import DEFAULT_BORDER, composite
 from ..errors import MagicPropError
-from .loop import FrameDenoiser, FrameRequest, inner_round
+from .loop import FrameDenoiser, FrameRequest, Job, inner_round
 
 GREY = 0.5
 """The value filled pixels are blanked to before encoding (mid-grey in [0, 1], the VAE's zero in [-1, 1])."""
@@ -208,18 +208,15 @@ class CarriedDenoiser:
         self.inner, self.carried, self.level = inner, carried, float(level)
         self.feedback, self.encode, self.decode, self.border = feedback, encode, decode, border
 
-    def __call__(self, request: FrameRequest) -> torch.Tensor:
-        return self.fed_back([request.index], self.inner(self.carried.attach(request, self.level)))
-
-    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
-        """The frames of a round made in one batched call with their motion inputs, then composited and re-encoded
-        as one batch (each frame under its own carried pixels)."""
+    def denoise(self, jobs: Sequence[Job]) -> torch.Tensor:
+        """FrameDenoiser: the frames of a round made in one batched call with their motion inputs, then composited
+        and re-encoded as one batch (each frame under its own carried pixels)."""
         latents = inner_round(jobs, lambda d, r: d.carried.attach(r, d.level))
         same = all(d.feedback == self.feedback and d.border == self.border and d.carried is self.carried
                    for d, _ in jobs)
         if not same:
-            return [d.fed_back([r.index], latent) for (d, r), latent in zip(jobs, latents)]
-        return list(self.fed_back([r.index for _, r in jobs], torch.cat(latents)).split(1))
+            return torch.cat([d.fed_back([r.index], latent) for (d, r), latent in zip(jobs, latents)])
+        return self.fed_back([r.index for _, r in jobs], torch.cat(latents))
 
     def fed_back(self, indices: list[int], latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents of frames `indices` -> what feeds their next frames (module docstring)."""

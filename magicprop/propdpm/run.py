@@ -24,7 +24,15 @@ from ..keyframes import check_keyframes, keyframe_plan
 from ..seeding import frame_seed
 from .depth import align_to, depth_from_image, depth_to_latent_grid
 from .drift import AnchoredDenoiser
-from .loop import FrameCallback, FrameDenoiser, FrameRequest, Keyframe, check_latents, propagate_chains
+from .loop import (
+    FrameCallback,
+    FrameDenoiser,
+    FrameRequest,
+    Keyframe,
+    check_latents,
+    denoise_frame,
+    propagate_chains,
+)
 from .motion_inputs import (
     CarriedDenoiser,
     CarriedFrames,
@@ -158,8 +166,8 @@ def teacher_forced_latents(denoiser: FrameDenoiser, latents: torch.Tensor, depth
     """Frame k generated in one step from the TRUE frame k-1 (no accumulated error): (K, C, h, w), frame 0 given."""
     out = [latents[:1]]
     for k in range(1, latents.shape[0]):
-        out.append(denoiser(FrameRequest(k, k - 1, latents[k - 1 : k], depth[k : k + 1], depth[k - 1 : k],
-                                         frame_seed(seed, k))))
+        out.append(denoise_frame(denoiser, FrameRequest(k, k - 1, latents[k - 1 : k], depth[k : k + 1],
+                                                        depth[k - 1 : k], frame_seed(seed, k))))
     return torch.cat(out)
 
 

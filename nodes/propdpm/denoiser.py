@@ -7,7 +7,7 @@ draw as ``comfy.sample.prepare_noise``), and the sampler's own noise is seeded w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import comfy.model_management
 import comfy.sample
@@ -16,7 +16,7 @@ import torch
 from ...magicprop.log import get_logger
 from ...magicprop.propdpm.conditioning import condition_for
 from ...magicprop.propdpm.config import PropDPMConfig
-from ...magicprop.propdpm.loop import FrameRequest
+from ...magicprop.propdpm.loop import FrameRequest, Job, denoise_frame
 from ...magicprop.seeding import frame_noise
 from ..common.conditioning import frame_conditioning
 from .model import CONCAT_KEY
@@ -66,24 +66,23 @@ class ComfyFrameDenoiser:
         self.source_latents, self.masks = source_latents, masks  # masks: (1 or K, H, W) at pixel size
         self.on_step = on_step
 
-    def __call__(self, request: FrameRequest) -> torch.Tensor:
-        return self.sample([request], self.positive, self.negative)
-
-    def shares_sampler(self, other: ComfyFrameDenoiser) -> bool:
+    def _shares_sampler(self, other: ComfyFrameDenoiser) -> bool:
         """Whether `other` samples as this one does: one sampler call can serve both."""
         return all(getattr(other, a) is getattr(self, a) for a in ("model", "source_latents", "masks")) \
             and (other.steps, other.cfg, other.sampler_name, other.scheduler, other.num_frames, other.on_step) == \
             (self.steps, self.cfg, self.sampler_name, self.scheduler, self.num_frames, self.on_step)
 
-    def denoise_batch(self, jobs: list) -> list[torch.Tensor]:
-        """The frames of a round (one per chain) in ONE comfy.sample.sample call: per-sample spatial conditions,
-        appearance tokens (each chain's keyframe), ControlNet hints (each frame's own) and initial noise; with
-        cfg > 1 the host batches cond and uncond as usual."""
+    def denoise(self, jobs: Sequence[Job]) -> torch.Tensor:
+        """FrameDenoiser: the frames of a round (one per chain) in ONE comfy.sample.sample call: per-sample spatial
+        conditions, appearance tokens (each chain's keyframe), ControlNet hints (each frame's own) and initial noise;
+        with cfg > 1 the host batches cond and uncond as usual. One frame: this denoiser's own conditionings."""
+        if len(jobs) == 1:
+            return self.sample([jobs[0][1]], self.positive, self.negative)
         positive = stack_conditionings([d.positive for d, _ in jobs])
         negative = stack_conditionings([d.negative for d, _ in jobs])
-        if positive is None or negative is None or not all(self.shares_sampler(d) for d, _ in jobs):
-            return [d(r) for d, r in jobs]
-        return list(self.sample([r for _, r in jobs], positive, negative).split(1))
+        if positive is None or negative is None or not all(self._shares_sampler(d) for d, _ in jobs):
+            return torch.cat([denoise_frame(d, r) for d, r in jobs])
+        return self.sample([r for _, r in jobs], positive, negative)
 
     def sample(self, requests: list[FrameRequest], positive: list, negative: list) -> torch.Tensor:
         """(B, 4, h, w): the frames of `requests` sampled as one batch (`positive`/`negative` hold one row or B)."""
