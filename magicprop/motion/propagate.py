@@ -37,6 +37,7 @@ from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 from .synthesis import synthesize
+from .translate import fit_edit_translation
 
 log = get_logger(__name__)
 
@@ -291,13 +292,18 @@ CARRIES = ("edit", "residual")
 mapping. "residual": the edit less what its global colour mapping predicts from the source keyframe, added to the
 mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
 registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
-FILLS = ("colour", "synthesis")
-"""What the pixels the flow cannot see get. "colour": the source frame through the edit's colour mapping (with the
-residual continued into it). "synthesis": patches of the edited reference placed where the frame's own content
+FILLS = ("learned", "colour", "synthesis")
+"""What the pixels the flow cannot see get. "learned": the frame's own content rendered the way the edit renders it,
+by a small network trained on the keyframe's pair (`translate.fit_edit_translation`), the seam to the carried pixels
+continued into it; where the network explains the pair no better than the colour mapping (LEARNED_GAIN: a colour
+edit), the colour fill. "colour": the source frame through the edit's colour mapping (with the residual continued
+into it). "synthesis": patches of the edited reference placed where the frame's own content
 guides them (`synthesis.synthesize`); content made for a frame is carried along the consecutive flow to the next
 frames of the chain where that flow is valid (made once, then followed), and only what is still uncovered is made."""
-DEFAULT_FILL = "colour"
-"""Until the hard-motion suite of `bench real` shows synthesis ahead (docs/decisions.md)."""
+DEFAULT_FILL = "learned"
+"""The edit's texture where the reference never looked, colour edits unchanged (docs/decisions.md, "Default fill")."""
+LEARNED_GAIN = 0.9
+"""The learned fill is used when its error on the keyframe's pair is below this share of the colour mapping's."""
 DEFAULT_CARRY = "residual"
 """Colour edits become exact and spatial edits keep each frame's own detail (docs/decisions.md, "Default carry")."""
 
@@ -313,6 +319,20 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
         return last["img"]
 
     return look
+
+
+def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
+             mask: torch.Tensor | None, seed: int) -> Callable[[int], torch.Tensor] | None:
+    """k -> frame k rendered by the translation learned from keyframe `key`'s pair, or None when it explains the
+    pair no better than the colour mapping (LEARNED_GAIN)."""
+    translation = fit_edit_translation(frame(key), edited, mapping, mask, seed=frame_seed(seed, key))
+    if translation.gain >= LEARNED_GAIN:
+        log.info("learned fill, keyframe %d: the colour mapping explains the edit (the network's error is %.2f of "
+                 "its), so the colour fill is used", key, translation.gain)
+        return None
+    log.info("learned fill, keyframe %d: the network's error on the pair is %.2f of the colour mapping's", key,
+             translation.gain)
+    return _mapped_frames(translation, frame)
 
 
 class _Made:
@@ -501,11 +521,17 @@ def flow_propagate(
             reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
 
         look = _mapped_frames(mapping, frame)
-        colour = look if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
+        learned = _learned(frame, indices[key], references[key].float(), mappings[key].global_only(),
+                           mask_of(indices[key]), seed) if fill == "learned" else None
+        colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
             if fill == "synthesis" else None
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, colour):
-            if carry == "residual":
+            if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued
+                img = img + look(k)
+                base = learned(k)
+                img = (weight * img + (1 - weight) * (base + pull_push(img - base, (weight > 0.5).float()))).clamp(0, 1)
+            elif carry == "residual":
                 hole = (weight > 0.5).float()  # the residual of carried pixels, continued into the filled ones
                 img = (weight * img + (1 - weight) * pull_push(img, hole) + look(k)).clamp(0, 1)
             else:
