@@ -134,9 +134,11 @@ def _add_warp(sub) -> None:
                         "plus the rest of the edit carried) or edit (the edited pixels); default "
                         f"{DEFAULT_CARRY}, the measured best")
     p.add_argument("--fill", default=None, metavar="|".join(FILLS),
-                   help="what the pixels the flow cannot see get: colour (the frame through the edit's colour "
-                        "mapping) or synthesis (patches of the edited reference guided by the frame's content, made "
-                        f"once and then carried along the flow); default {DEFAULT_FILL}")
+                   help="what the pixels the flow cannot see get: learned (the frame rendered by a small network "
+                        "trained on the reference pair, a few seconds per keyframe; the colour fill when the edit is "
+                        "a colour edit), colour (the frame through the edit's colour mapping) or synthesis (patches "
+                        "of the edited reference guided by the frame's content, made once and then carried along the "
+                        f"flow); default {DEFAULT_FILL}, the measured best (bench hard)")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")
@@ -325,7 +327,7 @@ def _add_bench(sub) -> None:
     h = kinds.add_parser("hard", help="flow propagation under hard motion (fast pans, deformation, a crossing layer, "
                                       "content frame 0 never showed) with stylization, sketch, oil and decal edits")
     h.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where hard.json goes")
-    h.add_argument("--frames", type=int, default=60, help="frames after the reference")
+    h.add_argument("--frames", type=int, default=120, help="frames after the reference")
     h.set_defaults(func=_bench_hard)
 
 

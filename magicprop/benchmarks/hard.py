@@ -23,7 +23,8 @@ import torch
 from ..io.fileio import atomic_path
 from ..log import get_logger
 from ..motion.engine import FlowSettings, import_cv2
-from .metrics import psnr, warp_error, window_means, windows
+from ..motion.propagate import FILLS
+from .metrics import psnr, ssim, warp_error, window_means, windows
 from .real.clips import still
 from .real.edits import discs
 from .real.score import COPY, WINDOW, MemoFlowEngine
@@ -49,7 +50,20 @@ CLIPS = (
     HardClip("bunny pan", ("bigbuckbunny.mp4", 0), pan=(6.5, 1.0), zoom=(1.0, 0.85), turn=6.0, wave=3.0),
     HardClip("bikes pan + layer", ("bikes.mp4", 30), pan=(-5.5, 0.8), zoom=(1.0, 0.9), turn=-5.0, wave=2.0,
              layer=("bigbuckbunny.mp4", 120)),
+    # the bicycle rack: a row of near-identical wheels and frames (repetitive texture), a faster pan, a deeper zoom
+    HardClip("bike rack pan + layer", ("bikes.mp4", 100), pan=(8.0, -1.2), zoom=(1.0, 0.8), turn=8.0, wave=4.0,
+             layer=("bigbuckbunny.mp4", 60)),
 )
+FRAMES = 120
+"""Frames after the reference: the camera swings across the still and part of the way back."""
+PREVIOUS_DEFAULT = "colour"
+"""The fill that was the default before this suite chose one: the acceptance compares against its row."""
+MARGINS = {"texture_gain": 2.0, "decal_loss": 0.3, "warp_error_ratio": 1.1}
+"""Acceptance: the default fill against the previous default, per window: at least texture_gain dB over all pixels
+and over never-shown pixels for the texture edits, no window of a decal edit worse by more than decal_loss dB, and
+warp error at most warp_error_ratio times the previous default's."""
+TEXTURE_EDITS = ("stylization", "pencil sketch")
+DECAL_EDITS = ("painted discs",)
 
 
 def _u8(x: torch.Tensor):
@@ -157,47 +171,108 @@ def _means(per_frame: torch.Tensor) -> dict:
     return window_means(per_frame, windows(per_frame.shape[0] - 1, WINDOW))
 
 
-def run_hard(out: Path, frames: int = 60, clips=CLIPS, edits=tuple(EDITS), fills=("colour", "synthesis"),
-             progress: bool = True) -> dict:
-    """Every row for every clip and edit; writes hard.json into `out` and returns the results."""
+def row_name(fill: str) -> str:
+    return f"flow propagation, {fill} fill"
+
+
+def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), fills=FILLS, progress: bool = True,
+             workers: int | None = None) -> dict:
+    """Every row for every clip and edit; writes hard.json into `out` and returns the results. Clips run in
+    `workers` spawned processes (default: one per CPU core); the figures do not depend on it."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
     from tqdm.auto import tqdm
 
-    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_STRATEGY, flow_propagate
+    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY
 
-    engine = MemoFlowEngine(FlowSettings())
+    settings = FlowSettings()
     results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
-                          "carry": DEFAULT_CARRY, "estimator": engine.settings.record()}, "clips": {}}
-    total = len(clips) * len(edits) * len(fills)
-    with tqdm(total=total, desc="bench hard", unit="run", disable=not progress) as bar:
-        for clip in clips:
-            images = stills(clip)  # decoded once: every edit renders from them
-            source, shown = render(clip, frames, images=images)
-            engine.memo.clear()
-            motion = engine.consecutive(source)
-            entry = {"unseen_share": _means((~shown).float().flatten(1).mean(1)), "edits": {}}
-            for edit in edits:
-                truth, _ = render(clip, frames, EDITS[edit], images)
-                rows = {COPY: {"psnr": _means(psnr(truth[:1].expand_as(truth), truth))}}
-                for fill in fills:
-                    start = time.perf_counter()
-                    res = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill=fill)
-                    seconds = (time.perf_counter() - start) / frames
-                    rows[f"flow propagation, {fill} fill"] = {
-                        "psnr": _means(psnr(res.frames, truth)),
-                        "psnr_shown": _means(psnr(res.frames, truth, shown)),
-                        "psnr_never_shown": _means(psnr(res.frames, truth, ~shown)),
-                        "filled": _means(res.filled.float().flatten(1).mean(1)),
-                        "warp_error": float(warp_error(res.frames, motion).mean()),
-                        "seconds_per_frame": round(seconds, 3),
-                    }
+                          "carry": DEFAULT_CARRY, "fill": DEFAULT_FILL, "previous_fill": PREVIOUS_DEFAULT,
+                          "estimator": settings.record()}, "clips": {}}
+    jobs = [(clip, frames, tuple(edits), tuple(fills)) for clip in clips]
+    workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
+    with tqdm(total=len(jobs), desc="bench hard", unit="clip", disable=not progress) as bar:
+        if workers > 1:  # spawn, never fork (a fork after torch/OpenCV started their thread pools can deadlock)
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) \
+                    as pool:
+                done = [pool.submit(_clip_rows, *j) for j in jobs]
+                for f in concurrent.futures.as_completed(done):
+                    f.result()
                     bar.update(1)
-                rows["ground truth"] = {"warp_error": float(warp_error(truth, motion).mean())}
-                entry["edits"][edit] = rows
-            results["clips"][clip.name] = entry
+            entries = [f.result() for f in done]
+        else:
+            entries = []
+            for j in jobs:
+                entries.append(_clip_rows(*j))
+                bar.update(1)
+    for clip, entry in zip(clips, entries, strict=True):
+        results["clips"][clip.name] = entry
+    results["config"]["workers"] = workers
+    results["acceptance"] = acceptance(results)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "hard.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
     return results
+
+
+def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple[str, ...]) -> dict:
+    """Every edit and fill of one clip (a process-pool job: the arguments pickle)."""
+    from ..motion.propagate import flow_propagate
+
+    torch.set_num_threads(1)
+    engine = MemoFlowEngine(FlowSettings())
+    images = stills(clip)  # decoded once: every edit renders from them
+    source, shown = render(clip, frames, images=images)
+    motion = engine.consecutive(source)
+    entry = {"unseen_share": _means((~shown).float().flatten(1).mean(1)), "edits": {}}
+    for edit in edits:
+        truth, _ = render(clip, frames, EDITS[edit], images)
+        rows = {COPY: {"psnr": _means(psnr(truth[:1].expand_as(truth), truth))}}
+        for fill in fills:
+            start = time.perf_counter()
+            res = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill=fill)
+            seconds = (time.perf_counter() - start) / frames
+            rows[row_name(fill)] = {
+                "psnr": _means(psnr(res.frames, truth)),
+                "psnr_shown": _means(psnr(res.frames, truth, shown)),
+                "psnr_never_shown": _means(psnr(res.frames, truth, ~shown)),
+                "ssim": _means(ssim(res.frames, truth)),
+                "filled": _means(res.filled.float().flatten(1).mean(1)),
+                "warp_error": float(warp_error(res.frames, motion).mean()),
+                "seconds_per_frame": round(seconds, 3),
+            }
+        rows["ground truth"] = {"warp_error": float(warp_error(truth, motion).mean())}
+        entry["edits"][edit] = rows
+    log.info("bench hard: %s done", clip.name)
+    return entry
+
+
+def acceptance(results: dict) -> dict:
+    """The default fill's row against the previous default's, per clip and edit (MARGINS); `passed` is all of them."""
+    new, old = row_name(results["config"]["fill"]), row_name(results["config"]["previous_fill"])
+    checks = {}
+    for clip, entry in results["clips"].items():
+        for edit, rows in entry["edits"].items():
+            if new not in rows or old not in rows or new == old:
+                continue
+            a, b = rows[new], rows[old]
+            gain = {w: a["psnr"][w] - b["psnr"][w] for w in a["psnr"]}
+            gain_never = {w: a["psnr_never_shown"][w] - b["psnr_never_shown"][w] for w in a["psnr"]
+                          if a["psnr_never_shown"][w] is not None and b["psnr_never_shown"][w] is not None}
+            check = {"gain": gain, "gain_never_shown": gain_never,
+                     "warp_error_ratio": a["warp_error"] / max(b["warp_error"], 1e-12)}
+            ok = check["warp_error_ratio"] <= MARGINS["warp_error_ratio"]
+            if edit in TEXTURE_EDITS:
+                ok &= min(gain.values()) >= MARGINS["texture_gain"] and \
+                    min(gain_never.values(), default=0) >= MARGINS["texture_gain"]
+            if edit in DECAL_EDITS:
+                ok &= min(gain.values()) >= -MARGINS["decal_loss"]
+            check["passed"] = bool(ok)
+            checks[f"{clip} / {edit}"] = check
+    return {"margins": MARGINS, "default": new, "previous": old, "checks": checks,
+            "passed": bool(checks) and all(c["passed"] for c in checks.values())}
 
 
 def table(results: dict) -> str:
@@ -217,4 +292,13 @@ def table(results: dict) -> str:
                     f"  filled {' / '.join(f'{v:.2f}' for v in r['filled'].values())}  warp error "
                     f"{r['warp_error']:.4f}  {r['seconds_per_frame']:.2f} s/frame")
                 lines.append(f"  {edit:14s} {name:32s} {cells}{extra}")
+    acc = results.get("acceptance")
+    if acc and acc["checks"]:
+        lines.append(f"acceptance ({acc['default']} against {acc['previous']}): "
+                     f"{'passed' if acc['passed'] else 'FAILED'}")
+        for name, c in acc["checks"].items():
+            gains = " / ".join(f"{g:+.2f}" for g in c["gain"].values())
+            never = " / ".join(f"{g:+.2f}" for g in c["gain_never_shown"].values())
+            lines.append(f"  {name:40s} gain {gains}  never shown {never}  warp error x{c['warp_error_ratio']:.2f}"
+                         f"  {'ok' if c['passed'] else 'FAILED'}")
     return "\n".join(lines)

@@ -304,6 +304,8 @@ DEFAULT_FILL = "learned"
 """The edit's texture where the reference never looked, colour edits unchanged (docs/decisions.md, "Default fill")."""
 LEARNED_GAIN = 0.9
 """The learned fill is used when its error on the keyframe's pair is below this share of the colour mapping's."""
+NOTHING_LEFT = 1 / 255
+"""Mean error of the colour mapping on the keyframe's pair below which there is nothing to learn (no training)."""
 DEFAULT_CARRY = "residual"
 """Colour edits become exact and spatial edits keep each frame's own detail (docs/decisions.md, "Default carry")."""
 
@@ -325,7 +327,14 @@ def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tenso
              mask: torch.Tensor | None, seed: int) -> Callable[[int], torch.Tensor] | None:
     """k -> frame k rendered by the translation learned from keyframe `key`'s pair, or None when it explains the
     pair no better than the colour mapping (LEARNED_GAIN)."""
-    translation = fit_edit_translation(frame(key), edited, mapping, mask, seed=frame_seed(seed, key))
+    source = frame(key)
+    left = (edited - mapping.apply(source)).abs()
+    if mask is not None:
+        left = left[mask.reshape(left.shape[:2]) > 0.5]
+    if float(left.mean()) < NOTHING_LEFT:
+        log.info("learned fill, keyframe %d: the colour mapping explains the edit, so the colour fill is used", key)
+        return None
+    translation = fit_edit_translation(source, edited, mapping, mask, seed=frame_seed(seed, key))
     if translation.gain >= LEARNED_GAIN:
         log.info("learned fill, keyframe %d: the colour mapping explains the edit (the network's error is %.2f of "
                  "its), so the colour fill is used", key, translation.gain)

@@ -44,8 +44,8 @@ class FlowPropagate(io.ComfyNode):
             display_name="Flow Propagate (MagicProp)",
             category="MagicProp",
             description="Carries the edited reference(s) to every frame along the clip's optical flow, forward and "
-                        "backward from each edited frame (no model). What the flow cannot see (occluded, revealed) is "
-                        "filled from the source frame given the edit's colours.",
+                        "backward from each edited frame (no pretrained model). What the flow cannot see (occluded, "
+                        "revealed) is the source frame rendered in the edit's look, learned from the edited frame.",
             inputs=[
                 io.Image.Input("frames", tooltip="The source video frames (K, H, W, 3), as given to "
                                                  "OpticalFlowSequence."),
@@ -80,17 +80,21 @@ class FlowPropagate(io.ComfyNode):
                                        "detail, exact colour edits); edit: the edited pixels themselves carried. "
                                        f"Default {DEFAULT_CARRY} (measured best)."),
                 io.Combo.Input("fill", options=list(FILLS), default=DEFAULT_FILL, optional=True,
-                               tooltip="What the pixels the flow cannot see get (the filled mask): colour = the frame "
-                                       "through the edit's colour mapping; synthesis = patches of the edited "
-                                       "reference placed where the frame's own content guides them, made once and "
-                                       "then carried along the flow (slower: about 0.25-1 s per frame on a CPU)."),
+                               tooltip="What the pixels the flow cannot see get (the filled mask): learned = the "
+                                       "frame's own content rendered the way the edit renders it, by a small network "
+                                       "trained on the reference pair (a few seconds per keyframe; a colour edit "
+                                       "keeps the colour fill); colour = the frame through the edit's colour mapping; "
+                                       "synthesis = patches of the edited reference placed where the frame's own "
+                                       "content guides them, made once and then carried along the flow (slower: "
+                                       f"about 0.25-1 s per frame on a CPU). Default {DEFAULT_FILL} (measured best)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             optional=True, tooltip="Synthesis's random search (the same seed gives the same frames)."),
+                             optional=True, tooltip="The learned fill's training and synthesis's random search "
+                                                    "(the same seed gives the same frames)."),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="All K frames with the edit carried along the flow."),
                 io.Mask.Output(display_name="filled", tooltip="Pixels the flow could not carry, filled from the "
-                                                              "source frame in the edit's colours (1 = filled)."),
+                                                              "source frame in the edit's look (1 = filled)."),
             ],
         )
 

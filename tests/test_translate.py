@@ -1,0 +1,103 @@
+"""The learned fill (magicprop.motion.translate): the edit learned from the keyframe's pair, applied to new content."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magicprop.benchmarks import hard
+from magicprop.benchmarks.metrics import psnr
+from magicprop.errors import MagicPropError
+from magicprop.io.video import read_frames
+from magicprop.motion.colour import fit_edit_mapping
+from magicprop.motion.propagate import LEARNED_GAIN, flow_propagate
+from magicprop.motion.translate import fit_edit_translation
+
+
+def _styled(img: torch.Tensor) -> torch.Tensor:
+    out = cv2.stylization((img.numpy() * 255).round().astype(np.uint8), sigma_s=30, sigma_r=0.3)
+    return torch.from_numpy(out).float() / 255
+
+
+@pytest.fixture(scope="module")
+def frames(bigbuckbunny):
+    """Two real frames 90 apart (180x320): the second shows content the first does not."""
+    clip = read_frames(bigbuckbunny, max_frames=91)
+    return [F.interpolate(clip[i].permute(2, 0, 1)[None], size=(180, 320), mode="area")[0].permute(1, 2, 0)
+            for i in (0, 90)]
+
+
+def test_the_learned_translation_renders_new_content_in_the_edits_look(frames):
+    """Trained on frame 0 and its stylization, it renders frame 90 closer to frame 90's own stylization than the
+    colour mapping does, by a clear margin (measured 21.6 against 17.0 dB); it is deterministic for a seed."""
+    a, b = frames
+    mapping = fit_edit_mapping(a, _styled(a)).global_only()
+    learned = fit_edit_translation(a, _styled(a), mapping, seed=1)
+    want = _styled(b)[None]
+    gain = float(psnr(learned.apply(b)[None], want) - psnr(mapping.apply(b)[None], want))
+    assert gain > 2.5, gain
+    assert learned.gain < 0.7  # the network explains the pair better than the colour mapping
+    again = fit_edit_translation(a, _styled(a), mapping, seed=1)
+    assert torch.equal(learned.apply(b), again.apply(b))
+    assert not torch.equal(learned.apply(b), fit_edit_translation(a, _styled(a), mapping, seed=2).apply(b))
+
+
+def test_the_mask_says_what_is_learned(frames):
+    """Outside the mask the 'edited' frame is noise; learning only inside it still renders the edit's look."""
+    a, b = frames
+    mask = torch.zeros(180, 320)
+    mask[:, :200] = 1
+    noise = torch.rand(180, 320, 3, generator=torch.Generator().manual_seed(0))
+    noisy = torch.where(mask[..., None] > 0, _styled(a), noise)
+    mapping = fit_edit_mapping(a, noisy, mask).global_only()
+    masked = fit_edit_translation(a, noisy, mapping, mask)
+    unmasked = fit_edit_translation(a, noisy, fit_edit_mapping(a, noisy).global_only())
+    want = _styled(b)[None]
+    assert float(psnr(masked.apply(b)[None], want)) > float(psnr(unmasked.apply(b)[None], want)) + 3
+
+
+def test_a_colour_edit_keeps_the_colour_fill_exactly(pan):
+    """A colour edit is what the colour mapping explains: the network adds nothing (its error ratio is at least
+    LEARNED_GAIN), so the learned fill gives the colour fill's frames bit for bit."""
+    source, _, engine, motion = pan
+    edit = source[0].flip(-1) * 0.8 + 0.1  # channels swapped, contrast lowered: a function of colour alone
+    mapping = fit_edit_mapping(source[0], edit).global_only()
+    assert fit_edit_translation(source[0], edit, mapping).gain >= LEARNED_GAIN
+    learned = flow_propagate(source, edit[None], [0], engine, motion=motion, fill="learned")
+    colour = flow_propagate(source, edit[None], [0], engine, motion=motion, fill="colour")
+    assert torch.equal(learned.frames, colour.frames) and torch.equal(learned.filled, colour.filled)
+
+
+@pytest.fixture(scope="module")
+def pan():
+    """bench hard's first clip, 12 frames after the reference: a fast pan over a real still with a travelling
+    deformation; (frames, shown-by-frame-0, engine, motion)."""
+    from magicprop.benchmarks.real.score import MemoFlowEngine
+    from magicprop.motion.engine import FlowSettings
+
+    source, shown = hard.render(hard.CLIPS[0], 12)
+    engine = MemoFlowEngine(FlowSettings())
+    return source, shown, engine, engine.consecutive(source)
+
+
+def test_the_learned_fill_gives_revealed_content_the_edits_texture(pan):
+    """Stylized: where frame 0 never showed the content, the learned fill is at least 2 dB closer to the truth than
+    the colour fill (measured +4 dB on frames 6-12); what the flow carries is the same for both fills (the same
+    filled share)."""
+    source, shown, engine, motion = pan
+    truth, _ = hard.render(hard.CLIPS[0], 12, hard.stylization)
+    learned = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill="learned")
+    colour = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill="colour")
+    assert torch.equal(learned.filled, colour.filled)
+    never = ~shown[6:]
+    gain = float((psnr(learned.frames[6:], truth[6:], never) - psnr(colour.frames[6:], truth[6:], never)).mean())
+    assert gain > 2, gain
+
+
+def test_a_reference_too_small_to_learn_from_is_refused():
+    tiny = torch.rand(6, 40, 3)
+    with pytest.raises(MagicPropError, match="learned fill: the reference is 40x6; expected at least 8x8"):
+        fit_edit_translation(tiny, tiny, fit_edit_mapping(torch.rand(32, 32, 3), torch.rand(32, 32, 3)))
