@@ -325,8 +325,9 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
 
 def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
              mask: torch.Tensor | None, seed: int) -> Callable[[int], torch.Tensor] | None:
-    """k -> frame k rendered by the translation learned from keyframe `key`'s pair, or None when it explains the
-    pair no better than the colour mapping (LEARNED_GAIN)."""
+    """k -> frame k rendered by the translation learned from the pair at frame `key`, or None when the colour
+    mapping explains the pair (NOTHING_LEFT, LEARNED_GAIN). seed: the training's, the same for every keyframe (their
+    pairs differ), so a keyframe learns the same network whatever else the run holds."""
     source = frame(key)
     left = (edited - mapping.apply(source)).abs()
     if mask is not None:
@@ -334,7 +335,7 @@ def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tenso
     if float(left.mean()) < NOTHING_LEFT:
         log.info("learned fill, keyframe %d: the colour mapping explains the edit, so the colour fill is used", key)
         return None
-    translation = fit_edit_translation(source, edited, mapping, mask, seed=frame_seed(seed, key))
+    translation = fit_edit_translation(source, edited, mapping, mask, seed=seed)
     if translation.gain >= LEARNED_GAIN:
         log.info("learned fill, keyframe %d: the colour mapping explains the edit (the network's error is %.2f of "
                  "its), so the colour fill is used", key, translation.gain)
