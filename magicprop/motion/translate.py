@@ -123,6 +123,21 @@ def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: Ed
         raise MagicPropError(f"learned fill: the reference is {w}x{h}; expected at least 8x8 pixels to learn the "
                              "edit's look from.")
     device = torch.device(device)
+    # a host may run nodes under inference mode or no_grad: training needs autograd, on tensors made here
+    with torch.inference_mode(False), torch.enable_grad():
+        net, x, y, mean, std = _train(source.clone(), edited.clone(), mapping, None if mask is None else mask.clone(),
+                                      seed, steps, device)
+    net = net.eval().requires_grad_(False)
+    with torch.no_grad():  # what the network explains beyond the colour mapping, on the pair itself
+        learned = sum(float((net(x[i:i + CHUNK]) - y[i:i + CHUNK]).abs().sum()) for i in range(0, x.shape[0], CHUNK))
+    gain = learned / max(float(y.abs().sum()), 1e-12)
+    log.debug("learned fill: %d steps on the %dx%d reference pair, L1 %.3f of the colour mapping's", steps, w, h, gain)
+    return EditTranslation(mapping, net, mean, std, device, gain)
+
+
+def _train(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping, mask: torch.Tensor | None, seed: int,
+           steps: int, device: torch.device) -> tuple[nn.Module, torch.Tensor, ...]:
+    """The network trained on the pair; with the normalised training pixels (x, y) and the normalisation."""
     gen = torch.Generator().manual_seed(seed)
     mapped = mapping.apply(source.float()).permute(2, 0, 1)[None].to(device)
     f = features(source.float().permute(2, 0, 1)[None].to(device), mapped)
@@ -140,7 +155,6 @@ def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: Ed
                             nn.Linear(HIDDEN, 3)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    loss = torch.zeros(())
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (min(BATCH, x.shape[0]),), generator=gen).to(device)
         loss = (net(x[idx]) - y[idx]).abs().mean()
@@ -148,9 +162,4 @@ def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: Ed
         loss.backward()
         opt.step()
         sched.step()
-    net = net.eval().requires_grad_(False)
-    with torch.no_grad():  # what the network explains beyond the colour mapping, on the pair itself
-        learned = sum(float((net(x[i:i + CHUNK]) - y[i:i + CHUNK]).abs().sum()) for i in range(0, x.shape[0], CHUNK))
-    gain = learned / max(float(y.abs().sum()), 1e-12)
-    log.debug("learned fill: %d steps on the %dx%d reference pair, L1 %.3f of the colour mapping's", steps, w, h, gain)
-    return EditTranslation(mapping, net, mean, std, device, gain)
+    return net, x, y, mean, std
