@@ -326,8 +326,9 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
 def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
              mask: torch.Tensor | None, seed: int) -> Callable[[int], torch.Tensor] | None:
     """k -> frame k rendered by the translation learned from the pair at frame `key`, or None when the colour
-    mapping explains the pair (NOTHING_LEFT, LEARNED_GAIN). seed: the training's, the same for every keyframe (their
-    pairs differ), so a keyframe learns the same network whatever else the run holds."""
+    mapping explains the pair (NOTHING_LEFT, LEARNED_GAIN). seed: the training's, one per run (the run seed's
+    frame_seed(seed, 0)) for every keyframe (their pairs differ), so a keyframe learns the same network whatever else
+    the run holds."""
     source = frame(key)
     left = (edited - mapping.apply(source)).abs()
     if mask is not None:
@@ -532,7 +533,7 @@ def flow_propagate(
 
         look = _mapped_frames(mapping, frame)
         learned = _learned(frame, indices[key], references[key].float(), mappings[key].global_only(),
-                           mask_of(indices[key]), seed) if fill == "learned" else None
+                           mask_of(indices[key]), frame_seed(seed, 0)) if fill == "learned" else None
         colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
             if fill == "synthesis" else None
