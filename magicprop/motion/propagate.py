@@ -540,8 +540,10 @@ def flow_propagate(
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, colour):
             if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued
                 img = img + look(k)
-                base = learned(k)
-                img = (weight * img + (1 - weight) * (base + pull_push(img - base, (weight > 0.5).float()))).clamp(0, 1)
+                if float(weight.min()) < 1:  # (a frame carried whole needs no fill)
+                    base = learned(k)
+                    img = weight * img + (1 - weight) * (base + pull_push(img - base, (weight > 0.5).float()))
+                img = img.clamp(0, 1)
             elif carry == "residual":
                 hole = (weight > 0.5).float()  # the residual of carried pixels, continued into the filled ones
                 img = (weight * img + (1 - weight) * pull_push(img, hole) + look(k)).clamp(0, 1)
