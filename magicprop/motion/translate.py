@@ -81,7 +81,7 @@ def features(source: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
 @dataclass
 class EditTranslation:
     """A per-pixel network on the feature bank, trained on one reference pair over its global colour mapping;
-    `apply` has `EditMapping.apply`'s contract, so it stands wherever the mapping does."""
+    `apply` has `EditMapping.apply`'s contract."""
 
     mapping: EditMapping
     net: nn.Module
@@ -89,9 +89,6 @@ class EditTranslation:
     std: torch.Tensor
     device: torch.device
     gain: float  # its L1 error on the reference pair as a share of the colour mapping's (below 1: it explains more)
-
-    def global_only(self) -> EditTranslation:
-        return self
 
     @torch.no_grad()
     def apply(self, frames: torch.Tensor) -> torch.Tensor:
