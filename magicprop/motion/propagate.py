@@ -292,7 +292,7 @@ CARRIES = ("edit", "residual")
 mapping. "residual": the edit less what its global colour mapping predicts from the source keyframe, added to the
 mapping of each frame's own source pixels (the fill is that mapping alone): the frame's own detail stays sharp and
 registered, and only what the mapping cannot explain (painted shapes, strokes, texture) is resampled along the flow."""
-FILLS = ("learned", "colour", "synthesis")
+FILLS = ("colour", "learned", "synthesis")
 """What the pixels the flow cannot see get. "learned": the frame's own content rendered the way the edit renders it,
 by a small network trained on the keyframe's pair (`translate.fit_edit_translation`), the seam to the carried pixels
 continued into it; where the network explains the pair no better than the colour mapping (LEARNED_GAIN: a colour
@@ -300,8 +300,9 @@ edit), the colour fill. "colour": the source frame through the edit's colour map
 into it). "synthesis": patches of the edited reference placed where the frame's own content
 guides them (`synthesis.synthesize`); content made for a frame is carried along the consecutive flow to the next
 frames of the chain where that flow is valid (made once, then followed), and only what is still uncovered is made."""
-DEFAULT_FILL = "learned"
-"""The edit's texture where the reference never looked, colour edits unchanged (docs/decisions.md, "Default fill")."""
+DEFAULT_FILL = "colour"
+"""learned is ahead on `bench hard` (textured edits) but behind on the demo's synthetic clips (docs/decisions.md,
+"Default fill"), so it is a choice, not yet the default."""
 LEARNED_GAIN = 0.9
 """The learned fill is used when its error on the keyframe's pair is below this share of the colour mapping's."""
 NOTHING_LEFT = 1 / 255

@@ -86,7 +86,8 @@ class FlowPropagate(io.ComfyNode):
                                        "keeps the colour fill); colour = the frame through the edit's colour mapping; "
                                        "synthesis = patches of the edited reference placed where the frame's own "
                                        "content guides them, made once and then carried along the flow (slower: "
-                                       f"about 0.25-1 s per frame on a CPU). Default {DEFAULT_FILL} (measured best)."),
+                                       f"about 0.25-1 s per frame on a CPU). Default {DEFAULT_FILL}; try learned for "
+                                       "painterly, sketched or textured edits of shots that reveal new content."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              optional=True, tooltip="The learned fill's training and synthesis's random search "
                                                     "(the same seed gives the same frames)."),
