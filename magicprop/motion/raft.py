@@ -60,7 +60,7 @@ class RAFTEstimator:
     @staticmethod
     def check(settings: RAFTSettings) -> None:
         # worded for every caller (CLI, Python API, nodes): no flag or widget names here; OpticalFlowSequence refuses
-        # a missing file in its raft_weights widget before this is reached (nodes/flow.py resolve_weights)
+        # a missing file in its raft_weights widget before this is reached (nodes/flow/optical_flow.py resolve_weights)
         fix = ("give a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) as the flow "
                "weights, or use estimator 'dis' (no weights)")
         if not settings.weights:
