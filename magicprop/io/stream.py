@@ -1,17 +1,19 @@
 """Outputs written while a run makes them: frames come in any order, each as soon as it is final.
 
 A PNG folder takes each frame at once (one file each, written atomically: a reader never sees half a PNG). An mp4
-is written in frame order through one open encoder: a frame that comes before its predecessors waits, as uint8, until
-they have come (for flow propagation from a mid-clip keyframe: the frames before it, which its backward chain makes
-first from the keyframe down to frame 0, are held until that chain ends). `close` finishes what was written, also
-after an interrupt: the mp4 is finalised (encoder flushed, audio cut to the frames written, the container closed)
-and renamed into place, so a stopped run leaves a valid, shorter video.
+is written in frame order through one open encoder: a frame that comes before its predecessors waits until they have
+come (for flow propagation from a mid-clip keyframe: the frames before it, which its backward chain makes first from
+the keyframe down to frame 0, wait until that chain ends). Waiting frames are kept as uint8 in an unnamed temporary
+file (`TMPDIR`; the page cache, not the process, holds them), so memory stays flat however many wait. `close`
+finishes what was written, also after an interrupt: the mp4 is finalised (encoder flushed, audio cut to the frames
+written, the container closed) and renamed into place, so a stopped run leaves a valid, shorter video.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -84,6 +86,7 @@ class VideoStream:
         self._tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.part"
         self._out = av.open(str(self._tmp), mode="w", format="mp4")
         self._src = None
+        self._spill = None  # an unnamed temporary file, opened when the first frame has to wait
         try:
             self._stream = self._out.add_stream(codec, rate=self.fps)
             self._stream.height, self._stream.width, self._stream.pix_fmt = size[0], size[1], pix_fmt
@@ -96,7 +99,9 @@ class VideoStream:
         except BaseException:
             self._abandon()
             raise
-        self._waiting: dict[int, np.ndarray] = {}
+        self._waiting: dict[int, int] = {}  # frame index -> its offset in the spill file
+        self._free: list[int] = []  # offsets of the spill file whose frame has been encoded
+        self._end = 0
         self.next = 0  # frames 0 .. next-1 are encoded
         self._closed = False
 
@@ -104,12 +109,31 @@ class VideoStream:
         import av
 
         arr = to_uint8(frame.float())
-        self._waiting[k] = np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr
-        while self.next in self._waiting:
-            image = av.VideoFrame.from_ndarray(self._waiting.pop(self.next), format="rgb24")
-            for packet in self._stream.encode(image):
+        arr = np.ascontiguousarray(np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr)
+        if k != self.next:
+            self._wait(k, arr)
+            return
+        while True:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
                 self._out.mux(packet)
             self.next += 1
+            if self.next not in self._waiting:
+                return
+            arr = self._read(self._waiting.pop(self.next))
+
+    def _wait(self, k: int, arr: np.ndarray) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="magicprop-waiting-")  # noqa: SIM115 (closed by close)
+            self._shape = arr.shape
+        offset = self._free.pop() if self._free else self._end
+        self._end = max(self._end, offset + arr.nbytes)
+        os.pwrite(self._spill.fileno(), memoryview(arr).cast("B"), offset)
+        self._waiting[k] = offset
+
+    def _read(self, offset: int) -> np.ndarray:
+        n = int(np.prod(self._shape))
+        self._free.append(offset)
+        return np.frombuffer(bytearray(os.pread(self._spill.fileno(), n, offset)), dtype=np.uint8).reshape(self._shape)
 
     def held(self) -> int:
         """Frames made but waiting for an earlier one (lost if the run stops now)."""
@@ -117,6 +141,8 @@ class VideoStream:
 
     def _abandon(self) -> None:
         self._out.close()
+        if self._spill is not None:
+            self._spill.close()
         if self._src is not None:
             self._src.close()
         if self._tmp.exists():
@@ -141,6 +167,8 @@ class VideoStream:
             os.replace(self._tmp, self.path)
         finally:
             self._out.close()
+            if self._spill is not None:
+                self._spill.close()
             if self._src is not None:
                 self._src.close()
             if self._tmp.exists():

@@ -186,11 +186,12 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any work.
 
     Streamed: the selected frames are spooled to a temporary file (`read_selected`) and each output frame is written
-    as soon as it is final (`flow_propagate`'s `on_frame`): a PNG folder at once, an mp4 in frame order (so the frames
-    before a mid-clip keyframe, made by its backward chain first, are held as uint8 until that chain reaches frame 0;
-    then every frame is written as it is made). Beyond those, what is held does not grow with the clip: the blend
-    window between two keyframes, the chains' carried state, a few flow pairs. An interrupted run (Ctrl-C, an error)
-    still closes its outputs, a valid partial PNG folder or mp4, and logs which frames they hold.
+    as soon as it is final (`flow_propagate`'s `on_frame`): a PNG folder at once, an mp4 in frame order (the frames
+    before a mid-clip keyframe, made by its backward chain first, wait as uint8 in a temporary file until that chain
+    reaches frame 0: `io.stream.VideoStream`). What memory holds does not grow with the clip: the blend window
+    between two keyframes (at most --keyframe-window frames), the chains' carried state, a few flow pairs. An
+    interrupted run (Ctrl-C, an error) still closes its outputs, a valid partial PNG folder or mp4, and logs which
+    frames they hold.
     """
     from tqdm.auto import tqdm
 
