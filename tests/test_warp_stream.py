@@ -217,3 +217,26 @@ def test_video_stream_encodes_in_frame_order_and_close_keeps_what_is_in_order(tm
     stream.close()  # 3 and 4 wait for 2
     assert (decode(tmp_path / "part.mp4").int() - _u8(frames[:2]).int()).abs().max() <= 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.mp4", "part.mp4"]
+
+
+def test_mask_folder_is_read_a_mask_at_a_time_and_gives_the_whole_clip_result(tmp_path, bigbuckbunny, edits):
+    """A --mask folder (one mask per frame, a moving box) is no longer held whole: each mask read when used equals the
+    stacked, resized masks, and the output equals the core run on them."""
+    from magicprop.jobs.warp import MaskFolder
+
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    h, w = read_frames(bigbuckbunny, 1).shape[1:3]
+    for k in range(FRAMES):
+        m = torch.zeros(h, w, 3)
+        m[100 + 20 * k : 500 + 20 * k, 200 + 40 * k : 900 + 40 * k] = 1
+        save_image(folder / f"{k:05d}.png", m)
+    stacked = resize_width(torch.stack([read_png(f) for f in list_frames(folder)]), WIDTH).amax(-1).clamp(0, 1)
+    lazy = MaskFolder(list_frames(folder), WIDTH, tuple(stacked.shape[1:]))
+    assert lazy.shape == tuple(stacked.shape) and lazy[2:].shape == (FRAMES - 2, *stacked.shape[1:])
+    for k in range(FRAMES):
+        assert torch.equal(lazy[k], stacked[k]), k
+    out = tmp_path / "out"
+    assert main(_warp(bigbuckbunny, [edits[4]], [4], f"{out}/", "--mask", folder)) == 0
+    expected = _core(bigbuckbunny, [edits[4]], [4], mask=stacked)
+    assert torch.equal(_u8(read_frames(out)), _u8(expected.frames))

@@ -123,8 +123,24 @@ def _grey(image: torch.Tensor) -> torch.Tensor:
     return image.amax(-1)
 
 
-def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | None:
-    """(1 or K, H', W') float mask at the output size, or None."""
+class MaskFolder:
+    """A --mask folder as (K, H', W') float masks at the output size, read one at a time when indexed (what stacking
+    them all would give, without holding the clip's masks: 2.2 GB as float for 600 frames of 720p)."""
+
+    ndim = 3
+
+    def __init__(self, files: list[Path], width: int | None, size: tuple[int, int]) -> None:
+        self.files, self.width = list(files), width
+        self.shape = (len(self.files), *size)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return MaskFolder(self.files[k], self.width, self.shape[1:])
+        return _grey(resize_width(read_png(self.files[k])[None], self.width)).clamp(0, 1)[0]
+
+
+def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | MaskFolder | None:
+    """(1 or K, H', W') float mask at the output size (a folder: a MaskFolder, each mask checked here), or None."""
     if job.mask is None:
         return None
     what = "--mask"
@@ -134,19 +150,17 @@ def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.
             raise MagicPropError(f"--mask folder has {len(files)} masks for the {count} selected frames (stride "
                                  f"{job.stride}): expected one mask per source frame, in name order.")
         files = files[:count] if count is not None else files
-        masks = []
-        for f in files:
+        for f in files:  # every size checked before any work; read again, one at a time, when used
             m = read_png(f)
             if m.shape[:2] != size:
                 raise MagicPropError(f"--mask {f.name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x"
                                      f"{size[0]}: expected masks at the video's size.")
-            masks.append(m)
-        image = torch.stack(masks)
-    else:
-        image = load_image(job.mask, what)
-        if image.shape[1:3] != size:
-            raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
-                                 "expected a mask at the video's size (white = edit, black = keep the source).")
+        out = resize_width(torch.zeros(1, *size, 1), job.width).shape[1:3]
+        return MaskFolder(files, job.width, tuple(out))
+    image = load_image(job.mask, what)
+    if image.shape[1:3] != size:
+        raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
+                             "expected a mask at the video's size (white = edit, black = keep the source).")
     return _grey(resize_width(image, job.width)).clamp(0, 1)
 
 

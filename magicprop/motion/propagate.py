@@ -442,7 +442,11 @@ def _check_inputs(frames, references, indices, strategy, mask, motion,
                              f"{references.shape[0]} references; expected one index per edited reference.")
     if strategy not in STRATEGIES:
         raise MagicPropError(f"flow propagation strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
-    if mask is not None:
+    if mask is not None and not isinstance(mask, torch.Tensor):  # read a mask at a time (`mask[k]`: (H, W) float)
+        if len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
+            raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
+                                 f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    elif mask is not None:
         mask = mask.float()
         if mask.ndim == 2:
             mask = mask[None]
@@ -483,7 +487,8 @@ def flow_propagate(
     motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
     the chains step through it (`PairwiseMotion`: no flow held for the whole clip). Each frame comes from its
     nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask (1 or K, H,
-    W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
+    W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
+    needed): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
     may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
     (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are carried.
     fill: what the pixels the flow cannot see get (FILLS); seed: synthesis's random search (frame k uses
