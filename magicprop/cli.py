@@ -392,4 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the CLI's own output channel: one line, whatever logging the caller configured
         sys.stderr.write(f"magicprop {args.command}: error: {e}\n")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written is closed and logged by the command; no traceback
+        sys.stderr.write(f"magicprop {args.command}: interrupted\n")
+        return 130
     return 0

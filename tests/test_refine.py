@@ -170,6 +170,19 @@ def test_loopback_chains_of_two_keyframes_are_blended_where_they_meet(keys, wind
         assert torch.equal(out[k], b[k] if k > keys[1] else a[k]), k
 
 
+def test_loopback_on_pairwise_motion_equals_the_whole_clip_motion():
+    """The refine CLI's loopback estimates the flow pair by pair (PairwiseMotion: a few pairs cached, a pair two
+    chains share estimated again): the result equals a run on the whole clip's consecutive flow, exactly."""
+    from magicprop.motion.engine import PairwiseMotion
+
+    clip = moving_clip()
+    engine = FlowEngine()
+    settings = RefineSettings(mode="loopback", denoise=0.5, filled_denoise=0.5, window=2)
+    whole = flow_refine(clip, None, [0, 4], Recorder(), settings, motion=engine.consecutive(clip))
+    pairwise = PairwiseMotion(engine, lambda i: clip[i], K, (H, W), cache=1)
+    assert torch.equal(flow_refine(clip, None, [0, 4], Recorder(), settings, motion=pairwise), whole)
+
+
 def test_loopback_needs_the_flow():
     with pytest.raises(MagicPropError, match="loopback' needs the flow"):
         flow_refine(moving_clip(), None, [0], Recorder(), RefineSettings(mode="loopback"))

