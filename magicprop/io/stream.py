@@ -165,14 +165,8 @@ class VideoStream:
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(self._tmp, self.path)
-        finally:
-            self._out.close()
-            if self._spill is not None:
-                self._spill.close()
-            if self._src is not None:
-                self._src.close()
-            if self._tmp.exists():
-                self._tmp.unlink()
+        finally:  # the file is in place (nothing left at _tmp) or the partial is removed; handles closed either way
+            self._abandon()
 
     def describe(self) -> str:
         held = f" ({self.held()} later frames made but not yet in order are lost)" if self._waiting else ""
