@@ -215,8 +215,8 @@ def test_batched_refine_equals_one_frame_at_a_time(clip, sd, warped, mode):
     refiner = DiffusersRefiner(SDModels.load(sd["sd"]), "a watercolor painting", "blurry", steps=2, cfg=3.0,
                                denoise=0.3, filled_denoise=0.6)
     sizes = []
-    batch = refiner.refine_batch
-    refiner.refine_batch = lambda requests: sizes.append(len(requests)) or batch(requests)
+    batch = refiner.refine
+    refiner.refine = lambda requests: sizes.append(len(requests)) or batch(requests)
 
     def run(max_batch: int) -> torch.Tensor:
         settings = RefineSettings(mode=mode, seed=4, noise="per_frame", denoise=0.3, filled_denoise=0.6,

@@ -17,7 +17,8 @@ Keyframes are never refined and start the loopback chains, forward and backward,
 keyframe plan (``magicprop.keyframes.keyframe_plan``). The refined pixels are put back with
 ``magicprop.composite.composite``, the one feathered pixel composite.
 
-Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in ``magicprop.jobs.refine``).
+Backends implement ``FrameRefiner`` (ComfyUI's samplers in ``nodes/``, diffusers in
+``magicprop.refine.diffusers_backend``).
 """
 
 from __future__ import annotations
@@ -111,13 +112,11 @@ class RefineRequest:
 
 
 class FrameRefiner(Protocol):
-    """img2img of one frame: (H, W, 3) refined pixels in [0, 1] (sampled at denoise, or per pixel with region).
+    """img2img of frames in one sampler call: one (H, W, 3) refined image in [0, 1] per request (sampled at denoise,
+    or per pixel with its region). One frame is a list of one; ``refine_round`` gives it frames that share their
+    denoise (all with a filled region, or all without)."""
 
-    A refiner may also have ``refine_batch(requests)``: several frames in one sampler call, one (H, W, 3) image each;
-    ``refine_round`` gives it frames that share their denoise (all with a filled region, or all without).
-    """
-
-    def __call__(self, request: RefineRequest) -> torch.Tensor: ...
+    def refine(self, requests: list[RefineRequest]) -> list[torch.Tensor]: ...
 
 
 PER_FRAME_BATCH = 4
@@ -125,16 +124,12 @@ PER_FRAME_BATCH = 4
 
 
 def refine_round(refine: FrameRefiner, requests: list[RefineRequest]) -> list[torch.Tensor]:
-    """The requests' refined frames, in order: batched by ``refine_batch`` (per group of equal denoise) when the
-    refiner has it, else one call each."""
-    batch = getattr(refine, "refine_batch", None)
-    if batch is None or len(requests) < 2:
-        return [refine(r) for r in requests]
+    """The requests' refined frames, in order: one ``refine`` call per group of equal denoise."""
     out: list = [None] * len(requests)
     for with_region in (False, True):
         group = [i for i, r in enumerate(requests) if (r.region is not None) == with_region]
         if group:
-            for i, image in zip(group, batch([requests[i] for i in group])):
+            for i, image in zip(group, refine.refine([requests[i] for i in group]), strict=True):
                 out[i] = image
     return out
 

@@ -113,11 +113,8 @@ class DiffusersRefiner:
         uncond, cond = unet(inp, t, encoder_hidden_states=context, **extra).sample.float().chunk(2)
         return uncond + self.cfg * (cond - uncond)
 
-    def __call__(self, request: RefineRequest) -> torch.Tensor:
-        return self.refine_batch([request])[0]
-
     @torch.no_grad()
-    def refine_batch(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
+    def refine(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
         """Frames that share their denoise (all with a filled region or all without) in one DDIM run, each with its
         own init, noise, levels and hint."""
         enc = self.models.encoders

@@ -68,7 +68,7 @@ def outside_level(model, steps: int, sampler_name: str, scheduler: str, denoise:
 
 
 class ComfyFrameRefiner:
-    """FrameRefiner on the host: VAEEncode -> KSampler (frame k's ControlNet hints) -> VAEDecode of one frame, as
+    """FrameRefiner on the host: VAEEncode -> KSampler (each frame k's ControlNet hints) -> VAEDecode of frames, as
     the host's own nodes do it; with a filled region, sampled at filled_denoise with per-pixel levels."""
 
     def __init__(self, model, vae, positive: list, negative: list, num_frames: int, steps: int, cfg: float,
@@ -79,10 +79,7 @@ class ComfyFrameRefiner:
         self.denoise, self.filled_denoise, self.on_step = denoise, filled_denoise, on_step
         self.level = None
 
-    def __call__(self, request: RefineRequest) -> torch.Tensor:
-        return self.refine_batch([request])[0]
-
-    def refine_batch(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
+    def refine(self, requests: list[RefineRequest]) -> list[torch.Tensor]:
         """Frames that share their denoise in ONE comfy.sample.sample call: each its own init, noise, per-pixel
         levels and ControlNet hint; cfg batched by the host as usual."""
         indices = [r.index for r in requests]
