@@ -97,3 +97,20 @@ def test_full_frame_sample_matches_core_ddim(comfy_host, both, sampler, cfg):
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-3)
     assert ours.abs().mean() > 0.1
+
+
+def test_the_deterministic_sampler_list_names_the_hosts_samplers(comfy_host):
+    """The host does not say which samplers draw step noise, so DETERMINISTIC_SAMPLERS is written by hand: every name
+    in it is one of the host's samplers, and none of its k-diffusion samplers takes a noise sampler except
+    res_multistep (whose wrapper fixes its eta at 0: no step noise)."""
+    import inspect
+
+    import comfy.k_diffusion.sampling
+    import comfy.samplers
+
+    names = comfy_host.module("nodes.propdpm.denoiser").DETERMINISTIC_SAMPLERS
+    assert set(names) <= set(comfy.samplers.KSampler.SAMPLERS), set(names) - set(comfy.samplers.KSampler.SAMPLERS)
+    noisy = [n for n in names if "noise_sampler" in inspect.signature(
+        getattr(comfy.k_diffusion.sampling, f"sample_{n}", lambda: None)).parameters]
+    assert noisy == ["res_multistep"], noisy
+    assert "eta" not in inspect.signature(comfy.k_diffusion.sampling.sample_res_multistep).parameters

@@ -39,7 +39,9 @@ def stack_conditionings(conditionings: list[list]) -> list | None:
 DETERMINISTIC_SAMPLERS = ("euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "ddim",
                           "uni_pc", "uni_pc_bh2", "res_multistep", "gradient_estimation")
 """Samplers that draw no noise after the initial one: a batched round equals frames made one at a time. The others
-draw their step noise for the whole batch from the frame seed of its first frame, so batching changes their draws."""
+draw their step noise for the whole batch from the frame seed of its first frame, so batching changes their draws.
+Written by hand (the host does not say which samplers draw noise); tests/test_host_parity.py checks it against the
+host's sampler names and signatures."""
 
 
 class ComfyFrameDenoiser:
