@@ -56,8 +56,9 @@ CLIPS = (
 )
 FRAMES = 120
 """Frames after the reference: the camera swings across the still and part of the way back."""
-CANDIDATE = "learned"
-"""The fill under test: the acceptance compares its row with the default fill's (config "fill" and "previous_fill")."""
+PREVIOUS_FILL = "colour"
+"""The default fill before this suite existed: the acceptance compares the default fill's row with its row (config
+"fill" and "previous_fill")."""
 MARGINS = {"texture_gain": 2.0, "decal_loss": 0.3, "warp_error_ratio": 1.1}
 """Acceptance: the candidate fill against the default, per window: at least texture_gain dB over all pixels
 and over never-shown pixels for the texture edits, no window of a decal edit worse by more than decal_loss dB, and
@@ -189,7 +190,7 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
 
     settings = FlowSettings()
     results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
-                          "carry": DEFAULT_CARRY, "fill": CANDIDATE, "previous_fill": DEFAULT_FILL,
+                          "carry": DEFAULT_CARRY, "fill": DEFAULT_FILL, "previous_fill": PREVIOUS_FILL,
                           "estimator": settings.record()}, "clips": {}}
     jobs = [(clip, frames, tuple(edits), tuple(fills)) for clip in clips]
     workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
@@ -250,7 +251,7 @@ def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple
 
 
 def acceptance(results: dict) -> dict:
-    """The candidate fill's row against the default fill's, per clip and edit (MARGINS); `passed` is all of them."""
+    """The default fill's row against the previous default's, per clip and edit (MARGINS); `passed` is all of them."""
     new, old = row_name(results["config"]["fill"]), row_name(results["config"]["previous_fill"])
     checks = {}
     for clip, entry in results["clips"].items():

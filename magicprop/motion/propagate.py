@@ -38,7 +38,7 @@ from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 from .synthesis import synthesize
-from .translate import fit_edit_translation
+from .translate import fit_edit_translation, held_out_error
 
 log = get_logger(__name__)
 
@@ -296,16 +296,19 @@ registered, and only what the mapping cannot explain (painted shapes, strokes, t
 FILLS = ("colour", "learned", "synthesis")
 """What the pixels the flow cannot see get. "learned": the frame's own content rendered the way the edit renders it,
 by a small network trained on the keyframe's pair (`translate.fit_edit_translation`), the seam to the carried pixels
-continued into it; where the network explains the pair no better than the colour mapping (LEARNED_GAIN: a colour
-edit), the colour fill. "colour": the source frame through the edit's colour mapping (with the residual continued
-into it). "synthesis": patches of the edited reference placed where the frame's own content
-guides them (`synthesis.synthesize`); content made for a frame is carried along the consecutive flow to the next
-frames of the chain where that flow is valid (made once, then followed), and only what is still uncovered is made."""
-DEFAULT_FILL = "colour"
-"""learned is ahead on `bench hard` (textured edits) but behind on the demo's synthetic clips (docs/decisions.md,
-"Default fill"), so it is a choice, not yet the default."""
-LEARNED_GAIN = 0.9
-"""The learned fill is used when its error on the keyframe's pair is below this share of the colour mapping's."""
+continued into it; where the network does not explain content it did not learn from better than the colour mapping
+(LEARNED_GAIN: a colour edit, a decal, a random re-texture), the colour fill. "colour": the source frame through the
+edit's colour mapping (with the residual continued into it). "synthesis": patches of the edited reference placed where
+the frame's own content guides them (`synthesis.synthesize`); content made for a frame is carried along the
+consecutive flow to the next frames of the chain where that flow is valid (made once, then followed), and only what
+is still uncovered is made."""
+DEFAULT_FILL = "learned"
+"""Textured edits keep their look where the reference never looked, other edits keep the colour fill (bench hard,
+docs/decisions.md "Default fill")."""
+LEARNED_GAIN = 0.85
+"""The learned fill is used when, on quadrants of the keyframe's pair it did not learn from, its squared error is
+below this share of the colour mapping's (`translate.GATE_BLOCKS`; measured 0.47-0.82 for painterly, sketch and oil
+edits, 0.87-1.0 for the synthetic clips' re-textures, decals and colour edits)."""
 NOTHING_LEFT = 1 / 255
 """Mean error of the colour mapping on the keyframe's pair below which there is nothing to learn (no training)."""
 DEFAULT_CARRY = "residual"
@@ -326,11 +329,13 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
 
 
 def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
-             mask: torch.Tensor | None, seed: int) -> Callable[[int], torch.Tensor] | None:
-    """k -> frame k rendered by the translation learned from the pair at frame `key`, or None when the colour
-    mapping explains the pair (NOTHING_LEFT, LEARNED_GAIN). seed: the training's, one per run (the run seed's
-    frame_seed(seed, 0)) for every keyframe (their pairs differ), so a keyframe learns the same network whatever else
-    the run holds."""
+             mask: torch.Tensor | None, seed: int,
+             look: Callable[[int], torch.Tensor] | None = None) -> Callable[[int], torch.Tensor] | None:
+    """k -> frame k rendered by the translation learned from the pair at frame `key` (on `look(k)`, frame k through
+    `mapping`, when the caller has it), or None when the colour mapping explains the pair (NOTHING_LEFT) or the
+    network does not explain content it did not learn from (LEARNED_GAIN). seed: the training's, one per run (the run
+    seed's frame_seed(seed, 0)) for every keyframe (their pairs differ), so a keyframe learns the same network
+    whatever else the run holds."""
     source = frame(key)
     left = (edited - mapping.apply(source)).abs()
     if mask is not None:
@@ -338,14 +343,17 @@ def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tenso
     if float(left.mean()) < NOTHING_LEFT:
         log.info("learned fill, keyframe %d: the colour mapping explains the edit, so the colour fill is used", key)
         return None
-    translation = fit_edit_translation(source, edited, mapping, mask, seed=seed)
-    if translation.gain >= LEARNED_GAIN:
-        log.info("learned fill, keyframe %d: the colour mapping explains the edit (the network's error is %.2f of "
-                 "its), so the colour fill is used", key, translation.gain)
+    error = held_out_error(source, edited, mapping, mask, seed=seed)
+    if error >= LEARNED_GAIN:
+        log.info("learned fill, keyframe %d: the edit's look does not follow from the content (on content it did not "
+                 "learn from, the network's error is %.2f of the colour mapping's), so the colour fill is used", key,
+                 error)
         return None
-    log.info("learned fill, keyframe %d: the network's error on the pair is %.2f of the colour mapping's", key,
-             translation.gain)
-    return _mapped_frames(translation, frame)
+    translation = fit_edit_translation(source, edited, mapping, mask, seed=seed)
+    log.info("learned fill, keyframe %d: on content it did not learn from, the network's error is %.2f of the "
+             "colour mapping's (residual weight %.2f)", key, error, translation.weight)
+    mapped = look or _mapped_frames(mapping, frame)
+    return lambda k: translation.look(frame(k), mapped(k))
 
 
 class _Made:
@@ -552,8 +560,10 @@ def flow_propagate(
             reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
 
         look = _mapped_frames(mapping, frame)
-        learned = _learned(frame, indices[key], references[key].float(), mappings[key].global_only(),
-                           mask_of(indices[key]), frame_seed(seed, 0)) if fill == "learned" else None
+        learned = None
+        if fill == "learned":  # (with carry "residual" the learned look starts from `look`, the same mapping)
+            learned = _learned(frame, indices[key], references[key].float(), mappings[key].global_only(),
+                               mask_of(indices[key]), frame_seed(seed, 0), look if carry == "residual" else None)
         colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
             if fill == "synthesis" else None

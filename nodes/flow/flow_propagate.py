@@ -82,12 +82,12 @@ class FlowPropagate(io.ComfyNode):
                 io.Combo.Input("fill", options=list(FILLS), default=DEFAULT_FILL, optional=True,
                                tooltip="What the pixels the flow cannot see get (the filled mask): learned = the "
                                        "frame's own content rendered the way the edit renders it, by a small network "
-                                       "trained on the reference pair (a few seconds per keyframe; a colour edit "
-                                       "keeps the colour fill); colour = the frame through the edit's colour mapping; "
-                                       "synthesis = patches of the edited reference placed where the frame's own "
-                                       "content guides them, made once and then carried along the flow (slower: "
-                                       f"about 0.25-1 s per frame on a CPU). Default {DEFAULT_FILL}; try learned for "
-                                       "painterly, sketched or textured edits of shots that reveal new content."),
+                                       "trained on the reference pair (several seconds per keyframe; an edit that "
+                                       "does not follow from the content, a colour edit or a decal, keeps the colour "
+                                       "fill); colour = the frame through the edit's colour mapping; synthesis = "
+                                       "patches of the edited reference placed where the frame's own content guides "
+                                       "them, made once and then carried along the flow (slower: about 0.25-1 s per "
+                                       f"frame on a CPU). Default {DEFAULT_FILL}."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              optional=True, tooltip="The learned fill's training and synthesis's random search "
                                                     "(the same seed gives the same frames)."),
