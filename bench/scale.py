@@ -15,11 +15,11 @@ at work size 512, strategy guided, carry residual, the default fill, recorded pe
 
 Per run: wall seconds of the command and per frame; peak RSS (the child's VmHWM) and its peak RSS once the libraries
 are imported (what any run costs before the first frame); the share of the time spent inside the OpenCV flow
-estimator's calls and in the learned fill's check and training. The load average before the run is recorded: other work on the
-machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget (estimated from
-the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile records the
-cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both). Results are
-merged into bench/results/scale.json by (size, frames): a later run replaces that entry only.
+estimator's calls and in the learned fill's check and training. The load average before the run is recorded: other
+work on the machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget
+(estimated from the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile
+records the cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both).
+Results are merged into bench/results/scale.json by (size, frames): a later run replaces that entry only.
 """
 
 from __future__ import annotations
