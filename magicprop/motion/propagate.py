@@ -308,7 +308,7 @@ docs/decisions.md "Default fill")."""
 LEARNED_GAIN = 0.85
 """The learned fill is used when, on quadrants of the keyframe's pair it did not learn from, its squared error is
 below this share of the colour mapping's (`translate.held_out_error`; measured 0.45-0.82 for painterly, sketch and
-oil edits on bench hard's stills, 0.89-1.0 for the synthetic clips' re-textures, decals and colour edits: bench hard's
+oil edits on bench hard's stills, 0.88-1.0 for the synthetic clips' re-textures, decals and colour edits: bench hard's
 and bench real's, the demo's and bench quality's pairs)."""
 NOTHING_LEFT = 1 / 255
 """Mean error of the colour mapping on the keyframe's pair below which there is nothing to learn (no training)."""

@@ -47,12 +47,14 @@ WEIGHT_BLOCKS = 4
 """Blocks per side of the checkerboard whose two colours train and judge each other for the residual's weight (content
 near what the network learned from: what a pan or a moving layer reveals next to the reference's content)."""
 GATE_BLOCKS = 2
-"""The same with quadrants, for `held_out_error`: content far from what the network learned from (measured 0.89-1.0
+"""The same with quadrants, for `held_out_error`: content far from what the network learned from (measured 0.88-1.0
 for the synthetic clips' random re-textures, decals and colour edits, 0.45-0.82 for painterly, sketch and oil
 edits)."""
 GATE_STEPS = STEPS // 2
-"""`held_out_error`'s budget (each of its two networks trains FOLD_SHARE of it): its decisions on the measured pairs
-are those of STEPS, at half the time (1.3-1.6 s a keyframe on one core)."""
+GATE_BATCH = BATCH // 4
+"""`held_out_error`'s budget (each of its two networks trains FOLD_SHARE of GATE_STEPS, on GATE_BATCH pixels a step):
+its decisions on every measured pair are those of STEPS and BATCH, in an eighth of the time (about 0.5 s a keyframe
+on one core)."""
 FOLD_SHARE = 0.5
 """Training steps of each held-out network, as a share of STEPS."""
 FOLD_MIN = 256
@@ -173,7 +175,7 @@ def held_out_error(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapp
     re-texture, a decal or a colour edit; well below for a painterly, sketched or oil-painted look."""
     x, y, at, _, _ = _pixels(source, edited, mapping, mask, torch.device(device))
     with torch.inference_mode(False), torch.enable_grad():
-        return _held_out(x, y, _board(at, *source.shape[:2], GATE_BLOCKS), seed, steps)[1]
+        return _held_out(x, y, _board(at, *source.shape[:2], GATE_BLOCKS), seed, steps, GATE_BATCH)[1]
 
 
 def _pixels(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping, mask: torch.Tensor | None,
@@ -204,7 +206,8 @@ def _board(at: torch.Tensor, h: int, w: int, blocks: int) -> torch.Tensor:
     return ((at // w) * blocks // h + (at % w) * blocks // w) % 2 == 0
 
 
-def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, steps: int) -> tuple[float, float]:
+def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, steps: int,
+              batch: int = BATCH) -> tuple[float, float]:
     """Two networks, each trained on one colour of `board` (half the steps), predict the other colour's targets:
     the least-squares weight of their predictions in [0, 1] and the squared error left with it, as a share of the
     colour mapping's (weight 0 and 1.0 when a colour has too few pixels to learn from)."""
@@ -212,7 +215,7 @@ def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, 
     for part in (board, ~board):
         if not FOLD_MIN <= int(part.sum()) <= x.shape[0] - FOLD_MIN:
             return 0.0, 1.0
-        net = _train(x[part], y[part], seed, max(1, int(steps * FOLD_SHARE)))
+        net = _train(x[part], y[part], seed, max(1, int(steps * FOLD_SHARE)), batch)
         with torch.no_grad():
             r, t = _predict(net, x[~part]).double(), y[~part].double()
             cross += torch.stack([(r * t).sum(), (r * r).sum(), (t * t).sum()]).cpu()
@@ -223,8 +226,8 @@ def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, 
     return weight, (tt - 2 * weight * rt + weight * weight * rr) / tt
 
 
-def _train(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int) -> nn.Module:
-    """The network trained on the pixels (x, y): seeded initialisation and sampling."""
+def _train(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int = BATCH) -> nn.Module:
+    """The network trained on the pixels (x, y), `batch` of them a step: seeded initialisation and sampling."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -233,7 +236,7 @@ def _train(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int) -> nn.Module
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (min(BATCH, x.shape[0]),), generator=gen).to(x.device)
+        idx = torch.randint(0, x.shape[0], (min(batch, x.shape[0]),), generator=gen).to(x.device)
         loss = (net(x[idx]) - y[idx]).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
