@@ -123,6 +123,28 @@ def test_an_edit_that_does_not_follow_from_the_content_keeps_the_colour_fill(pan
     assert torch.equal(learned.frames, colour.frames)
 
 
+def test_a_mid_clip_keyframe_learns_once_for_both_its_chains(pan, monkeypatch):
+    """A keyframe in the middle of the clip starts two chains (backward and forward); what it learned (the check and
+    the training) is shared by both, not redone."""
+    from magicprop.motion import propagate
+
+    source, _, engine, motion = pan
+    truth, _ = hard.render(hard.CLIPS[0], 12, hard.stylization)
+    calls = {"check": 0, "training": 0}
+
+    def counted(fn, name):
+        def run(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(propagate, "held_out_error", counted(propagate.held_out_error, "check"))
+    monkeypatch.setattr(propagate, "fit_edit_translation", counted(propagate.fit_edit_translation, "training"))
+    result = flow_propagate(source, truth[6:7], [6], engine, motion=motion, fill="learned")
+    assert calls == {"check": 1, "training": 1}, calls
+    assert float(result.filled[0].mean()) > 0 and float(result.filled[12].mean()) > 0  # both chains filled pixels
+
+
 def test_a_reference_too_small_to_learn_from_is_refused():
     tiny = torch.rand(6, 40, 3)
     with pytest.raises(MagicPropError, match="learned fill: the reference is 40x6; expected at least 8x8"):

@@ -38,7 +38,7 @@ from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
 from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
 from .synthesis import synthesize
-from .translate import fit_edit_translation, held_out_error
+from .translate import EditTranslation, fit_edit_translation, held_out_error
 
 log = get_logger(__name__)
 
@@ -329,14 +329,12 @@ def _mapped_frames(mapping: EditMapping, frame: Callable[[int], torch.Tensor]) -
     return look
 
 
-def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
-             mask: torch.Tensor | None, seed: int,
-             look: Callable[[int], torch.Tensor] | None = None) -> Callable[[int], torch.Tensor] | None:
-    """k -> frame k rendered by the translation learned from the pair at frame `key` (on `look(k)`, frame k through
-    `mapping`, when the caller has it), or None when the colour mapping explains the pair (NOTHING_LEFT) or the
-    network does not explain content it did not learn from (LEARNED_GAIN). seed: the training's, one per run (the run
-    seed's frame_seed(seed, 0)) for every keyframe (their pairs differ), so a keyframe learns the same network
-    whatever else the run holds."""
+def _translation(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tensor, mapping: EditMapping,
+                 mask: torch.Tensor | None, seed: int) -> EditTranslation | None:
+    """The translation learned from the pair at frame `key` over `mapping`, or None when the colour mapping explains
+    the pair (NOTHING_LEFT) or the edit's look does not follow from the content (LEARNED_GAIN). seed: the
+    training's, one per run (the run seed's frame_seed(seed, 0)) for every keyframe (their pairs differ), so a
+    keyframe learns the same network whatever else the run holds."""
     source = frame(key)
     left = (edited - mapping.apply(source)).abs()
     if mask is not None:
@@ -353,7 +351,12 @@ def _learned(frame: Callable[[int], torch.Tensor], key: int, edited: torch.Tenso
     translation = fit_edit_translation(source, edited, mapping, mask, seed=seed)
     log.info("learned fill, keyframe %d: on content it did not learn from, the network's error is %.2f of the "
              "colour mapping's (residual weight %.2f)", key, error, translation.weight)
-    mapped = look or _mapped_frames(mapping, frame)
+    return translation
+
+
+def _learned_look(translation: EditTranslation, frame: Callable[[int], torch.Tensor],
+                  mapped: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+    """k -> frame k (1, 3, H, W) rendered by `translation`, from `mapped(k)`: frame k through its global mapping."""
     return lambda k: translation.look(frame(k), mapped(k))
 
 
@@ -553,6 +556,7 @@ def flow_propagate(
     for n, i in enumerate(indices):
         finish(i, references[n].float(), torch.zeros(h, w))
     pending: dict[int, dict[int, tuple]] = {}
+    translations: dict[int, EditTranslation | None] = {}
     for chain in chains:
         key, mapping = chain.key, mappings[chain.key]
         reference = references[key].float().permute(2, 0, 1)[None]
@@ -562,9 +566,14 @@ def flow_propagate(
 
         look = _mapped_frames(mapping, frame)
         learned = None
-        if fill == "learned":  # (with carry "residual" the learned look starts from `look`, the same mapping)
-            learned = _learned(frame, indices[key], references[key].float(), mappings[key].global_only(),
-                               mask_of(indices[key]), frame_seed(seed, 0), look if carry == "residual" else None)
+        if fill == "learned":
+            if key not in translations:  # a keyframe's two chains share what it learned (trained once)
+                translations[key] = _translation(frame, indices[key], references[key].float(),
+                                                 mappings[key].global_only(), mask_of(indices[key]),
+                                                 frame_seed(seed, 0))
+            if translations[key] is not None:  # the look starts from the frame's global mapping (`look` with residual)
+                learned = _learned_look(translations[key], frame, look if carry == "residual" else
+                                        _mapped_frames(mappings[key].global_only(), frame))
         colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
         made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
             if fill == "synthesis" else None
