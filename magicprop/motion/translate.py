@@ -51,6 +51,7 @@ GATE_BLOCKS = 2
 for the synthetic clips' random re-textures, decals and colour edits, 0.45-0.82 for painterly, sketch and oil
 edits)."""
 GATE_STEPS = STEPS // 2
+"""`held_out_error`'s training steps (see GATE_BATCH)."""
 GATE_BATCH = BATCH // 4
 """`held_out_error`'s budget (each of its two networks trains FOLD_SHARE of GATE_STEPS, on GATE_BATCH pixels a step):
 its decisions on every measured pair are those of STEPS and BATCH, in an eighth of the time (about 0.5 s a keyframe
@@ -208,7 +209,7 @@ def _board(at: torch.Tensor, h: int, w: int, blocks: int) -> torch.Tensor:
 
 def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, steps: int,
               batch: int = BATCH) -> tuple[float, float]:
-    """Two networks, each trained on one colour of `board` (half the steps), predict the other colour's targets:
+    """Two networks, each trained on one colour of `board` (FOLD_SHARE of `steps`), predict the other colour's targets:
     the least-squares weight of their predictions in [0, 1] and the squared error left with it, as a share of the
     colour mapping's (weight 0 and 1.0 when a colour has too few pixels to learn from)."""
     cross = torch.zeros(3, dtype=torch.float64)  # <r, t>, <r, r>, <t, t> over the held-out predictions r
