@@ -60,7 +60,7 @@ PREVIOUS_FILL = "colour"
 """The default fill before this suite existed: the acceptance compares the default fill's row with its row (config
 "fill" and "previous_fill")."""
 MARGINS = {"texture_gain": 2.0, "decal_loss": 0.3, "warp_error_ratio": 1.1}
-"""Acceptance: the candidate fill against the default, per window: at least texture_gain dB over all pixels
+"""Acceptance: the default fill against the previous default, per window: at least texture_gain dB over all pixels
 and over never-shown pixels for the texture edits, no window of a decal edit worse by more than decal_loss dB, and
 warp error at most warp_error_ratio times the previous default's."""
 TEXTURE_EDITS = ("stylization", "pencil sketch")

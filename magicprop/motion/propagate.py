@@ -455,19 +455,15 @@ def _check_inputs(frames, references, indices, strategy, mask, motion,
                              f"{references.shape[0]} references; expected one index per edited reference.")
     if strategy not in STRATEGIES:
         raise MagicPropError(f"flow propagation strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
-    if mask is not None and not isinstance(mask, torch.Tensor):  # read a mask at a time (`mask[k]`: (H, W) float)
-        if len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
-            raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
-                                 f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
-    elif mask is not None:
+    if isinstance(mask, torch.Tensor):  # else any object with a `shape` whose `mask[k]` is frame k's (H, W) mask
         mask = mask.float()
         if mask.ndim == 2:
             mask = mask[None]
         if mask.ndim == 4 and mask.shape[-1] == 1:
             mask = mask[..., 0]
-        if mask.ndim != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
-            raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
-                                 f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    if mask is not None and (len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k)):
+        raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
+                             f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
     if engine is None and (motion is None or strategy in KEYFRAME_FLOW_STRATEGIES):
         need = "a motion" if motion is None else f"strategy {strategy!r} estimates flow to the keyframes"
         raise MagicPropError(f"flow propagation without a flow engine: {need}; pass a FlowEngine, or the motion with "
