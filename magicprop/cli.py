@@ -144,7 +144,9 @@ def _add_warp(sub) -> None:
                                              "source frame; the source is kept outside it")
     add_frame_options(p, png_folders=True)
     add_output_options(p)
-    add_device_options(p, dtype=False, device_help="where RAFT runs (the OpenCV estimators use the CPU)")
+    add_device_options(p, dtype=False, device_help="where the frame-size work (warps, colour mapping, fill, blending) "
+                       "and RAFT run (default auto: the accelerator if torch sees one); the OpenCV estimators use the "
+                       "CPU")
     p.set_defaults(func=_warp)
 
 

@@ -172,9 +172,10 @@ def check_job(job: WarpJob):
     mask (or None).
     """
     from ..keyframes import keyframe_plan
-    from ..motion.engine import FlowEngine
+    from ..motion.engine import FlowEngine, check_device
 
     _check_paths(job)
+    check_device(job.device, "--device")
     engine = FlowEngine(job.flow_settings())
     strategy = _strategy(job)
     info = probe(job.video, job.fps)
@@ -239,7 +240,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
                       disable=not progress) as bar:
                 flow_propagate(frames, references, indices, engine, strategy=strategy, window=job.keyframe_window,
                                mask=mask, callback=lambda _i: bar.update(1), carry=job.carry or DEFAULT_CARRY,
-                               fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=write)
+                               fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=write,
+                               device=job.device)
         except BaseException as e:
             for out in outputs:
                 out.close()

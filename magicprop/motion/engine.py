@@ -51,6 +51,19 @@ def import_cv2():
     return cv2
 
 
+def check_device(device, what: str = "device") -> torch.device:
+    """`device` (a name or a torch.device) as a torch.device that this torch can use; one line naming the fix when not
+    (checked before any work)."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MagicPropError(f"{what} {str(device)!r} cannot be used here ({reason}): expected 'cpu' or an accelerator "
+                             "this torch was built for and can see (e.g. 'cuda', 'cuda:1', 'mps').") from None
+    return dev
+
+
 # -- settings --------------------------------------------------------------------------------------------------
 
 
@@ -371,6 +384,8 @@ class FlowEngine:
         if not isinstance(s.work_size, int) or s.work_size < 8:
             raise MagicPropError(f"flow work_size={s.work_size!r}: expected an integer long side of 8 pixels or more "
                                  "(default 512).")
+        if s.estimator == "raft":
+            check_device(s.device, "RAFT device")
         ESTIMATORS[s.estimator].check(s)
 
     @property
@@ -524,5 +539,5 @@ class FlowEngine:
 
 __all__ = [
     "CV2_INSTALL", "DIS_PRESETS", "ESTIMATORS", "FlowEngine", "FlowSettings", "Motion", "PairwiseMotion", "compose",
-    "as_frame", "consistency", "import_cv2", "inside", "resize_flow", "warp",
+    "as_frame", "check_device", "consistency", "import_cv2", "inside", "resize_flow", "warp",
 ]

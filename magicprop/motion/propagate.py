@@ -36,7 +36,18 @@ from ..keyframes import keyframe_plan, meet
 from ..log import get_logger
 from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
-from .engine import FlowEngine, Motion, PairwiseMotion, as_frame, compose, consistency, import_cv2, resize_flow, warp
+from .engine import (
+    FlowEngine,
+    Motion,
+    PairwiseMotion,
+    as_frame,
+    check_device,
+    compose,
+    consistency,
+    import_cv2,
+    resize_flow,
+    warp,
+)
 from .synthesis import synthesize
 from .translate import EditTranslation, fit_edit_translation, held_out_error
 
@@ -65,10 +76,19 @@ class _Context:
     frames: torch.Tensor | FrameSpool  # (K, H, W, 3), float in [0, 1] or uint8
     engine: FlowEngine
     motion: Motion | PairwiseMotion  # consecutive pairs
+    device: torch.device  # where the frame-size work runs (flow estimation and working-size geometry: the CPU)
 
     def frame(self, k: int) -> torch.Tensor:
-        """Frame k (H, W, 3) float in [0, 1] (a uint8 clip is converted one frame at a time)."""
+        """Frame k (H, W, 3) float in [0, 1] on the CPU (a uint8 clip is converted one frame at a time)."""
         return as_frame(self.frames[k])
+
+    def full(self, k: int) -> torch.Tensor:
+        """Frame k (H, W, 3) float in [0, 1] on the device (moved as stored: uint8 is a quarter of the transfer)."""
+        return as_frame(torch.as_tensor(self.frames[k]).to(self.device))
+
+    def here(self, *flows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Working-resolution flows or validity moved to the device (for the frame-size work)."""
+        return tuple(f.to(self.device) for f in flows)
 
     def to_keyframe(self, frames: Sequence[int], r: int, batch: int = 8) -> Iterator[tuple[torch.Tensor, ...]]:
         """(flow_{k->r}, flow_{r->k} (1, 2, h, w) float, validity of the first (h, w)) for each frame k of `frames`,
@@ -108,8 +128,9 @@ def _sample(reference: torch.Tensor, flow: torch.Tensor, size: tuple[int, int]) 
 
 def _chain(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: Callable) -> Iterator:
     size = tuple(ctx.frames.shape[1:3])
-    img, carried = reference, torch.ones(1, 1, *size)
+    img, carried = reference, torch.ones(1, 1, *size, device=ctx.device)
     for k, flow, _, valid in chain_steps(ctx.motion, chain):
+        flow, valid = ctx.here(flow, valid)
         full = resize_flow(flow, size)
         w = _up(valid, size) * (warp(carried, full) > 0.5).float()
         carried = w  # what is still reference content (fill carried on does not count as carried)
@@ -261,6 +282,7 @@ def _by_flow(flows: Callable) -> Callable:
     def run(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: Callable) -> Iterator:
         size = tuple(ctx.frames.shape[1:3])
         for k, flow, valid in flows(ctx, chain):
+            flow, valid = ctx.here(flow, valid)
             yield k, _sample(reference, flow, size), _up(valid, size)
     return run
 
@@ -268,6 +290,7 @@ def _by_flow(flows: Callable) -> Callable:
 def _mixed(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: Callable) -> Iterator:
     size = tuple(ctx.frames.shape[1:3])
     for (k, fd, vd), (_, fa, va) in zip(_direct(ctx, chain), _accumulated(ctx, chain)):
+        fd, vd, fa, va = ctx.here(fd, vd, fa, va)
         wd, wa = _up(vd, size), _up(va, size)
         wa = (1 - wd) * wa
         w = wd + wa
@@ -377,6 +400,7 @@ class _Made:
     def fill(self, k: int, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         size = tuple(img.shape[-2:])
         _, back, _, valid = next(self.steps)  # flow_{k->prev}, valid on frame k
+        back, valid = self.ctx.here(back, valid)
         need = 1 - weight  # (1, 1, H, W): how much of each pixel is not carried from the keyframe
         out = img
         followed = torch.zeros_like(need)
@@ -386,7 +410,7 @@ class _Made:
             out = torch.where(followed > 0, weight * img + need * warp(self.prev, full), img)
         hole = ((weight < self.FULL) & (followed == 0))[0, 0]
         if hole.any():
-            made = synthesize(self.ctx.frame(k), hole, self.source, self.edited, out[0].permute(1, 2, 0),
+            made = synthesize(self.ctx.full(k), hole, self.source, self.edited, out[0].permute(1, 2, 0),
                               seed=frame_seed(self.seed, k)).permute(2, 0, 1)[None]
             out = torch.where(hole[None, None], weight * img + need * made, out)
         self.prev, self.prev_made = out, (need > 1 - self.FULL).float()
@@ -489,6 +513,7 @@ def flow_propagate(
     fill: str = DEFAULT_FILL,
     seed: int = 0,
     on_frame: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
     float in [0, 1] or uint8 (converted a frame at a time), a tensor or a `FrameSpool` (read a frame at a time).
@@ -509,7 +534,13 @@ def flow_propagate(
     whole-clip output is never allocated and the result's `frames` and `filled` are None. What is held then is what
     the chains need, not the clip: the blend window's first parts (at most `window` frames), the chain's carried
     state, a few cached flow pairs.
+
+    device: where the frame-size work runs (warps, the colour mapping, the fill, blending, masks; the learned fill's
+    network is trained on the CPU and applied there); flow estimation with the OpenCV estimators and the working-size
+    geometry (composition, consistency, homographies) stay on the CPU. Results come back to the CPU as the same
+    tensors (equal to a CPU run to float rounding).
     """
+    device = check_device(device, "flow propagation device")
     if carry not in CARRIES:
         raise MagicPropError(f"flow propagation carry {carry!r}: expected one of {sorted(CARRIES)}.")
     if fill not in FILLS:
@@ -518,8 +549,8 @@ def flow_propagate(
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
     chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
     num, h, w, _ = frames.shape
-    ctx = _Context(frames, engine, motion)
-    frame = ctx.frame
+    ctx = _Context(frames, engine, motion, device)
+    frame, full = ctx.frame, ctx.full
     if strategy == "guided" and not engine.refines:
         log.info("flow: %s cannot refine an initial flow; strategy 'guided' uses its direct estimate to the keyframe, "
                  "snapped to the frame's dominant motions (no second estimate from the accumulated guess)",
@@ -540,27 +571,28 @@ def flow_propagate(
     def finish(k: int, img: torch.Tensor, fill_share: torch.Tensor) -> None:
         m = mask_of(k)
         if m is not None:
-            img = m[..., None] * img + (1 - m[..., None]) * frame(k)
+            m = m.to(device)
+            img = m[..., None] * img + (1 - m[..., None]) * full(k)
             fill_share = fill_share * m
         if on_frame is None:
-            out[k], filled[k] = img.clamp(0, 1), fill_share
+            out[k], filled[k] = img.clamp(0, 1).cpu(), fill_share.cpu()
         else:  # the cast a store into `out` would make, so a sink sees exactly the whole-clip result
-            on_frame(k, img.clamp(0, 1).to(dtype), fill_share.to(dtype))
+            on_frame(k, img.clamp(0, 1).to("cpu", dtype), fill_share.to("cpu", dtype))
         if callback is not None:
             callback(k)
 
     for n, i in enumerate(indices):
-        finish(i, references[n].float(), torch.zeros(h, w))
+        finish(i, references[n].float().to(device), torch.zeros(h, w, device=device))
     pending: dict[int, dict[int, tuple]] = {}
     translations: dict[int, EditTranslation | None] = {}
     for chain in chains:
         key, mapping = chain.key, mappings[chain.key]
-        reference = references[key].float().permute(2, 0, 1)[None]
+        reference = references[key].float().to(device).permute(2, 0, 1)[None]
         if carry == "residual":  # the edit less its colour mapping's prediction, added back to each frame's mapping
             mapping = mapping.global_only()
-            reference = reference - mapping.apply(frame(indices[key])).permute(2, 0, 1)[None]
+            reference = reference - mapping.apply(full(indices[key])).permute(2, 0, 1)[None]
 
-        look = _mapped_frames(mapping, frame)
+        look = _mapped_frames(mapping, full)
         learned = None
         if fill == "learned":
             if key not in translations:  # a keyframe's two chains share what it learned (trained once)
@@ -568,10 +600,10 @@ def flow_propagate(
                                                  mappings[key].global_only(), mask_of(indices[key]),
                                                  frame_seed(seed, 0))
             if translations[key] is not None:  # the look starts from the frame's global mapping (`look` with residual)
-                learned = _learned_look(translations[key], frame, look if carry == "residual" else
-                                        _mapped_frames(mappings[key].global_only(), frame))
-        colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w))
-        made = _Made(ctx, chain.indices, frame(indices[key]), references[key].float(), seed) \
+                learned = _learned_look(translations[key].to(device), full, look if carry == "residual" else
+                                        _mapped_frames(mappings[key].global_only(), full))
+        colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w, device=device))
+        made = _Made(ctx, chain.indices, full(indices[key]), references[key].float().to(device), seed) \
             if fill == "synthesis" else None
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, colour):
             if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued

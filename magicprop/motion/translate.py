@@ -17,8 +17,9 @@ Deterministic for a seed on one device (seeded initialisation and pixel sampling
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,14 @@ class EditTranslation:
     device: torch.device
     gain: float  # its L1 error on the reference pair as a share of the colour mapping's (below 1: it explains more)
     weight: float  # the residual's scale, measured on held-out blocks of the pair (0: the colour mapping alone)
+
+    def to(self, device: torch.device | str) -> EditTranslation:
+        """The same translation applied on `device` (the network copied there; this one is left as it is)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return replace(self, net=copy.deepcopy(self.net).to(device), mean=self.mean.to(device),
+                       std=self.std.to(device), device=device)
 
     @torch.no_grad()
     def look(self, frame: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,7 @@ class FlowPropagate(io.ComfyNode):
         with placed(engine):
             result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
                                     strategy=strategy, window=keyframe_window, mask=masks,
-                                    callback=counted(frame_callback(k)), carry=carry, fill=fill, seed=seed)
+                                    callback=counted(frame_callback(k)), carry=carry, fill=fill, seed=seed,
+                                    device=comfy.model_management.get_torch_device())
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))
