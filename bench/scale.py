@@ -118,8 +118,8 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     """In a fresh process: the CLI's warp on the clip, timed; the estimator and the learned fill's training timed.
     profile: under cProfile, the cumulative seconds of PROFILED's functions (cProfile slows the run a little)."""
     import av  # noqa: F401  (imported before the baseline: every run needs them)
-    import cv2  # noqa: F401
-    import torch  # noqa: F401
+    import cv2
+    import torch
 
     from magicprop import cli
     from magicprop.motion import engine, propagate
@@ -165,6 +165,7 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"], "fill": propagate.DEFAULT_FILL,
             "learned_fill_training_seconds": spent["learned_fill_training"],
             "learned_fill_check_seconds": spent["learned_fill_check"],
+            "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(),
             "rss_after_imports_mb": base / 2**20,
             "peak_rss_mb": peak_rss() / 2**20}
 
@@ -172,7 +173,7 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
 def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False) -> dict:
     video, edit = make_source(size, frames)
     load = os.getloadavg()[0]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(os.environ)  # the threads a user's run gets (torch's and OpenCV's defaults), unless set here
     if code is not None:
         env["MAGICPROP_BENCH_CODE"] = str(code.resolve())
     proc = subprocess.run([sys.executable, __file__, "--child", str(video), str(edit), str(frames),

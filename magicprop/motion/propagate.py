@@ -25,7 +25,7 @@ mapped pixels; where nothing is carried the residual is continued from around th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +71,32 @@ class FlowResult:
     cuts: list[int]  # frame indices where a hard cut starts (a keyframe there is suggested)
 
 
+SMALL_HELD = 24
+"""Working-resolution frames `_Context.small` holds (a batch of flows to the keyframe ahead of the chain, the chain's
+pairs, the keyframe): at 512 px 1.8 MB each."""
+
+
 @dataclass
 class _Context:
     frames: torch.Tensor | FrameSpool  # (K, H, W, 3), float in [0, 1] or uint8
     engine: FlowEngine
     motion: Motion | PairwiseMotion  # consecutive pairs
     device: torch.device  # where the frame-size work runs (flow estimation and working-size geometry: the CPU)
+    _small: dict = field(default_factory=dict)  # k -> frame k at the working resolution, the last SMALL_HELD
 
     def frame(self, k: int) -> torch.Tensor:
         """Frame k (H, W, 3) float in [0, 1] on the CPU (a uint8 clip is converted one frame at a time)."""
         return as_frame(self.frames[k])
+
+    def small(self, k: int) -> torch.Tensor:
+        """Frame k (h, w, 3) at the engine's working resolution (what `FlowEngine.prepare` makes of it, which keeps
+        it as it is), made once for the several estimates that take it (consecutive pairs, the flow to the keyframe
+        and its refinement, the keyframe itself for every frame of its chains)."""
+        if k not in self._small:
+            if len(self._small) >= SMALL_HELD:
+                del self._small[next(iter(self._small))]
+            self._small[k] = self.engine.prepare(self.frame(k))[0]
+        return self._small[k]
 
     def full(self, k: int) -> torch.Tensor:
         """Frame k (H, W, 3) float in [0, 1] on the device (moved as stored: uint8 is a quarter of the transfer)."""
@@ -94,9 +110,8 @@ class _Context:
         """(flow_{k->r}, flow_{r->k} (1, 2, h, w) float, validity of the first (h, w)) for each frame k of `frames`,
         estimated `batch` frames at a time (what one `FlowEngine.to_keyframe` of them all gives, never held for the
         whole chain)."""
-        key = self.frame(r)
         for i in range(0, len(frames), batch):
-            m = self.engine.to_keyframe([self.frame(k) for k in frames[i : i + batch]], key)
+            m = self.engine.to_keyframe([self.small(k) for k in frames[i : i + batch]], self.small(r))
             for j in range(len(m)):
                 yield m.forward[j][None].float(), m.backward[j][None].float(), m.valid_forward[j]
 
@@ -168,7 +183,7 @@ def _direct(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
 
 def _residual(flow_ab: torch.Tensor, flow_ba: torch.Tensor) -> torch.Tensor:
     """(1, h, w) forward-backward residual |f_ab(p) + f_ba(p + f_ab(p))| (0 for a perfectly consistent pair)."""
-    return compose(flow_ab, flow_ba).norm(dim=1)
+    return compose(flow_ab, flow_ba).square().sum(1).sqrt()  # (norm(dim=1) is ~100x slower on a CPU)
 
 
 GLOBAL_MODELS = 2
@@ -221,7 +236,7 @@ def _homography_flows(to_r: torch.Tensor, valid: torch.Tensor) -> list[tuple[tor
             break
         h_to = flow(hom)
         out.append((h_to[None], flow(np.linalg.inv(hom))[None]))
-        left &= (grid + h_to.permute(1, 2, 0) - target).norm(dim=-1) > 1.0
+        left &= (grid + h_to.permute(1, 2, 0) - target).square().sum(-1) > 1.0  # more than 1 px away
     return out
 
 
@@ -232,12 +247,13 @@ def _snap_to_global(to_r, from_r, frame, key) -> tuple[torch.Tensor, torch.Tenso
     degrees on the known-motion stills) while a homography fitted to their valid pixels is within a pixel there. Per
     pixel, the candidate with the smallest photometric error between the two source frames (patch mean) is kept, on
     each side; the forward-backward check of the result then marks what none explains (occlusions) invalid, as for
-    any flow."""
+    any flow. frame, key: the two source frames, full size (H, W, 3), or their luma at the flows' resolution
+    (1, 1, h, w)."""
     models = _homography_flows(to_r, consistency(to_r, from_r)[0])
     if not models:
         return to_r, from_r
     size = tuple(to_r.shape[-2:])
-    a, b = _gray(frame, size), _gray(key, size)
+    a, b = (x if x.ndim == 4 else _gray(x, size) for x in (frame, key))
     best_to, best_from = _photo_error(a, b, to_r), _photo_error(b, a, from_r)
     for h_to, h_from in models:
         e_to, e_from = _photo_error(a, b, h_to), _photo_error(b, a, h_from)
@@ -260,7 +276,7 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
     again, so the guess is skipped: the direct estimate, snapped (`flow_propagate` logs this once).
     """
     r = chain[0]
-    key = ctx.frame(r)
+    small_key, key = ctx.small(r), None
     to_r = from_r = None
     refines = ctx.engine.refines
     for (k, back, fwd, _), (d_to, d_from, _) in zip(chain_steps(ctx.motion, chain), ctx.to_keyframe(chain[1:], r)):
@@ -268,12 +284,15 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
         if refines:
             guess_to = back if to_r is None else compose(back, to_r)
             guess_from = fwd if from_r is None else compose(from_r, fwd)
-            g_to = ctx.engine.flow(frame[None], key[None], init=guess_to)
-            g_from = ctx.engine.flow(key[None], frame[None], init=guess_from)
+            small = ctx.small(k)
+            g_to = ctx.engine.flow(small[None], small_key[None], init=guess_to)
+            g_from = ctx.engine.flow(small_key[None], small[None], init=guess_from)
             to_r = torch.where(_residual(d_to, d_from) <= _residual(g_to, g_from), d_to, g_to)
             from_r = torch.where(_residual(d_from, d_to) <= _residual(g_from, g_to), d_from, g_from)
         else:
             to_r, from_r = d_to, d_from
+        if key is None:  # the keyframe's luma at the flows' resolution, once per chain
+            key = _gray(ctx.frame(r), tuple(to_r.shape[-2:]))
         to_r, from_r = _snap_to_global(to_r, from_r, frame, key)
         yield k, to_r, consistency(to_r, from_r)[0]
 
@@ -556,7 +575,7 @@ def flow_propagate(
                  "snapped to the frame's dominant motions (no second estimate from the accumulated guess)",
                  engine.settings.estimator)
     if motion is None:
-        ctx.motion = motion = PairwiseMotion(engine, frame, num, (h, w))
+        ctx.motion = motion = PairwiseMotion(engine, ctx.small, num, (h, w))
 
     def mask_of(k: int) -> torch.Tensor | None:
         return None if mask is None else mask[k if mask.shape[0] > 1 else 0]
