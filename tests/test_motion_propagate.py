@@ -367,3 +367,64 @@ def test_synthesis_fill_makes_revealed_content_once_and_carries_it(clip):
     assert torch.equal(again.frames, made.frames)
     with pytest.raises(MagicPropError, match="fill 'paint': expected one of"):
         flow_propagate(src, truth[:1], [0], None, motion=motion, strategy="accumulate", fill="paint")
+
+
+def test_flow_estimated_ahead_gives_the_same_frames_and_stops_with_its_run(engine, clip, monkeypatch):
+    """Flow to the keyframe is estimated in a worker thread up to AHEAD frames ahead of the frame-size work: the
+    frames are exactly those of estimating each flow when it is needed; an error in the worker reaches the caller; a
+    run cancelled from its callback leaves no worker behind."""
+    import threading
+
+    from magicprop.motion import propagate
+
+    src8 = (clip.source.frames * 255).round().to(torch.uint8)
+    refs, keys = clip.edit.frames[[2, 10]], [2, 10]
+    assert propagate.AHEAD >= 1
+    ahead = flow_propagate(src8, refs, keys, engine, window=4, fill="synthesis")  # the fill steps the pairs too
+    monkeypatch.setattr(propagate, "AHEAD", 0)
+    inline = flow_propagate(src8, refs, keys, engine, window=4, fill="synthesis")
+    assert torch.equal(ahead.frames, inline.frames) and torch.equal(ahead.filled, inline.filled)
+    monkeypatch.undo()
+
+    def items():
+        yield from range(5)
+        raise ValueError("flow failed at item 5")
+
+    got = []
+    with pytest.raises(ValueError, match="item 5"):
+        for x in propagate._ahead(items(), depth=2):
+            got.append(x)
+    assert got == list(range(5))
+
+    def cancel(k):
+        if k == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        flow_propagate(src8, refs[:1], keys[:1], engine, callback=cancel)
+    assert not [t for t in threading.enumerate() if t.name == "magicprop-flow-ahead"]
+
+
+def test_bad_device_is_refused_in_one_line(engine, clip):
+    src, ref = clip.source.frames[:3], clip.edit.frames[:1]
+    bad = ["nope", "cuda:64"] if torch.cuda.is_available() else ["nope", "cuda"]
+    for device in bad:
+        with pytest.raises(MagicPropError, match="flow propagation device") as err:
+            flow_propagate(src, ref, [0], engine, device=device)
+        assert "\n" not in str(err.value) and repr(device) in str(err.value), str(err.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the device run is compared with the "
+                    "CPU run where torch sees one")
+@pytest.mark.parametrize("fill", ["colour", "learned"])
+def test_device_run_equals_the_cpu_run(engine, clip, fill):
+    """The frame-size work on the device gives the CPU's frames and filled shares to float rounding (1e-4), for a
+    mid-clip keyframe and two keyframes, with a mask."""
+    src8 = (clip.source.frames * 255).round().to(torch.uint8)
+    mask = torch.zeros(1, *src8.shape[1:3])
+    mask[:, 8:56, 4:60] = 1
+    for refs, keys in ((clip.edit.frames[[6]], [6]), (clip.edit.frames[[2, 10]], [2, 10])):
+        cpu = flow_propagate(src8, refs, keys, engine, window=4, mask=mask, fill=fill)
+        dev = flow_propagate(src8, refs, keys, engine, window=4, mask=mask, fill=fill, device="cuda")
+        assert dev.frames.device.type == "cpu"
+        assert (dev.frames - cpu.frames).abs().max() < 1e-4 and (dev.filled - cpu.filled).abs().max() < 1e-4

@@ -128,6 +128,7 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
              "reference")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--strategy", "teleport"), "--strategy", "direct")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--carry", "pixels"), "--carry", "residual")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--device", "gpu0"), "--device 'gpu0'", "'cuda'")
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails as on a host without OpenCV
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out), "cv2", "pip install opencv-contrib-python-headless")
 

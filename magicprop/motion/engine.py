@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -340,17 +341,19 @@ class PairwiseMotion:
         self.frame_size, self.settings = tuple(frame_size), engine.settings.record()
         self._pairs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._validity = torch.full((max(0, self.count - 1),), float("nan"))
+        self._lock = threading.Lock()  # flow propagation estimates ahead in a worker thread
 
     def __len__(self) -> int:
         return max(0, self.count - 1)
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if i not in self._pairs:
-            motion = self.engine.consecutive([self.frame(i), self.frame(i + 1)])
-            if len(self._pairs) >= self.cache:
-                del self._pairs[next(iter(self._pairs))]
-            self._pairs[i], self._validity[i] = motion.pair(0), motion.validity()[0]
-        return self._pairs[i]
+        with self._lock:
+            if i not in self._pairs:
+                motion = self.engine.consecutive([self.frame(i), self.frame(i + 1)])
+                if len(self._pairs) >= self.cache:
+                    del self._pairs[next(iter(self._pairs))]
+                self._pairs[i], self._validity[i] = motion.pair(0), motion.validity()[0]
+            return self._pairs[i]
 
     def validity(self) -> torch.Tensor:
         """As `Motion.validity`; pairs no chain stepped through are estimated now (their flow is not kept)."""
@@ -374,6 +377,7 @@ class FlowEngine:
     def __init__(self, settings: FlowSettings | None = None):
         self.settings = settings or FlowSettings()
         self._estimator = None
+        self._lock = threading.RLock()
         self.check()
 
     def check(self) -> None:
@@ -395,9 +399,10 @@ class FlowEngine:
 
     @property
     def estimator(self):
-        if self._estimator is None:
-            self._estimator = ESTIMATORS[self.settings.estimator](self.settings)
-        return self._estimator
+        with self._lock:
+            if self._estimator is None:
+                self._estimator = ESTIMATORS[self.settings.estimator](self.settings)
+            return self._estimator
 
     def work_shape(self, h: int, w: int) -> tuple[int, int]:
         """(h, w) of the working resolution for frames of size (h, w): long side work_size, never upscaled."""
@@ -433,7 +438,8 @@ class FlowEngine:
         if init is not None and tuple(init.shape) != (a.shape[0], 2, *a.shape[1:3]):
             raise MagicPropError(f"initial flow of shape {tuple(init.shape)}: expected {(a.shape[0], 2, *a.shape[1:3])}"
                                  ", one (2, h, w) guess per pair at the working resolution (FlowEngine.work_shape).")
-        return self.estimator(a, b) if init is None else self.estimator(a, b, init)
+        with self._lock:  # one estimate at a time: an OpenCV solver object is not safe to share between threads
+            return self.estimator(a, b) if init is None else self.estimator(a, b, init)
 
     def both(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(flow_ab, flow_ba, valid_ab, valid_ba) for frame batches a, b: both directions and their consistency."""

@@ -24,6 +24,8 @@ mapped pixels; where nothing is carried the residual is continued from around th
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -83,6 +85,7 @@ class _Context:
     motion: Motion | PairwiseMotion  # consecutive pairs
     device: torch.device  # where the frame-size work runs (flow estimation and working-size geometry: the CPU)
     _small: dict = field(default_factory=dict)  # k -> frame k at the working resolution, the last SMALL_HELD
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # `small` is called from the estimating thread too
 
     def frame(self, k: int) -> torch.Tensor:
         """Frame k (H, W, 3) float in [0, 1] on the CPU (a uint8 clip is converted one frame at a time)."""
@@ -92,11 +95,12 @@ class _Context:
         """Frame k (h, w, 3) at the engine's working resolution (what `FlowEngine.prepare` makes of it, which keeps
         it as it is), made once for the several estimates that take it (consecutive pairs, the flow to the keyframe
         and its refinement, the keyframe itself for every frame of its chains)."""
-        if k not in self._small:
-            if len(self._small) >= SMALL_HELD:
-                del self._small[next(iter(self._small))]
-            self._small[k] = self.engine.prepare(self.frame(k))[0]
-        return self._small[k]
+        with self._lock:
+            if k not in self._small:
+                if len(self._small) >= SMALL_HELD:
+                    del self._small[next(iter(self._small))]
+                self._small[k] = self.engine.prepare(self.frame(k))[0]
+            return self._small[k]
 
     def full(self, k: int) -> torch.Tensor:
         """Frame k (H, W, 3) float in [0, 1] on the device (moved as stored: uint8 is a quarter of the transfer)."""
@@ -297,10 +301,63 @@ def _guided(ctx: _Context, chain: Sequence[int]) -> Iterator[tuple[int, torch.Te
         yield k, to_r, consistency(to_r, from_r)[0]
 
 
+AHEAD = 2
+"""Frames whose flow to the keyframe a worker thread estimates ahead of the frame-size work (`_ahead`)."""
+
+
+def _ahead(items: Iterator, depth: int | None = None) -> Iterator:
+    """`items`, computed in a worker thread up to `depth` items ahead of the consumer: the next frames' flow (OpenCV,
+    working size, the CPU) is estimated while this frame's frame-size work runs (on the device, or on the CPU's other
+    cores). The same items in the same order as iterating `items` here (one thread computes them, in order); an error
+    in the worker is raised here; when the consumer stops (an error, a cancel) the worker stops after its current item.
+    The worker runs under the caller's grad and inference modes (thread-local in torch). depth: AHEAD when None; 0
+    computes each item when it is asked for, in this thread."""
+    depth = AHEAD if depth is None else depth
+    if depth < 1:
+        yield from items
+        return
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                for x in items:
+                    if not put(("item", x)):
+                        return
+            put(("done", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put(("error", e))
+
+    worker = threading.Thread(target=work, name="magicprop-flow-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, x = out.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise x
+            yield x
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _by_flow(flows: Callable) -> Callable:
     def run(ctx: _Context, chain: Sequence[int], reference: torch.Tensor, fill: Callable) -> Iterator:
         size = tuple(ctx.frames.shape[1:3])
-        for k, flow, valid in flows(ctx, chain):
+        for k, flow, valid in _ahead(flows(ctx, chain)):
             flow, valid = ctx.here(flow, valid)
             yield k, _sample(reference, flow, size), _up(valid, size)
     return run
