@@ -170,6 +170,84 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
             "peak_rss_mb": peak_rss() / 2**20}
 
 
+def node_child(video: str, edit: str, frames: int) -> dict:
+    """In a fresh process: FlowPropagate in the real ComfyUI host (in-process, CPU), given OpticalFlowSequence's flow
+    of the clip and the edited middle frame. The clip (an IMAGE batch, float32: ComfyUI holds IMAGE batches in RAM),
+    the flow and the edit are made first and held by the host's cache, as a graph holds a node's inputs; the node's
+    growth is its peak RSS while it runs (sampled every 2 ms) less the RSS before it, set against the bytes of the
+    outputs it must return (IMAGE float32 (K, H, W, 3) and the filled MASK (K, H, W))."""
+    import gc
+
+    import psutil
+    from memory import PeakRSS
+
+    from harness.host import Host, enter_comfyui, find_comfyui
+
+    comfy = find_comfyui()
+    if comfy is None:
+        raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout (the node runs in the real host)")
+    enter_comfyui(comfy, cpu=True)
+    import execution
+
+    from magicprop.io.images import load_image
+    from magicprop.io.video import read_frames
+
+    with tempfile.TemporaryDirectory() as tmp:
+        host = Host(ROOT, Path(tmp))
+
+        class BenchClip:
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {}}
+
+            RETURN_TYPES = ("IMAGE", "IMAGE")
+            FUNCTION = "make"
+            CATEGORY = "testing"
+
+            def make(self):
+                return read_frames(video, frames), load_image(edit, "edit")
+
+        host.nodes.NODE_CLASS_MAPPINGS["BenchClip"] = BenchClip
+        graph = {
+            "1": {"class_type": "BenchClip", "inputs": {}},
+            "2": {"class_type": "OpticalFlowSequence", "inputs": {
+                "frames": ["1", 0], "estimator": "dis", "dis_preset": "medium", "raft_weights": "none",
+                "work_size": 512, "batch_size": 8}},
+            "3": {"class_type": "FlowPropagate", "inputs": {
+                "frames": ["1", 0], "reference": ["1", 1], "reference_index": frames // 2, "strategy": "guided",
+                "flow": ["2", 0]}},
+        }
+        executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0})
+        executor.execute(graph, "inputs", {"client_id": None}, ["1", "2"])  # held by the host before the node runs
+        assert executor.success, executor.status_messages
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        t = time.perf_counter()
+        with PeakRSS(os.getpid(), 0.002) as peak:
+            executor.execute(graph, "node", {"client_id": None}, ["3"])
+        seconds = time.perf_counter() - t
+        assert executor.success, executor.status_messages
+        image, filled = executor.caches.outputs.get("3").outputs[0][0], executor.caches.outputs.get("3").outputs[1][0]
+        out = image.numel() * image.element_size() + filled.numel() * filled.element_size()
+    return {"seconds": seconds, "growth_mb": (peak.peak - before) / 2**20, "output_mb": out / 2**20,
+            "rss_before_mb": before / 2**20}
+
+
+def run_node(size: str, frames: int, timeout: float) -> dict:
+    video, edit = make_source(size, frames)
+    proc = subprocess.run([sys.executable, __file__, "--node-child", str(video), str(edit), str(frames)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"node {size} x {frames}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    r = json.loads(lines[-1][7:])
+    h, w = SIZES[size]
+    return {"size": size, "height": h, "width": w, "frames": frames, **r,
+            "bound_mb": 2 * r["output_mb"] + 300, "seconds_per_frame": r["seconds"] / frames,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False) -> dict:
     video, edit = make_source(size, frames)
     load = os.getloadavg()[0]
@@ -217,7 +295,11 @@ def main() -> None:
                                                                  "instead (a baseline: before streaming)")
     parser.add_argument("--profile", action="store_true", help="run under cProfile and record where the time goes "
                                                                 "(slows each run a little)")
+    parser.add_argument("--node", action="store_true", help="FlowPropagate in the in-process ComfyUI host instead "
+                                                             "of the CLI (needs COMFYUI_PATH): memory growth against "
+                                                             "its outputs; results under `node_runs`")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--node-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.json = args.json or ROOT / "bench" / "results" / f"scale{'-profile' if args.profile else ''}.json"
     if args.child:
@@ -226,6 +308,12 @@ def main() -> None:
         video, edit, frames, profile = args.child
         print("RESULT " + json.dumps(child(video, edit, int(frames), profile == "1")), flush=True)
         return
+    if args.node_child:
+        video, edit, frames = args.node_child
+        print("RESULT " + json.dumps(node_child(video, edit, int(frames))), flush=True)
+        return
+    if args.node:
+        return measure_node(args)
     sizes = args.sizes or (["512px", "720p"] if args.quick else list(SIZES))
     counts = args.frames or ([30, 60] if args.quick else [60, 600])
     old = json.loads(args.json.read_text()) if args.json.is_file() else {}
@@ -260,12 +348,43 @@ def main() -> None:
               "code": str(args.code) if args.code else "this checkout", "device": "cpu",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": "open: no device was lent to this run",
-              "runs": runs}
+              "runs": runs, **{k: old[k] for k in ("node_what", "node_runs") if k in old}}
     from magicprop.io.fileio import atomic_path
 
     with atomic_path(args.json) as tmp:  # an interrupted run leaves the previous figures
         tmp.write_text(json.dumps(result, indent=1))
     print(table(runs))
+
+
+def node_table(entries: list[dict]) -> str:
+    rows = ["| size | frames | node s/frame | growth MB | outputs MB | bound 2 x outputs + 300 MB | RSS before MB |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {e['size']} | {e['frames']} | {e['seconds_per_frame']:.3f} | {e['growth_mb']:.0f} | "
+             f"{e['output_mb']:.0f} | {e['bound_mb']:.0f} | {e['rss_before_mb']:.0f} |" for e in entries]
+    return "\n".join(rows)
+
+
+def measure_node(args) -> None:
+    """--node: FlowPropagate in the host for each (size, frames); merged into the JSON's `node_runs`."""
+    from magicprop.io.fileio import atomic_path
+
+    sizes, counts = args.sizes or ["512px"], args.frames or [60, 600]
+    result = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    entries = {(e["size"], e["frames"]): e for e in result.get("node_runs", [])}
+    for size in sizes:
+        for frames in sorted(counts):
+            entries[(size, frames)] = e = run_node(size, frames, timeout=args.budget)
+            print(node_table([e]).splitlines()[-1], flush=True)
+    order = {s: i for i, s in enumerate(SIZES)}
+    result["node_runs"] = sorted(entries.values(), key=lambda e: (order[e["size"]], e["frames"]))
+    result["node_what"] = ("FlowPropagate (defaults: guided, residual, the default fill) in the in-process ComfyUI "
+                           "host on the CPU, given OpticalFlowSequence's flow (DIS medium, 512) and the edited middle "
+                           "frame; growth = peak RSS while the node runs less RSS before it (the host already holds "
+                           "the clip, its flow and the edit); outputs = its IMAGE and MASK bytes (float32: ComfyUI "
+                           "holds IMAGE batches in RAM)")
+    with atomic_path(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(node_table(result["node_runs"]))
 
 
 if __name__ == "__main__":
