@@ -22,42 +22,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # magicprop and harness (the in-process host), never tests/
 
-
-class PeakRSS:
-    """Samples a process's RSS every few milliseconds; .peak is the largest seen (bytes)."""
-
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
-        import psutil
-
-        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rss = self.proc.memory_info().rss
-                for child in self.proc.children(recursive=True):
-                    rss += child.memory_info().rss
-            except Exception:  # the process ended between two samples
-                break
-            self.peak = max(self.peak, rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from harness.rss import PeakRSS  # noqa: E402
 
 
 def make_checkpoint(path: Path, tiny: dict, flow_guided: bool) -> Path:

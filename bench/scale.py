@@ -179,9 +179,9 @@ def node_child(video: str, edit: str, frames: int) -> dict:
     import gc
 
     import psutil
-    from memory import PeakRSS
 
     from harness.host import Host, enter_comfyui, find_comfyui
+    from harness.rss import PeakRSS
 
     comfy = find_comfyui()
     if comfy is None:
