@@ -229,3 +229,32 @@ def test_batched_refine_equals_one_frame_at_a_time(clip, sd, warped, mode):
     batched = run(0)
     assert max(sizes) > 1, sizes
     torch.testing.assert_close(batched, one, atol=1e-4, rtol=0)
+
+
+def test_interrupted_refine_leaves_the_frames_it_logged(tmp_path, clip, sd, warped, monkeypatch, caplog):
+    """Refined frames are written as they are final: a run stopped by Ctrl-C during its third frame's sampling
+    (max batch 1) leaves the keyframe and the two frames refined before, exactly those its warning names, each as the
+    core made it."""
+    import re
+
+    from magicprop.io.video import list_frames
+    from magicprop.refine.diffusers_backend import DiffusersRefiner
+
+    refine, calls = DiffusersRefiner.refine, []
+
+    def stopped_on_third(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return refine(self, requests)
+
+    monkeypatch.setattr(DiffusersRefiner, "refine", stopped_on_third)
+    out = tmp_path / "refined"
+    with caplog.at_level("WARNING", logger="magicprop"):
+        assert main(refine_args(clip, sd, warped, f"{out}/", "--max-batch", "1")) == 130
+    said = re.search(r"refine stopped \(KeyboardInterrupt\) after making (\d+) of (\d+) frames; --out \S+ holds (\d+) "
+                     r"frames", caplog.text)
+    assert said, caplog.text
+    on_disk = sorted(int(p.stem) for p in list_frames(out))
+    assert int(said.group(1)) == int(said.group(3)) == len(on_disk) == 3 and int(said.group(2)) == FRAMES
+    assert R in on_disk

@@ -183,6 +183,36 @@ def test_loopback_on_pairwise_motion_equals_the_whole_clip_motion():
     assert torch.equal(flow_refine(clip, None, [0, 4], Recorder(), settings, motion=pairwise), whole)
 
 
+@pytest.mark.parametrize("mode,keys", [("loopback", [2]), ("loopback", [0, 4]), ("per_frame", [2])])
+def test_streamed_refine_equals_the_whole_clip_run(mode, keys):
+    """The refine CLI's run: carried frames and filled masks read a frame at a time (uint8 FrameSpools), the flow
+    pair by pair, each frame handed on when final and no output clip held (keep=False). The frames handed on are
+    exactly the whole-clip run's (a mid-clip keyframe, two keyframes), each once."""
+    from magicprop.io.spool import FrameSpool
+    from magicprop.motion.engine import PairwiseMotion
+
+    clip = (moving_clip() * 255).round().to(torch.uint8)
+    filled = torch.zeros(K, H, W)
+    filled[:, 10:30, 20:40] = 1
+    engine = FlowEngine()
+    settings = RefineSettings(mode=mode, denoise=0.3, filled_denoise=0.7, window=2)
+    whole = flow_refine(clip.float() / 255, filled, keys, Recorder(), settings, motion=engine.consecutive(clip))
+    got = {}
+
+    class Masks:  # what the CLI gives: a shape and a mask per frame, read when used
+        shape = filled.shape
+
+        def __getitem__(self, k):
+            return filled[k]
+
+    with FrameSpool(iter(clip)) as carried:
+        out = flow_refine(carried, Masks(), keys, Recorder(), settings, keep=False,
+                          motion=PairwiseMotion(engine, lambda i: carried[i], K, (H, W), cache=1),
+                          callback=lambda k, image: got.setdefault(k, []).append(image))
+    assert out is None and sorted(got) == list(range(K)) and all(len(v) == 1 for v in got.values())
+    assert all(torch.equal(got[k][0], whole[k]) for k in range(K))
+
+
 def test_loopback_needs_the_flow():
     with pytest.raises(MagicPropError, match="loopback' needs the flow"):
         flow_refine(moving_clip(), None, [0], Recorder(), RefineSettings(mode="loopback"))

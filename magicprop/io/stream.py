@@ -179,3 +179,36 @@ def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, 
     if is_frame_folder(path):
         return FolderStream(path, what)
     return VideoStream(path, size, fps, what=what, **video)
+
+
+class Outputs:
+    """A run's output streams (`open_stream`), each frame put into all of them, closed together when the run ends.
+
+    Used as a context manager: a run that stops early (Ctrl-C, an error) closes them too, leaving valid partial
+    outputs, and one warning says how many of the run's frames were made and what each output holds."""
+
+    def __init__(self, job: str, total: int) -> None:
+        self.job, self.total = job, total
+        self.streams: list = []
+        self.made: list[int] = []
+
+    def open(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out", **video):
+        self.streams.append(open_stream(path, size, fps, what, **video))
+        return self.streams[-1]
+
+    def put(self, k: int, *images: torch.Tensor) -> None:
+        """Frame k: one image per stream, in the order they were opened (images past the last stream opened, outputs
+        not asked for, are dropped)."""
+        self.made.append(k)
+        for stream, image in zip(self.streams, images):
+            stream.put(k, image)
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        for stream in self.streams:
+            stream.close()
+        if kind is not None:
+            log.warning("%s stopped (%s) after making %d of %d frames; %s.", self.job, kind.__name__, len(self.made),
+                        self.total, "; ".join(s.describe() for s in self.streams) or "nothing was written")

@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 
 from ..errors import MagicPropError
-from ..io.images import list_images, load_image, resize, resize_width
-from ..io.video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, write_video
+from ..io.images import list_images, load_image, resize
+from ..io.spool import FrameSpool
+from ..io.stream import Outputs
+from ..io.video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, to_uint8
 from ..keyframes import check_keyframes
 from ..log import get_logger
+from ..motion.engine import as_frame
 from ..propdpm.unet import SINGLE_FILE_SUFFIXES
 from ..refine.core import (
     RefineSettings,
@@ -30,6 +33,7 @@ from ..refine.core import (
 )
 from ..refine.diffusers_backend import DiffusersRefiner, SDModels
 from .options import FlowOptions
+from .warp import read_selected
 
 log = get_logger(__name__)
 
@@ -187,18 +191,24 @@ def check_job(job: RefineJob) -> None:
         FlowEngine(job.flow_settings())  # estimator known, OpenCV importable, RAFT weights present
 
 
-def _read_masks(job: RefineJob, k: int, size: tuple[int, int]) -> torch.Tensor | None:
-    if job.filled_mask is None:
-        return None
-    masks = _fit(_frames_of(job.filled_mask, "--filled-mask", k), size, "--filled-mask")
-    if masks.shape[0] not in (1, k):
-        raise MagicPropError(f"--filled-mask has {masks.shape[0]} masks for {k} carried frames: expected one per "
-                             "carried frame (what `warp --mask-out` writes).")
-    return masks.amax(-1)
+class _Masks:
+    """A spool of mask images as (K, H, W) float masks, white = filled, read one at a time when indexed."""
+
+    def __init__(self, spool: FrameSpool) -> None:
+        self.spool, self.shape = spool, tuple(spool.shape[:3])
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return as_frame(self.spool[k]).amax(-1)
 
 
-def _read_hints(job: RefineJob, source: torch.Tensor) -> torch.Tensor | None:
-    """(K, H, W, 3) ControlNet hints in [0, 1] at the frames' size."""
+def _spool(path, what: str, max_frames: int | None) -> FrameSpool:
+    """The first `max_frames` frames of a video or PNG folder, decoded once into a FrameSpool (uint8)."""
+    return FrameSpool((to_uint8(f) for f in iter_frames(path, max_frames)), f"{what} {str(path)!r}")
+
+
+def _read_hints(job: RefineJob, source: FrameSpool) -> torch.Tensor | None:
+    """(K, H, W, 3) ControlNet hints in [0, 1] at the frames' size (for the whole clip: a depth model's are aligned
+    to one scale over it)."""
     k, h, w = source.shape[:3]
     if job.control_frames is not None:
         hints = _frames_of(job.control_frames, "--control-frames", None, job.stride)[:k]
@@ -209,7 +219,8 @@ def _read_hints(job: RefineJob, source: torch.Tensor) -> torch.Tensor | None:
         from ..propdpm.depth import ClipDepthAligner, DepthEstimator
 
         aligner = ClipDepthAligner()
-        for d in DepthEstimator.from_folder(job.depth_model, job.device)(source):
+        frames = torch.stack([as_frame(source[i]) for i in range(k)])
+        for d in DepthEstimator.from_folder(job.depth_model, job.device)(frames):
             aligner.push(d)
         hints = aligner.finish()[:, 0, ..., None].expand(-1, -1, -1, 3)  # near = white, one scale for the clip
     else:
@@ -221,42 +232,62 @@ def _read_hints(job: RefineJob, source: torch.Tensor) -> torch.Tensor | None:
 
 def run_refine(job: RefineJob, progress: bool = True) -> Path:
     """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any model is
-    loaded."""
+    loaded.
+
+    Streamed: the carried frames, the source frames and the filled masks are decoded once into `FrameSpool`s (uint8
+    temporary files read a frame at a time) and each refined frame is written as soon as it is final (`io.stream`: a
+    PNG folder at once, an mp4 in frame order); loopback's flow is estimated pair by pair (`PairwiseMotion`). What
+    memory holds does not grow with the clip (each chain's previous frame, the blend window, a few flow pairs), except
+    ControlNet hints, which are read for the whole clip (depth is aligned over the clip). An interrupted run leaves a
+    valid partial output and logs which frames it holds."""
+    from contextlib import ExitStack
+
     from tqdm.auto import tqdm
 
     check_job(job)
-    carried = _frames_of(job.carried, "--carried", job.max_frames)
-    k, h, w = carried.shape[:3]
-    if h % 8 or w % 8:
-        raise MagicPropError(f"--carried frames are {w}x{h}: the VAE needs sides that are multiples of 8; warp a "
-                             "video resized to such a size (--width).")
-    info = probe(job.video, job.fps)
-    source = resize_width(_frames_of(job.video, "--video", k, job.stride), job.width)
-    if source.shape[0] != k:
-        raise MagicPropError(f"--video gives {source.shape[0]} frames (after --stride {job.stride}) for {k} carried "
-                             "frames: pass the --frames/--stride/--width given to warp.")
-    source = _fit(source, (h, w), "--video (after --width)")
-    masks = _read_masks(job, k, (h, w))
-    keys = check_keyframes(job.reference_index, k)
-    settings = job.settings()
-    motion = None
-    if job.mode == "loopback" and k > 1:  # pair by pair as the chains step through it: no whole-clip flow held
-        from ..motion.engine import FlowEngine, PairwiseMotion
+    with ExitStack() as held:
+        carried = held.enter_context(_spool(job.carried, "--carried", job.max_frames))
+        k, h, w = carried.shape[:3]
+        if h % 8 or w % 8:
+            raise MagicPropError(f"--carried frames are {w}x{h}: the VAE needs sides that are multiples of 8; warp a "
+                                 "video resized to such a size (--width).")
+        info = probe(job.video, job.fps)
+        source = held.enter_context(read_selected(job, k))
+        if source.shape[0] != k:
+            raise MagicPropError(f"--video gives {source.shape[0]} frames (after --stride {job.stride}) for {k} "
+                                 "carried frames: pass the --frames/--stride/--width given to warp.")
+        _fit(source, (h, w), "--video (after --width)")
+        masks = None
+        if job.filled_mask is not None:
+            masks = _Masks(held.enter_context(_spool(job.filled_mask, "--filled-mask", k)))
+            _fit(masks, (h, w), "--filled-mask")
+            if masks.shape[0] not in (1, k):
+                raise MagicPropError(f"--filled-mask has {masks.shape[0]} masks for {k} carried frames: expected one "
+                                     "per carried frame (what `warp --mask-out` writes).")
+        keys = check_keyframes(job.reference_index, k)
+        settings = job.settings()
+        motion = None
+        if job.mode == "loopback" and k > 1:  # pair by pair as the chains step through it: no whole-clip flow held
+            from ..motion.engine import FlowEngine, PairwiseMotion
 
-        motion = PairwiseMotion(FlowEngine(job.flow_settings()), lambda i: source[i], k, (h, w))
-    check_refine_inputs(carried, masks, keys, settings, motion)
-    hints = _read_hints(job, source)
-    models = SDModels.load(job.model, job.single_file_config, job.controlnet, job.device, job.dtype)
-    plan = refine_plan(keys, k, settings, masks)
-    with tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
-        refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
-                                   job.filled_denoise, hints, job.controlnet_scale)
+            motion = PairwiseMotion(FlowEngine(job.flow_settings()), lambda i: source[i], k, (h, w))
+        check_refine_inputs(carried, masks, keys, settings, motion)
+        hints = _read_hints(job, source)
+        models = SDModels.load(job.model, job.single_file_config, job.controlnet, job.device, job.dtype)
+        plan = refine_plan(keys, k, settings, masks)
+        fps = Fraction(info.fps) / job.stride
+        audio = job.video if job.audio and info.has_audio and not is_frame_folder(job.video) else None
+        with Outputs("refine", k) as outputs, \
+                tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
+            outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)
+            refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
+                                       job.filled_denoise, hints, job.controlnet_scale)
+            sampled = set(plan)
 
-        def done(index: int, _image) -> None:
-            if index not in keys and settings.samples(None if masks is None else masks[min(index, len(masks) - 1)]):
-                bar.update(1)
+            def done(index: int, image: torch.Tensor) -> None:
+                outputs.put(index, image)
+                if index in sampled:
+                    bar.update(1)
 
-        frames = flow_refine(carried, masks, keys, refiner, settings, motion=motion, callback=done)
-    fps = Fraction(info.fps) / job.stride
-    audio = job.video if job.audio and info.has_audio and not is_frame_folder(job.video) else None
-    return write_video(job.out, iter(frames), fps, audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)
+            flow_refine(carried, masks, keys, refiner, settings, motion=motion, callback=done, keep=False)
+    return Path(job.out)

@@ -16,7 +16,7 @@ import torch
 from ..errors import MagicPropError
 from ..io.images import check_reference_count, load_image, resize_width
 from ..io.spool import FrameSpool
-from ..io.stream import open_stream
+from ..io.stream import Outputs
 from ..io.video import (
     check_frame_folder_out,
     is_frame_folder,
@@ -188,12 +188,15 @@ def check_job(job: WarpJob):
     return engine, strategy, info, references, mask
 
 
-def read_selected(job: WarpJob) -> FrameSpool:
-    """(K, H', W', 3) uint8 frames the job works on: every stride-th, at most max_frames, resized to `width`.
+def read_selected(job, count: int | None = None) -> FrameSpool:
+    """(K, H', W', 3) uint8 frames of `job.video` the job works on: every stride-th, at most max_frames (and at most
+    `count`), resized to `width` (the `VideoOptions` fields).
 
     Decoded once into a `FrameSpool` (a temporary file read a frame at a time: flat memory whatever the clip's length;
     8 bits, like the output); close it when done."""
-    frames = (to_uint8(resize_width(f[None], job.width)[0]) for f in iter_frames(job.video, job.max_frames, job.stride))
+    limits = [n for n in (job.max_frames, count) if n is not None]
+    frames = (to_uint8(resize_width(f[None], job.width)[0])
+              for f in iter_frames(job.video, min(limits) if limits else None, job.stride))
     return FrameSpool(frames, f"--video {str(job.video)!r}")
 
 
@@ -226,28 +229,14 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         fps = Fraction(info.fps) / job.stride
         audio = job.video if job.audio and info.has_audio else None
         size, codec = tuple(frames.shape[1:3]), {"crf": job.crf, "pix_fmt": job.pix_fmt}
-        outputs, made = [open_stream(job.out, size, fps, "--out", audio_from=audio, **codec)], []
-        try:
+        with Outputs("warp", k) as outputs:  # closed also when the run stops: valid partial outputs, logged
+            outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
             if job.mask_out is not None:
-                outputs.append(open_stream(job.mask_out, size, fps, "--mask-out", **codec))
-
-            def write(i: int, frame: torch.Tensor, filled: torch.Tensor) -> None:
-                made.append(i)
-                for out, image in zip(outputs, (frame, filled)):
-                    out.put(i, image)
-
+                outputs.open(job.mask_out, size, fps, "--mask-out", **codec)
             with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="frame",
                       disable=not progress) as bar:
                 flow_propagate(frames, references, indices, engine, strategy=strategy, window=job.keyframe_window,
                                mask=mask, callback=lambda _i: bar.update(1), carry=job.carry or DEFAULT_CARRY,
-                               fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=write,
+                               fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=outputs.put,
                                device=job.device)
-        except BaseException as e:
-            for out in outputs:
-                out.close()
-            log.warning("warp stopped (%s) after making %d of %d frames; %s.", type(e).__name__, len(made), k,
-                        "; ".join(o.describe() for o in outputs))
-            raise
-        for out in outputs:
-            out.close()
     return Path(job.out)

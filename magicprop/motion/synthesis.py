@@ -154,7 +154,7 @@ def synthesize(target: torch.Tensor, hole: torch.Tensor, source: torch.Tensor, e
     if source.shape != edited.shape or target.shape != init.shape or tuple(hole.shape) != tuple(target.shape[:2]):
         raise MagicPropError(f"synthesis inputs: source {tuple(source.shape)} and edited {tuple(edited.shape)} must "
                              f"match, and target {tuple(target.shape)}, init and hole {tuple(hole.shape)} too.")
-    hole = hole.bool()
+    hole = hole.bool().to(target.device)
     if not hole.any():
         return init
     device = target.device

@@ -194,19 +194,21 @@ def loopback_init(previous: torch.Tensor, carried: torch.Tensor, flow: torch.Ten
     return torch.where(w >= 1, moved, w * moved + (1 - w) * carried.float())
 
 
-def check_refine_inputs(carried: torch.Tensor, filled: torch.Tensor | None, keys: Sequence[int],
-                        settings: RefineSettings, motion=None) -> torch.Tensor | None:
-    """Every check on a run's inputs, before any model work; returns the filled mask as (1 or K, H, W) float."""
-    if carried.ndim != 4 or carried.shape[-1] != 3 or carried.shape[0] < 1:
+def check_refine_inputs(carried, filled, keys: Sequence[int], settings: RefineSettings,
+                        motion=None) -> torch.Tensor | None:
+    """Every check on a run's inputs, before any model work; returns the filled mask as (1 or K, H, W) float (a
+    tensor), or the object given (any with a `shape` whose `filled[k]` is frame k's (H, W) mask: read when used)."""
+    if len(carried.shape) != 4 or carried.shape[-1] != 3 or carried.shape[0] < 1:
         raise MagicPropError(f"carried frames of shape {tuple(carried.shape)}: expected (K, H, W, 3) RGB frames.")
     k, h, w, _ = carried.shape
     settings.check()
     check_keyframes(keys, k)
     if filled is not None:
-        filled = filled.float()
-        if filled.ndim == 2:
-            filled = filled[None]
-        if filled.ndim != 3 or filled.shape[0] not in (1, k) or tuple(filled.shape[1:]) != (h, w):
+        if isinstance(filled, torch.Tensor):
+            filled = filled.float()
+            if filled.ndim == 2:
+                filled = filled[None]
+        if len(filled.shape) != 3 or filled.shape[0] not in (1, k) or tuple(filled.shape[1:]) != (h, w):
             raise MagicPropError(f"filled mask of shape {tuple(filled.shape)}: expected (K, H, W) or (1, H, W) with "
                                  f"(K, H, W) = {(k, h, w)}: FlowPropagate's filled output for these frames.")
     if settings.mode == "loopback" and k > 1:
@@ -236,31 +238,43 @@ def _fill_of(filled: torch.Tensor | None, k: int) -> torch.Tensor | None:
 
 
 def flow_refine(
-    carried: torch.Tensor,
-    filled: torch.Tensor | None,
+    carried,
+    filled,
     keys: Sequence[int],
     refine: FrameRefiner,
     settings: RefineSettings,
     motion=None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
+    keep: bool = True,
+) -> torch.Tensor | None:
     """Refine the carried frames (K, H, W, 3) with `refine`; returns (K, H, W, 3), keyframes unchanged.
 
-    filled: (1 or K, H, W) share of each pixel filled by flow propagation's fill (FlowPropagate's mask), or None.
-    motion: the clip's consecutive flow (``magicprop.motion.engine.Motion``), needed by loopback. Each refined
+    carried: a tensor (float in [0, 1] or uint8) or a `FrameSpool` (read a frame at a time). filled: (1 or K, H, W)
+    share of each pixel filled by flow propagation's fill (FlowPropagate's mask), a tensor or any object with that
+    `shape` whose `filled[k]` is frame k's (H, W) mask, or None. motion: the clip's consecutive flow
+    (``magicprop.motion.engine.Motion``, or ``PairwiseMotion``: estimated pair by pair), needed by loopback. keep:
+    False returns None and holds no output clip: the frames go to `callback` only (what is held is then each chain's
+    previous frame and the blend window's first parts). Each refined
     frame is composited into its carried frame with ``composite``: everywhere when denoise > 0, else around its
     filled pixels (denoise 0 leaves the rest of the frame, and frames without filled pixels, bit-identical).
     callback(k, frame) once per finished frame (it may raise to cancel). Frames are sampled in rounds of up to
     `settings.max_batch` (``refine_round``): per_frame in frame order, loopback with its chains in lockstep.
     """
+    from ..motion.engine import as_frame
+
     keys = [int(i) for i in keys]
     filled = check_refine_inputs(carried, filled, keys, settings, motion)
     num = carried.shape[0]
-    carried = carried.float()
-    out = carried.clone()
+
+    def frame(k: int) -> torch.Tensor:
+        """Carried frame k, (H, W, 3) float."""
+        return as_frame(carried[k])
+
+    out = torch.stack([frame(k) for k in range(num)]) if keep else None  # every frame is finished into it
 
     def finish(k: int, image: torch.Tensor) -> None:
-        out[k] = image
+        if out is not None:
+            out[k] = image
         if callback is not None:
             callback(k, image)
 
@@ -275,15 +289,15 @@ def flow_refine(
             image = image.float().cpu().clamp(0, 1)
             # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
             taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
-            made[j] = composite(carried[k], image, taken, settings.border)
-        return [made.get(j, carried[k]) for j, (k, _) in enumerate(jobs)]
+            made[j] = composite(frame(k), image, taken, settings.border)
+        return [made.get(j, frame(k)) for j, (k, _) in enumerate(jobs)]
 
     for k in keys:
-        finish(k, carried[k])
+        finish(k, frame(k))
     if settings.mode == "per_frame":
         todo = [k for k in range(num) if k not in keys]
         for batch in rounds(todo, settings.max_batch or PER_FRAME_BATCH):
-            for k, image in zip(batch, refined([(k, carried[k]) for k in batch])):
+            for k, image in zip(batch, refined([(k, frame(k)) for k in batch])):
                 finish(k, image)
         return out
 
@@ -292,14 +306,14 @@ def flow_refine(
     chains, blends = keyframe_plan(keys, num, settings.window)
     pending: dict[int, dict[int, torch.Tensor]] = {}
     steps = [chain_steps(motion, chain.indices) for chain in chains]
-    previous = {n: carried[chain.indices[0]] for n, chain in enumerate(chains)}
+    previous = {n: frame(chain.indices[0]) for n, chain in enumerate(chains)}
     made = dict.fromkeys(range(len(chains)), 0)  # frames each chain has made
     while ready := [n for n, chain in enumerate(chains) if made[n] + 1 < len(chain.indices)]:
         for batch in rounds(ready, settings.max_batch):
             jobs = []
             for n in batch:
                 k, flow, _, valid = next(steps[n])
-                jobs.append((k, loopback_init(previous[n], carried[k], flow, valid)))
+                jobs.append((k, loopback_init(previous[n], frame(k), flow, valid)))
             for n, (k, _), image in zip(batch, jobs, refined(jobs)):
                 made[n] += 1
                 previous[n] = image  # the chain goes on from its own result, blended or not
