@@ -104,7 +104,8 @@ def peak_rss() -> int:
 
 PROFILED = {  # (file suffix, function name): what a user would call it
     ("motion/translate.py", "features"): "learned fill: feature bank (per frame, full size)",
-    ("motion/translate.py", "_train"): "learned fill: training (per keyframe)",
+    ("motion/translate.py", "held_out_error"): "learned fill: its check (per keyframe)",
+    ("motion/translate.py", "_train"): "learned fill: training, the check's and the fit's (per keyframe)",
     ("motion/colour.py", "_apply_lattice"): "colour mapping applied (per frame, full size)",
     ("motion/propagate.py", "pull_push"): "residual continued into holes (pull_push)",
     ("motion/propagate.py", "_snap_to_global"): "guided: homography snap",
@@ -116,7 +117,9 @@ PROFILED = {  # (file suffix, function name): what a user would call it
 
 def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     """In a fresh process: the CLI's warp on the clip, timed; the estimator and the learned fill's training timed.
-    profile: under cProfile, the cumulative seconds of PROFILED's functions (cProfile slows the run a little)."""
+    profile: under cProfile, the cumulative seconds of PROFILED's functions and the functions with the most time of
+    their own (cProfile slows the run a little, and sees only the thread it runs in: the flow is then estimated
+    inline, AHEAD = 0, not in the worker thread)."""
     import av  # noqa: F401  (imported before the baseline: every run needs them)
     import cv2
     import torch
@@ -139,6 +142,8 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
     engine._OpenCVEstimator.__call__ = timed(engine._OpenCVEstimator.__call__, "estimator")
     propagate.fit_edit_translation = timed(propagate.fit_edit_translation, "learned_fill_training")
     propagate.held_out_error = timed(propagate.held_out_error, "learned_fill_check")
+    if profile:
+        propagate.AHEAD = 0
     base = peak_rss()
     with tempfile.TemporaryDirectory() as tmp:
         import cProfile
@@ -162,6 +167,10 @@ def child(video: str, edit: str, frames: int, profile: bool = False) -> dict:
         extra["profile_seconds"] = {label: sum(v[3] for (f, _, n), v in stats.items()
                                                if f.replace(os.sep, "/").endswith(suffix) and n == name)
                                     for (suffix, name), label in PROFILED.items()}
+        own = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+        extra["most_own_seconds"] = {f"{Path(f).parent.name}/{Path(f).name}:{n}": round(v[2], 3)
+                                     for (f, _, n), v in own}
+        extra["ahead"] = propagate.AHEAD
     return {**extra, "seconds": seconds, "estimator_seconds": spent["estimator"], "fill": propagate.DEFAULT_FILL,
             "learned_fill_training_seconds": spent["learned_fill_training"],
             "learned_fill_check_seconds": spent["learned_fill_check"],
