@@ -139,3 +139,19 @@ def test_bad_names_and_missing_weights_fail_before_work(tmp_path):
     with pytest.raises(MagicPropError, match="--flow-weights .*no such file"):
         run.run_real(tmp_path, flow_weights=tmp_path / "raft.pth")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_cuts_the_benchmark_to_suites_estimators_and_strategies(tmp_path, monkeypatch, capsys):
+    from magicprop.cli import main
+
+    seen = {}
+    monkeypatch.setattr(run, "run_real", lambda out, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(report, "table", lambda results: "the table")
+    assert main(["-q", "bench", "real", "--suites", "known", "--estimators", "dis", "raft", "--strategies", "guided",
+                 "--out", str(tmp_path)]) == 0
+    assert seen["clips"] == [] and seen["known"] is None  # the colour suite left out, every known-motion clip
+    assert seen["estimators"] == ["dis", "raft"] and seen["strategies"] == ["guided"]
+    assert "the table" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert main(["-q", "bench", "real", "--suites", "colour", "--estimators", "sift", "--out", str(tmp_path)]) != 0
+    assert "bench real estimator 'sift'" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
