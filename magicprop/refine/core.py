@@ -280,8 +280,9 @@ def flow_refine(
 
     def refined(jobs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """(k, init image) of a round -> each frame refined and put back into its carried frame."""
-        sampled = [(j, k, init, settings.region(_fill_of(filled, k))) for j, (k, init) in enumerate(jobs)
-                   if settings.samples(_fill_of(filled, k))]
+        fills = [_fill_of(filled, k) for k, _ in jobs]  # a lazily read mask is read once per frame
+        sampled = [(j, k, init, settings.region(fill)) for (j, (k, init)), fill in zip(enumerate(jobs), fills)
+                   if settings.samples(fill)]
         new = refine_round(refine, [RefineRequest(k, init, region, settings.frame_seed(k))
                                     for _, k, init, region in sampled])
         made = {}  # by position in the round: two loopback chains can make the same frame k in one round
@@ -290,7 +291,7 @@ def flow_refine(
             # denoise > 0 repaints the whole frame; at 0 only the filled pixels change and the rest stays the input
             taken = torch.ones(init.shape[:2]) if settings.denoise > 0 else region.float()
             made[j] = composite(frame(k), image, taken, settings.border)
-        return [made.get(j, frame(k)) for j, (k, _) in enumerate(jobs)]
+        return [made[j] if j in made else frame(k) for j, (k, _) in enumerate(jobs)]
 
     for k in keys:
         finish(k, frame(k))
