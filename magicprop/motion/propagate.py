@@ -406,9 +406,9 @@ DEFAULT_FILL = "learned"
 docs/decisions.md "Default fill")."""
 LEARNED_GAIN = 0.85
 """The learned fill is used when, on quadrants of the keyframe's pair it did not learn from, its squared error is
-below this share of the colour mapping's (`translate.held_out_error`; measured 0.45-0.82 for painterly, sketch and
-oil edits on bench hard's stills, 0.88-1.0 for the synthetic clips' re-textures, decals and colour edits: bench hard's
-and bench real's, the demo's and bench quality's pairs)."""
+below this share of the colour mapping's (`translate.held_out_error`; measured 0.38-0.73 for painterly, sketch and
+oil edits on bench hard's stills (the bicycle rack's oil painting 0.97), 0.95-1.0 for the decals, colour edits and
+re-textures of bench hard's and bench real's, the default demo's and bench quality's pairs; docs/decisions.md)."""
 NOTHING_LEFT = 1 / 255
 """Mean error of the colour mapping on the keyframe's pair below which there is nothing to learn (no training)."""
 DEFAULT_CARRY = "residual"
