@@ -150,6 +150,9 @@ def test_the_command_cuts_the_benchmark_to_suites_estimators_and_strategies(tmp_
     assert main(["-q", "bench", "real", "--suites", "known", "--estimators", "dis", "raft", "--strategies", "guided",
                  "--out", str(tmp_path)]) == 0
     assert seen["clips"] == [] and seen["known"] is None  # the colour suite left out, every known-motion clip
+    assert seen["speed"] is False  # and the speed section
+    assert main(["-q", "bench", "real", "--suites", "speed", "--out", str(tmp_path)]) == 0
+    assert seen["clips"] == [] and seen["known"] == [] and seen["speed"] is True
     assert seen["estimators"] == ["dis", "raft"] and seen["strategies"] == ["guided"]
     assert "the table" in capsys.readouterr().out
     monkeypatch.undo()

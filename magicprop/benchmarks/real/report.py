@@ -72,6 +72,12 @@ def table(results: dict) -> str:
         s = results["speed"]
         lines.append(f"speed at {s['size'][1]}x{s['size'][0]} on CPU ({s['estimator']}, {s['strategy']}): flow "
                      f"{s['flow_fps']:.1f} frames/s (both directions), propagation {s['propagate_fps']:.1f} frames/s")
+        if "fills" in s:
+            fills = s["fills"]
+            lines.append(f"seconds per frame at {s['size'][1]}x{s['size'][0]}, a stylized mid-clip keyframe, by fill: "
+                         + ", ".join(f"{f} {v['seconds_per_frame']:.2f}" for f, v in fills.items())
+                         + (f" (learned: {fills['learned']['training_seconds']:.1f} s of training once)"
+                            if "training_seconds" in fills.get("learned", {}) else ""))
         lines.append("seconds per pair at the benchmark's resolution: " + ", ".join(
             f"{e} {v:.3f}" for e, v in s.get("seconds_per_pair", {}).items()))
     stats = results.get("path_statistics")
