@@ -150,3 +150,24 @@ def test_a_reference_too_small_to_learn_from_is_refused():
     tiny = torch.rand(6, 40, 3)
     with pytest.raises(MagicPropError, match="learned fill: the reference is 40x6; expected at least 8x8"):
         fit_edit_translation(tiny, tiny, fit_edit_mapping(torch.rand(32, 32, 3), torch.rand(32, 32, 3)))
+
+
+def test_the_pair_at_a_smaller_scale_adds_its_pixels_at_their_place_in_the_frame():
+    from magicprop.motion.translate import _board, _pixels, features
+
+    torch.manual_seed(0)
+    source, edited = torch.rand(40, 60, 3), torch.rand(40, 60, 3)
+    mapping = fit_edit_mapping(source, edited).global_only()
+    mask = torch.zeros(40, 60)
+    mask[:, :30] = 1  # the edit applies to the left half
+    cpu = torch.device("cpu")
+    x1, y1, at1, _, _ = _pixels(source, edited, mapping, mask, cpu)
+    x2, y2, at2, mean, std = _pixels(source, edited, mapping, mask, cpu, (1.0, 0.8))
+    assert x1.shape[0] == 40 * 30 and x2.shape[0] == 40 * 30 + 32 * 24  # the 32x48 copy's masked pixels too
+    assert torch.equal(at2[:1200], at1) and int((at2 % 60).max()) < 30  # all in the left half of the frame
+    assert _board(at2[1200:], 40, 60, 2).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    # the smaller copy's features are measured with the frame's filter widths: its first pixel's, un-normalised
+    small = F.interpolate(source.permute(2, 0, 1)[None], scale_factor=0.8, mode="bilinear", antialias=True,
+                          align_corners=False).clamp(0, 1)
+    f = features(small, mapping.apply(small[0].permute(1, 2, 0)).permute(2, 0, 1)[None], 60)
+    assert torch.allclose(x2[1200] * std + mean, f[0, :, 0, 0], atol=1e-5)

@@ -44,6 +44,10 @@ STEPS = 200
 BATCH = 4096
 """Pixels per training step (with STEPS: bench hard's never-shown PSNR within its seed-to-seed spread of 400 steps of
 8192 pixels, in a quarter of the time: docs/decisions.md, "Learned fill: features and budget")."""
+TRAIN_SCALES = (1.0, 0.8)
+"""The network learns from the pair at these scales (content a camera moving away or zooming out shows smaller than the
+reference did: docs/decisions.md, "Learned fill: features and budget"); the check (`held_out_error`) from the pair
+as it is."""
 CHUNK = 1 << 16
 """Pixels per inference step (memory flat in frame size)."""
 WEIGHT_BLOCKS = 4
@@ -77,9 +81,10 @@ def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def features(source: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) source frame and its colour mapping -> (1, C, H, W) the neighbourhood's features."""
-    s = max(1.0, max(source.shape[-2:]) / SCALE_SIDE)
+def features(source: torch.Tensor, mapped: torch.Tensor, side: int | None = None) -> torch.Tensor:
+    """(1, 3, H, W) source frame and its colour mapping -> (1, C, H, W) the neighbourhood's features; side: the long
+    side the filters' widths follow (SCALE_SIDE; default the frame's own)."""
+    s = max(1.0, (side or max(source.shape[-2:])) / SCALE_SIDE)
     y = (source * torch.tensor(BT601, device=source.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     out = [source, mapped]
     blurred: dict[float, torch.Tensor] = {}
@@ -170,13 +175,13 @@ def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping,
                          mask: torch.Tensor | None = None, seed: int = 0, steps: int = STEPS,
                          device: torch.device | str = "cpu") -> EditTranslation:
-    """Train the per-pixel network on the pair source (H, W, 3) -> edited (H, W, 3) in [0, 1], over `mapping`;
-    mask (H, W): where the edit applies (only those pixels are learned from). The residual's weight is measured the
+    """Train the per-pixel network on the pair source (H, W, 3) -> edited (H, W, 3) in [0, 1] (and on the pair resized
+    by each of TRAIN_SCALES), over `mapping`; mask (H, W): where the edit applies (only those pixels are learned from). The residual's weight is measured the
     way the network will be used, on content it never saw: two networks, each trained on one colour of a
     checkerboard of blocks (WEIGHT_BLOCKS), predict the other colour's; the weight is the least-squares scale of their
     predictions (clamped to [0, 1]), so an edit whose look does not follow from the content falls back towards the
     colour mapping instead of painting a confident wrong texture."""
-    x, y, at, mean, std = _pixels(source, edited, mapping, mask, torch.device(device))
+    x, y, at, mean, std = _pixels(source, edited, mapping, mask, torch.device(device), TRAIN_SCALES)
     h, w, _ = source.shape
     # a host may run nodes under inference mode or no_grad: training needs autograd, on tensors made here
     with torch.inference_mode(False), torch.enable_grad():
@@ -203,27 +208,44 @@ def held_out_error(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapp
         return _held_out(x, y, _board(at, *source.shape[:2], GATE_BLOCKS), seed, steps, GATE_BATCH)[1]
 
 
+def _resized(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """(H, W, C) image resized by `scale` (antialiased bilinear)."""
+    return F.interpolate(img.float().permute(2, 0, 1)[None], scale_factor=scale, mode="bilinear", antialias=True,
+                         align_corners=False)[0].permute(1, 2, 0)
+
+
 def _pixels(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping, mask: torch.Tensor | None,
-            device: torch.device) -> tuple[torch.Tensor, ...]:
+            device: torch.device, scales: tuple[float, ...] = (1.0,)) -> tuple[torch.Tensor, ...]:
     """The pair as training pixels: normalised features x (N, C), targets y (N, 3) (the edit less the mapping),
-    each one's flat index in the frame (N,), and the features' normalisation (mean, std)."""
+    each one's flat index in the frame (N,), and the features' normalisation (mean, std). scales: the pair resized by
+    each (the filters keep the frame's widths) adds its pixels, at the index of their place in the frame."""
     h, w, _ = source.shape
     if min(h, w) < 8:
         raise MagicPropError(f"learned fill: the reference is {w}x{h}; expected at least 8x8 pixels to learn the "
                              "edit's look from.")
-    source, edited = source.clone(), edited.clone()  # tensors made here (a host's inference mode: see _train)
-    mask = None if mask is None else mask.clone()
-    mapped = mapping.apply(source.float()).permute(2, 0, 1)[None].to(device)
-    f = features(source.float().permute(2, 0, 1)[None].to(device), mapped)
-    c = f.shape[1]
-    x = f[0].reshape(c, -1).T
-    y = (edited.float().permute(2, 0, 1)[None].to(device) - mapped)[0].reshape(3, -1).T
-    at = torch.arange(h * w, device=device)
-    if mask is not None:
-        keep = (mask.float().reshape(-1) > 0.5).to(device)
-        x, y, at = x[keep], y[keep], at[keep]
+    xs, ys, ats = [], [], []
+    for scale in scales:
+        if scale == 1:  # tensors made here (a host's inference mode: see _train)
+            src, edit, keep = source.clone(), edited.clone(), None if mask is None else mask.clone()
+        else:
+            src, edit = _resized(source, scale).clamp(0, 1), _resized(edited, scale).clamp(0, 1)
+            keep = None if mask is None else _resized(mask.reshape(h, w, 1), scale)[..., 0]
+        hs, ws = src.shape[:2]
+        if min(hs, ws) < 8:
+            continue
+        mapped = mapping.apply(src.float()).permute(2, 0, 1)[None].to(device)
+        f = features(src.float().permute(2, 0, 1)[None].to(device), mapped, max(h, w))
+        x = f[0].reshape(f.shape[1], -1).T
+        y = (edit.float().permute(2, 0, 1)[None].to(device) - mapped)[0].reshape(3, -1).T
+        at = torch.arange(hs * ws, device=device)
+        at = (at // ws) * h // hs * w + (at % ws) * w // ws  # its place in the frame (the checkerboards)
+        if keep is not None:
+            keep = (keep.float().reshape(-1) > 0.5).to(device)
+            x, y, at = x[keep], y[keep], at[keep]
+        xs.append(x), ys.append(y), ats.append(at)
+    x = torch.cat(xs)
     mean, std = x.mean(0), x.std(0) + 1e-4
-    return (x - mean) / std, y, at, mean, std
+    return (x - mean) / std, torch.cat(ys), torch.cat(ats), mean, std
 
 
 def _board(at: torch.Tensor, h: int, w: int, blocks: int) -> torch.Tensor:
