@@ -176,11 +176,11 @@ def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: Ed
                          mask: torch.Tensor | None = None, seed: int = 0, steps: int = STEPS,
                          device: torch.device | str = "cpu") -> EditTranslation:
     """Train the per-pixel network on the pair source (H, W, 3) -> edited (H, W, 3) in [0, 1] (and on the pair resized
-    by each of TRAIN_SCALES), over `mapping`; mask (H, W): where the edit applies (only those pixels are learned from). The residual's weight is measured the
-    way the network will be used, on content it never saw: two networks, each trained on one colour of a
-    checkerboard of blocks (WEIGHT_BLOCKS), predict the other colour's; the weight is the least-squares scale of their
-    predictions (clamped to [0, 1]), so an edit whose look does not follow from the content falls back towards the
-    colour mapping instead of painting a confident wrong texture."""
+    by each of TRAIN_SCALES), over `mapping`; mask (H, W): where the edit applies (only those pixels are learned
+    from). The residual's weight is measured the way the network will be used, on content it never saw: two
+    networks, each trained on one colour of a checkerboard of blocks (WEIGHT_BLOCKS), predict the other colour's; the
+    weight is the least-squares scale of their predictions (clamped to [0, 1]), so an edit whose look does not follow
+    from the content falls back towards the colour mapping instead of painting a confident wrong texture."""
     x, y, at, mean, std = _pixels(source, edited, mapping, mask, torch.device(device), TRAIN_SCALES)
     h, w, _ = source.shape
     # a host may run nodes under inference mode or no_grad: training needs autograd, on tensors made here
