@@ -171,3 +171,30 @@ def test_the_pair_at_a_smaller_scale_adds_its_pixels_at_their_place_in_the_frame
                           align_corners=False).clamp(0, 1)
     f = features(small, mapping.apply(small[0].permute(1, 2, 0)).permute(2, 0, 1)[None], 60)
     assert torch.allclose(x2[1200] * std + mean, f[0, :, 0, 0], atol=1e-5)
+
+
+def test_the_training_step_is_torchs_adam_bit_for_bit():
+    import math
+
+    from torch import nn
+
+    from magicprop.motion.translate import Adam
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 12), torch.randn(256, 3)
+    nets = [nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0][0].weight.detach().clone()
+    ours = Adam(list(nets[0].parameters()))
+    theirs = torch.optim.Adam(nets[1].parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(theirs, lambda s: 0.5 * (1 + math.cos(math.pi * s / 20)))
+    for step in range(20):
+        for net in nets:
+            net.zero_grad(set_to_none=True)
+            (net(x) - y).abs().mean().backward()
+        ours.step(3e-3 * (0.5 * (1 + math.cos(math.pi * step / 20))))
+        theirs.step()
+        sched.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert (nets[0][0].weight - start).abs().max() > 1e-3  # it trained
