@@ -362,9 +362,8 @@ def _bench_real(args: argparse.Namespace) -> None:
                        clips=None if "colour" in args.suites else [], known=None if "known" in args.suites else [],
                        estimators=args.estimators, strategies=args.strategies, speed="speed" in args.suites)
     sys.stdout.write(table(results) + "\n")  # the result: printed whatever -q says
-    for name in ("real.json", "real.png"):
-        if (args.out / name).is_file():  # (no strip without a suite)
-            log.info("wrote %s", (args.out / name).resolve())
+    for name in ("real.json", "real.png") if {"colour", "known"} & set(args.suites) else ("real.json",):
+        log.info("wrote %s", (args.out / name).resolve())  # (the strip shows the suites' clips: none without them)
 
 
 def _bench_hard(args: argparse.Namespace) -> None:
