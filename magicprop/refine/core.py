@@ -281,8 +281,8 @@ def flow_refine(
     def refined(jobs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """(k, init image) of a round -> each frame refined and put back into its carried frame."""
         fills = [_fill_of(filled, k) for k, _ in jobs]  # a lazily read mask is read once per frame
-        sampled = [(j, k, init, settings.region(fill)) for (j, (k, init)), fill in zip(enumerate(jobs), fills)
-                   if settings.samples(fill)]
+        sampled = [(j, k, init, settings.region(fill))
+                   for j, ((k, init), fill) in enumerate(zip(jobs, fills, strict=True)) if settings.samples(fill)]
         new = refine_round(refine, [RefineRequest(k, init, region, settings.frame_seed(k))
                                     for _, k, init, region in sampled])
         made = {}  # by position in the round: two loopback chains can make the same frame k in one round
