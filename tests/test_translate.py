@@ -198,3 +198,15 @@ def test_the_training_step_is_torchs_adam_bit_for_bit():
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         assert torch.equal(a, b)
     assert (nets[0][0].weight - start).abs().max() > 1e-3  # it trained
+
+
+def test_the_feature_blur_on_the_cpu_is_the_torch_blur():
+    """OpenCV's blur (the CPU's) and the grouped convolutions (other devices) give one feature bank: the same values
+    for 1 and 3 channels, small and large widths, and a kernel cut at a small frame's sides."""
+    from magicprop.motion.translate import _gauss, _gauss_torch
+
+    torch.manual_seed(0)
+    for shape in ((1, 3, 50, 70), (1, 1, 50, 70), (1, 3, 9, 12)):
+        x = torch.rand(shape)
+        for sigma in (0.7, 2.0, 8.0, 24.0):
+            assert torch.allclose(_gauss(x, sigma), _gauss_torch(x, sigma), atol=2e-6), (shape, sigma)
