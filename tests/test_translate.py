@@ -210,3 +210,32 @@ def test_the_feature_blur_on_the_cpu_is_the_torch_blur():
         x = torch.rand(shape)
         for sigma in (0.7, 2.0, 8.0, 24.0):
             assert torch.allclose(_gauss(x, sigma), _gauss_torch(x, sigma), atol=2e-6), (shape, sigma)
+
+
+def test_the_look_is_rendered_where_asked_and_the_mapping_kept_elsewhere(frames):
+    source, frame = frames
+    edited = _styled(source)
+    mapping = fit_edit_mapping(source, edited).global_only()
+    translation = fit_edit_translation(source, edited, mapping, steps=40)
+    assert translation.weight > 0
+    mapped = mapping.apply(frame).permute(2, 0, 1)[None]
+    where = torch.zeros(180, 320, dtype=torch.bool)
+    where[20:150, 200:] = True
+    whole, part = translation.look(frame, mapped), translation.look(frame, mapped, where)
+    assert torch.equal(part[..., where], whole[..., where])
+    assert torch.equal(part[..., ~where], mapped[..., ~where])
+    assert not torch.equal(whole[..., ~where], mapped[..., ~where])  # (the network does change those pixels)
+
+
+def test_the_seam_band_holds_every_pixel_near_a_filled_one_and_none_far():
+    from magicprop.motion.propagate import SEAM_BAND, SEAM_BLOCK, seam_band
+
+    for h, w in ((180, 320), (720, 1280)):
+        hole = torch.zeros(1, 1, h, w, dtype=torch.bool)
+        hole[..., 50:53, 100:104] = True
+        band = seam_band(hole)[0, 0]
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        dist = torch.maximum((ys - ys.clamp(50, 52)).abs(), (xs - xs.clamp(100, 103)).abs())  # to the hole
+        reach = SEAM_BAND * max(1.0, w / 640)
+        assert bool(band[dist <= reach].all())
+        assert not bool(band[dist > reach + 2 * SEAM_BLOCK].any())

@@ -24,6 +24,7 @@ mapped pixels; where nothing is carried the residual is continued from around th
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ from .engine import (
     warp,
 )
 from .synthesis import synthesize
-from .translate import EditTranslation, fit_edit_translation, held_out_error
+from .translate import SCALE_SIDE, EditTranslation, fit_edit_translation, held_out_error
 
 log = get_logger(__name__)
 
@@ -454,9 +455,29 @@ def _translation(frame: Callable[[int], torch.Tensor], key: int, edited: torch.T
 
 
 def _learned_look(translation: EditTranslation, frame: Callable[[int], torch.Tensor],
-                  mapped: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
-    """k -> frame k (1, 3, H, W) rendered by `translation`, from `mapped(k)`: frame k through its global mapping."""
-    return lambda k: translation.look(frame(k), mapped(k))
+                  mapped: Callable[[int], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """(k, where) -> frame k (1, 3, H, W) rendered by `translation` where `where` (H, W) is true (default
+    everywhere), from `mapped(k)`: frame k through its global mapping (the rest of the frame)."""
+    return lambda k, where=None: translation.look(frame(k), mapped(k), where)
+
+
+SEAM_BAND = 32
+"""Carried pixels within this distance (pixels at a long side of SCALE_SIDE or less; proportionally more above) of the
+filled ones give the learned fill's seam its continuation, and only these and the filled ones are rendered by the
+network (its cost follows what is filled, not the frame's size)."""
+SEAM_BLOCK = 8
+"""The band is measured in blocks of this many pixels (a dilation at an eighth of the frame's size)."""
+
+
+def seam_band(hole: torch.Tensor) -> torch.Tensor:
+    """(1, 1, H, W) bool filled pixels -> (1, 1, H, W) bool: those and every pixel within SEAM_BAND of one (scaled
+    with the frame like the feature bank's widths), to the next SEAM_BLOCK pixels."""
+    h, w = hole.shape[-2:]
+    band = SEAM_BAND * max(1.0, max(h, w) / SCALE_SIDE)
+    r = math.ceil(band / SEAM_BLOCK)
+    low = F.max_pool2d(hole.float(), SEAM_BLOCK, ceil_mode=True)
+    low = F.max_pool2d(low, 2 * r + 1, stride=1, padding=r)
+    return F.interpolate(low, scale_factor=SEAM_BLOCK, mode="nearest")[..., :h, :w] > 0
 
 
 class _Made:
@@ -685,8 +706,9 @@ def flow_propagate(
             if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued
                 img = img + look(k)
                 if float(weight.min()) < 1:  # (a frame carried whole needs no fill)
-                    base = learned(k)
-                    img = weight * img + (1 - weight) * (base + pull_push(img - base, (weight > 0.5).float()))
+                    near = seam_band(weight < 1)  # the filled pixels and the carried ones the seam continues
+                    base = learned(k, near[0, 0])
+                    img = weight * img + (1 - weight) * (base + pull_push(img - base, ((weight > 0.5) & near).float()))
                 img = img.clamp(0, 1)
             elif carry == "residual":
                 hole = (weight > 0.5).float()  # the residual of carried pixels, continued into the filled ones

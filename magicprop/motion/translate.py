@@ -165,12 +165,21 @@ class EditTranslation:
                        std=self.std.to(device), device=device)
 
     @torch.no_grad()
-    def look(self, frame: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    def look(self, frame: torch.Tensor, mapped: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         """(H, W, 3) source frame in [0, 1] and its colour mapping (1, 3, H, W) -> the edit's look (1, 3, H, W),
-        float32, on the mapped frame's device."""
+        float32, on the mapped frame's device. where (H, W) bool: the pixels to render (the network runs on those
+        only; the others keep the colour mapping); default all."""
         m = mapped.float().to(self.device)
         f = features(frame.float().permute(2, 0, 1)[None].to(self.device), m)
-        return (m + self.weight * self._residual(f)).clamp(0, 1).to(mapped.device)
+        c = f.shape[1]
+        if where is None:
+            return (m + self.weight * self._residual(f[0].reshape(c, -1)).reshape(m.shape)).clamp(0, 1).to(
+                mapped.device)
+        sel = where.to(self.device).reshape(-1)
+        out = m.clone()
+        flat = out.view(3, -1)
+        flat[:, sel] = (flat[:, sel] + self.weight * self._residual(f[0].reshape(c, -1)[:, sel])).clamp(0, 1)
+        return out.to(mapped.device)
 
     def apply(self, frames: torch.Tensor) -> torch.Tensor:
         """(K, H, W, 3) or (H, W, 3) source frames in [0, 1] -> the edit's look, same shape, float32, on the CPU."""
@@ -183,9 +192,8 @@ class EditTranslation:
 
     @torch.no_grad()
     def _residual(self, f: torch.Tensor) -> torch.Tensor:
-        c, h, w = f.shape[1:]
-        x = f[0].reshape(c, -1).T
-        return _predict(self.net, (x - self.mean) / self.std).T.reshape(1, 3, h, w)
+        """(C, N) features of N pixels -> (3, N) the network's residual."""
+        return _predict(self.net, (f.T - self.mean) / self.std).T
 
 
 def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
