@@ -36,6 +36,9 @@ log = get_logger(__name__)
 SCALES = (1, 2, 4, 8)
 """Gaussian octaves (pixels, at a frame's long side of SCALE_SIDE or less) of the feature bank."""
 RATIOS = (2, 8, 32)
+"""Surround widths (pixels, as SCALES) of the luma ratios."""
+CONTRASTS = (1, 2, 4, 8, 16)
+"""Widths (pixels, as SCALES) of the local contrast."""
 SCALE_SIDE = 640
 """Frames with a longer side than this get proportionally wider filters (the edit's texture scales with the frame)."""
 HIDDEN = 64
@@ -130,7 +133,7 @@ def features(source: torch.Tensor, mapped: torch.Tensor, side: int | None = None
         out += [(g[..., 1:-1, 2:] + g[..., 1:-1, :-2] - 2 * mid) * sigma,
                 (g[..., 2:, 1:-1] + g[..., :-2, 1:-1] - 2 * mid) * sigma,
                 (g[..., 2:, 2:] - g[..., 2:, :-2] - g[..., :-2, 2:] + g[..., :-2, :-2]) * sigma / 4]
-    for sigma in (1, 2, 4, 8, 16):  # local contrast
+    for sigma in CONTRASTS:  # local contrast
         m = luma(sigma)
         out.append((_gauss(y * y, sigma * s) - m * m).clamp_min(0).sqrt())
     for sigma in (0.7, 1.5, 3):  # colour edge strength: the L1 colour difference edge-aware filters stop at
@@ -170,15 +173,25 @@ class EditTranslation:
         float32, on the mapped frame's device. where (H, W) bool: the pixels to render (the network runs on those
         only; the others keep the colour mapping); default all."""
         m = mapped.float().to(self.device)
-        f = features(frame.float().permute(2, 0, 1)[None].to(self.device), m)
-        c = f.shape[1]
+        src = frame.float().permute(2, 0, 1)[None].to(self.device)
         if where is None:
-            return (m + self.weight * self._residual(f[0].reshape(c, -1)).reshape(m.shape)).clamp(0, 1).to(
+            f = features(src, m)
+            return (m + self.weight * self._residual(f[0].reshape(f.shape[1], -1)).reshape(m.shape)).clamp(0, 1).to(
                 mapped.device)
-        sel = where.to(self.device).reshape(-1)
+        where = where.to(self.device)
         out = m.clone()
-        flat = out.view(3, -1)
-        flat[:, sel] = (flat[:, sel] + self.weight * self._residual(f[0].reshape(c, -1)[:, sel])).clamp(0, 1)
+        if not bool(where.any()):
+            return out.to(mapped.device)
+        # the features of the pixels asked for read the frame within `reach` of them: a crop that holds that
+        # context gives them the whole frame's values (the filters keep the frame's widths) at a fraction of the cost
+        (y0, y1), (x0, x1) = _span(where, 0, reach(max(src.shape[-2:]))), _span(where, 1, reach(max(src.shape[-2:])))
+        if min(src.shape[-2:]) <= reach(max(src.shape[-2:])):  # (a frame smaller than the widest filter: whole)
+            (y0, y1), (x0, x1) = (0, src.shape[-2]), (0, src.shape[-1])
+        f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(src.shape[-2:]))
+        sel = where[y0:y1, x0:x1].reshape(-1)
+        part = out[..., y0:y1, x0:x1].reshape(3, -1)
+        part[:, sel] = (part[:, sel] + self.weight * self._residual(f[0].reshape(f.shape[1], -1)[:, sel])).clamp(0, 1)
+        out[..., y0:y1, x0:x1] = part.view(1, 3, y1 - y0, x1 - x0)
         return out.to(mapped.device)
 
     def apply(self, frames: torch.Tensor) -> torch.Tensor:
@@ -194,6 +207,18 @@ class EditTranslation:
     def _residual(self, f: torch.Tensor) -> torch.Tensor:
         """(C, N) features of N pixels -> (3, N) the network's residual."""
         return _predict(self.net, (f.T - self.mean) / self.std).T
+
+
+def reach(side: int) -> int:
+    """Pixels around a pixel that its features read, in a frame whose long side is `side` (the widest blur's kernel
+    and a one-pixel difference)."""
+    return int(math.ceil(3 * max(*SCALES, *RATIOS, *CONTRASTS) * max(1.0, side / SCALE_SIDE))) + 2
+
+
+def _span(where: torch.Tensor, dim: int, margin: int) -> tuple[int, int]:
+    """[start, stop) along `dim` of the true pixels of `where` (H, W), widened by `margin`, within the frame."""
+    hit = where.any(1 - dim).nonzero()[:, 0]
+    return max(0, int(hit[0]) - margin), min(where.shape[dim], int(hit[-1]) + 1 + margin)
 
 
 def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
