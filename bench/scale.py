@@ -292,6 +292,14 @@ def run_one(size: str, frames: int, timeout: float, code: Path | None = None, pr
             "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _checkout(code: Path | None) -> str:
+    """What ran, without naming this machine's folders: the --code checkout's commit, or this checkout."""
+    if code is None:
+        return "this checkout"
+    head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"checkout of {head.stdout.strip()}" if head.returncode == 0 else "another checkout (not a git tree)"
+
+
 def table(entries: list[dict]) -> str:
     rows = ["| size | frames | edit | fill | s/frame | frames/s | estimator share | learned fill check + training s | "
             "peak RSS MB | RSS after imports MB | load before |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -375,7 +383,7 @@ def main() -> None:
     result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, the default "
                       "fill: each run's `fill`, colour before it was learned), reference at the middle frame; see "
                       "bench/scale.py",
-              "code": str(args.code) if args.code else "this checkout", "device": "cpu",
+              "code": _checkout(args.code), "device": "cpu",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": "open: no device was lent to this run",
               "runs": runs, **{k: old[k] for k in ("node_what", "node_runs") if k in old}}
