@@ -476,7 +476,8 @@ def seam_band(hole: torch.Tensor) -> torch.Tensor:
     band = SEAM_BAND * max(1.0, max(h, w) / SCALE_SIDE)
     r = math.ceil(band / SEAM_BLOCK)
     low = F.max_pool2d(hole.float(), SEAM_BLOCK, ceil_mode=True)
-    low = F.max_pool2d(low, 2 * r + 1, stride=1, padding=r)
+    low = F.max_pool2d(low, (2 * r + 1, 1), stride=1, padding=(r, 0))  # (separable: a square's max)
+    low = F.max_pool2d(low, (1, 2 * r + 1), stride=1, padding=(0, r))
     return F.interpolate(low, scale_factor=SEAM_BLOCK, mode="nearest")[..., :h, :w] > 0
 
 

@@ -184,10 +184,10 @@ class EditTranslation:
             return out.to(mapped.device)
         # the features of the pixels asked for read the frame within `reach` of them: a crop that holds that
         # context gives them the whole frame's values (the filters keep the frame's widths) at a fraction of the cost
-        (y0, y1), (x0, x1) = _span(where, 0, reach(max(src.shape[-2:]))), _span(where, 1, reach(max(src.shape[-2:])))
-        if min(src.shape[-2:]) <= reach(max(src.shape[-2:])):  # (a frame smaller than the widest filter: whole)
-            (y0, y1), (x0, x1) = (0, src.shape[-2]), (0, src.shape[-1])
-        f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(src.shape[-2:]))
+        h, w = src.shape[-2:]
+        r = reach(max(h, w))
+        (y0, y1), (x0, x1) = ((0, h), (0, w)) if min(h, w) <= r else (_span(where, 0, r), _span(where, 1, r))
+        f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(h, w))
         sel = where[y0:y1, x0:x1].reshape(-1)
         part = out[..., y0:y1, x0:x1].reshape(3, -1)
         part[:, sel] = (part[:, sel] + self.weight * self._residual(f[0].reshape(f.shape[1], -1)[:, sel])).clamp(0, 1)
