@@ -255,3 +255,20 @@ def test_a_crop_that_holds_the_reach_gives_the_whole_frames_features():
     assert float(inner.max()) < 1e-3 and float(inner.median()) < 1e-5
     # within the reach of the crop's edge the filters see its reflected border instead of the frame
     assert float((whole[..., :, 120:120 + r // 2] - crop[..., :, : r // 2]).abs().max()) > 1e-2
+
+
+def test_wide_blurs_run_shrunk_only_on_frames_past_twice_the_banks_size():
+    from magicprop.motion.translate import CONTRASTS, RATIOS, SCALES, _gauss, _shrink, features, reach
+
+    widths = (*SCALES, *RATIOS, *CONTRASTS, 0.7, 1.5, 3)
+    assert all(_shrink(w * max(1.0, side / 640), side) == 1 for w in widths for side in (180, 640, 1279))
+    assert _shrink(64, 1280) == 2 and _shrink(8, 1280) == 1 and _shrink(96, 1920) == 2 and _shrink(192, 2560) == 4
+    torch.manual_seed(0)
+    x = F.avg_pool2d(torch.rand(1, 3, 720, 1280), 5, 1, 2)  # (some spatial structure)
+    assert float((_gauss(x, 64, 2) - _gauss(x, 64)).abs().max()) < 2e-3
+    # a crop on the shrunk frames' grid that holds the reach still gives the whole frame's features
+    source, mapped = torch.rand(1, 3, 200, 1300), torch.rand(1, 3, 200, 1300)
+    r = reach(1300)
+    whole, crop = features(source, mapped), features(source[..., :, 400:], mapped[..., :, 400:], 1300)
+    inner = (whole[..., :, 400 + r:] - crop[..., :, r:]).abs().amax((0, 2, 3))
+    assert float(inner.max()) < 1e-3 and float(inner.median()) < 1e-5

@@ -39,6 +39,10 @@ RATIOS = (2, 8, 32)
 """Surround widths (pixels, as SCALES) of the luma ratios."""
 CONTRASTS = (1, 2, 4, 8, 16)
 """Widths (pixels, as SCALES) of the local contrast."""
+WIDE = 8.0
+"""On a frame more than twice SCALE_SIDE's size, a blur whose sigma (frame pixels) stays at least this on the frame
+shrunk by a power of two (up to the frame's scale over SCALE_SIDE) runs there: the bank's wide filters cost what they
+cost at SCALE_SIDE, and a Gaussian that wide has nothing at the frequencies the shrinking loses."""
 SCALE_SIDE = 640
 """Frames with a longer side than this get proportionally wider filters (the edit's texture scales with the frame)."""
 HIDDEN = 64
@@ -76,16 +80,37 @@ FOLD_MIN = 256
 """Pixels each checkerboard colour needs for the held-out weight to be measured (else the weight is 0)."""
 
 
-def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _gauss(x: torch.Tensor, sigma: float, shrink: int = 1) -> torch.Tensor:
     """Separable Gaussian blur of (1, C, H, W) float32, reflected at the borders (the edge pixel not repeated), the
     kernel cut at 3 sigma. On the CPU by OpenCV (`cv2.GaussianBlur`: the same blur within 1e-6, 3-10x faster than
-    a grouped convolution for the bank's widths, tests/test_translate.py), elsewhere by torch (`_gauss_torch`)."""
+    a grouped convolution for the bank's widths, tests/test_translate.py), elsewhere by torch (`_gauss_torch`).
+    shrink: run it on the frame shrunk by this factor (area), enlarged back (bilinear; see `_shrink`)."""
+    if shrink > 1:
+        h, w = x.shape[-2:]
+        small = _gauss(F.avg_pool2d(x, shrink, ceil_mode=True), sigma / shrink)
+        return F.interpolate(small, scale_factor=shrink, mode="bilinear", align_corners=False)[..., :h, :w]
     if x.device.type != "cpu":
         return _gauss_torch(x, sigma)
     cv2, r = import_cv2(), _radius(x, sigma)
     img = x[0].detach().permute(1, 2, 0).contiguous().numpy()
     out = cv2.GaussianBlur(img, (2 * r + 1, 2 * r + 1), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
     return torch.from_numpy(out.reshape(img.shape)).permute(2, 0, 1)[None]
+
+
+def _grid(side: int) -> int:
+    """The largest factor `_shrink` uses on a frame whose long side is `side` (a power of two, 1 up to 2 SCALE_SIDE)."""
+    g = 1
+    while 2 * g <= side / SCALE_SIDE:
+        g *= 2
+    return g
+
+
+def _shrink(sigma: float, side: int) -> int:
+    """The factor a blur of `sigma` (frame pixels) runs shrunk by (WIDE), on a frame whose long side is `side`."""
+    f = 1
+    while 2 * f <= _grid(side) and sigma / (2 * f) >= WIDE:
+        f *= 2
+    return f
 
 
 def _radius(x: torch.Tensor, sigma: float) -> int:
@@ -107,19 +132,24 @@ def _gauss_torch(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def features(source: torch.Tensor, mapped: torch.Tensor, side: int | None = None) -> torch.Tensor:
     """(1, 3, H, W) source frame and its colour mapping -> (1, C, H, W) the neighbourhood's features; side: the long
     side the filters' widths follow (SCALE_SIDE; default the frame's own)."""
-    s = max(1.0, (side or max(source.shape[-2:])) / SCALE_SIDE)
+    side = side or max(source.shape[-2:])
+    s = max(1.0, side / SCALE_SIDE)
+
+    def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:  # sigma at SCALE_SIDE
+        return _gauss(x, sigma * s, _shrink(sigma * s, side))
+
     y = (source * torch.tensor(BT601, device=source.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     out = [source, mapped]
     blurred: dict[float, torch.Tensor] = {}
 
     def luma(sigma: float) -> torch.Tensor:  # the luma blurred at sigma, each scale once (several features share it)
         if sigma not in blurred:
-            blurred[sigma] = _gauss(y, sigma * s)
+            blurred[sigma] = blur(y, sigma)
         return blurred[sigma]
 
     prev = source
     for n, sigma in enumerate(SCALES):  # a Laplacian-like stack: the coarsest level's colour, band-passes below
-        g = _gauss(source, sigma * s)
+        g = blur(source, sigma)
         out.append(g if n == 0 else g - prev)
         prev = g
     for sigma in (1, 2, 4):  # luma gradients
@@ -135,9 +165,9 @@ def features(source: torch.Tensor, mapped: torch.Tensor, side: int | None = None
                 (g[..., 2:, 2:] - g[..., 2:, :-2] - g[..., :-2, 2:] + g[..., :-2, :-2]) * sigma / 4]
     for sigma in CONTRASTS:  # local contrast
         m = luma(sigma)
-        out.append((_gauss(y * y, sigma * s) - m * m).clamp_min(0).sqrt())
+        out.append((blur(y * y, sigma) - m * m).clamp_min(0).sqrt())
     for sigma in (0.7, 1.5, 3):  # colour edge strength: the L1 colour difference edge-aware filters stop at
-        g = _gauss(source, sigma * s)
+        g = blur(source, sigma)
         dx = F.pad(g[..., :, 2:] - g[..., :, :-2], (1, 1, 0, 0), mode="replicate").abs().sum(1, keepdim=True)
         dy = F.pad(g[..., 2:, :] - g[..., :-2, :], (0, 0, 1, 1), mode="replicate").abs().sum(1, keepdim=True)
         out.append(dx + dy)
@@ -187,6 +217,8 @@ class EditTranslation:
         h, w = src.shape[-2:]
         r = reach(max(h, w))
         (y0, y1), (x0, x1) = ((0, h), (0, w)) if min(h, w) <= r else (_span(where, 0, r), _span(where, 1, r))
+        g = _grid(max(h, w))  # (the crop starts on the shrunk frames' grid)
+        y0, x0 = y0 // g * g, x0 // g * g
         f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(h, w))
         sel = where[y0:y1, x0:x1].reshape(-1)
         part = out[..., y0:y1, x0:x1].reshape(3, -1)
@@ -210,9 +242,11 @@ class EditTranslation:
 
 
 def reach(side: int) -> int:
-    """Pixels around a pixel that its features read, in a frame whose long side is `side` (the widest blur's kernel
-    and a one-pixel difference)."""
-    return int(math.ceil(3 * max(*SCALES, *RATIOS, *CONTRASTS) * max(1.0, side / SCALE_SIDE))) + 2
+    """Pixels around a pixel that its features read, in a frame whose long side is `side` (the widest blur's kernel,
+    the shrunk frame's pooling and enlarging, and a one-pixel difference)."""
+    g = _grid(side)
+    widest = int(math.ceil(3 * max(*SCALES, *RATIOS, *CONTRASTS) * max(1.0, side / SCALE_SIDE)))
+    return widest + 2 + (3 * g if g > 1 else 0)
 
 
 def _span(where: torch.Tensor, dim: int, margin: int) -> tuple[int, int]:
