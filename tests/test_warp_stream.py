@@ -122,8 +122,11 @@ def _frames_of(text: str) -> set[int]:
 def _interrupt(args: list[str], folder: Path, after: int) -> str:
     """Run the CLI in a subprocess, send SIGINT once `folder` holds `after` frames; returns its stderr."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # Ctrl-C's default in the child, whatever the test's own: a runner started in the background (`cmd &` without job
+    # control, nohup) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "magicprop", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
