@@ -52,7 +52,7 @@ from .engine import (
     warp,
 )
 from .synthesis import synthesize
-from .translate import SCALE_SIDE, EditTranslation, fit_edit_translation, held_out_error
+from .translate import EditTranslation, fit_edit_translation, held_out_error, widths
 
 log = get_logger(__name__)
 
@@ -462,7 +462,7 @@ def _learned_look(translation: EditTranslation, frame: Callable[[int], torch.Ten
 
 
 SEAM_BAND = 32
-"""Carried pixels within this distance (pixels at a long side of SCALE_SIDE or less; proportionally more above) of the
+"""Carried pixels within this distance (pixels at a long side of 640 or less; wider above, `translate.widths`) of the
 filled ones give the learned fill's seam its continuation, and only these and the filled ones are rendered by the
 network (its cost follows what is filled, not the frame's size)."""
 SEAM_BLOCK = 8
@@ -473,7 +473,7 @@ def seam_band(hole: torch.Tensor) -> torch.Tensor:
     """(1, 1, H, W) bool filled pixels -> (1, 1, H, W) bool: those and every pixel within SEAM_BAND of one (scaled
     with the frame like the feature bank's widths), to the next SEAM_BLOCK pixels."""
     h, w = hole.shape[-2:]
-    band = SEAM_BAND * max(1.0, max(h, w) / SCALE_SIDE)
+    band = SEAM_BAND * widths(max(h, w))
     r = math.ceil(band / SEAM_BLOCK)
     low = F.max_pool2d(hole.float(), SEAM_BLOCK, ceil_mode=True)
     low = F.max_pool2d(low, (2 * r + 1, 1), stride=1, padding=(r, 0))  # (separable: a square's max)

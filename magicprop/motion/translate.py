@@ -97,6 +97,12 @@ def _gauss(x: torch.Tensor, sigma: float, shrink: int = 1) -> torch.Tensor:
     return torch.from_numpy(out.reshape(img.shape)).permute(2, 0, 1)[None]
 
 
+def widths(side: int) -> float:
+    """How much wider than at SCALE_SIDE the bank's filters (and what follows them) are on a frame whose long side is
+    `side` (1 up to SCALE_SIDE, proportional above)."""
+    return max(1.0, side / SCALE_SIDE)
+
+
 def _grid(side: int) -> int:
     """The largest factor `_shrink` uses on a frame whose long side is `side` (a power of two, 1 up to 2 SCALE_SIDE)."""
     g = 1
@@ -133,7 +139,7 @@ def features(source: torch.Tensor, mapped: torch.Tensor, side: int | None = None
     """(1, 3, H, W) source frame and its colour mapping -> (1, C, H, W) the neighbourhood's features; side: the long
     side the filters' widths follow (SCALE_SIDE; default the frame's own)."""
     side = side or max(source.shape[-2:])
-    s = max(1.0, side / SCALE_SIDE)
+    s = widths(side)
 
     def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:  # sigma at SCALE_SIDE
         return _gauss(x, sigma * s, _shrink(sigma * s, side))
@@ -204,23 +210,23 @@ class EditTranslation:
         only; the others keep the colour mapping); default all."""
         m = mapped.float().to(self.device)
         src = frame.float().permute(2, 0, 1)[None].to(self.device)
-        if where is None:
-            f = features(src, m)
-            return (m + self.weight * self._residual(f[0].reshape(f.shape[1], -1)).reshape(m.shape)).clamp(0, 1).to(
-                mapped.device)
-        where = where.to(self.device)
         out = m.clone()
-        if not bool(where.any()):
-            return out.to(mapped.device)
-        # the features of the pixels asked for read the frame within `reach` of them: a crop that holds that
-        # context gives them the whole frame's values (the filters keep the frame's widths) at a fraction of the cost
         h, w = src.shape[-2:]
-        r = reach(max(h, w))
-        (y0, y1), (x0, x1) = ((0, h), (0, w)) if min(h, w) <= r else (_span(where, 0, r), _span(where, 1, r))
-        g = _grid(max(h, w))  # (the crop starts on the shrunk frames' grid)
-        y0, x0 = y0 // g * g, x0 // g * g
+        (y0, y1), (x0, x1), sel = (0, h), (0, w), slice(None)
+        if where is not None:
+            where = where.to(self.device)
+            if not bool(where.any()):
+                return out.to(mapped.device)
+            # the features of the pixels asked for read the frame within `reach` of them: a crop that holds that
+            # context gives them the whole frame's values (the filters keep the frame's widths) at a fraction of the
+            # cost
+            r = reach(max(h, w))
+            if min(h, w) > r:
+                g = _grid(max(h, w))  # (the crop starts on the shrunk frames' grid)
+                (y0, y1), (x0, x1) = _span(where, 0, r), _span(where, 1, r)
+                y0, x0 = y0 // g * g, x0 // g * g
+            sel = where[y0:y1, x0:x1].reshape(-1)
         f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(h, w))
-        sel = where[y0:y1, x0:x1].reshape(-1)
         part = out[..., y0:y1, x0:x1].reshape(3, -1)
         part[:, sel] = (part[:, sel] + self.weight * self._residual(f[0].reshape(f.shape[1], -1)[:, sel])).clamp(0, 1)
         out[..., y0:y1, x0:x1] = part.view(1, 3, y1 - y0, x1 - x0)
@@ -245,7 +251,7 @@ def reach(side: int) -> int:
     """Pixels around a pixel that its features read, in a frame whose long side is `side` (the widest blur's kernel,
     the shrunk frame's pooling and enlarging, and a one-pixel difference)."""
     g = _grid(side)
-    widest = int(math.ceil(3 * max(*SCALES, *RATIOS, *CONTRASTS) * max(1.0, side / SCALE_SIDE)))
+    widest = int(math.ceil(3 * max(*SCALES, *RATIOS, *CONTRASTS) * widths(side)))
     return widest + 2 + (3 * g if g > 1 else 0)
 
 
