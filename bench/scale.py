@@ -61,14 +61,14 @@ def _edit(frame):
     return out
 
 
-EDITS = ("grade", "stylization")
-"""--edit: the grade and painted square (`_edit`), or OpenCV's stylization (`_stylized`)."""
-
-
 def _stylized(frame):
     from magicprop.benchmarks.hard import stylization
 
     return stylization(frame)
+
+
+EDITS = {"grade": _edit, "stylization": _stylized}
+"""--edit: the grade and painted square, or OpenCV's stylization."""
 
 
 def make_source(size: str, frames: int, edit_kind: str = "grade") -> tuple[Path, Path]:
@@ -100,7 +100,7 @@ def make_source(size: str, frames: int, edit_kind: str = "grade") -> tuple[Path,
                 f = F.interpolate(f.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", antialias=True,
                                   align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
             if n == frames // 2:
-                save_image(edit, (_edit if edit_kind == "grade" else _stylized)(f.float() / 255))
+                save_image(edit, EDITS[edit_kind](f.float() / 255))
             for p in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
                 out.mux(p)
         out.mux(stream.encode())
@@ -332,8 +332,9 @@ def main() -> None:
     parser.add_argument("--node", action="store_true", help="FlowPropagate in the in-process ComfyUI host instead "
                                                              "of the CLI (needs COMFYUI_PATH): memory growth against "
                                                              "its outputs; results under `node_runs`")
-    parser.add_argument("--edit", choices=EDITS, default="grade", help="the middle frame's edit: grade (a grade and "
-                        "a painted square: the colour fill) or stylization (the learned fill renders)")
+    parser.add_argument("--edit", choices=list(EDITS), default="grade",
+                        help="the middle frame's edit: grade (a grade and a painted square: the colour fill) or "
+                             "stylization (the learned fill renders)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--node-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -379,7 +380,8 @@ def main() -> None:
             entries[(size, frames, args.edit)] = e
             print(table([e]).splitlines()[-1], flush=True)
     order = {s: i for i, s in enumerate(SIZES)}
-    runs = sorted(entries.values(), key=lambda e: (EDITS.index(e.get("edit", "grade")), order[e["size"]], e["frames"]))
+    edits = list(EDITS)
+    runs = sorted(entries.values(), key=lambda e: (edits.index(e.get("edit", "grade")), order[e["size"]], e["frames"]))
     result = {"what": "python -m magicprop warp, mp4 in and out, defaults (DIS medium, guided, residual, the default "
                       "fill: each run's `fill`, colour before it was learned), reference at the middle frame; see "
                       "bench/scale.py",
