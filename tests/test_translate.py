@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -45,6 +47,33 @@ def test_the_learned_translation_renders_new_content_in_the_edits_look(frames):
     again = fit_edit_translation(a, _styled(a), mapping, seed=1)
     assert torch.equal(learned.apply(b), again.apply(b))
     assert not torch.equal(learned.apply(b), fit_edit_translation(a, _styled(a), mapping, seed=2).apply(b))
+
+
+def test_the_structure_model_draws_a_sketch_where_the_brightness_misleads(frames):
+    """A pencil sketch draws strokes where the content has structure, whatever its brightness: the structure model
+    (the look's luma from features a brightness change leaves as they are) gets a weight on held-out blocks, and
+    frame 90 rendered with it is closer to frame 90's own sketch than without it (measured 16.8 against 16.3 dB; the
+    colour mapping 13.7)."""
+    a, b = frames
+    mapping = fit_edit_mapping(a, hard.pencil(a)).global_only()
+    learned = fit_edit_translation(a, hard.pencil(a), mapping)
+    assert learned.weights[2] > 0, learned.weights
+    without = dataclasses.replace(learned, weights=(*learned.weights[:2], 0.0))
+    want = hard.pencil(b)[None]
+    gain = float(psnr(learned.apply(b)[None], want) - psnr(without.apply(b)[None], want))
+    assert gain > 0.3, gain
+
+
+def test_the_structure_models_inputs_do_not_see_the_brightness():
+    """`LUMA_FREE` names exactly the bank's channels that adding a constant to the frame's luma leaves unchanged."""
+    from magicprop.motion.translate import LUMA_FREE, features
+
+    torch.manual_seed(0)
+    source = torch.rand(1, 3, 48, 64) * 0.6 + 0.1
+    brighter = source + 0.2  # (every channel up by 0.2: the luma too, the chroma unchanged)
+    f, g = features(source, source), features(brighter, brighter)
+    same = ((f - g).abs().flatten(2).amax(-1) < 1e-4)[0]
+    assert same.nonzero()[:, 0].tolist() == list(range(f.shape[1]))[LUMA_FREE]
 
 
 def test_the_mask_says_what_is_learned(frames):
@@ -118,7 +147,8 @@ def test_an_edit_that_does_not_follow_from_the_content_keeps_the_colour_fill(pan
     assert texture < LEARNED_GAIN - 0.15, texture
     styled_weight = fit_edit_translation(source[0], styled[0], fit_edit_mapping(source[0], styled[0]).global_only())
     decal_weight = fit_edit_translation(source[0], discs[0], fit_edit_mapping(source[0], discs[0]).global_only())
-    assert styled_weight.weight > 0.6 and decal_weight.weight < 0.5, (styled_weight.weight, decal_weight.weight)
+    assert styled_weight.weights[0] > 0.6 and max(decal_weight.weights) < 0.5, (styled_weight.weights,
+                                                                              decal_weight.weights)
     learned = flow_propagate(source, discs[:1], [0], engine, motion=motion, fill="learned")
     colour = flow_propagate(source, discs[:1], [0], engine, motion=motion, fill="colour")
     assert torch.equal(learned.frames, colour.frames)
@@ -217,7 +247,7 @@ def test_the_look_is_rendered_where_asked_and_the_mapping_kept_elsewhere(frames)
     edited = _styled(source)
     mapping = fit_edit_mapping(source, edited).global_only()
     translation = fit_edit_translation(source, edited, mapping, steps=40)
-    assert translation.weight > 0
+    assert translation.weights[0] > 0
     mapped = mapping.apply(frame).permute(2, 0, 1)[None]
     where = torch.zeros(180, 320, dtype=torch.bool)
     where[20:150, 200:] = True

@@ -450,7 +450,7 @@ def _translation(frame: Callable[[int], torch.Tensor], key: int, edited: torch.T
         return None
     translation = fit_edit_translation(source, edited, mapping, mask, seed=seed)
     log.info("learned fill, keyframe %d: on content it did not learn from, the network's error is %.2f of the "
-             "colour mapping's (residual weight %.2f)", key, error, translation.weight)
+             "colour mapping's (weights: luma %.2f, chroma %.2f, structure %.2f)", key, error, *translation.weights)
     return translation
 
 

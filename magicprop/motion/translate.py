@@ -10,8 +10,13 @@ gradients and second derivatives, local contrast and its normalisation: the clas
 colour edge strength where an edge-aware filter, a painterly or pencil look, stops) and only a
 small per-pixel network on top of them is learned; it predicts the residual of the edit over the global colour mapping
 (`colour.EditMapping`), so it starts from the colour fill and adds what the neighbourhood explains, scaled by how well
-that holds on content it did not learn from (`fit_edit_translation`). A position-tied edit (a painted decal) is not a
-function of content: that stays with the flow.
+that holds on content it did not learn from (`fit_edit_translation`). A second network, the structure model, predicts
+the look's luma from the features a change of brightness leaves as they are (and the source's chroma): a line-art
+look (a pencil sketch, ink) draws strokes where the content has structure whatever its brightness, and the first
+network, which sees the colours, learns the reference's brightness as a cue and fails on content whose brightness the
+reference never paired with that look (white fur crossing a dark photograph). The two are mixed by least-squares
+weights measured on held-out content (`_stack`). A position-tied edit (a painted decal) is not a function of content:
+that stays with the flow.
 
 Deterministic for a seed on one device (seeded initialisation and pixel sampling).
 """
@@ -28,7 +33,7 @@ from torch import nn
 
 from ..errors import MagicPropError
 from ..log import get_logger
-from .colour import BT601, EditMapping
+from .colour import BT601, EditMapping, luma
 from .engine import import_cv2
 
 log = get_logger(__name__)
@@ -56,10 +61,14 @@ TRAIN_SCALES = (1.0, 0.8)
 """The network learns from the pair at these scales (content a camera moving away or zooming out shows smaller than the
 reference did: docs/decisions.md, "Learned fill: features and budget"); the check (`held_out_error`) from the pair
 as it is."""
+LUMA_FREE = slice(9, 44)
+"""`features`' channels that adding a constant to the frame's luma leaves as they are (its band-passes, derivatives,
+local contrasts and colour edges; not its colours, coarsest octave or luma ratios): with the source's chroma, the
+structure model's inputs (tests/test_translate.py checks the property)."""
 CHUNK = 1 << 16
 """Pixels per inference step (memory flat in frame size)."""
 WEIGHT_BLOCKS = 4
-"""Blocks per side of the checkerboard whose two colours train and judge each other for the residual's weight (content
+"""Blocks per side of the checkerboard whose two colours train and judge each other for the look's weights (content
 near what the network learned from: what a pan or a moving layer reveals next to the reference's content)."""
 GATE_BLOCKS = 2
 """The same with quadrants, for `held_out_error`: content far from what the network learned from (measured 0.95-1.0
@@ -191,9 +200,13 @@ class EditTranslation:
     net: nn.Module
     mean: torch.Tensor  # (C,) feature normalisation, from the reference
     std: torch.Tensor
+    structure: nn.Module  # the structure model: the look's luma from `_structure`'s inputs
+    structure_mean: torch.Tensor  # its inputs' normalisation, from the reference
+    structure_std: torch.Tensor
     device: torch.device
     gain: float  # its L1 error on the reference pair as a share of the colour mapping's (below 1: it explains more)
-    weight: float  # the residual's scale, measured on held-out blocks of the pair (0: the colour mapping alone)
+    weights: tuple[float, float, float]  # the scales of the residual's luma and chroma and of the structure model's
+    # luma over the mapping's, measured on held-out blocks of the pair (all 0: the colour mapping alone)
 
     def to(self, device: torch.device | str) -> EditTranslation:
         """The same translation applied on `device` (the network copied there; this one is left as it is)."""
@@ -201,7 +214,9 @@ class EditTranslation:
         if device == self.device:
             return self
         return replace(self, net=copy.deepcopy(self.net).to(device), mean=self.mean.to(device),
-                       std=self.std.to(device), device=device)
+                       std=self.std.to(device), structure=copy.deepcopy(self.structure).to(device),
+                       structure_mean=self.structure_mean.to(device), structure_std=self.structure_std.to(device),
+                       device=device)
 
     @torch.no_grad()
     def look(self, frame: torch.Tensor, mapped: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
@@ -228,7 +243,7 @@ class EditTranslation:
             sel = where[y0:y1, x0:x1].reshape(-1)
         f = features(src[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], max(h, w))
         part = out[..., y0:y1, x0:x1].reshape(3, -1)
-        part[:, sel] = (part[:, sel] + self.weight * self._residual(f[0].reshape(f.shape[1], -1)[:, sel])).clamp(0, 1)
+        part[:, sel] = (part[:, sel] + self._residual(f[0].reshape(f.shape[1], -1)[:, sel])).clamp(0, 1)
         out[..., y0:y1, x0:x1] = part.view(1, 3, y1 - y0, x1 - x0)
         return out.to(mapped.device)
 
@@ -243,8 +258,19 @@ class EditTranslation:
 
     @torch.no_grad()
     def _residual(self, f: torch.Tensor) -> torch.Tensor:
-        """(C, N) features of N pixels -> (3, N) the network's residual."""
-        return _predict(self.net, (f.T - self.mean) / self.std).T
+        """(C, N) features of N pixels -> (3, N) what the look adds to their colour mapping: the network's residual
+        and the structure model's luma over the mapping's, with their weights."""
+        f = f.T
+        wl, wc, ws = self.weights
+        out = torch.zeros(f.shape[0], 3, device=f.device)
+        if wl or wc:
+            r = _predict(self.net, (f - self.mean) / self.std)
+            y = luma(r)[:, None]
+            out += wl * y + wc * (r - y)
+        if ws:
+            out += ws * (_predict(self.structure, (_structure(f) - self.structure_mean) / self.structure_std)
+                         - luma(f[:, 3:6])[:, None])
+        return out.T
 
 
 def reach(side: int) -> int:
@@ -261,6 +287,13 @@ def _span(where: torch.Tensor, dim: int, margin: int) -> tuple[int, int]:
     return max(0, int(hit[0]) - margin), min(where.shape[dim], int(hit[-1]) + 1 + margin)
 
 
+def _structure(f: torch.Tensor) -> torch.Tensor:
+    """(N, C) `features` of N pixels, not normalised -> (N, 3 + LUMA_FREE's channels) the structure model's inputs:
+    the source's chroma (its colour less its luma) and the channels a luma offset leaves as they are."""
+    source = f[:, :3]
+    return torch.cat([source - luma(source)[:, None], f[:, LUMA_FREE]], 1)
+
+
 def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(x[i:i + CHUNK]) for i in range(0, x.shape[0], CHUNK)])
 
@@ -269,24 +302,24 @@ def fit_edit_translation(source: torch.Tensor, edited: torch.Tensor, mapping: Ed
                          mask: torch.Tensor | None = None, seed: int = 0, steps: int = STEPS,
                          device: torch.device | str = "cpu") -> EditTranslation:
     """Train the per-pixel network on the pair source (H, W, 3) -> edited (H, W, 3) in [0, 1] (and on the pair resized
-    by each of TRAIN_SCALES), over `mapping`; mask (H, W): where the edit applies (only those pixels are learned
-    from). The residual's weight is measured the way the network will be used, on content it never saw: two
-    networks, each trained on one colour of a checkerboard of blocks (WEIGHT_BLOCKS), predict the other colour's; the
-    weight is the least-squares scale of their predictions (clamped to [0, 1]), so an edit whose look does not follow
-    from the content falls back towards the colour mapping instead of painting a confident wrong texture."""
+    by each of TRAIN_SCALES), over `mapping`, and the structure model on the same pixels; mask (H, W): where the
+    edit applies (only those pixels are learned from). Their weights are measured the way the networks will be used,
+    on content they never saw (`_stack`), so an edit whose look does not follow from the content falls back towards
+    the colour mapping instead of painting a confident wrong texture."""
     x, y, at, mean, std = _pixels(source, edited, mapping, mask, torch.device(device), TRAIN_SCALES)
+    sx, sy, s_mean, s_std = _structure_pixels(x * std + mean, y)
     h, w, _ = source.shape
     # a host may run nodes under inference mode or no_grad: training needs autograd, on tensors made here
     with torch.inference_mode(False), torch.enable_grad():
-        net = _train(x, y, seed, steps)
-        weight, _ = _held_out(x, y, _board(at, h, w, WEIGHT_BLOCKS), seed, steps)
+        net, structure = _train(x, y, seed, steps), _train(sx, sy, seed, steps)
+        weights = _stack(x, y, sx, sy, _board(at, h, w, WEIGHT_BLOCKS), seed, steps)
     with torch.no_grad():
         learned = float((_predict(net, x) - y).abs().sum())  # what it explains beyond the mapping, on the pair
         gain = learned / max(float(y.abs().sum()), 1e-12)
-    net = net.eval().requires_grad_(False)
-    log.debug("learned fill: %d steps on the %dx%d reference pair, L1 %.3f of the colour mapping's; residual weight "
-              "%.2f on held-out blocks", steps, w, h, gain, weight)
-    return EditTranslation(mapping, net, mean, std, torch.device(device), gain, weight)
+    net, structure = net.eval().requires_grad_(False), structure.eval().requires_grad_(False)
+    log.debug("learned fill: %d steps on the %dx%d reference pair, L1 %.3f of the colour mapping's; weights on "
+              "held-out blocks %.2f (luma), %.2f (chroma), %.2f (structure)", steps, w, h, gain, *weights)
+    return EditTranslation(mapping, net, mean, std, structure, s_mean, s_std, torch.device(device), gain, weights)
 
 
 def held_out_error(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping,
@@ -341,6 +374,15 @@ def _pixels(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapping, ma
     return (x - mean) / std, torch.cat(ys), torch.cat(ats), mean, std
 
 
+def _structure_pixels(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The structure model's training pixels from `_pixels`' features f (N, C, not normalised) and targets y (N, 3):
+    its normalised inputs (N, D), its targets (N, 1): the edited pixels' luma itself (not over the mapping's, which
+    follows the brightness), and the inputs' normalisation (mean, std)."""
+    x = _structure(f)
+    mean, std = x.mean(0), x.std(0) + 1e-4
+    return (x - mean) / std, luma(y + f[:, 3:6])[:, None], mean, std
+
+
 def _board(at: torch.Tensor, h: int, w: int, blocks: int) -> torch.Tensor:
     """(N,) bool: the colour, in a checkerboard of blocks x blocks, of the pixels at flat indices `at`."""
     return ((at // w) * blocks // h + (at % w) * blocks // w) % 2 == 0
@@ -366,13 +408,53 @@ def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, 
     return weight, (tt - 2 * weight * rt + weight * weight * rr) / tt
 
 
+def _stack(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, board: torch.Tensor, seed: int,
+           steps: int) -> tuple[float, float, float]:
+    """The weights of the look's three parts, measured on content the networks never saw: each colour of `board`
+    trains the network (x, y) and the structure model (sx, sy; what it adds is its luma less the mapping's) for
+    FOLD_SHARE of `steps`, and they predict the other colour's pixels; the weights are the
+    non-negative least-squares fit of the targets y by the network residual's luma and chroma and the structure
+    model's luma over the mapping's (each clamped to 1; all 0 when a colour has too few pixels to learn from)."""
+    gram, cross = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    base = sy - luma(y)[:, None]  # the mapping's luma (the targets are the edit less the mapping)
+    for part in (board, ~board):
+        if not FOLD_MIN <= int(part.sum()) <= x.shape[0] - FOLD_MIN:
+            return 0.0, 0.0, 0.0
+        n = max(1, int(steps * FOLD_SHARE))
+        net, structure = _train(x[part], y[part], seed, n), _train(sx[part], sy[part], seed, n)
+        with torch.no_grad():
+            r = _predict(net, x[~part]).double()
+            yr = luma(r.float()).double()[:, None]
+            parts = (yr.expand_as(r), r - yr, (_predict(structure, sx[~part]) - base[~part]).double().expand_as(r))
+            cols = torch.stack([c.reshape(-1) for c in parts], 1)
+            gram += (cols.T @ cols).cpu()
+            cross += (cols.T @ y[~part].double().reshape(-1)).cpu()
+    # the non-negative least squares of three weights: the best of the subsets' unconstrained solutions that are
+    # non-negative (the error's change from the mapping's alone: 0 for all weights 0)
+    best, least = (0.0, 0.0, 0.0), 0.0
+    for used in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)):
+        i = list(used)
+        try:
+            w = torch.linalg.solve(gram[i][:, i], cross[i])
+        except torch.linalg.LinAlgError:
+            continue
+        if bool((w < 0).any()):
+            continue
+        full = torch.zeros(3, dtype=torch.float64)
+        full[i] = w.clamp(max=1.0)
+        change = float(full @ gram @ full - 2 * full @ cross)
+        if change < least:
+            best, least = tuple(float(v) for v in full), change
+    return best
+
+
 def _train(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int = BATCH) -> nn.Module:
     """The network trained on the pixels (x, y), `batch` of them a step: seeded initialisation and sampling."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = nn.Sequential(nn.Linear(x.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                            nn.Linear(HIDDEN, 3)).to(x.device)
+                            nn.Linear(HIDDEN, y.shape[1])).to(x.device)
     opt = Adam(list(net.parameters()))
     for step in range(steps):
         idx = torch.randint(0, x.shape[0], (min(batch, x.shape[0]),), generator=gen).to(x.device)
