@@ -117,16 +117,48 @@ def pan():
 
 def test_the_learned_fill_gives_revealed_content_the_edits_texture(pan):
     """Stylized: where frame 0 never showed the content, the learned fill is at least 2 dB closer to the truth than
-    the colour fill (measured +4 dB on frames 6-12); what the flow carries is the same for both fills (the same
-    filled share)."""
+    the colour fill (measured +4 dB on frames 6-12); the learned fill fills what the colour fill does, and at most a
+    few more pixels (those whose carried source disagrees with the frame's: AGREE)."""
     source, shown, engine, motion = pan
     truth, _ = hard.render(hard.CLIPS[0], 12, hard.stylization)
     learned = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill="learned")
     colour = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill="colour")
-    assert torch.equal(learned.filled, colour.filled)
+    assert bool((learned.filled >= colour.filled).all())
+    assert float((learned.filled - colour.filled).mean()) < 0.02
     never = ~shown[6:]
     gain = float((psnr(learned.frames[6:], truth[6:], never) - psnr(colour.frames[6:], truth[6:], never)).mean())
     assert gain > 2, gain
+
+
+def test_carried_content_the_frame_does_not_show_is_made_by_the_look(frames):
+    """The flow says nothing moved, but frame 2 shows other content in a block (as a soft-edged layer's blend passes
+    the forward-backward check as the background behind it): the colour fill carries the reference's look of what
+    frame 0 showed there; the learned fill's veto (AGREE) finds that the carried source disagrees with the frame's
+    own and makes exactly those pixels in the look of what frame 2 shows (measured 20.5 against 12.8 dB there)."""
+    from magicprop.benchmarks.real.score import MemoFlowEngine
+    from magicprop.motion.engine import FlowSettings, Motion
+    from magicprop.motion.propagate import AGREE
+
+    a, b = frames
+    changed = a.clone()
+    changed[40:120, 100:220] = b[40:120, 100:220]
+    clip = torch.stack([a, a, changed])
+    zero = torch.zeros(2, 2, 180, 320, dtype=torch.float16)
+    valid = torch.ones(2, 180, 320, dtype=torch.bool)
+    motion = Motion(zero, zero.clone(), valid, valid.clone(), (180, 320), {"estimator": "test"})
+    engine = MemoFlowEngine(FlowSettings())
+    run = {fill: flow_propagate(clip, _styled(a)[None], [0], engine, motion=motion, strategy="chain", fill=fill)
+           for fill in ("colour", "learned")}
+    assert float(run["colour"].filled.max()) == 0  # all carried
+    difference = (changed - a).abs().amax(-1)
+    differs = difference > AGREE
+    assert 0.05 < float(differs.float().mean()) < 0.2
+    made = run["learned"].filled[2] > 0.5  # (the carried source is warped: float rounding at the threshold)
+    assert bool(made[difference > AGREE + 1e-3].all()) and not bool(made[difference < AGREE - 1e-3].any())
+    assert float(run["learned"].filled[1].max()) == 0
+    want = _styled(changed)[None]
+    gain = psnr(run["learned"].frames[2:], want, differs[None]) - psnr(run["colour"].frames[2:], want, differs[None])
+    assert float(gain) > 5, float(gain)
 
 
 def test_an_edit_that_does_not_follow_from_the_content_keeps_the_colour_fill(pan):
