@@ -396,7 +396,8 @@ registered, and only what the mapping cannot explain (painted shapes, strokes, t
 FILLS = ("colour", "learned", "synthesis")
 """What the pixels the flow cannot see get. "learned": the frame's own content rendered the way the edit renders it,
 by a small network trained on the keyframe's pair (`translate.fit_edit_translation`), the seam to the carried pixels
-continued into it; where the network does not explain content it did not learn from better than the colour mapping
+continued into it; it also makes the carried pixels whose carried source disagrees with the frame's (AGREE). Where
+the network does not explain content it did not learn from better than the colour mapping
 (LEARNED_GAIN: a colour edit, a decal, a random re-texture), the colour fill. "colour": the source frame through the
 edit's colour mapping (with the residual continued into it). "synthesis": patches of the edited reference placed where
 the frame's own content guides them (`synthesis.synthesize`); content made for a frame is carried along the
