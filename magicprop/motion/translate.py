@@ -24,6 +24,7 @@ Deterministic for a seed on one device (seeded initialisation and pixel sampling
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -331,7 +332,7 @@ def held_out_error(source: torch.Tensor, edited: torch.Tensor, mapping: EditMapp
     re-texture, a decal or a colour edit; well below for a painterly, sketched or oil-painted look."""
     x, y, at, _, _ = _pixels(source, edited, mapping, mask, torch.device(device))
     with torch.inference_mode(False), torch.enable_grad():
-        return _held_out(x, y, _board(at, *source.shape[:2], GATE_BLOCKS), seed, steps, GATE_BATCH)[1]
+        return _held_out(x, y, _board(at, *source.shape[:2], GATE_BLOCKS), seed, steps, GATE_BATCH)
 
 
 def _resized(img: torch.Tensor, scale: float) -> torch.Tensor:
@@ -389,23 +390,54 @@ def _board(at: torch.Tensor, h: int, w: int, blocks: int) -> torch.Tensor:
 
 
 def _held_out(x: torch.Tensor, y: torch.Tensor, board: torch.Tensor, seed: int, steps: int,
-              batch: int = BATCH) -> tuple[float, float]:
+              batch: int = BATCH) -> float:
     """Two networks, each trained on one colour of `board` (FOLD_SHARE of `steps`), predict the other colour's targets:
-    the least-squares weight of their predictions in [0, 1] and the squared error left with it, as a share of the
-    colour mapping's (weight 0 and 1.0 when a colour has too few pixels to learn from)."""
-    cross = torch.zeros(3, dtype=torch.float64)  # <r, t>, <r, r>, <t, t> over the held-out predictions r
-    for part in (board, ~board):
-        if not FOLD_MIN <= int(part.sum()) <= x.shape[0] - FOLD_MIN:
-            return 0.0, 1.0
+    the squared error left with the least-squares weight of their predictions (`_weights`), as a share of the colour
+    mapping's (1.0 when a colour has too few pixels to learn from)."""
+    folds = _folds(board)
+    if folds is None:
+        return 1.0
+    gram, cross, tt = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 0.0
+    for part in folds:
         net = _train(x[part], y[part], seed, max(1, int(steps * FOLD_SHARE)), batch)
         with torch.no_grad():
             r, t = _predict(net, x[~part]).double(), y[~part].double()
-            cross += torch.stack([(r * t).sum(), (r * r).sum(), (t * t).sum()]).cpu()
-    rt, rr, tt = (float(v) for v in cross)
-    if tt <= 0 or rr <= 0:
-        return 0.0, 1.0
-    weight = min(1.0, max(0.0, rt / rr))
-    return weight, (tt - 2 * weight * rt + weight * weight * rr) / tt
+            gram += float((r * r).sum())
+            cross += float((r * t).sum())
+            tt += float((t * t).sum())
+    if tt <= 0:
+        return 1.0
+    (weight,), rt, rr = _weights(gram, cross), float(cross[0]), float(gram[0, 0])
+    return (tt - 2 * weight * rt + weight * weight * rr) / tt
+
+
+def _folds(board: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two colours of `board` (N,) bool, each trained on in turn and judged by the other; None when one has fewer
+    than FOLD_MIN pixels."""
+    if not FOLD_MIN <= int(board.sum()) <= board.shape[0] - FOLD_MIN:
+        return None
+    return board, ~board
+
+
+def _weights(gram: torch.Tensor, cross: torch.Tensor) -> tuple[float, ...]:
+    """The non-negative least-squares weights, each at most 1, of K predictions whose (K, K) Gram matrix is `gram` and
+    whose products with the targets are `cross` (K,): the best of the predictions' subsets' unconstrained solutions
+    that are non-negative (by the squared error's change from the mapping's alone: all weights 0, change 0)."""
+    k = gram.shape[0]
+    best, least = (0.0,) * k, 0.0
+    for used in (list(c) for n in range(1, k + 1) for c in itertools.combinations(range(k), n)):
+        try:
+            w = torch.linalg.solve(gram[used][:, used], cross[used])
+        except torch.linalg.LinAlgError:
+            continue
+        if bool((w < 0).any()):
+            continue
+        full = torch.zeros(k, dtype=torch.float64)
+        full[used] = w.clamp(max=1.0)
+        change = float(full @ gram @ full - 2 * full @ cross)
+        if change < least:
+            best, least = tuple(float(v) for v in full), change
+    return best
 
 
 def _stack(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, board: torch.Tensor, seed: int,
@@ -414,12 +446,13 @@ def _stack(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor,
     trains the network (x, y) and the structure model (sx, sy; what it adds is its luma less the mapping's) for
     FOLD_SHARE of `steps`, and they predict the other colour's pixels; the weights are the
     non-negative least-squares fit of the targets y by the network residual's luma and chroma and the structure
-    model's luma over the mapping's (each clamped to 1; all 0 when a colour has too few pixels to learn from)."""
+    model's luma over the mapping's (`_weights`; all 0 when a colour has too few pixels to learn from)."""
+    folds = _folds(board)
+    if folds is None:
+        return 0.0, 0.0, 0.0
     gram, cross = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     base = sy - luma(y)[:, None]  # the mapping's luma (the targets are the edit less the mapping)
-    for part in (board, ~board):
-        if not FOLD_MIN <= int(part.sum()) <= x.shape[0] - FOLD_MIN:
-            return 0.0, 0.0, 0.0
+    for part in folds:
         n = max(1, int(steps * FOLD_SHARE))
         net, structure = _train(x[part], y[part], seed, n), _train(sx[part], sy[part], seed, n)
         with torch.no_grad():
@@ -429,23 +462,7 @@ def _stack(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor,
             cols = torch.stack([c.reshape(-1) for c in parts], 1)
             gram += (cols.T @ cols).cpu()
             cross += (cols.T @ y[~part].double().reshape(-1)).cpu()
-    # the non-negative least squares of three weights: the best of the subsets' unconstrained solutions that are
-    # non-negative (the error's change from the mapping's alone: 0 for all weights 0)
-    best, least = (0.0, 0.0, 0.0), 0.0
-    for used in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)):
-        i = list(used)
-        try:
-            w = torch.linalg.solve(gram[i][:, i], cross[i])
-        except torch.linalg.LinAlgError:
-            continue
-        if bool((w < 0).any()):
-            continue
-        full = torch.zeros(3, dtype=torch.float64)
-        full[i] = w.clamp(max=1.0)
-        change = float(full @ gram @ full - 2 * full @ cross)
-        if change < least:
-            best, least = tuple(float(v) for v in full), change
-    return best
+    return _weights(gram, cross)
 
 
 def _train(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int = BATCH) -> nn.Module:
