@@ -396,19 +396,26 @@ registered, and only what the mapping cannot explain (painted shapes, strokes, t
 FILLS = ("colour", "learned", "synthesis")
 """What the pixels the flow cannot see get. "learned": the frame's own content rendered the way the edit renders it,
 by a small network trained on the keyframe's pair (`translate.fit_edit_translation`), the seam to the carried pixels
-continued into it; it also makes the carried pixels whose carried source disagrees with the frame's (AGREE). Where
-the network does not explain content it did not learn from better than the colour mapping
-(LEARNED_GAIN: a colour edit, a decal, a random re-texture), the colour fill. "colour": the source frame through the
-edit's colour mapping (with the residual continued into it). "synthesis": patches of the edited reference placed where
-the frame's own content guides them (`synthesis.synthesize`); content made for a frame is carried along the
-consecutive flow to the next frames of the chain where that flow is valid (made once, then followed), and only what
-is still uncovered is made."""
+continued into it; it also makes the carried pixels whose carried source disagrees with the frame's (AGREE), and what
+it made for a frame is followed into the chain's next frames along the consecutive flow (FOLLOW of it: an average
+along the motion, so the look does not flicker). Where the network does not explain content it did not learn from
+better than the colour mapping (LEARNED_GAIN: a colour edit, a decal, a random re-texture), the colour fill.
+"colour": the source frame through the edit's colour mapping (with the residual continued into it). "synthesis":
+patches of the edited reference placed where the frame's own content guides them (`synthesis.synthesize`); content
+made for a frame is carried along the consecutive flow to the next frames of the chain where that flow is valid (made
+once, then followed), and only what is still uncovered is made."""
 AGREE = 0.1
 """With the learned fill, a pixel counts as carried only where the keyframe's source, carried the same way, is within
 this (largest channel, in [0, 1]) of the frame's own source; elsewhere the flow matched different content (a
 soft-edged layer passes the forward-backward check as the background behind it) and the learned look makes the
 pixel. Measured on bench hard: 34-53% of the never-shown pixels the flow carries differ by more, 0.04-2.8% of the
 rightly carried ones (docs/decisions.md, "Learned fill: the carried source's veto")."""
+FOLLOW = 0.8
+"""With the learned fill, a filled pixel whose content the chain's previous frame filled too (the consecutive flow
+valid there) is this share that frame's result carried by the flow and the rest the look rendered anew: an
+exponential average along the motion, so the look does not flicker where it renders the same content again. 1 would
+carry what was made once (the synthesis fill's way), but each warp's resampling blurs it further (measured on bench
+hard, docs/decisions.md "Learned fill: following what it made")."""
 DEFAULT_FILL = "learned"
 """Textured edits keep their look where the reference never looked, other edits keep the colour fill (bench hard,
 docs/decisions.md "Default fill")."""
@@ -488,38 +495,70 @@ def seam_band(hole: torch.Tensor) -> torch.Tensor:
     return F.interpolate(low, scale_factor=SEAM_BLOCK, mode="nearest")[..., :h, :w] > 0
 
 
+class _Trail:
+    """The previous frame's result along one chain, followed to the chain's next frame by the consecutive flow: what a
+    fill made for one frame is carried on where that flow is valid (made once, then followed), so it does not
+    flicker. `follow` is called once per frame of the chain, in its order, and `keep` with that frame's result."""
+
+    def __init__(self, ctx: _Context, chain: Sequence[int]) -> None:
+        self.ctx, self.steps = ctx, chain_steps(ctx.motion, chain)
+        self.prev: torch.Tensor | None = None  # (1, 3, H, W) the previous frame's result
+        self.prev_made: torch.Tensor | None = None  # (1, 1, H, W) where the fill made it (not carried)
+
+    def follow(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """At the chain's next frame (H, W): the previous frame's result carried to it (1, 3, H, W) and where that
+        counts (1, 1, H, W): the flow valid and the pixel made there; None at the chain's first frame."""
+        _, back, _, valid = next(self.steps)  # flow_{k->prev}, valid on frame k
+        if self.prev is None:
+            return None
+        back, valid = self.ctx.here(back, valid)
+        full = resize_flow(back, size)
+        return warp(self.prev, full), _up(valid, size) * (warp(self.prev_made, full) > 0.5).float()
+
+    def keep(self, img: torch.Tensor, made: torch.Tensor) -> None:
+        """This frame's result (1, 3, H, W) and where the fill made it (1, 1, H, W), for the next frame."""
+        self.prev, self.prev_made = img, made
+
+
 class _Made:
     """The synthesis fill along one chain: what the flow cannot see at frame k is made from the keyframe's pair
     (source frame, edited frame); what was made for the previous frame of the chain is followed along the
-    consecutive flow where that flow is valid (so it does not flicker), and only the rest is made anew."""
+    consecutive flow where that flow is valid (`_Trail`), and only the rest is made anew."""
 
     FULL = 0.999  # pixels carried at least this much from the keyframe are left as they are
 
     def __init__(self, ctx: _Context, chain: Sequence[int], source: torch.Tensor, edited: torch.Tensor,
                  seed: int) -> None:
         self.ctx, self.source, self.edited, self.seed = ctx, source, edited, seed
-        self.steps = chain_steps(ctx.motion, chain)
-        self.prev: torch.Tensor | None = None  # (1, 3, H, W) the previous frame's result
-        self.prev_made: torch.Tensor | None = None  # (1, 1, H, W) its made (not carried) share
+        self.trail = _Trail(ctx, chain)
 
     def fill(self, k: int, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        size = tuple(img.shape[-2:])
-        _, back, _, valid = next(self.steps)  # flow_{k->prev}, valid on frame k
-        back, valid = self.ctx.here(back, valid)
         need = 1 - weight  # (1, 1, H, W): how much of each pixel is not carried from the keyframe
         out = img
         followed = torch.zeros_like(need)
-        if self.prev is not None:
-            full = resize_flow(back, size)
-            followed = _up(valid, size) * (warp(self.prev_made, full) > 0.5).float() * (need > 0)
-            out = torch.where(followed > 0, weight * img + need * warp(self.prev, full), img)
+        trail = self.trail.follow(tuple(img.shape[-2:]))
+        if trail is not None:
+            prev, followed = trail
+            followed = followed * (need > 0)
+            out = torch.where(followed > 0, weight * img + need * prev, img)
         hole = ((weight < self.FULL) & (followed == 0))[0, 0]
         if hole.any():
             made = synthesize(self.ctx.full(k), hole, self.source, self.edited, out[0].permute(1, 2, 0),
                               seed=frame_seed(self.seed, k)).permute(2, 0, 1)[None]
             out = torch.where(hole[None, None], weight * img + need * made, out)
-        self.prev, self.prev_made = out, (need > 1 - self.FULL).float()
+        self.trail.keep(out, (need > 1 - self.FULL).float())
         return out.clamp(0, 1)
+
+
+def _followed(trail: _Trail, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The learned fill's frame (1, 3, H, W) with its filled share (1 - weight) FOLLOW the chain's previous frame's
+    result carried by the consecutive flow, where that is valid and that frame filled the pixel too."""
+    followed = trail.follow(tuple(img.shape[-2:]))
+    if followed is not None:
+        prev, where = followed
+        img = img + FOLLOW * where * (1 - weight) * (prev - img)
+    trail.keep(img, (weight < 0.5).float())
+    return img
 
 
 def _with_source(fill: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
@@ -731,6 +770,7 @@ def flow_propagate(
             carried = _with_source(colour)
         made = _Made(ctx, chain.indices, full(indices[key]), references[key].float().to(device), seed) \
             if fill == "synthesis" else None
+        trail = _Trail(ctx, chain.indices) if learned is not None else None
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, carried):
             if learned is not None:
                 img, weight = _veto(img, weight, full(k))
@@ -746,6 +786,8 @@ def flow_propagate(
                 img = (weight * img + (1 - weight) * pull_push(img, hole) + look(k)).clamp(0, 1)
             else:
                 img = weight * img + (1 - weight) * colour(k)
+            if trail is not None:
+                img = _followed(trail, img, weight)
             if made is not None:
                 img = made.fill(k, img, weight)
             part = meet(pending, blends, k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0]))
