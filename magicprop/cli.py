@@ -135,10 +135,11 @@ def _add_warp(sub) -> None:
                         f"{DEFAULT_CARRY}, the measured best")
     p.add_argument("--fill", default=None, metavar="|".join(FILLS),
                    help="what the pixels the flow cannot see get: learned (the frame rendered by a small network "
-                        "trained on the reference pair, several seconds per keyframe; the colour fill when the edit "
-                        "does not follow from the content: a colour edit, a decal), colour (the frame through the "
-                        "edit's colour mapping) or synthesis (patches of the edited reference guided by the frame's "
-                        f"content, made once and then carried along the flow); default {DEFAULT_FILL} (bench hard)")
+                        "trained on the reference pair and followed along the flow, several seconds per keyframe; the "
+                        "colour fill when the edit does not follow from the content: a colour edit, a decal), colour "
+                        "(the frame through the edit's colour mapping) or synthesis (patches of the edited reference "
+                        "guided by the frame's content, made once and then carried along the flow); default "
+                        f"{DEFAULT_FILL} (bench hard)")
     p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")

@@ -82,7 +82,8 @@ class FlowPropagate(io.ComfyNode):
                 io.Combo.Input("fill", options=list(FILLS), default=DEFAULT_FILL, optional=True,
                                tooltip="What the pixels the flow cannot see get (the filled mask): learned = the "
                                        "frame's own content rendered the way the edit renders it, by a small network "
-                                       "trained on the reference pair (several seconds per keyframe; an edit that "
+                                       "trained on the reference pair, followed along the flow from frame to frame "
+                                       "so it does not flicker (several seconds per keyframe; an edit that "
                                        "does not follow from the content, a colour edit or a decal, keeps the colour "
                                        "fill); colour = the frame through the edit's colour mapping; synthesis = "
                                        "patches of the edited reference placed where the frame's own content guides "
