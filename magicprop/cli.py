@@ -337,6 +337,8 @@ def _add_bench(sub) -> None:
                                       "content frame 0 never showed) with stylization, sketch, oil and decal edits")
     h.add_argument("--out", type=Path, default=Path("magicprop-bench"), help="where hard.json goes")
     h.add_argument("--frames", type=int, default=120, help="frames after the reference")
+    h.add_argument("--flow-weights", type=Path, default=None,
+                   help="RAFT weights file: every row's flow is RAFT's instead of DIS's (the config records it)")
     h.set_defaults(func=_bench_hard)
 
 
@@ -370,7 +372,7 @@ def _bench_real(args: argparse.Namespace) -> None:
 def _bench_hard(args: argparse.Namespace) -> None:
     from .benchmarks.hard import run_hard, table
 
-    results = run_hard(args.out, frames=args.frames, progress=not args.quiet)
+    results = run_hard(args.out, frames=args.frames, progress=not args.quiet, flow_weights=args.flow_weights)
     sys.stdout.write("PSNR (dB) per window: all pixels / pixels frame 0 never showed\n" + table(results) + "\n")
     log.info("wrote %s", (args.out / "hard.json").resolve())
 

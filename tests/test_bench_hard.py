@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from magicprop.benchmarks.hard import CLIPS, EDITS, render
+from magicprop.benchmarks.hard import CLIPS, EDITS, render, run_hard
 from magicprop.cli import main
 
 
@@ -34,3 +34,30 @@ def test_bench_hard_writes_every_row_and_prints_its_table(tmp_path, capsys):
         assert set(r) >= {"psnr", "psnr_shown", "psnr_never_shown", "filled", "warp_error", "seconds_per_frame"}
     printed = capsys.readouterr().out
     assert "never showed" in printed and "synthesis fill" in printed
+
+
+def test_bench_hard_with_raft_weights_runs_every_row_on_raft(tmp_path):
+    """`bench hard --flow-weights F`: the rows' flow is RAFT's, recorded in the config (tiny run: one clip, one edit,
+    one fill, 2 frames; seeded random raft_small weights)."""
+    from safetensors.torch import save_file
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "raft-small-test.safetensors"
+    save_file({k: v.contiguous() for k, v in raft_small(weights=None, progress=False).state_dict().items()},
+              str(weights))
+    results = run_hard(tmp_path / "out", frames=2, clips=CLIPS[:1], edits=("painted discs",), fills=("colour",),
+                       progress=False, workers=1, flow_weights=weights)
+    assert results["config"]["estimator"]["estimator"] == "raft"
+    assert results["config"]["estimator"]["weights"] == weights.name  # the file's name, never its folder
+    row = results["clips"][CLIPS[0].name]["edits"]["painted discs"]["flow propagation, colour fill"]
+    assert len(row["psnr"]) == 1 and row["filled"]
+    assert json.loads((tmp_path / "out" / "hard.json").read_text())["config"] == results["config"]
+
+
+def test_bench_hard_refuses_a_missing_weights_file_before_any_work(tmp_path, capsys):
+    assert main(["-q", "bench", "hard", "--out", str(tmp_path / "out"), "--flow-weights", str(tmp_path / "none.pth")]) \
+        == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.pth" in err[0] and "no such file" in err[0]
+    assert not (tmp_path / "out").exists()

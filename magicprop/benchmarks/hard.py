@@ -6,8 +6,8 @@ the frame as a layer that enters from outside. Most of each later frame shows co
 are applied to the stills (OpenCV's `stylization`, colour `pencilSketch`, `xphoto.oilPainting`, painted discs), so
 the ground truth is the same motion of the edited stills. Scores per 30-frame window: PSNR over all pixels, over the
 pixels frame 0 showed and over those it never showed (from the renderer's coordinates), the filled share, warp
-error, and seconds per frame. Rows: the default (colour fill) and the synthesis fill, both with the default strategy
-and carry, and copy-reference.
+error, and seconds per frame. Rows: each fill (colour, the previous default; learned, the default; synthesis), all
+with the default strategy and carry, and copy-reference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ..io.fileio import atomic_path
 from ..log import get_logger
-from ..motion.engine import FlowSettings, import_cv2
+from ..motion.engine import FlowEngine, FlowSettings, import_cv2
 from ..motion.propagate import FILLS
 from .metrics import psnr, ssim, warp_error, window_means, windows
 from .real.clips import still
@@ -177,9 +177,10 @@ def row_name(fill: str) -> str:
 
 
 def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), fills=FILLS, progress: bool = True,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, flow_weights: Path | None = None) -> dict:
     """Every row for every clip and edit; writes hard.json into `out` and returns the results. Clips run in
-    `workers` spawned processes (default: one per CPU core); the figures do not depend on it."""
+    `workers` spawned processes (default: one per CPU core); the figures do not depend on it. flow_weights: a RAFT
+    weights file: every row's flow is RAFT's (the config records it) instead of the default estimator's."""
     import concurrent.futures
     import multiprocessing
     import os
@@ -188,11 +189,11 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
 
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY
 
-    settings = FlowSettings()
+    settings = flow_settings(flow_weights)
     results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
                           "carry": DEFAULT_CARRY, "fill": DEFAULT_FILL, "previous_fill": PREVIOUS_FILL,
                           "estimator": settings.record()}, "clips": {}}
-    jobs = [(clip, frames, tuple(edits), tuple(fills)) for clip in clips]
+    jobs = [(clip, frames, tuple(edits), tuple(fills), settings) for clip in clips]
     workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
     with tqdm(total=len(jobs), desc="bench hard", unit="clip", disable=not progress) as bar:
         if workers > 1:  # spawn, never fork (a fork after torch/OpenCV started their thread pools can deadlock)
@@ -218,12 +219,22 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
     return results
 
 
-def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple[str, ...]) -> dict:
+def flow_settings(flow_weights: Path | None) -> FlowSettings:
+    """The rows' flow: the default estimator, or RAFT with `flow_weights` (checked here, before any work)."""
+    if flow_weights is None:
+        return FlowSettings()
+    settings = FlowSettings(estimator="raft", weights=str(flow_weights))
+    FlowEngine(settings).estimator  # noqa: B018 (loading checks the file: refused in one line here, not in a worker)
+    return settings
+
+
+def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple[str, ...],
+               settings: FlowSettings) -> dict:
     """Every edit and fill of one clip (a process-pool job: the arguments pickle)."""
     from ..motion.propagate import flow_propagate
 
     torch.set_num_threads(1)
-    engine = MemoFlowEngine(FlowSettings())
+    engine = MemoFlowEngine(settings)
     images = stills(clip)  # decoded once: every edit renders from them
     source, shown = render(clip, frames, images=images)
     motion = engine.consecutive(source)

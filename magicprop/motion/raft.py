@@ -61,8 +61,8 @@ class RAFTEstimator:
     def check(settings: RAFTSettings) -> None:
         # worded for every caller (CLI, Python API, nodes): no flag or widget names here; OpticalFlowSequence refuses
         # a missing file in its raft_weights widget before this is reached (nodes/flow/optical_flow.py resolve_weights)
-        fix = ("give a torchvision RAFT weights file (raft_small or raft_large, .safetensors or .pth) as the flow "
-               "weights, or use estimator 'dis' (no weights)")
+        fix = ("give a RAFT weights file (torchvision's raft_small or raft_large, or the RAFT authors' checkpoint; "
+               ".safetensors or .pth) as the flow weights, or use estimator 'dis' (no weights)")
         if not settings.weights:
             raise MagicPropError(f"flow weights: none given for estimator 'raft': {fix}.")
         if not Path(settings.weights).is_file():
