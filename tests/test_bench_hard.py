@@ -46,13 +46,17 @@ def test_bench_hard_with_raft_weights_runs_every_row_on_raft(tmp_path):
     weights = tmp_path / "raft-small-test.safetensors"
     save_file({k: v.contiguous() for k, v in raft_small(weights=None, progress=False).state_dict().items()},
               str(weights))
-    results = run_hard(tmp_path / "out", frames=2, clips=CLIPS[:1], edits=("painted discs",), fills=("colour",),
-                       progress=False, workers=1, flow_weights=weights)
+    runs = {name: run_hard(tmp_path / name, frames=2, clips=CLIPS[:1], edits=("painted discs",), fills=("colour",),
+                           progress=False, workers=1, flow_weights=w) for name, w in (("raft", weights), ("dis", None))}
+    results = runs["raft"]
     assert results["config"]["estimator"]["estimator"] == "raft"
     assert results["config"]["estimator"]["weights"] == weights.name  # the file's name, never its folder
-    row = results["clips"][CLIPS[0].name]["edits"]["painted discs"]["flow propagation, colour fill"]
-    assert len(row["psnr"]) == 1 and row["filled"]
-    assert json.loads((tmp_path / "out" / "hard.json").read_text())["config"] == results["config"]
+    assert runs["dis"]["config"]["estimator"]["estimator"] == "dis"
+    rows = {name: r["clips"][CLIPS[0].name]["edits"]["painted discs"]["flow propagation, colour fill"]
+            for name, r in runs.items()}
+    assert len(rows["raft"]["psnr"]) == 1 and rows["raft"]["filled"]
+    assert rows["raft"]["psnr"] != rows["dis"]["psnr"]  # the rows ran on RAFT's flow, not only the config says so
+    assert json.loads((tmp_path / "raft" / "hard.json").read_text())["config"] == results["config"]
 
 
 def test_bench_hard_refuses_a_missing_weights_file_before_any_work(tmp_path, capsys):
