@@ -189,7 +189,7 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
 
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY
 
-    settings = flow_settings(flow_weights)
+    settings = _row_flow(flow_weights)
     results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
                           "carry": DEFAULT_CARRY, "fill": DEFAULT_FILL, "previous_fill": PREVIOUS_FILL,
                           "estimator": settings.record()}, "clips": {}}
@@ -219,7 +219,7 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
     return results
 
 
-def flow_settings(flow_weights: Path | None) -> FlowSettings:
+def _row_flow(flow_weights: Path | None) -> FlowSettings:
     """The rows' flow: the default estimator, or RAFT with `flow_weights` (checked here, before any work)."""
     if flow_weights is None:
         return FlowSettings()
