@@ -140,7 +140,12 @@ def _add_warp(sub) -> None:
                         "(the frame through the edit's colour mapping) or synthesis (patches of the edited reference "
                         "guided by the frame's content, made once and then carried along the flow); default "
                         f"{DEFAULT_FILL} (bench hard)")
-    p.add_argument("--keyframe-window", type=int, default=8, help="frames over which two keyframes' chains blend")
+    p.add_argument("--keyframe-window", type=int, default=8,
+                   help="frames around the midpoint of two keyframes over which the nearer one changes (blended)")
+    p.add_argument("--keyframes-per-frame", type=int, default=None, metavar="1|2",
+                   help="with several keyframes: 2 = each frame carried from its two nearest keyframes, per pixel the "
+                        "nearer's carry where its flow carries, else the other's (twice the flow work); 1 = from the "
+                        "nearest only; default 2 (bench hard --keyframes)")
     p.add_argument("--mask", type=Path, help="where the edit applies (white): one image, or a folder with one per "
                                              "source frame; the source is kept outside it")
     add_frame_options(p, png_folders=True)
@@ -157,7 +162,7 @@ def _warp(args: argparse.Namespace) -> None:
     job = WarpJob(
         **shared_fields(args), video=args.video, reference=args.reference, reference_index=args.reference_index,
         out=args.out, strategy=args.strategy, carry=args.carry, fill=args.fill, keyframe_window=args.keyframe_window,
-        mask=args.mask, mask_out=args.mask_out,
+        keyframes_per_frame=args.keyframes_per_frame, mask=args.mask, mask_out=args.mask_out,
     )
     path = run_warp(job, progress=not args.quiet)
     log.info("wrote %s", path)
@@ -339,6 +344,9 @@ def _add_bench(sub) -> None:
     h.add_argument("--frames", type=int, default=120, help="frames after the reference")
     h.add_argument("--flow-weights", type=Path, default=None,
                    help="RAFT weights file: every row's flow is RAFT's instead of DIS's (the config records it)")
+    h.add_argument("--keyframes", type=int, nargs="+", default=None, metavar="INDEX",
+                   help="several keyframes (e.g. 0 60), each edited from the ground truth: rows of the first alone, "
+                        "of one keyframe per frame and of two; writes hard-keyframes.json")
     h.set_defaults(func=_bench_hard)
 
 
@@ -372,9 +380,10 @@ def _bench_real(args: argparse.Namespace) -> None:
 def _bench_hard(args: argparse.Namespace) -> None:
     from .benchmarks.hard import run_hard, table
 
-    results = run_hard(args.out, frames=args.frames, progress=not args.quiet, flow_weights=args.flow_weights)
+    results = run_hard(args.out, frames=args.frames, progress=not args.quiet, flow_weights=args.flow_weights,
+                       keyframes=args.keyframes)
     sys.stdout.write("PSNR (dB) per window: all pixels / pixels frame 0 never showed\n" + table(results) + "\n")
-    log.info("wrote %s", (args.out / "hard.json").resolve())
+    log.info("wrote %s", (args.out / ("hard.json" if args.keyframes is None else "hard-keyframes.json")).resolve())
 
 
 def build_parser() -> argparse.ArgumentParser:

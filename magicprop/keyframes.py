@@ -81,30 +81,80 @@ def keyframe_plan(indices: Sequence[int], num_frames: int, window: int = 8) -> t
     generate; there the result moves linearly from a's chain to b's (no seam). Returns (chains, blends) where
     blends[k] = (key_a, key_b, weight of b).
     """
-    check_keyframes(indices, num_frames)
-    if window < 0:
-        raise MagicPropError(f"window={window}: expected 0 or more frames.")
+    _check_window(indices, num_frames, window)
     chains: list[Chain] = []
     blends: dict[int, tuple] = {}
     first, last = indices[0], indices[-1]
     if first > 0:
         chains.append(Chain(0, list(range(first, -1, -1))))
     for n, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
-        gap = b - a - 1
-        w = min(window, gap)
-        lo = a + 1 + (gap - w) // 2  # first frame of the shared window
-        hi = lo + w - 1
-        a_end = hi if w else a + (gap + 1) // 2  # a's chain covers a+1 .. a_end, b's covers b-1 .. b_start
-        b_start = lo if w else a_end + 1
+        lo, hi, a_end, b_start = _meeting(a, b, window)
         if a_end > a:
             chains.append(Chain(n, list(range(a, a_end + 1))))
         if b_start < b:
             chains.append(Chain(n + 1, list(range(b, b_start - 1, -1))))
         for k in range(lo, hi + 1):
-            blends[k] = (n, n + 1, (k - lo + 1) / (w + 1))
+            blends[k] = (n, n + 1, (k - lo + 1) / (hi - lo + 2))
     if last < num_frames - 1:
         chains.append(Chain(len(indices) - 1, list(range(last, num_frames))))
     return chains, blends
+
+
+def _check_window(indices: Sequence[int], num_frames: int, window: int) -> None:
+    check_keyframes(indices, num_frames)
+    if window < 0:
+        raise MagicPropError(f"window={window}: expected 0 or more frames.")
+
+
+def _meeting(a: int, b: int, window: int) -> tuple[int, int, int, int]:
+    """Where the chains of keyframes a < b meet: (lo, hi) the shared window (empty when hi < lo), a's chain covering
+    a+1 .. a_end and b's b-1 .. b_start when each runs only to the meeting."""
+    gap = b - a - 1
+    w = min(window, gap)
+    lo = a + 1 + (gap - w) // 2  # first frame of the shared window
+    hi = lo + w - 1
+    a_end = hi if w else a + (gap + 1) // 2
+    b_start = lo if w else a_end + 1
+    return lo, hi, a_end, b_start
+
+
+def two_keyframe_plan(indices: Sequence[int], num_frames: int,
+                      window: int = 8) -> tuple[list[list[Chain]], dict[int, tuple]]:
+    """The chains of a run that makes every frame from its two nearest keyframes (flow propagation: per pixel the
+    first's carry where it carries, else the second's): the keyframes on each side of it, before the first keyframe
+    the first two, after the last the last two.
+
+    Between two keyframes a < b, a's chain runs forward to b - 1 and b's backward to a + 1; the second keyframe's
+    backward chain runs on through the first to frame 0, the one before the last runs forward through the last to
+    K - 1 (a chain passing a keyframe makes nothing there: the keyframe is the edit). Returns (groups, sides): the
+    chains in groups whose members run over the same frames in the same direction (run them in lockstep, frame by
+    frame, and neither waits for the other), and sides[k] = (first, second, t) for every frame k that is not a
+    keyframe: t of frame k is the result that prefers `second`, 1 - t the one that prefers `first` (the nearer
+    keyframe); t moves from 0 to 1 over `window` frames around the midpoint of two keyframes, where
+    `keyframe_plan`'s blend does (0 before the first keyframe and after the last). With one keyframe: its chains,
+    one per group, and no sides."""
+    _check_window(indices, num_frames, window)
+    n = len(indices)
+    if n == 1:
+        return [[c] for c in keyframe_plan(indices, num_frames, window)[0]], {}
+    sides: dict[int, tuple] = {}
+    for k in range(indices[0]):
+        sides[k] = (0, 1, 0.0)
+    for k in range(indices[-1] + 1, num_frames):
+        sides[k] = (n - 1, n - 2, 0.0)
+    for m, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
+        lo, hi, a_end, _ = _meeting(a, b, window)
+        for k in range(a + 1, b):
+            t = (k - lo + 1) / (hi - lo + 2) if lo <= k <= hi else float(k > (hi if hi >= lo else a_end))
+            sides[k] = (m, m + 1, t)
+    backward = [Chain(m, list(range(x, -1 if m <= 1 else indices[m - 1], -1))) for m, x in enumerate(indices)]
+    forward = [Chain(m, list(range(x, num_frames if m >= n - 2 else indices[m + 1]))) for m, x in enumerate(indices)]
+    groups = []
+    for m in range(n - 1):  # gap by gap, so what waits for its second chain is at most one gap's frames
+        groups.append([backward[1], backward[0]] if m == 0 else [backward[m + 1]])
+        groups.append([forward[m], forward[m + 1]] if m == n - 2 else [forward[m]])
+    groups = [[c for c in g if len(c.indices) > 1] for g in groups]
+    return [g for g in groups if g], sides
 
 
 def lockstep_order(chains: Sequence[Chain]) -> list[int]:

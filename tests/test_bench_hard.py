@@ -65,3 +65,31 @@ def test_bench_hard_refuses_a_missing_weights_file_before_any_work(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.pth" in err[0] and "no such file" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_hard_keyframes_mode_rows_and_acceptance(tmp_path, capsys):
+    """`bench hard --keyframes 0 4`: per fill the first keyframe alone, one keyframe per frame and two, the keyframes
+    left out of the windows; two per frame fill no more than one (a pixel is filled only where neither chain carries);
+    its acceptance compares the two against the one (tiny run: one clip, one edit, 8 frames)."""
+    from magicprop.benchmarks.hard import keyframe_rows, table
+
+    results = run_hard(tmp_path, frames=8, clips=CLIPS[1:2], edits=("pencil sketch",), fills=("colour",),
+                       progress=False, workers=1, keyframes=(0, 4))
+    assert json.loads((tmp_path / "hard-keyframes.json").read_text())["config"]["keyframes"] == [0, 4]
+    assert not (tmp_path / "hard.json").exists()
+    rows = results["clips"][CLIPS[1].name]["edits"]["pencil sketch"]
+    first, one, two = (rows[f"flow propagation, colour fill, {s}"] for s in keyframe_rows((0, 4)))
+    assert list(two["psnr"]) == ["1-8"] and all(r["psnr"]["1-8"] < 60 for r in (first, one, two))  # not 100 dB
+    assert two["filled"]["1-8"] <= one["filled"]["1-8"] + 1e-6 and one["psnr"] != first["psnr"]
+    check = results["acceptance"]["checks"][f"{CLIPS[1].name} / pencil sketch / flow propagation, colour fill"]
+    assert check["gain"]["1-8"] == two["psnr"]["1-8"] - one["psnr"]["1-8"]
+    assert check["gain_over_first_alone"]["1-8"] == two["psnr"]["1-8"] - first["psnr"]["1-8"]
+    assert "over the first alone" in table(results)
+
+
+def test_bench_hard_refuses_bad_keyframes_before_any_work(tmp_path, capsys):
+    for keys in (["0", "500"], ["3"]):
+        assert main(["-q", "bench", "hard", "--out", str(tmp_path / "out"), "--keyframes", *keys]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and keys[-1] in err[0], err
+    assert not (tmp_path / "out").exists()

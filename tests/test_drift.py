@@ -7,7 +7,7 @@ import torch
 from chains import iter_chain
 
 from magicprop.errors import MagicPropError
-from magicprop.keyframes import keyframe_plan
+from magicprop.keyframes import keyframe_plan, two_keyframe_plan
 from magicprop.propdpm.drift import AnchoredDenoiser, anchor_statistics, channel_stats
 from magicprop.propdpm.loop import Keyframe, propagate, propagate_keyframes
 
@@ -86,6 +86,36 @@ def test_keyframe_plan_refuses_bad_indices():
     chains, blends = keyframe_plan([2, 5, 9], 12, 2)
     covered = sorted({i for c in chains for i in c.indices} - {2, 5, 9})
     assert covered == [0, 1, 3, 4, 6, 7, 8, 10, 11] and sorted(blends) == [3, 4, 6, 7]
+
+
+@pytest.mark.parametrize("keys, num, window", [([2, 5, 9], 12, 2), ([0, 60], 121, 8), ([0, 7], 8, 0), ([3, 4], 9, 8)])
+def test_two_keyframe_plan_carries_every_frame_from_its_two_nearest_keyframes(keys, num, window):
+    groups, sides = two_keyframe_plan(keys, num, window)
+    reach: dict[int, set[int]] = {}  # frame -> the keyframe positions whose chains carry it
+    for group in groups:
+        runs = [(c.indices[0], c.indices[-1]) for c in group]
+        assert len(group) == 1 or (len({b for _, b in runs}) == 1 and len({a < b for a, b in runs}) == 1)
+        for c in group:
+            assert [abs(x - y) for x, y in zip(c.indices, c.indices[1:])] == [1] * (len(c.indices) - 1)
+            assert c.indices[0] == keys[c.key]
+            for k in c.indices[1:]:
+                reach.setdefault(k, set()).add(c.key)
+    assert sorted(sides) == sorted(set(range(num)) - set(keys))
+    _, blends = keyframe_plan(keys, num, window)
+    for k, (first, second, t) in sides.items():
+        assert reach[k] >= {first, second}
+        nearer = min(range(len(keys)), key=lambda m: (abs(keys[m] - k), m))
+        after = sum(i < k for i in keys)
+        if k in blends:  # the nearer keyframe changes where keyframe_plan's chains meet, with its weights
+            assert (first, second, t) == blends[k]
+        elif 0 < after < len(keys):
+            assert {first, second} == {after - 1, after} and t in (0.0, 1.0)
+            assert (first, second)[int(t)] == nearer or abs(keys[first] - k) == abs(keys[second] - k)
+        else:  # before the first keyframe or after the last: the two nearest, the nearer first
+            assert t == 0.0 and first == nearer and abs(first - second) == 1
+    # one keyframe: keyframe_plan's chains
+    groups, sides = two_keyframe_plan([4], 10, window)
+    assert not sides and [c.indices for g in groups for c in g] == [c.indices for c in keyframe_plan([4], 10)[0]]
 
 
 def test_anchored_denoiser_wraps_any_denoiser():

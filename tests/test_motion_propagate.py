@@ -173,8 +173,13 @@ def test_streamed_flow_equals_the_whole_clips_motion(engine, clip, strategy):
     assert torch.equal(streamed.frames, whole.frames) and torch.equal(streamed.filled, whole.filled)
     assert streamed.cuts == whole.cuts
     half = flow_propagate(src8, refs, keys, engine, strategy=strategy, window=4, dtype=torch.float16)
-    assert half.frames.dtype == torch.float16 and torch.equal(half.frames, whole.frames.half())
-    assert torch.equal(half.filled, whole.filled.half())
+    # (the first chain's part of a frame between the keyframes waits as float16: the same to its rounding)
+    assert half.frames.dtype == torch.float16 and torch.allclose(half.frames.float(), whole.frames, atol=2e-3)
+    assert torch.allclose(half.filled.float(), whole.filled, atol=2e-3)
+    one = flow_propagate(src8, refs, keys, engine, strategy=strategy, window=4, keyframes_per_frame=1)
+    half = flow_propagate(src8, refs, keys, engine, strategy=strategy, window=4, dtype=torch.float16,
+                          keyframes_per_frame=1)
+    assert torch.equal(half.frames, one.frames.half()) and torch.equal(half.filled, one.filled.half())
     # pair by pair: what consecutive stores, the same validity, and at most `cache` pairs held
     full, pairs = engine.consecutive(src), PairwiseMotion(engine, lambda k: src8[k], src.shape[0], src.shape[1:3])
     for i in (3, 0, 3, 11):
@@ -184,10 +189,11 @@ def test_streamed_flow_equals_the_whole_clips_motion(engine, clip, strategy):
 
 
 def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
+    """One keyframe per frame: each frame from the nearer keyframe's chain, the two blended over the window."""
     src, truth = clip.source.frames, clip.edit.frames
     motion = engine.consecutive(src)
     a, b, window = 0, 12, 4
-    both = flow_propagate(src, truth[[a, b]], [a, b], engine, motion=motion, window=window)
+    both = flow_propagate(src, truth[[a, b]], [a, b], engine, motion=motion, window=window, keyframes_per_frame=1)
     only_a = flow_propagate(src, truth[[a]], [a], engine, motion=motion)
     only_b = flow_propagate(src, truth[[b]], [b], engine, motion=motion)
     _, blends = keyframe_plan([a, b], src.shape[0], window)
@@ -204,6 +210,48 @@ def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
     own = (truth[1:] - truth[:-1]).abs().mean((1, 2, 3))
     assert float((steps - own).max()) < 0.02
     assert torch.equal(both.frames[b], truth[b]) and torch.equal(both.frames[a], truth[a])
+
+
+@pytest.mark.parametrize("keys", [[0, 12], [2, 6, 10]], ids=["two", "three, mid-clip"])
+def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, clip, keys):
+    """Every frame from its two nearest keyframes (those on each side; the first two before the first, the last two
+    after the last): per pixel the nearer keyframe's carry where it carries, else the other's where that carries,
+    else the nearer's fill; the nearer changes over the window, blended linearly. Each keyframe's chains are those of
+    a run with that keyframe alone, so the result follows from the single-keyframe runs."""
+    src, truth = clip.source.frames, clip.edit.frames
+    motion = engine.consecutive(src)
+    window, num = 4, src.shape[0]
+    result = flow_propagate(src, truth[keys], keys, engine, motion=motion, window=window)
+    alone = [flow_propagate(src, truth[[i]], [i], engine, motion=motion) for i in keys]
+
+    def prefer(m, n, k):
+        carried_m, carried_n = 1 - alone[m].filled[k], 1 - alone[n].filled[k]
+        img = carried_m[..., None] * alone[m].frames[k] + (1 - carried_m[..., None]) * (
+            carried_n[..., None] * alone[n].frames[k] + (1 - carried_n[..., None]) * alone[m].frames[k])
+        return img, alone[m].filled[k] * alone[n].filled[k]
+
+    _, blends = keyframe_plan(keys, num, window)
+    took_other = 0
+    for k in range(num):
+        if k in keys:
+            assert torch.equal(result.frames[k], truth[k])
+            continue
+        after = sum(i < k for i in keys)  # keyframe positions: frame k lies between after - 1 and after
+        first, second = (0, 1) if after == 0 else (after - 1, after - 2) if after == len(keys) else (after - 1, after)
+        if k in blends:
+            t = blends[k][2]
+        else:
+            t = float(after not in (0, len(keys)) and k > (keys[after - 1] + keys[after]) / 2)
+        if after not in (0, len(keys)) and t == 1:
+            first, second = second, first
+        expected, share = prefer(first, second, k)
+        if 0 < t < 1:
+            other, other_share = prefer(second, first, k)
+            expected, share = (1 - t) * expected + t * other, (1 - t) * share + t * other_share
+        assert torch.allclose(result.frames[k], expected, atol=1e-5), k
+        assert torch.allclose(result.filled[k], share, atol=1e-5), k
+        took_other += int(((alone[first].filled[k] > 0.5) & (alone[second].filled[k] < 0.5)).sum())
+    assert took_other > 100  # the other keyframe's carry was taken where the nearer's chain filled
 
 
 def test_mask_keeps_the_source_outside_exactly(engine, clip):

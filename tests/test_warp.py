@@ -120,6 +120,8 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
                                      tmp_path / "raft.pth"), "--flow-weights", "raft.pth", "--flow dis")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow", "horn"), "'horn'", "dis")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--fill", "paint"), "--fill 'paint'", "synthesis")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--keyframes-per-frame", "3"), "--keyframes-per-frame 3",
+             "[1, 2]")
     small = tmp_path / "small.png"
     save_image(small, torch.zeros(16, 16, 3))
     _refused(capsys, tmp_path, _args(bigbuckbunny, small, out), "--reference", "small.png", "video's size")

@@ -85,6 +85,40 @@ def test_sink_gets_each_final_frame_once_equal_to_the_whole_clip_result(bigbuckb
         assert torch.equal(got[k][1], whole.filled[k]), f"filled share {k}"
 
 
+def test_frames_between_keyframes_wait_in_a_temporary_file_one_gap_at_a_time(bigbuckbunny, edits, monkeypatch):
+    """With a sink and two keyframes per frame (the default), the first chain's part of a frame between two keyframes
+    waits in a temporary file (`TensorSlots`), never much more than one gap's frames at once, read back exactly: the
+    sink sees the whole-clip result."""
+    import magicprop.motion.propagate as propagate
+    from magicprop.io.spool import TensorSlots
+
+    live: set[int] = set()
+    most = {"held": 0, "written": 0}
+
+    class Counted(TensorSlots):
+        def __setitem__(self, k, x):
+            super().__setitem__(k, x)
+            live.add(k)
+            most["held"], most["written"] = max(most["held"], len(live)), most["written"] + 1
+
+        def __getitem__(self, k):
+            live.discard(k)
+            return super().__getitem__(k)
+
+    monkeypatch.setattr(propagate, "TensorSlots", Counted)
+    keys = [1, 4, 7]
+    reference = resize_width(torch.cat([load_image(edits[i]) for i in keys]), WIDTH).mul(255).round().div(255)
+    engine = FlowEngine(FlowSettings(estimator="dis", preset="medium", work_size=512))
+    got: dict[int, torch.Tensor] = {}
+    flow_propagate(_clip(bigbuckbunny), reference, keys, engine, strategy=DEFAULT_STRATEGY, window=WINDOW,
+                   dtype=torch.float16, fill="colour", on_frame=lambda k, frame, _filled: got.__setitem__(k, frame))
+    whole = _core(bigbuckbunny, [edits[i] for i in keys], keys, fill="colour")
+    assert sorted(got) == list(range(FRAMES)) and all(torch.equal(got[k], whole.frames[k]) for k in got)
+    # every frame but the keyframes waits once; at most a gap (2 frames) and the frame the chains before the first
+    # keyframe make in lockstep (frame 0); every part is read back
+    assert most["written"] == FRAMES - len(keys) and most["held"] == 3 and not live
+
+
 def _warp(video, refs: list[Path], indices: list[int], out, *extra, frames: int = FRAMES, width: int = WIDTH,
           fill: str | None = None) -> list[str]:
     return ["-q", "warp", "--video", str(video), "--reference", *map(str, refs), "--reference-index",
@@ -92,16 +126,20 @@ def _warp(video, refs: list[Path], indices: list[int], out, *extra, frames: int 
             "--keyframe-window", str(WINDOW), *(["--fill", fill] if fill else []), *map(str, extra)]
 
 
-@pytest.mark.parametrize("keys", [[4], [1, 7]], ids=["mid-clip reference", "two keyframes"])
-def test_streamed_png_output_equals_the_whole_clip_run(tmp_path, bigbuckbunny, edits, keys):
+@pytest.mark.parametrize("keys, per_frame", [([4], None), ([1, 7], None), ([1, 7], 1)],
+                         ids=["mid-clip reference", "two keyframes", "two keyframes, one per frame"])
+def test_streamed_png_output_equals_the_whole_clip_run(tmp_path, bigbuckbunny, edits, keys, per_frame):
     """The default path (learned fill): the PNG folder written frame by frame decodes to the whole-clip result."""
     refs = [edits[i] for i in keys]
     out = tmp_path / "frames"
-    assert main(_warp(bigbuckbunny, refs, keys, f"{out}/")) == 0
+    extra = [] if per_frame is None else ["--keyframes-per-frame", per_frame]
+    assert main(_warp(bigbuckbunny, refs, keys, f"{out}/", *extra)) == 0
     assert [p.name for p in list_frames(out)] == [f"{k:05d}.png" for k in range(FRAMES)]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
-    expected = _core(bigbuckbunny, refs, keys)
+    expected = _core(bigbuckbunny, refs, keys, **({} if per_frame is None else {"keyframes_per_frame": per_frame}))
     assert torch.equal(_u8(read_frames(out)), _u8(expected.frames))
+    if per_frame == 1:  # the option reaches the core: one keyframe per frame differs from the default's two
+        assert not torch.equal(_u8(expected.frames), _u8(_core(bigbuckbunny, refs, keys).frames))
 
 
 # -- interrupted runs ----------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MagicPropError
 from ..io.fileio import atomic_path
+from ..keyframes import check_keyframes
 from ..log import get_logger
 from ..motion.engine import FlowEngine, FlowSettings, import_cv2
 from ..motion.propagate import FILLS
@@ -176,11 +178,18 @@ def row_name(fill: str) -> str:
     return f"flow propagation, {fill} fill"
 
 
-def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), fills=FILLS, progress: bool = True,
-             workers: int | None = None, flow_weights: Path | None = None) -> dict:
+def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), fills=None, progress: bool = True,
+             workers: int | None = None, flow_weights: Path | None = None,
+             keyframes: tuple[int, ...] | None = None) -> dict:
     """Every row for every clip and edit; writes hard.json into `out` and returns the results. Clips run in
     `workers` spawned processes (default: one per CPU core); the figures do not depend on it. flow_weights: a RAFT
-    weights file: every row's flow is RAFT's (the config records it) instead of the default estimator's."""
+    weights file: every row's flow is RAFT's (the config records it) instead of the default estimator's.
+
+    keyframes: the several-keyframes mode (hard-keyframes.json): each keyframe edited from the ground truth (as a
+    user paints it) and, per fill, three rows: the first keyframe alone, every keyframe with one keyframe per frame
+    (the nearest in time) and with two (`flow_propagate`'s keyframes_per_frame); the keyframes themselves are left
+    out of the windows. Its acceptance: two keyframes per frame against one, per window (KEYFRAME_MARGIN).
+    fills: every fill (FILLS) when None; in the several-keyframes mode, the default and the previous default."""
     import concurrent.futures
     import multiprocessing
     import os
@@ -193,7 +202,14 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
     results = {"config": {"frames": frames, "size": list(SIZE), "window": WINDOW, "strategy": DEFAULT_STRATEGY,
                           "carry": DEFAULT_CARRY, "fill": DEFAULT_FILL, "previous_fill": PREVIOUS_FILL,
                           "estimator": settings.record()}, "clips": {}}
-    jobs = [(clip, frames, tuple(edits), tuple(fills), settings) for clip in clips]
+    if keyframes is not None:
+        keyframes = tuple(check_keyframes(keyframes, frames + 1))
+        if len(keyframes) < 2:
+            raise MagicPropError(f"bench hard keyframes {list(keyframes)}: expected two or more keyframe indices.")
+        results["config"]["keyframes"] = list(keyframes)
+    if fills is None:
+        fills = FILLS if keyframes is None else (PREVIOUS_FILL, DEFAULT_FILL)
+    jobs = [(clip, frames, tuple(edits), tuple(fills), settings, keyframes) for clip in clips]
     workers = min(len(jobs), os.cpu_count() or 1) if workers is None else max(1, min(workers, len(jobs)))
     with tqdm(total=len(jobs), desc="bench hard", unit="clip", disable=not progress) as bar:
         if workers > 1:  # spawn, never fork (a fork after torch/OpenCV started their thread pools can deadlock)
@@ -212,9 +228,9 @@ def run_hard(out: Path, frames: int = FRAMES, clips=CLIPS, edits=tuple(EDITS), f
     for clip, entry in zip(clips, entries, strict=True):
         results["clips"][clip.name] = entry
     results["config"]["workers"] = workers
-    results["acceptance"] = acceptance(results)
+    results["acceptance"] = acceptance(results) if keyframes is None else keyframes_acceptance(results)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "hard.json") as tmp:
+    with atomic_path(out / ("hard.json" if keyframes is None else "hard-keyframes.json")) as tmp:
         tmp.write_text(json.dumps(results, indent=1))
     return results
 
@@ -228,8 +244,15 @@ def _row_flow(flow_weights: Path | None) -> FlowSettings:
     return settings
 
 
+def keyframe_rows(keyframes: tuple[int, ...]) -> dict[str, tuple[list[int], int]]:
+    """The several-keyframes mode's rows (name suffix -> (keyframes, keyframes per frame))."""
+    names = " and ".join(map(str, keyframes))
+    return {f"keyframe {keyframes[0]}": ([keyframes[0]], 1), f"keyframes {names}, one per frame": (list(keyframes), 1),
+            f"keyframes {names}, two per frame": (list(keyframes), 2)}
+
+
 def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple[str, ...],
-               settings: FlowSettings) -> dict:
+               settings: FlowSettings, keyframes: tuple[int, ...] | None = None) -> dict:
     """Every edit and fill of one clip (a process-pool job: the arguments pickle)."""
     from ..motion.propagate import flow_propagate
 
@@ -239,26 +262,61 @@ def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple
     source, shown = render(clip, frames, images=images)
     motion = engine.consecutive(source)
     entry = {"unseen_share": _means((~shown).float().flatten(1).mean(1)), "edits": {}}
+    runs = {"": ([0], 1)} if keyframes is None else keyframe_rows(keyframes)
     for edit in edits:
         truth, _ = render(clip, frames, EDITS[edit], images)
         rows = {COPY: {"psnr": _means(psnr(truth[:1].expand_as(truth), truth))}}
         for fill in fills:
-            start = time.perf_counter()
-            res = flow_propagate(source, truth[:1], [0], engine, motion=motion, fill=fill)
-            seconds = (time.perf_counter() - start) / frames
-            rows[row_name(fill)] = {
-                "psnr": _means(psnr(res.frames, truth)),
-                "psnr_shown": _means(psnr(res.frames, truth, shown)),
-                "psnr_never_shown": _means(psnr(res.frames, truth, ~shown)),
-                "ssim": _means(ssim(res.frames, truth)),
-                "filled": _means(res.filled.float().flatten(1).mean(1)),
-                "warp_error": float(warp_error(res.frames, motion).mean()),
-                "seconds_per_frame": round(seconds, 3),
-            }
+            for suffix, (keys, per_frame) in runs.items():
+                start = time.perf_counter()
+                res = flow_propagate(source, truth[keys], keys, engine, motion=motion, fill=fill,
+                                     keyframes_per_frame=per_frame)
+                seconds = (time.perf_counter() - start) / frames
+                rows[row_name(fill) + (f", {suffix}" if suffix else "")] = {
+                    "psnr": _scored(psnr(res.frames, truth), keyframes),
+                    "psnr_shown": _scored(psnr(res.frames, truth, shown), keyframes),
+                    "psnr_never_shown": _scored(psnr(res.frames, truth, ~shown), keyframes),
+                    "ssim": _means(ssim(res.frames, truth)),
+                    "filled": _means(res.filled.float().flatten(1).mean(1)),
+                    "warp_error": float(warp_error(res.frames, motion).mean()),
+                    "seconds_per_frame": round(seconds, 3),
+                }
         rows["ground truth"] = {"warp_error": float(warp_error(truth, motion).mean())}
         entry["edits"][edit] = rows
     log.info("bench hard: %s done", clip.name)
     return entry
+
+
+def _scored(per_frame: torch.Tensor, keyframes: tuple[int, ...] | None) -> dict:
+    """Window means of a per-frame metric; edited keyframes (the truth itself) are left out."""
+    if keyframes:
+        per_frame = per_frame.clone()
+        per_frame[list(keyframes)] = float("nan")
+    return _means(per_frame)
+
+
+KEYFRAME_MARGIN = 0.3
+"""Several-keyframes mode: two keyframes per frame may lose at most this (dB, per window, all pixels) against one."""
+
+
+def keyframes_acceptance(results: dict) -> dict:
+    """Two keyframes per frame against one, per clip, edit and fill: no window worse by more than KEYFRAME_MARGIN;
+    also the gain over the first keyframe alone (reported, not checked)."""
+    first, one, two = keyframe_rows(tuple(results["config"]["keyframes"]))
+    checks = {}
+    for clip, entry in results["clips"].items():
+        for edit, rows in entry["edits"].items():
+            for name in rows:
+                if not name.endswith(two):
+                    continue
+                base = name[: -len(two)]
+                a, b, c = rows[name]["psnr"], rows[base + one]["psnr"], rows[base + first]["psnr"]
+                gain = {w: a[w] - b[w] for w in a}
+                checks[f"{clip} / {edit} / {base[:-2]}"] = {
+                    "gain": gain, "gain_over_first_alone": {w: a[w] - c[w] for w in a},
+                    "passed": min(gain.values()) >= -KEYFRAME_MARGIN}
+    return {"margin": KEYFRAME_MARGIN, "default": two, "previous": one, "checks": checks,
+            "passed": bool(checks) and all(c["passed"] for c in checks.values())}
 
 
 def acceptance(results: dict) -> dict:
@@ -290,6 +348,7 @@ def acceptance(results: dict) -> dict:
 def table(results: dict) -> str:
     """PSNR (dB) per window: all pixels / never-shown pixels, per clip, edit and row."""
     lines = []
+    width = max((len(n) for e in results["clips"].values() for r in e["edits"].values() for n in r), default=32)
     for clip, entry in results["clips"].items():
         unseen = " / ".join(f"{v:.2f}" for v in entry["unseen_share"].values())
         lines.append(f"{clip} (never shown by frame 0, per window: {unseen})")
@@ -303,13 +362,18 @@ def table(results: dict) -> str:
                 extra = "" if "filled" not in r else (
                     f"  filled {' / '.join(f'{v:.2f}' for v in r['filled'].values())}  warp error "
                     f"{r['warp_error']:.4f}  {r['seconds_per_frame']:.2f} s/frame")
-                lines.append(f"  {edit:14s} {name:32s} {cells}{extra}")
+                lines.append(f"  {edit:14s} {name:{width}s} {cells}{extra}")
     acc = results.get("acceptance")
     if acc and acc["checks"]:
         lines.append(f"acceptance ({acc['default']} against {acc['previous']}): "
                      f"{'passed' if acc['passed'] else 'FAILED'}")
         for name, c in acc["checks"].items():
             gains = " / ".join(f"{g:+.2f}" for g in c["gain"].values())
+            if "gain_over_first_alone" in c:
+                first = " / ".join(f"{g:+.2f}" for g in c["gain_over_first_alone"].values())
+                lines.append(f"  {name:58s} gain {gains}  over the first alone {first}"
+                             f"  {'ok' if c['passed'] else 'FAILED'}")
+                continue
             never = " / ".join(f"{g:+.2f}" for g in c["gain_never_shown"].values())
             lines.append(f"  {name:40s} gain {gains}  never shown {never}  warp error x{c['warp_error_ratio']:.2f}"
                          f"  {'ok' if c['passed'] else 'FAILED'}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from typing import IO
 
 import numpy as np
 import torch
@@ -19,7 +20,22 @@ import torch
 from ..errors import MagicPropError
 
 
-class FrameSpool:
+class _TemporaryFile:
+    """What owns an unnamed temporary file (`_file`): closed (so deleted) by `close` or at the end of a `with`."""
+
+    _file: IO[bytes]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _TemporaryFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FrameSpool(_TemporaryFile):
     """(K, H, W, 3) uint8 frames on disk, indexed like a tensor: `spool[k]` is frame k as an (H, W, 3) uint8 tensor."""
 
     ndim = 4
@@ -61,11 +77,24 @@ class FrameSpool:
         data = os.pread(self._file.fileno(), self._bytes, (k % n) * self._bytes)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(*self.shape[1:])
 
-    def close(self) -> None:
-        self._file.close()
 
-    def __enter__(self) -> FrameSpool:
-        return self
+class TensorSlots(_TemporaryFile):
+    """Tensors of one shape and dtype kept by slot index in an unnamed temporary file (deleted on close, and by the
+    kernel if the process dies): what a run must hold for many frames stays off memory. `slots[k] = x` writes slot
+    k, `slots[k]` reads it back (the same values); a slot never written reads as zeros."""
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.shape, self.dtype = tuple(shape), dtype
+        self._bytes = int(np.prod(self.shape)) * torch.empty((), dtype=dtype).element_size()
+        self._file = tempfile.TemporaryFile(prefix="magicprop-held-")  # noqa: SIM115 (lives as long as the slots)
+
+    def __setitem__(self, k: int, x: torch.Tensor) -> None:
+        if tuple(x.shape) != self.shape:
+            raise MagicPropError(f"slot {k}: a tensor of shape {tuple(x.shape)}, expected {self.shape}.")
+        data = x.detach().to("cpu", self.dtype).contiguous().view(torch.uint8).numpy()
+        os.pwrite(self._file.fileno(), memoryview(data).cast("B"), int(k) * self._bytes)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        data = os.pread(self._file.fileno(), self._bytes, int(k) * self._bytes)
+        data = data + bytes(self._bytes - len(data))  # past the file's end: never written
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(self.dtype).view(self.shape)

@@ -51,6 +51,9 @@ class WarpJob(FlowOptions):
     fill: str | None = None
     """A name in magicprop.motion.propagate.FILLS (what the flow cannot see gets); None = its default."""
     keyframe_window: int = 8
+    keyframes_per_frame: int | None = None
+    """With several keyframes, what each frame is made from (magicprop.motion.propagate.KEYFRAMES_PER_FRAME); None =
+    its default."""
     mask: Path | None = None
     """Where the edit applies: one image for every frame, or a folder with one per source frame."""
     mask_out: str | Path | None = None
@@ -60,7 +63,16 @@ class WarpJob(FlowOptions):
 
 
 def _strategy(job: WarpJob) -> str:
-    from ..motion.propagate import CARRIES, DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_STRATEGY, FILLS, STRATEGIES
+    from ..motion.propagate import (
+        CARRIES,
+        DEFAULT_CARRY,
+        DEFAULT_FILL,
+        DEFAULT_KEYFRAMES_PER_FRAME,
+        DEFAULT_STRATEGY,
+        FILLS,
+        KEYFRAMES_PER_FRAME,
+        STRATEGIES,
+    )
 
     name = DEFAULT_STRATEGY if job.strategy is None else job.strategy
     if name not in STRATEGIES:
@@ -69,6 +81,9 @@ def _strategy(job: WarpJob) -> str:
         raise MagicPropError(f"--carry {job.carry!r}: expected one of {list(CARRIES)} (default {DEFAULT_CARRY}).")
     if job.fill is not None and job.fill not in FILLS:
         raise MagicPropError(f"--fill {job.fill!r}: expected one of {list(FILLS)} (default {DEFAULT_FILL}).")
+    if job.keyframes_per_frame is not None and job.keyframes_per_frame not in KEYFRAMES_PER_FRAME:
+        raise MagicPropError(f"--keyframes-per-frame {job.keyframes_per_frame!r}: expected one of "
+                             f"{list(KEYFRAMES_PER_FRAME)} (default {DEFAULT_KEYFRAMES_PER_FRAME}).")
     return name
 
 
@@ -206,15 +221,16 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     Streamed: the selected frames are spooled to a temporary file (`read_selected`) and each output frame is written
     as soon as it is final (`flow_propagate`'s `on_frame`): a PNG folder at once, an mp4 in frame order (the frames
     before a mid-clip keyframe, made by its backward chain first, wait as uint8 in a temporary file until that chain
-    reaches frame 0: `io.stream.VideoStream`). What memory holds does not grow with the clip: the blend window
-    between two keyframes (at most --keyframe-window frames), the chains' carried state, a few flow pairs. An
+    reaches frame 0: `io.stream.VideoStream`). What memory holds does not grow with the clip: the chains' carried
+    state, a few flow pairs, and the blend window between two keyframes (at most --keyframe-window frames) or, with
+    two keyframes per frame, the first chain's part of a gap's frames in a temporary file. An
     interrupted run (Ctrl-C, an error) still closes its outputs, a valid partial PNG folder or mp4, and logs which
     frames they hold.
     """
     from tqdm.auto import tqdm
 
     from ..keyframes import keyframe_plan
-    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, flow_propagate
+    from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_KEYFRAMES_PER_FRAME, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
     with read_selected(job) as frames:
@@ -238,5 +254,6 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
                 flow_propagate(frames, references, indices, engine, strategy=strategy, window=job.keyframe_window,
                                mask=mask, callback=lambda _i: bar.update(1), carry=job.carry or DEFAULT_CARRY,
                                fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=outputs.put,
-                               device=job.device)
+                               device=job.device, keyframes_per_frame=job.keyframes_per_frame or
+                               DEFAULT_KEYFRAMES_PER_FRAME)
     return Path(job.out)

@@ -24,6 +24,7 @@ mapped pixels; where nothing is carried the residual is continued from around th
 
 from __future__ import annotations
 
+import heapq
 import math
 import queue
 import threading
@@ -34,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MagicPropError
-from ..io.spool import FrameSpool
-from ..keyframes import keyframe_plan, meet
+from ..io.spool import FrameSpool, TensorSlots
+from ..keyframes import Chain, keyframe_plan, meet, two_keyframe_plan
 from ..log import get_logger
 from ..seeding import frame_seed
 from .colour import EditMapping, fit_edit_mapping, luma
@@ -602,6 +603,70 @@ def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> t
     return weight * values + (1 - weight) * est
 
 
+KEYFRAMES_PER_FRAME = (1, 2)
+"""What each frame is made from with several keyframes. 1: the keyframe nearest in time (`keyframes.keyframe_plan`:
+each chain runs to the midpoint, two chains blend over `window` frames there). 2: its two nearest keyframes
+(`keyframes.two_keyframe_plan`): both chains carry the frame, and per pixel the nearer keyframe's carry is taken
+where its flow carries, else the other's where that carries, else the nearer's fill (`_two_sides`), so a frame gets
+the edit of whichever keyframe saw its content; twice the flow work between keyframes."""
+DEFAULT_KEYFRAMES_PER_FRAME = 2
+"""A second keyframe then adds what it saw without taking from frames the first saw better (bench hard's keyframes
+mode, docs/decisions.md "Several keyframes")."""
+
+
+def _two_sides(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
+               t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame k from its two keyframes' parts, each (frame (H, W, 3), filled share (H, W)): 1 - t of the result that
+    prefers `first` (its carry where it carries, else `second`'s carry where that carries, else `first`'s fill) and t
+    of the one that prefers `second`; the filled share is what neither carries."""
+    def prefer(a, b):
+        return a[0] + (a[1] * (1 - b[1]))[..., None] * (b[0] - a[0]), a[1] * b[1]
+    if t <= 0:
+        return prefer(first, second)
+    if t >= 1:
+        return prefer(second, first)
+    return tuple((1 - t) * x + t * y for x, y in zip(prefer(first, second), prefer(second, first), strict=True))
+
+
+class _Held:
+    """With two keyframes per frame, the part (frame, filled share) of the chain that reaches a frame first, until the
+    other chain does, in the result's `dtype` (so a sink sees what a whole-clip run gives): in the result's own rows
+    when there is one, else in a temporary file (`TensorSlots`: memory stays flat; 4 values a pixel, at most one gap
+    between two keyframes)."""
+
+    def __init__(self, frames: torch.Tensor | None, filled: torch.Tensor | None, size: tuple[int, int],
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.frames, self.filled, self.device = frames, filled, device
+        self.slots = TensorSlots((*size, 4), dtype) if frames is None else None
+        self.keys: dict[int, int] = {}
+
+    def put(self, k: int, key: int, part: tuple[torch.Tensor, torch.Tensor]) -> None:
+        img, share = part
+        if self.slots is None:
+            self.frames[k], self.filled[k] = img.cpu(), share.cpu()
+        else:
+            self.slots[k] = torch.cat([img, share[..., None]], -1)
+        self.keys[k] = key
+
+    def take(self, k: int) -> tuple[int, tuple[torch.Tensor, torch.Tensor]] | None:
+        """(keyframe position, part) held for frame k, or None (then k's first part is still to come)."""
+        if k not in self.keys:
+            return None
+        if self.slots is None:
+            img, share = self.frames[k], self.filled[k]
+        else:
+            both = self.slots[k]
+            img, share = both[..., :3], both[..., 3]
+        return self.keys.pop(k), (img.to(self.device).float(), share.to(self.device).float())
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.slots is not None:
+            self.slots.close()
+
+
 def detect_cuts(motion: Motion | PairwiseMotion) -> list[int]:
     """Frame indices k + 1 where pair (k, k + 1) is a hard cut: its forward-backward validity collapses.
 
@@ -674,13 +739,17 @@ def flow_propagate(
     seed: int = 0,
     on_frame: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     device: torch.device | str = "cpu",
+    keyframes_per_frame: int = DEFAULT_KEYFRAMES_PER_FRAME,
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
     float in [0, 1] or uint8 (converted a frame at a time), a tensor or a `FrameSpool` (read a frame at a time).
 
     motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
-    the chains step through it (`PairwiseMotion`: no flow held for the whole clip). Each frame comes from its
-    nearest keyframe's chain; two chains are blended linearly over `window` frames where they meet. mask (1 or K, H,
+    the chains step through it (`PairwiseMotion`: no flow held for the whole clip). keyframes_per_frame
+    (KEYFRAMES_PER_FRAME): with 2 (the default) each frame is carried from its two nearest keyframes and takes, per
+    pixel, the nearer's carry where it carries, else the other's; with 1 each frame comes from its nearest keyframe's
+    chain. Either way the nearer keyframe changes over `window` frames around the midpoint of two keyframes, blended
+    linearly (no seam). mask (1 or K, H,
     W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
     needed): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
     may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
@@ -692,9 +761,11 @@ def flow_propagate(
     on_frame(k, frame (H, W, 3), filled (H, W)), both in `dtype` (exactly what the result would hold for frame k),
     is called once per frame as soon as it is final (every chain that reaches it has passed: the keyframes first,
     then each chain's frames in the chain's order, a blended frame when its second chain reaches it); with it the
-    whole-clip output is never allocated and the result's `frames` and `filled` are None. What is held then is what
-    the chains need, not the clip: the blend window's first parts (at most `window` frames), the chain's carried
-    state, a few cached flow pairs.
+    whole-clip output is never allocated and the result's `frames` and `filled` are None. What memory holds then is
+    what the chains need, not the clip: the chain's carried state, a few cached flow pairs, and with one keyframe per
+    frame the blend window's first parts (at most `window` frames); with two, the first chain's parts of the frames
+    between two keyframes wait in a temporary file (`_Held`: 4 values a pixel in `dtype`, at most one gap's frames)
+    and the chains before the first keyframe and after the last run in lockstep (nothing waits).
 
     device: where the frame-size work runs (warps, the colour mapping, the fill, blending, masks; the learned fill's
     network is trained on the CPU and applied there); flow estimation with the OpenCV estimators and the working-size
@@ -708,7 +779,15 @@ def flow_propagate(
         raise MagicPropError(f"flow propagation fill {fill!r}: expected one of {list(FILLS)}.")
     indices = [int(i) for i in indices]
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
-    chains, blends = keyframe_plan(indices, frames.shape[0], window)  # index and window checks before the work
+    if keyframes_per_frame not in (1, 2):
+        raise MagicPropError(f"keyframes_per_frame={keyframes_per_frame!r}: expected 1 (each frame from the keyframe "
+                             "nearest in time) or 2 (from its two nearest keyframes, per pixel).")
+    two = keyframes_per_frame == 2 and len(indices) > 1
+    if two:  # index and window checks before the work
+        groups, sides = two_keyframe_plan(indices, frames.shape[0], window)
+    else:
+        chains, blends = keyframe_plan(indices, frames.shape[0], window)
+    keyframes = set(indices)
     num, h, w, _ = frames.shape
     ctx = _Context(frames, engine, motion, device)
     frame, full = ctx.frame, ctx.full
@@ -744,9 +823,10 @@ def flow_propagate(
 
     for n, i in enumerate(indices):
         finish(i, references[n].float().to(device), torch.zeros(h, w, device=device))
-    pending: dict[int, dict[int, tuple]] = {}
     translations: dict[int, EditTranslation | None] = {}
-    for chain in chains:
+
+    def run(chain: Chain) -> Iterator[tuple[int, int, tuple[torch.Tensor, torch.Tensor]]]:
+        """(k, keyframe position, (frame k (H, W, 3), its filled share (H, W))) for each frame of the chain."""
         key, mapping = chain.key, mappings[chain.key]
         reference = references[key].float().to(device).permute(2, 0, 1)[None]
         if carry == "residual":  # the edit less its colour mapping's prediction, added back to each frame's mapping
@@ -790,9 +870,32 @@ def flow_propagate(
                 img = _followed(trail, img, weight)
             if made is not None:
                 img = made.fill(k, img, weight)
-            part = meet(pending, blends, k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0]))
-            if part is not None:
-                finish(k, *part)
+            yield k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0])
+
+    if not two:
+        pending: dict[int, dict[int, tuple]] = {}
+        for chain in chains:
+            for k, key, part in run(chain):
+                part = meet(pending, blends, k, key, part)
+                if part is not None:
+                    finish(k, *part)
+    else:
+        with _Held(out, filled, (h, w), dtype, device) as held:
+            for group in groups:  # chains over the same frames in the same direction run in lockstep
+                backward = group[0].indices[-1] < group[0].indices[0]
+                items = run(group[0]) if len(group) == 1 else \
+                    heapq.merge(*map(run, group), key=lambda item: item[0], reverse=backward)
+                for k, key, part in items:
+                    if k in keyframes:  # a chain passing another keyframe: the keyframe is the edit
+                        continue
+                    part = (part[0].clamp(0, 1), part[1])
+                    other = held.take(k)
+                    if other is None:
+                        held.put(k, key, part)
+                        continue
+                    parts = dict([other, (key, part)])
+                    first, second, t = sides[k]
+                    finish(k, *_two_sides(parts[first], parts[second], t))
     cuts = detect_cuts(motion)
     for c in cuts:
         log.warning("hard cut at frame %d (the flow from frame %d finds almost nothing): the edit cannot be carried "

@@ -68,9 +68,11 @@ class FlowPropagate(io.ComfyNode):
                                        "default), backward = k+1 to k (its backward_flow option)."),
                 io.String.Input("keyframe_indices", default="", optional=True,
                                 tooltip="With several edited frames in reference: their frame numbers, e.g. \"0, 60, "
-                                        "119\". Each frame comes from its nearest keyframe."),
+                                        "119\". Each frame is carried from its two nearest keyframes: per pixel the "
+                                        "nearer one's edit where the flow carries it, else the other's."),
                 io.Int.Input("keyframe_window", default=8, min=0, max=1000, optional=True,
-                             tooltip="Frames over which the chains of two keyframes are blended where they meet."),
+                             tooltip="Frames around the midpoint of two keyframes over which the nearer one changes "
+                                     "(the two are blended there)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where the edit applies (1 mask or one per frame); outside it the source frames "
                                       "are kept."),
