@@ -216,8 +216,9 @@ def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
 def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, clip, keys):
     """Every frame from its two nearest keyframes (those on each side; the first two before the first, the last two
     after the last): per pixel the nearer keyframe's carry where it carries, else the other's where that carries,
-    else the nearer's fill; the nearer changes over the window, blended linearly. Each keyframe's chains are those of
-    a run with that keyframe alone, so the result follows from the single-keyframe runs."""
+    else the nearer's fill (where both carry, either: the judge, tested below); the nearer changes over the window,
+    blended linearly. Each keyframe's chains are those of a run with that keyframe alone, so the result follows from
+    the single-keyframe runs."""
     src, truth = clip.source.frames, clip.edit.frames
     motion = engine.consecutive(src)
     window, num = 4, src.shape[0]
@@ -248,10 +249,37 @@ def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, c
         if 0 < t < 1:
             other, other_share = prefer(second, first, k)
             expected, share = (1 - t) * expected + t * other, (1 - t) * share + t * other_share
-        assert torch.allclose(result.frames[k], expected, atol=1e-5), k
+        both = (alone[first].filled[k] < 0.5) & (alone[second].filled[k] < 0.5)  # where the judge picks either
+        assert torch.allclose(result.frames[k][~both], expected[~both], atol=1e-5), k
+        if not 0 < t < 1:
+            r, a, b = result.frames[k][both], alone[first].frames[k][both], alone[second].frames[k][both]
+            assert bool(((r - a).abs().amax(-1).lt(1e-5) | (r - b).abs().amax(-1).lt(1e-5)).all()), k
         assert torch.allclose(result.filled[k], share, atol=1e-5), k
         took_other += int(((alone[first].filled[k] > 0.5) & (alone[second].filled[k] < 0.5)).sum())
     assert took_other > 100  # the other keyframe's carry was taken where the nearer's chain filled
+
+
+def test_where_both_keyframes_carry_the_better_registered_carry_is_taken():
+    """_two_sides: where both carry, the part whose carried source matches the frame better (lower mismatch) wins,
+    whichever is nearer; where one carries, that one; where neither, the nearer's fill; blended by t."""
+    from magicprop.motion.propagate import _two_sides
+
+    h, w = 2, 3
+    near_img, far_img = torch.zeros(h, w, 3), torch.ones(h, w, 3)
+    near_filled = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    far_filled = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    near_mismatch = torch.tensor([[0.1, 0.01, 0.0], [0.0, 0.0, 0.0]])
+    far_mismatch = torch.tensor([[0.05, 0.02, 0.0], [0.0, 0.0, 0.0]])
+    near, far = (near_img, near_filled, near_mismatch), (far_img, far_filled, far_mismatch)
+    img, filled = _two_sides(near, far, 0.0)
+    # (0, 0): both carry, far registered better -> far; (0, 1): both, near better -> near; (0, 2): only far carries;
+    # (1, 0): neither -> near's fill; (1, 1), (1, 2): only near carries
+    assert img[..., 0].tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    assert torch.equal(filled, near_filled * far_filled)
+    other, _ = _two_sides(far, near, 0.0)
+    assert other[0, 0, 0] == 1.0 and other[0, 1, 0] == 0.0  # the judge does not depend on which is nearer
+    half, _ = _two_sides(near, far, 0.5)
+    assert torch.allclose(half, 0.5 * img + 0.5 * other)
 
 
 def test_mask_keeps_the_source_outside_exactly(engine, clip):

@@ -607,20 +607,38 @@ KEYFRAMES_PER_FRAME = (1, 2)
 """What each frame is made from with several keyframes. 1: the keyframe nearest in time (`keyframes.keyframe_plan`:
 each chain runs to the midpoint, two chains blend over `window` frames there). 2: its two nearest keyframes
 (`keyframes.two_keyframe_plan`): both chains carry the frame, and per pixel the nearer keyframe's carry is taken
-where its flow carries, else the other's where that carries, else the nearer's fill (`_two_sides`), so a frame gets
-the edit of whichever keyframe saw its content; twice the flow work between keyframes."""
+where its flow carries, else the other's where that carries, else the nearer's fill; where both carry, the one whose
+carried source matches the frame better (`_two_sides`). So a frame gets the edit of whichever keyframe saw its
+content; twice the flow work between keyframes."""
 DEFAULT_KEYFRAMES_PER_FRAME = 2
 """A second keyframe then adds what it saw without taking from frames the first saw better (bench hard's keyframes
 mode, docs/decisions.md "Several keyframes")."""
 
 
-def _two_sides(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
+JUDGE_PATCH = 7
+"""Side (pixels at a long side of 640 or less; wider above, `translate.widths`) of the square over which a carry's
+mismatch (its carried source against the frame's own) is averaged when two keyframes' carries compete for a pixel."""
+
+
+def _mismatch(img: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """(1, 6, H, W) a chain's carried edit and the keyframe's source carried with it, frame (H, W, 3) the frame's own
+    source -> (H, W): how far the carried source is from the frame's (largest channel), averaged over JUDGE_PATCH."""
+    e = (img[:, 3:] - frame.permute(2, 0, 1)[None]).abs().amax(1, keepdim=True)
+    side = 2 * round(JUDGE_PATCH * widths(max(e.shape[-2:])) / 2) + 1
+    return F.avg_pool2d(e, side, stride=1, padding=side // 2, count_include_pad=False)[0, 0]
+
+
+def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...],
                t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame k from its two keyframes' parts, each (frame (H, W, 3), filled share (H, W)): 1 - t of the result that
-    prefers `first` (its carry where it carries, else `second`'s carry where that carries, else `first`'s fill) and t
-    of the one that prefers `second`; the filled share is what neither carries."""
+    """Frame k from its two keyframes' parts, each (frame (H, W, 3), filled share (H, W), mismatch (H, W)): 1 - t of
+    the result that prefers `first` and t of the one that prefers `second`; the filled share is what neither carries.
+    Preferring a over b: a's carry where it carries, else b's carry where that carries, else a's fill; where both carry,
+    b's where its carried source matches the frame better (`_mismatch`: a keyframe that saw the content from nearer
+    registers it better, whichever is nearer in time)."""
     def prefer(a, b):
-        return a[0] + (a[1] * (1 - b[1]))[..., None] * (b[0] - a[0]), a[1] * b[1]
+        img = a[0] + (a[1] * (1 - b[1]))[..., None] * (b[0] - a[0])
+        better = (a[1] < 0.5) & (b[1] < 0.5) & (b[2].half() < a[2].half())  # (at float16: however a part was held)
+        return torch.where(better[..., None], b[0], img), a[1] * b[1]
     if t <= 0:
         return prefer(first, second)
     if t >= 1:
@@ -629,35 +647,37 @@ def _two_sides(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Ten
 
 
 class _Held:
-    """With two keyframes per frame, the part (frame, filled share) of the chain that reaches a frame first, until the
-    other chain does, in the result's `dtype` (so a sink sees what a whole-clip run gives): in the result's own rows
-    when there is one, else in a temporary file (`TensorSlots`: memory stays flat; 4 values a pixel, at most one gap
-    between two keyframes)."""
+    """With two keyframes per frame, the part (frame, filled share, mismatch) of the chain that reaches a frame first,
+    until the other chain does, in the result's `dtype` (so a sink sees what a whole-clip run gives): in the result's
+    own rows (frame and filled share; the mismatch beside them) when there is one, else in a temporary file
+    (`TensorSlots`: memory stays flat; 5 values a pixel, at most one gap between two keyframes)."""
 
     def __init__(self, frames: torch.Tensor | None, filled: torch.Tensor | None, size: tuple[int, int],
                  dtype: torch.dtype, device: torch.device) -> None:
-        self.frames, self.filled, self.device = frames, filled, device
-        self.slots = TensorSlots((*size, 4), dtype) if frames is None else None
+        self.frames, self.filled, self.dtype, self.device = frames, filled, dtype, device
+        self.slots = TensorSlots((*size, 5), dtype) if frames is None else None
+        self.mismatch: dict[int, torch.Tensor] = {}
         self.keys: dict[int, int] = {}
 
-    def put(self, k: int, key: int, part: tuple[torch.Tensor, torch.Tensor]) -> None:
-        img, share = part
+    def put(self, k: int, key: int, part: tuple[torch.Tensor, ...]) -> None:
+        img, share, mismatch = part
         if self.slots is None:
             self.frames[k], self.filled[k] = img.cpu(), share.cpu()
+            self.mismatch[k] = mismatch.to("cpu", self.dtype)
         else:
-            self.slots[k] = torch.cat([img, share[..., None]], -1)
+            self.slots[k] = torch.cat([img, share[..., None], mismatch[..., None]], -1)
         self.keys[k] = key
 
-    def take(self, k: int) -> tuple[int, tuple[torch.Tensor, torch.Tensor]] | None:
+    def take(self, k: int) -> tuple[int, tuple[torch.Tensor, ...]] | None:
         """(keyframe position, part) held for frame k, or None (then k's first part is still to come)."""
         if k not in self.keys:
             return None
         if self.slots is None:
-            img, share = self.frames[k], self.filled[k]
+            part = self.frames[k], self.filled[k], self.mismatch.pop(k)
         else:
-            both = self.slots[k]
-            img, share = both[..., :3], both[..., 3]
-        return self.keys.pop(k), (img.to(self.device).float(), share.to(self.device).float())
+            held = self.slots[k]
+            part = held[..., :3], held[..., 3], held[..., 4]
+        return self.keys.pop(k), tuple(x.to(self.device).float() for x in part)
 
     def __enter__(self) -> _Held:
         return self
@@ -747,9 +767,9 @@ def flow_propagate(
     motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
     the chains step through it (`PairwiseMotion`: no flow held for the whole clip). keyframes_per_frame
     (KEYFRAMES_PER_FRAME): with 2 (the default) each frame is carried from its two nearest keyframes and takes, per
-    pixel, the nearer's carry where it carries, else the other's; with 1 each frame comes from its nearest keyframe's
-    chain. Either way the nearer keyframe changes over `window` frames around the midpoint of two keyframes, blended
-    linearly (no seam). mask (1 or K, H,
+    pixel, the nearer's carry where it carries, else the other's (where both carry, the better registered); with 1
+    each frame comes from its nearest keyframe's chain. Either way the nearer keyframe changes over `window` frames
+    around the midpoint of two keyframes, blended linearly (no seam). mask (1 or K, H,
     W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
     needed): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
     may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
@@ -764,7 +784,7 @@ def flow_propagate(
     whole-clip output is never allocated and the result's `frames` and `filled` are None. What memory holds then is
     what the chains need, not the clip: the chain's carried state, a few cached flow pairs, and with one keyframe per
     frame the blend window's first parts (at most `window` frames); with two, the first chain's parts of the frames
-    between two keyframes wait in a temporary file (`_Held`: 4 values a pixel in `dtype`, at most one gap's frames)
+    between two keyframes wait in a temporary file (`_Held`: 5 values a pixel in `dtype`, at most one gap's frames)
     and the chains before the first keyframe and after the last run in lockstep (nothing waits).
 
     device: where the frame-size work runs (warps, the colour mapping, the fill, blending, masks; the learned fill's
@@ -845,15 +865,18 @@ def flow_propagate(
                                         _mapped_frames(mappings[key].global_only(), full))
         colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w, device=device))
         carried = colour
-        if learned is not None:  # the keyframe's source travels with the edit, for the veto (AGREE)
+        if learned is not None or two:  # the keyframe's source travels with the edit: the veto (AGREE), the judge
             reference = torch.cat([reference, full(indices[key]).permute(2, 0, 1)[None]], 1)
             carried = _with_source(colour)
         made = _Made(ctx, chain.indices, full(indices[key]), references[key].float().to(device), seed) \
             if fill == "synthesis" else None
         trail = _Trail(ctx, chain.indices) if learned is not None else None
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, carried):
+            mismatch = _mismatch(img, full(k)) if two else None
             if learned is not None:
                 img, weight = _veto(img, weight, full(k))
+            elif two:
+                img = img[:, :3]
             if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued
                 img = img + look(k)
                 if float(weight.min()) < 1:  # (a frame carried whole needs no fill)
@@ -870,7 +893,8 @@ def flow_propagate(
                 img = _followed(trail, img, weight)
             if made is not None:
                 img = made.fill(k, img, weight)
-            yield k, key, (img[0].permute(1, 2, 0), 1 - weight[0, 0])
+            part = (img[0].permute(1, 2, 0), 1 - weight[0, 0])
+            yield k, key, part if mismatch is None else (*part, mismatch)
 
     if not two:
         pending: dict[int, dict[int, tuple]] = {}
@@ -888,7 +912,7 @@ def flow_propagate(
                 for k, key, part in items:
                     if k in keyframes:  # a chain passing another keyframe: the keyframe is the edit
                         continue
-                    part = (part[0].clamp(0, 1), part[1])
+                    part = (part[0].clamp(0, 1), *part[1:])
                     other = held.take(k)
                     if other is None:
                         held.put(k, key, part)
