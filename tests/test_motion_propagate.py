@@ -282,6 +282,29 @@ def test_where_both_keyframes_carry_the_better_registered_carry_is_taken():
     assert torch.allclose(half, 0.5 * img + 0.5 * other)
 
 
+def test_a_cancel_with_two_keyframes_per_frame_stops_every_flow_worker(engine, clip):
+    """A callback that raises (a cancel) while two chains run in lockstep: each chain's flow worker thread (`_ahead`)
+    has stopped when the error arrives, even while the error (and its traceback) is still held."""
+    import threading
+
+    class Cancel(Exception):
+        pass
+
+    done: list[int] = []
+
+    def cancel_early(k: int) -> None:
+        done.append(k)
+        if len(done) == 4:  # the keyframes, frame 0 (before the first), then frame 2: the chains after frame 1 have
+            raise Cancel  # most of their frames still to make
+
+    keys = [1, 11]
+    try:
+        flow_propagate(clip.source.frames, clip.edit.frames[keys], keys, engine, callback=cancel_early)
+    except Cancel:  # checked here, while the error's traceback (every frame of the run) is alive
+        assert not [t for t in threading.enumerate() if t.name == "magicprop-flow-ahead" and t.is_alive()]
+    assert done == [1, 11, 0, 2]
+
+
 def test_mask_keeps_the_source_outside_exactly(engine, clip):
     src, truth = clip.source.frames, clip.edit.frames
     mask = torch.zeros(1, *src.shape[1:3])

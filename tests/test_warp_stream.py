@@ -93,7 +93,7 @@ def test_frames_between_keyframes_wait_in_a_temporary_file_one_gap_at_a_time(big
     from magicprop.io.spool import TensorSlots
 
     live: set[int] = set()
-    most = {"held": 0, "written": 0}
+    most = {"held": 0, "written": 0, "bytes": 0, "slot": 0}
 
     class Counted(TensorSlots):
         def __setitem__(self, k, x):
@@ -104,6 +104,10 @@ def test_frames_between_keyframes_wait_in_a_temporary_file_one_gap_at_a_time(big
         def __getitem__(self, k):
             live.discard(k)
             return super().__getitem__(k)
+
+        def close(self):  # what the file grew to: slots are reused once read
+            most["bytes"], most["slot"] = os.fstat(self._file.fileno()).st_size, self._bytes
+            super().close()
 
     monkeypatch.setattr(propagate, "TensorSlots", Counted)
     keys = [1, 4, 7]
@@ -117,6 +121,7 @@ def test_frames_between_keyframes_wait_in_a_temporary_file_one_gap_at_a_time(big
     # every frame but the keyframes waits once; at most a gap (2 frames) and the frame the chains before the first
     # keyframe make in lockstep (frame 0); every part is read back
     assert most["written"] == FRAMES - len(keys) and most["held"] == 3 and not live
+    assert most["bytes"] == 3 * most["slot"]
 
 
 def _warp(video, refs: list[Path], indices: list[int], out, *extra, frames: int = FRAMES, width: int = WIDTH,

@@ -637,7 +637,7 @@ def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...]
     registers it better, whichever is nearer in time)."""
     def prefer(a, b):
         img = a[0] + (a[1] * (1 - b[1]))[..., None] * (b[0] - a[0])
-        better = (a[1] < 0.5) & (b[1] < 0.5) & (b[2].half() < a[2].half())  # (at float16: however a part was held)
+        better = (a[1] < 0.5) & (b[1] < 0.5) & (b[2].half() < a[2].half())  # (float16: held as float32 or 16 alike)
         return torch.where(better[..., None], b[0], img), a[1] * b[1]
     if t <= 0:
         return prefer(first, second)
@@ -650,7 +650,8 @@ class _Held:
     """With two keyframes per frame, the part (frame, filled share, mismatch) of the chain that reaches a frame first,
     until the other chain does, in the result's `dtype` (so a sink sees what a whole-clip run gives): in the result's
     own rows (frame and filled share; the mismatch beside them) when there is one, else in a temporary file
-    (`TensorSlots`: memory stays flat; 5 values a pixel, at most one gap between two keyframes)."""
+    (`TensorSlots`: memory stays flat; 5 values a pixel; a slot is reused once read, so the file holds at most the
+    frames waiting at once: one gap between two keyframes, and one frame of the chains run in lockstep)."""
 
     def __init__(self, frames: torch.Tensor | None, filled: torch.Tensor | None, size: tuple[int, int],
                  dtype: torch.dtype, device: torch.device) -> None:
@@ -658,6 +659,8 @@ class _Held:
         self.slots = TensorSlots((*size, 5), dtype) if frames is None else None
         self.mismatch: dict[int, torch.Tensor] = {}
         self.keys: dict[int, int] = {}
+        self.where: dict[int, int] = {}  # frame -> its slot in the file
+        self.free: list[int] = []  # slots read back, written again before the file grows
 
     def put(self, k: int, key: int, part: tuple[torch.Tensor, ...]) -> None:
         img, share, mismatch = part
@@ -665,7 +668,8 @@ class _Held:
             self.frames[k], self.filled[k] = img.cpu(), share.cpu()
             self.mismatch[k] = mismatch.to("cpu", self.dtype)
         else:
-            self.slots[k] = torch.cat([img, share[..., None], mismatch[..., None]], -1)
+            self.where[k] = self.free.pop() if self.free else len(self.where) + len(self.free)
+            self.slots[self.where[k]] = torch.cat([img, share[..., None], mismatch[..., None]], -1)
         self.keys[k] = key
 
     def take(self, k: int) -> tuple[int, tuple[torch.Tensor, ...]] | None:
@@ -675,7 +679,9 @@ class _Held:
         if self.slots is None:
             part = self.frames[k], self.filled[k], self.mismatch.pop(k)
         else:
-            held = self.slots[k]
+            slot = self.where.pop(k)
+            held = self.slots[slot]
+            self.free.append(slot)
             part = held[..., :3], held[..., 3], held[..., 4]
         return self.keys.pop(k), tuple(x.to(self.device).float() for x in part)
 
@@ -785,7 +791,8 @@ def flow_propagate(
     what the chains need, not the clip: the chain's carried state, a few cached flow pairs, and with one keyframe per
     frame the blend window's first parts (at most `window` frames); with two, the first chain's parts of the frames
     between two keyframes wait in a temporary file (`_Held`: 5 values a pixel in `dtype`, at most one gap's frames)
-    and the chains before the first keyframe and after the last run in lockstep (nothing waits).
+    and the chains before the first keyframe and after the last run in lockstep (a frame waits for the other chain's
+    same frame only).
 
     device: where the frame-size work runs (warps, the colour mapping, the fill, blending, masks; the learned fill's
     network is trained on the CPU and applied there); flow estimation with the OpenCV estimators and the working-size
@@ -907,19 +914,22 @@ def flow_propagate(
         with _Held(out, filled, (h, w), dtype, device) as held:
             for group in groups:  # chains over the same frames in the same direction run in lockstep
                 backward = group[0].indices[-1] < group[0].indices[0]
-                items = run(group[0]) if len(group) == 1 else \
-                    heapq.merge(*map(run, group), key=lambda item: item[0], reverse=backward)
-                for k, key, part in items:
-                    if k in keyframes:  # a chain passing another keyframe: the keyframe is the edit
-                        continue
-                    part = (part[0].clamp(0, 1), *part[1:])
-                    other = held.take(k)
-                    if other is None:
-                        held.put(k, key, part)
-                        continue
-                    parts = dict([other, (key, part)])
-                    first, second, t = sides[k]
-                    finish(k, *_two_sides(parts[first], parts[second], t))
+                runs = [run(c) for c in group]
+                try:
+                    for k, key, part in heapq.merge(*runs, key=lambda item: item[0], reverse=backward):
+                        if k in keyframes:  # a chain passing another keyframe: the keyframe is the edit
+                            continue
+                        part = (part[0].clamp(0, 1), *part[1:])
+                        other = held.take(k)
+                        if other is None:
+                            held.put(k, key, part)
+                            continue
+                        parts = dict([other, (key, part)])
+                        first, second, t = sides[k]
+                        finish(k, *_two_sides(parts[first], parts[second], t))
+                finally:  # a cancel or an error: each chain's flow worker (`_ahead`) stops now
+                    for r in runs:
+                        r.close()
     cuts = detect_cuts(motion)
     for c in cuts:
         log.warning("hard cut at frame %d (the flow from frame %d finds almost nothing): the edit cannot be carried "
