@@ -570,12 +570,17 @@ def _with_source(fill: Callable[[int], torch.Tensor]) -> Callable[[int], torch.T
     return both
 
 
-def _veto(img: torch.Tensor, weight: torch.Tensor, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _source_gap(img: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """(1, 6, H, W) the carried edit and the keyframe's source carried with it, frame (H, W, 3) the frame's own source
+    -> (1, 1, H, W): how far the carried source is from the frame's (largest channel)."""
+    return (img[:, 3:] - frame.permute(2, 0, 1)[None]).abs().amax(1, keepdim=True)
+
+
+def _veto(img: torch.Tensor, weight: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 6, H, W) the carried edit and the keyframe's source carried with it, (1, 1, H, W) the carried share and
-    frame (H, W, 3) the frame's own source -> the carried edit (1, 3, H, W) and its share, none where the carried
-    source differs from the frame's by more than AGREE."""
-    agree = (img[:, 3:] - frame.permute(2, 0, 1)[None]).abs().amax(1, keepdim=True) <= AGREE
-    return img[:, :3], weight * agree.to(weight.dtype)
+    the carried source's `_source_gap` -> the carried edit (1, 3, H, W) and its share, none where the carried source
+    differs from the frame's by more than AGREE."""
+    return img[:, :3], weight * (gap <= AGREE).to(weight.dtype)
 
 
 def pull_push(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
@@ -620,12 +625,10 @@ JUDGE_PATCH = 7
 mismatch (its carried source against the frame's own) is averaged when two keyframes' carries compete for a pixel."""
 
 
-def _mismatch(img: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-    """(1, 6, H, W) a chain's carried edit and the keyframe's source carried with it, frame (H, W, 3) the frame's own
-    source -> (H, W): how far the carried source is from the frame's (largest channel), averaged over JUDGE_PATCH."""
-    e = (img[:, 3:] - frame.permute(2, 0, 1)[None]).abs().amax(1, keepdim=True)
-    side = 2 * round(JUDGE_PATCH * widths(max(e.shape[-2:])) / 2) + 1
-    return F.avg_pool2d(e, side, stride=1, padding=side // 2, count_include_pad=False)[0, 0]
+def _mismatch(gap: torch.Tensor) -> torch.Tensor:
+    """A chain's `_source_gap` (1, 1, H, W) -> (H, W): averaged over JUDGE_PATCH."""
+    side = 2 * round(JUDGE_PATCH * widths(max(gap.shape[-2:])) / 2) + 1
+    return F.avg_pool2d(gap, side, stride=1, padding=side // 2, count_include_pad=False)[0, 0]
 
 
 def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...],
@@ -806,7 +809,7 @@ def flow_propagate(
         raise MagicPropError(f"flow propagation fill {fill!r}: expected one of {list(FILLS)}.")
     indices = [int(i) for i in indices]
     references, mask = _check_inputs(frames, references, indices, strategy, mask, motion, engine)
-    if keyframes_per_frame not in (1, 2):
+    if keyframes_per_frame not in KEYFRAMES_PER_FRAME:
         raise MagicPropError(f"keyframes_per_frame={keyframes_per_frame!r}: expected 1 (each frame from the keyframe "
                              "nearest in time) or 2 (from its two nearest keyframes, per pixel).")
     two = keyframes_per_frame == 2 and len(indices) > 1
@@ -872,16 +875,18 @@ def flow_propagate(
                                         _mapped_frames(mappings[key].global_only(), full))
         colour = (learned or look) if carry == "edit" else (lambda k: torch.zeros(1, 3, h, w, device=device))
         carried = colour
-        if learned is not None or two:  # the keyframe's source travels with the edit: the veto (AGREE), the judge
+        travels = learned is not None or two  # the keyframe's source travels with the edit: the veto (AGREE), the judge
+        if travels:
             reference = torch.cat([reference, full(indices[key]).permute(2, 0, 1)[None]], 1)
             carried = _with_source(colour)
         made = _Made(ctx, chain.indices, full(indices[key]), references[key].float().to(device), seed) \
             if fill == "synthesis" else None
         trail = _Trail(ctx, chain.indices) if learned is not None else None
         for k, img, weight in STRATEGIES[strategy](ctx, chain.indices, reference, carried):
-            mismatch = _mismatch(img, full(k)) if two else None
+            gap = _source_gap(img, full(k)) if travels else None
+            mismatch = _mismatch(gap) if two else None
             if learned is not None:
-                img, weight = _veto(img, weight, full(k))
+                img, weight = _veto(img, weight, gap)
             elif two:
                 img = img[:, :3]
             if carry == "residual" and learned is not None:  # the learned look, the seam to the carry continued
