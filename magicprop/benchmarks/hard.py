@@ -276,8 +276,8 @@ def _clip_rows(clip: HardClip, frames: int, edits: tuple[str, ...], fills: tuple
                     "psnr": _scored(psnr(res.frames, truth), keyframes),
                     "psnr_shown": _scored(psnr(res.frames, truth, shown), keyframes),
                     "psnr_never_shown": _scored(psnr(res.frames, truth, ~shown), keyframes),
-                    "ssim": _means(ssim(res.frames, truth)),
-                    "filled": _means(res.filled.float().flatten(1).mean(1)),
+                    "ssim": _scored(ssim(res.frames, truth), keyframes),
+                    "filled": _scored(res.filled.float().flatten(1).mean(1), keyframes),
                     "warp_error": float(warp_error(res.frames, motion).mean()),
                     "seconds_per_frame": round(seconds, 3),
                 }
