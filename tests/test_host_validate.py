@@ -223,11 +223,13 @@ def test_depth_sequence_needs_a_depth_source(host, case, message):
 
 
 @pytest.mark.parametrize("weights,message", [
-    ("none", "raft_weights is 'none' but estimator 'raft' needs a weights file: put a torchvision RAFT weights file "
-             "(raft_small or raft_large, .safetensors or .pth) in models/optical_flow, refresh the page and pick it "
-             "in raft_weights, or pick estimator 'dis'."),
-    ("gone.pth", "raft_weights 'gone.pth' is not a file in models/optical_flow: put the torchvision RAFT weights file "
-                 "(.safetensors or .pth) there and pick it, or pick estimator 'dis'."),
+    ("none", "raft_weights is 'none' but estimator 'raft' needs a weights file: put a RAFT weights file "
+             "(torchvision's raft_small or raft_large, or the RAFT authors' raft-things/sintel/kitti/small.pth; "
+             ".safetensors or .pth) in models/optical_flow, refresh the page and pick it in raft_weights, or pick "
+             "estimator 'dis'."),
+    ("gone.pth", "raft_weights 'gone.pth' is not a file in models/optical_flow: put the RAFT weights file "
+                 "(torchvision's raft_small or raft_large, or the RAFT authors' raft-things/sintel/kitti/small.pth; "
+                 ".safetensors or .pth) there and pick it, or pick estimator 'dis'."),
 ])
 def test_raft_without_its_weights_file_names_the_widget(host, weights, message):
     graph = flow_graph()

@@ -332,7 +332,7 @@ def test_missing_raft_weights_named_with_the_fix(tmp_path):
         FlowEngine(FlowSettings(estimator="raft", weights=str(tmp_path / "raft_large.pth")))
     message = one_line(e)
     assert "raft_large.pth" in message and "no such file" in message and "RAFT weights file" in message
-    assert "RAFT authors' checkpoint" in message  # both layouts are accepted (converted on load)
+    assert "the RAFT authors' raft-things/sintel/kitti/small.pth" in message  # both layouts are accepted (converted)
     assert "pass its path" not in message and "models/optical_flow" not in message  # no front end's wording
     with pytest.raises(MagicPropError, match="none given"):
         FlowEngine(FlowSettings(estimator="raft"))

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import MagicPropError
 from ..motion.engine import DIS_PRESETS, ESTIMATORS, FlowSettings
+from ..motion.raft import WEIGHTS_FILE
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -47,7 +48,7 @@ class FlowOptions(VideoOptions):
 
     flow: str = "dis"
     flow_weights: Path | None = None
-    """RAFT weights file (.safetensors or torchvision .pth); only for flow='raft'."""
+    """A `raft.WEIGHTS_FILE`; only for flow='raft'."""
     flow_preset: str = "medium"
     flow_size: int = 512
     """Long side of the working resolution of the flow (frames larger than it are downscaled for estimation)."""
@@ -59,8 +60,8 @@ class FlowOptions(VideoOptions):
 def flow_settings(flow: str, preset: str, weights: str | Path | None, size: int, device: str) -> FlowSettings:
     if flow == "raft" and (weights is None or not Path(weights).is_file()):
         given = "not given" if weights is None else f"{str(weights)!r} is not a file"
-        raise MagicPropError(f"--flow-weights {given}: --flow raft needs a torchvision RAFT weights file (raft_small "
-                             "or raft_large, .safetensors or .pth; nothing is downloaded), or use --flow dis.")
+        raise MagicPropError(f"--flow-weights {given}: --flow raft needs a {WEIGHTS_FILE}; nothing is "
+                             "downloaded. Or use --flow dis.")
     return FlowSettings(estimator=flow, preset=preset, weights=None if weights is None else str(weights),
                         work_size=size, device=device)
 
@@ -108,7 +109,7 @@ def add_flow_options(p, *, from_checkpoint: bool = False, note: str = "") -> Non
     p.add_argument("--flow", default="dis", metavar="|".join(ESTIMATORS),
                    help="optical flow estimator" + (f" ({note})" if note else ""))
     p.add_argument("--flow-weights", type=Path,
-                   help="RAFT weights file (.safetensors or torchvision .pth), for --flow raft")
+                   help=f"a {WEIGHTS_FILE}, for --flow raft")
     p.add_argument("--flow-preset", choices=DIS_PRESETS, default="medium", help="DIS preset (faster to better)")
     p.add_argument("--flow-size", type=int, default=512, help="long side of the resolution flow is estimated at")
 

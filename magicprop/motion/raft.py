@@ -19,6 +19,10 @@ from ..log import get_logger
 
 logger = get_logger(__name__)
 
+WEIGHTS_FILE = ("RAFT weights file (torchvision's raft_small or raft_large, or the RAFT authors' "
+                "raft-things/sintel/kitti/small.pth; .safetensors or .pth)")
+"""What a RAFT weights file may be, in every message that asks for one (the CLI's, the nodes', the loader's)."""
+
 
 class RAFTSettings(Protocol):
     """What RAFT reads of `engine.FlowSettings` (structurally: the engine imports this module, not the reverse)."""
@@ -61,8 +65,7 @@ class RAFTEstimator:
     def check(settings: RAFTSettings) -> None:
         # worded for every caller (CLI, Python API, nodes): no flag or widget names here; OpticalFlowSequence refuses
         # a missing file in its raft_weights widget before this is reached (nodes/flow/optical_flow.py resolve_weights)
-        fix = ("give a RAFT weights file (torchvision's raft_small or raft_large, or the RAFT authors' checkpoint; "
-               ".safetensors or .pth) as the flow weights, or use estimator 'dis' (no weights)")
+        fix = f"give a {WEIGHTS_FILE} as the flow weights, or use estimator 'dis' (no weights)"
         if not settings.weights:
             raise MagicPropError(f"flow weights: none given for estimator 'raft': {fix}.")
         if not Path(settings.weights).is_file():
@@ -101,13 +104,12 @@ def load_raft_state(path: str) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which file and what it should be
         raise MagicPropError(f"flow weights {path!r} could not be read ({type(e).__name__}: {e}): expected a "
-                             "torchvision RAFT state dict saved as .safetensors or .pth.") from None
+                             f"{WEIGHTS_FILE}.") from None
     for key in ("state_dict", "model"):  # training checkpoints wrap the state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MagicPropError(f"flow weights {path!r} hold no tensor state dict: expected a torchvision RAFT "
-                             "state dict saved as .safetensors or .pth.")
+        raise MagicPropError(f"flow weights {path!r} hold no tensor state dict: expected a {WEIGHTS_FILE}.")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return from_princeton_vl(state) if any(k.startswith("fnet.") for k in state) else state
 

@@ -12,6 +12,7 @@ from ...magicprop.errors import MagicPropError
 from ...magicprop.log import get_logger
 from ...magicprop.motion.engine import ESTIMATORS, FlowEngine, FlowSettings, Motion
 from ...magicprop.motion.propagate import KEYFRAME_FLOW_STRATEGIES
+from ...magicprop.motion.raft import WEIGHTS_FILE
 from .folders import NO_FLOW_WEIGHTS, flow_weights_path
 
 log = get_logger(__name__)
@@ -24,15 +25,14 @@ def resolve_weights(name: str | None, estimator: str = "raft") -> str | None:
         return None
     if not name or name == NO_FLOW_WEIGHTS:
         raise MagicPropError(
-            f"raft_weights is {NO_FLOW_WEIGHTS!r} but estimator 'raft' needs a weights file: put a torchvision RAFT "
-            "weights file (raft_small or raft_large, .safetensors or .pth) in models/optical_flow, refresh the page "
-            "and pick it in raft_weights, or pick estimator 'dis'."
+            f"raft_weights is {NO_FLOW_WEIGHTS!r} but estimator 'raft' needs a weights file: put a {WEIGHTS_FILE} "
+            "in models/optical_flow, refresh the page and pick it in raft_weights, or pick estimator 'dis'."
         )
     path = flow_weights_path(name)
     if path is None:
         raise MagicPropError(
-            f"raft_weights {name!r} is not a file in models/optical_flow: put the torchvision RAFT weights file "
-            "(.safetensors or .pth) there and pick it, or pick estimator 'dis'."
+            f"raft_weights {name!r} is not a file in models/optical_flow: put the {WEIGHTS_FILE} there and pick "
+            "it, or pick estimator 'dis'."
         )
     return path
 

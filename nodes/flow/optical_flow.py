@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 from ...magicprop.errors import MagicPropError
 from ...magicprop.log import get_logger
 from ...magicprop.motion.engine import DIS_PRESETS, ESTIMATORS, FlowEngine, FlowSettings
+from ...magicprop.motion.raft import WEIGHTS_FILE
 from ..common.flow_inputs import placed, resolve_weights
 from ..common.folders import NO_FLOW_WEIGHTS, flow_weight_files
 from ..common.progress import frame_callback
@@ -60,8 +61,8 @@ class OpticalFlowSequence(io.ComfyNode):
                                tooltip="DIS speed/quality preset (ultrafast, fast, medium); the others ignore it."),
                 io.Combo.Input("raft_weights", options=[NO_FLOW_WEIGHTS, *flow_weight_files()],
                                default=NO_FLOW_WEIGHTS,
-                               tooltip="torchvision RAFT weights (small or large, .safetensors or .pth) in "
-                                       "models/optical_flow; only for estimator raft."),
+                               tooltip=f"A {WEIGHTS_FILE} in models/optical_flow; only for "
+                                       "estimator raft."),
                 io.Int.Input("work_size", default=512, min=64, max=4096, step=8,
                              tooltip="Long side of the resolution flow is estimated at (larger frames are "
                                      "downscaled for it, never upscaled)."),

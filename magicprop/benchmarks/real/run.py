@@ -13,6 +13,7 @@ from ...errors import MagicPropError
 from ...io.fileio import atomic_path
 from ...log import get_logger
 from ...motion.engine import FlowSettings
+from ...motion.raft import WEIGHTS_FILE
 from ..methods import flow_row_name, flow_variants
 from .acceptance import acceptance, choose_default
 from .camera_path import KNOWN, PATH, PATH_FRAMES, known_clip, known_motion_clip, path_statistics
@@ -75,8 +76,8 @@ def run_real(
             if g not in allowed:
                 raise MagicPropError(f"bench real {name} {g!r}: expected one of {allowed}.")
     if flow_weights is not None and not Path(flow_weights).is_file():
-        raise MagicPropError(f"--flow-weights {str(flow_weights)!r}: no such file; pass a torchvision RAFT weights "
-                             "file (.safetensors or .pth), or leave it out to skip the RAFT rows.")
+        raise MagicPropError(f"--flow-weights {str(flow_weights)!r}: no such file; pass a {WEIGHTS_FILE}, or leave "
+                             "it out to skip the RAFT rows.")
     default_estimator = FlowSettings().estimator
     strategies = [DEFAULT_STRATEGY] + [s for s in STRATEGIES if s != DEFAULT_STRATEGY] if strategies is None \
         else list(strategies)
