@@ -215,10 +215,10 @@ def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
 @pytest.mark.parametrize("keys", [[0, 12], [2, 6, 10]], ids=["two", "three, mid-clip"])
 def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, clip, keys):
     """Every frame from its two nearest keyframes (those on each side; the first two before the first, the last two
-    after the last): per pixel the nearer keyframe's carry where it carries, else the other's where that carries,
-    else the nearer's fill (where both carry, either: the judge, tested below); the nearer changes over the window,
-    blended linearly. Each keyframe's chains are those of a run with that keyframe alone, so the result follows from
-    the single-keyframe runs."""
+    after the last): per pixel the nearer keyframe's carry where it carries, else the other's where that carries
+    (where both carry, either: the judge; where neither, the two fills weighed: both tested below); the nearer changes
+    over the window, blended linearly. Each keyframe's chains are those of a run with that keyframe alone, so the
+    result follows from the single-keyframe runs."""
     src, truth = clip.source.frames, clip.edit.frames
     motion = engine.consecutive(src)
     window, num = 4, src.shape[0]
@@ -250,7 +250,8 @@ def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, c
             other, other_share = prefer(second, first, k)
             expected, share = (1 - t) * expected + t * other, (1 - t) * share + t * other_share
         both = (alone[first].filled[k] < 0.5) & (alone[second].filled[k] < 0.5)  # where the judge picks either
-        assert torch.allclose(result.frames[k][~both], expected[~both], atol=1e-5), k
+        one = (alone[first].filled[k] == 0) ^ (alone[second].filled[k] == 0)  # carried whole by one of them only
+        assert torch.allclose(result.frames[k][one], expected[one], atol=1e-5), k
         if not 0 < t < 1:
             r, a, b = result.frames[k][both], alone[first].frames[k][both], alone[second].frames[k][both]
             assert bool(((r - a).abs().amax(-1).lt(1e-5) | (r - b).abs().amax(-1).lt(1e-5)).all()), k
@@ -261,7 +262,7 @@ def test_two_keyframes_per_frame_take_the_nearer_carry_else_the_others(engine, c
 
 def test_where_both_keyframes_carry_the_better_registered_carry_is_taken():
     """_two_sides: where both carry, the part whose carried source matches the frame better (lower mismatch) wins,
-    whichever is nearer; where one carries, that one; where neither, the nearer's fill; blended by t."""
+    whichever is nearer; where one carries, that one; blended by t."""
     from magicprop.motion.propagate import _two_sides
 
     h, w = 2, 3
@@ -273,13 +274,41 @@ def test_where_both_keyframes_carry_the_better_registered_carry_is_taken():
     near, far = (near_img, near_filled, near_mismatch), (far_img, far_filled, far_mismatch)
     img, filled = _two_sides(near, far, 0.0)
     # (0, 0): both carry, far registered better -> far; (0, 1): both, near better -> near; (0, 2): only far carries;
-    # (1, 0): neither -> near's fill; (1, 1), (1, 2): only near carries
-    assert img[..., 0].tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    # (1, 1), (1, 2): only near carries; (1, 0): neither (`_fill_between`, tested below)
+    assert img[..., 0].tolist()[0] == [1.0, 0.0, 1.0] and img[..., 0].tolist()[1][1:] == [0.0, 0.0]
     assert torch.equal(filled, near_filled * far_filled)
     other, _ = _two_sides(far, near, 0.0)
     assert other[0, 0, 0] == 1.0 and other[0, 1, 0] == 0.0  # the judge does not depend on which is nearer
     half, _ = _two_sides(near, far, 0.5)
     assert torch.allclose(half, 0.5 * img + 0.5 * other)
+
+
+def test_where_neither_keyframe_carries_the_fill_of_the_one_that_carries_around_it_is_taken():
+    """_two_sides where neither keyframe carries: each keyframe's fill weighed by its distance from that keyframe's
+    carried pixels (FILL_REACH) and in time (FILL_FRAMES), then continued from the carried pixels around (no step at
+    the hole's edges); a keyframe that carries nothing leaves the preferred one's fill."""
+    from magicprop.motion.propagate import FILL_FRAMES, _two_sides
+
+    h, w = 8, 64
+    x = torch.arange(w).expand(h, w)
+    a_filled, b_filled = (x >= 10).float(), (x < 50).float()  # a carries columns 0-9, b 50-63; 10-49 neither
+    a = (torch.full((h, w, 3), 0.2), a_filled, torch.zeros(h, w))  # each keyframe's carry and its own fill
+    b = (torch.full((h, w, 3), 0.8), b_filled, torch.zeros(h, w))
+
+    img, filled = _two_sides(a, b, 0.0, (0, 0))
+    row = img[0, :, 0]
+    assert torch.equal(filled, a_filled * b_filled)
+    assert bool((row[:10] == 0.2).all()) and bool((row[50:] == 0.8).all())  # carried: kept
+    assert abs(float(row[10]) - 0.2) < 0.01 and abs(float(row[49]) - 0.8) < 0.01  # each side's fill next to its carry
+    assert bool((row[10:50].diff() > 0).all())  # from one to the other without a step
+    # the second keyframe 4 FILL_FRAMES away in time weighs less: a's fill reaches further, and next to b's carry the
+    # fill is still continued from it (no step there)
+    later = _two_sides(a, b, 0.0, (0, 4 * FILL_FRAMES))[0][0, :, 0]
+    assert float(later[35]) < float(row[35]) - 0.2
+    assert abs(float(later[49]) - 0.8) < 0.1 and bool((later[10:50].diff() > -1e-6).all())
+    # a keyframe that carries nothing (a cut): the preferred keyframe's result as it is
+    cut, _ = _two_sides(a, (b[0], torch.ones(h, w), b[2]), 0.0, (0, 0))
+    assert torch.equal(cut, a[0])
 
 
 def test_a_cancel_with_two_keyframes_per_frame_stops_every_flow_worker(engine, clip):

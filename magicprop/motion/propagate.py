@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import torch
 import torch.nn.functional as F
 
@@ -612,9 +613,10 @@ KEYFRAMES_PER_FRAME = (1, 2)
 """What each frame is made from with several keyframes. 1: the keyframe nearest in time (`keyframes.keyframe_plan`:
 each chain runs to the midpoint, two chains blend over `window` frames there). 2: its two nearest keyframes
 (`keyframes.two_keyframe_plan`): both chains carry the frame, and per pixel the nearer keyframe's carry is taken
-where its flow carries, else the other's where that carries, else the nearer's fill; where both carry, the one whose
-carried source matches the frame better (`_two_sides`). So a frame gets the edit of whichever keyframe saw its
-content; twice the flow work between keyframes."""
+where its flow carries, else the other's where that carries; where both carry, the one whose carried source matches
+the frame better (`_two_sides`); where neither, the two keyframes' fills weighed by how near each keyframe's carried
+pixels are (`_fill_between`). So a frame gets the edit of whichever keyframe saw its content; twice the flow work
+between keyframes."""
 DEFAULT_KEYFRAMES_PER_FRAME = 2
 """A second keyframe then adds what it saw without taking from frames the first saw better (bench hard's keyframes
 mode, docs/decisions.md "Several keyframes")."""
@@ -631,22 +633,56 @@ def _mismatch(gap: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(gap, side, stride=1, padding=side // 2, count_include_pad=False)[0, 0]
 
 
-def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...],
-               t: float) -> tuple[torch.Tensor, torch.Tensor]:
+FILL_REACH = 8
+"""Pixels (at a long side of 640 or less; wider above, `translate.widths`) over which a keyframe's fill loses its
+weight with the distance from that keyframe's carried pixels, where neither of a frame's two keyframes carries."""
+FILL_FRAMES = 30
+"""Frames over which a keyframe's fill loses as much weight with its distance in time (FILL_REACH's pixels' worth)."""
+
+
+def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...], t: float,
+               apart: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame k from its two keyframes' parts, each (frame (H, W, 3), filled share (H, W), mismatch (H, W)): 1 - t of
     the result that prefers `first` and t of the one that prefers `second`; the filled share is what neither carries.
-    Preferring a over b: a's carry where it carries, else b's carry where that carries, else a's fill; where both carry,
-    b's where its carried source matches the frame better (`_mismatch`: a keyframe that saw the content from nearer
-    registers it better, whichever is nearer in time)."""
+    Preferring a over b: a's carry where it carries, else b's carry where that carries; where both carry, b's where
+    its carried source matches the frame better (`_mismatch`: a keyframe that saw the content from nearer registers it
+    better, whichever is nearer in time). Where neither carries: `_fill_between` (`apart`: frame k's distance in frames
+    from the first keyframe and the second)."""
     def prefer(a, b):
         img = a[0] + (a[1] * (1 - b[1]))[..., None] * (b[0] - a[0])
         better = (a[1] < 0.5) & (b[1] < 0.5) & (b[2].half() < a[2].half())  # (float16: held as float32 or 16 alike)
         return torch.where(better[..., None], b[0], img), a[1] * b[1]
     if t <= 0:
-        return prefer(first, second)
-    if t >= 1:
-        return prefer(second, first)
-    return tuple((1 - t) * x + t * y for x, y in zip(prefer(first, second), prefer(second, first), strict=True))
+        img, share = prefer(first, second)
+    elif t >= 1:
+        img, share = prefer(second, first)
+    else:
+        img, share = ((1 - t) * x + t * y for x, y in zip(prefer(first, second), prefer(second, first), strict=True))
+    if float(share.max()) > 0:
+        img = _fill_between(img, share, first, second, apart)
+    return img, share
+
+
+def _fill_between(img: torch.Tensor, share: torch.Tensor, first: tuple[torch.Tensor, ...],
+                  second: tuple[torch.Tensor, ...], apart: tuple[int, int]) -> torch.Tensor:
+    """Where neither keyframe carries (share, (H, W)): the two keyframes' fills, each weighted by exp(-(distance from
+    its own carried pixels / FILL_REACH + distance in time / FILL_FRAMES)) against the other's (a fill is surest next to
+    what its keyframe carries, and from the keyframe nearer in time), then continued from every carried pixel of the
+    frame (`pull_push` of the difference, as the learned fill's seam): so the fill of the keyframe that sees more of
+    the frame around a hole is used, whichever is nearer in time. img (H, W, 3): the frame as `_two_sides` made it."""
+    reach = FILL_REACH * widths(max(share.shape))
+    costs = []
+    for part, frames in zip((first, second), apart, strict=True):
+        carried = (part[1] < 0.5).cpu().numpy()
+        if not carried.any():
+            return img  # a keyframe carries nothing here (a cut): the preferred one's fill, as it is
+        far = cv2.distanceTransform((~carried).astype("uint8"), cv2.DIST_L2, 5)
+        costs.append(torch.from_numpy(far).to(img.device) / reach + frames / FILL_FRAMES)
+    w = torch.softmax(-torch.stack(costs), 0)[..., None]  # (2, H, W, 1)
+    fill = w[0] * first[0] + w[1] * second[0]
+    known = (share < 0.5).to(img.dtype)[None, None]
+    fill = fill + pull_push((img - fill).permute(2, 0, 1)[None] * known, known)[0].permute(1, 2, 0)
+    return img + share[..., None] * (fill - img)
 
 
 class _Held:
@@ -776,7 +812,8 @@ def flow_propagate(
     motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
     the chains step through it (`PairwiseMotion`: no flow held for the whole clip). keyframes_per_frame
     (KEYFRAMES_PER_FRAME): with 2 (the default) each frame is carried from its two nearest keyframes and takes, per
-    pixel, the nearer's carry where it carries, else the other's (where both carry, the better registered); with 1
+    pixel, the nearer's carry where it carries, else the other's (where both carry, the better registered; where
+    neither, the fill of the one that carries around the pixel); with 1
     each frame comes from its nearest keyframe's chain. Either way the nearer keyframe changes over `window` frames
     around the midpoint of two keyframes, blended linearly (no seam). mask (1 or K, H,
     W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
@@ -931,7 +968,8 @@ def flow_propagate(
                             continue
                         parts = dict([other, (key, part)])
                         first, second, t = sides[k]
-                        finish(k, *_two_sides(parts[first], parts[second], t))
+                        apart = (abs(k - indices[first]), abs(k - indices[second]))
+                        finish(k, *_two_sides(parts[first], parts[second], t, apart))
                 finally:  # a cancel or an error: each chain's flow worker (`_ahead`) stops now
                     for r in runs:
                         r.close()
