@@ -809,17 +809,17 @@ def flow_propagate(
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
     float in [0, 1] or uint8 (converted a frame at a time), a tensor or a `FrameSpool` (read a frame at a time).
 
-    motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as
-    the chains step through it (`PairwiseMotion`: no flow held for the whole clip). keyframes_per_frame
+    motion: consecutive flow of `frames` (FlowEngine.consecutive); when None it is estimated here pair by pair as the
+    chains step through it (`PairwiseMotion`: no flow held for the whole clip). keyframes_per_frame
     (KEYFRAMES_PER_FRAME): with 2 (the default) each frame is carried from its two nearest keyframes and takes, per
     pixel, the nearer's carry where it carries, else the other's (where both carry, the better registered; where
-    neither, the fill of the one that carries around the pixel); with 1
-    each frame comes from its nearest keyframe's chain. Either way the nearer keyframe changes over `window` frames
-    around the midpoint of two keyframes, blended linearly (no seam). mask (1 or K, H,
-    W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H, W) float mask (read when
-    needed): the edited region; outside it the source frame is kept exactly. callback(k) once per finished frame k (it
-    may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames and filled shares
-    (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are carried.
+    neither, the fill of the one that carries around the pixel); with 1 each frame comes from its nearest keyframe's
+    chain. Either way the nearer keyframe changes over `window` frames around the midpoint of two keyframes, blended
+    linearly (no seam). mask (1 or K, H, W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H,
+    W) float mask (read when needed): the edited region; outside it the source frame is kept exactly. callback(k) once
+    per finished frame k (it may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames
+    and filled shares (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are
+    carried.
     fill: what the pixels the flow cannot see get (FILLS); seed: synthesis's random search (frame k uses
     seeding.frame_seed(seed, k)). The `filled` share: the pixels not carried from a keyframe; the same for the colour
     and synthesis fills, and the learned fill's adds those whose carried source disagrees with the frame's (AGREE).
