@@ -31,7 +31,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import torch
 import torch.nn.functional as F
 
@@ -670,6 +669,7 @@ def _fill_between(img: torch.Tensor, share: torch.Tensor, first: tuple[torch.Ten
     what its keyframe carries, and from the keyframe nearer in time), then continued from every carried pixel of the
     frame (`pull_push` of the difference, as the learned fill's seam): so the fill of the keyframe that sees more of
     the frame around a hole is used, whichever is nearer in time. img (H, W, 3): the frame as `_two_sides` made it."""
+    cv2 = import_cv2()
     reach = FILL_REACH * widths(max(share.shape))
     costs = []
     for part, frames in zip((first, second), apart, strict=True):
