@@ -272,14 +272,14 @@ def test_where_both_keyframes_carry_the_better_registered_carry_is_taken():
     near_mismatch = torch.tensor([[0.1, 0.01, 0.0], [0.0, 0.0, 0.0]])
     far_mismatch = torch.tensor([[0.05, 0.02, 0.0], [0.0, 0.0, 0.0]])
     near, far = (near_img, near_filled, near_mismatch), (far_img, far_filled, far_mismatch)
-    img, filled = _two_sides(near, far, 0.0)
+    img, filled = _two_sides(near, far, 0.0, (0, 0))
     # (0, 0): both carry, far registered better -> far; (0, 1): both, near better -> near; (0, 2): only far carries;
     # (1, 1), (1, 2): only near carries; (1, 0): neither (`_fill_between`, tested below)
     assert img[..., 0].tolist()[0] == [1.0, 0.0, 1.0] and img[..., 0].tolist()[1][1:] == [0.0, 0.0]
     assert torch.equal(filled, near_filled * far_filled)
-    other, _ = _two_sides(far, near, 0.0)
+    other, _ = _two_sides(far, near, 0.0, (0, 0))
     assert other[0, 0, 0] == 1.0 and other[0, 1, 0] == 0.0  # the judge does not depend on which is nearer
-    half, _ = _two_sides(near, far, 0.5)
+    half, _ = _two_sides(near, far, 0.5, (0, 0))
     assert torch.allclose(half, 0.5 * img + 0.5 * other)
 
 

@@ -640,7 +640,7 @@ FILL_FRAMES = 30
 
 
 def _two_sides(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...], t: float,
-               apart: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+               apart: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame k from its two keyframes' parts, each (frame (H, W, 3), filled share (H, W), mismatch (H, W)): 1 - t of
     the result that prefers `first` and t of the one that prefers `second`; the filled share is what neither carries.
     Preferring a over b: a's carry where it carries, else b's carry where that carries; where both carry, b's where
