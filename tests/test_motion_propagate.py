@@ -188,6 +188,31 @@ def test_streamed_flow_equals_the_whole_clips_motion(engine, clip, strategy):
     assert len(pairs._pairs) == pairs.cache
 
 
+def test_streamed_flow_estimates_each_pair_once_per_chain_direction(engine, clip, monkeypatch):
+    """Streamed, with two keyframes per frame and a fill that follows its chain (the trail steps the pairs in the
+    frame-size work while the flow worker is ahead): every consecutive pair is estimated once, and those between the
+    two keyframes at most twice (their two chains run one after the other), never again for a chain's trail."""
+    from collections import Counter
+
+    from magicprop.motion.engine import PairwiseMotion
+
+    src8 = (clip.source.frames * 255).round().to(torch.uint8)
+    refs, keys = clip.edit.frames[[2, 10]], [2, 10]
+    asked, init = [], PairwiseMotion.__init__
+
+    def counted(self, engine, frame, *args, **kwargs):  # a pair's estimate asks for its two frames (under its lock)
+        init(self, engine, lambda k: asked.append(k) or frame(k), *args, **kwargs)
+
+    monkeypatch.setattr(PairwiseMotion, "__init__", counted)
+    flow_propagate(src8, refs, keys, engine, window=4, fill="synthesis")
+    assert asked[1::2] == [k + 1 for k in asked[0::2]]
+    estimated = Counter(asked[0::2])
+    assert sorted(estimated) == list(range(src8.shape[0] - 1))
+    outside = {i: n for i, n in estimated.items() if not keys[0] <= i < keys[1]}
+    assert set(outside.values()) == {1}, outside
+    assert max(estimated.values()) <= 2, estimated
+
+
 def test_two_keyframes_blend_linearly_without_a_seam(engine, clip):
     """One keyframe per frame: each frame from the nearer keyframe's chain, the two blended over the window."""
     src, truth = clip.source.frames, clip.edit.frames

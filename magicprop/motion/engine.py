@@ -328,7 +328,7 @@ class Motion:
 class PairwiseMotion:
     """The consecutive motion of a clip estimated pair by pair when a chain steps through it, for long clips: only
     the last `cache` pairs and one validity share per pair are held, where `FlowEngine.consecutive` holds every
-    pair's flow (at 128 px, 160 KB a frame). Each pair is `consecutive` of its two frames (what it stores for the
+    pair's flow (at 512 px, 1.5 MB a pair). Each pair is `consecutive` of its two frames (what it stores for the
     whole clip); a pair asked for again after it left the cache (two chains meeting in a blend window) is estimated
     again.
 

@@ -863,7 +863,8 @@ def flow_propagate(
                  "snapped to the frame's dominant motions (no second estimate from the accumulated guess)",
                  engine.settings.estimator)
     if motion is None:
-        ctx.motion = motion = PairwiseMotion(engine, ctx.small, num, (h, w))
+        # each chain running holds the pairs its worker estimated ahead (`_ahead`), the one in hand and its trail's
+        ctx.motion = motion = PairwiseMotion(engine, ctx.small, num, (h, w), cache=(AHEAD + 2) * (2 if two else 1))
 
     def mask_of(k: int) -> torch.Tensor | None:
         return None if mask is None else mask[k if mask.shape[0] > 1 else 0]
