@@ -183,3 +183,46 @@ def test_mask_keeps_the_source_outside(host):
     outside = host.output(executor, "14")[0] == 0
     assert torch.equal(images[:, outside], frames[:, outside]) and not filled[:, outside].any()
     assert (images[:, ~outside] - frames[:, ~outside]).abs().mean() > 0.2  # inverted colours inside
+
+
+def test_progress_steps_through_a_gaps_first_chain_and_a_cancel_there_stops_the_run(host):
+    """Two keyframes (0 and K-1): every frame between them is carried by both chains, the second finishing what the
+    first left waiting; ComfyUI's progress bar counts each chain's frames, so it moves (and the user's cancel is
+    honoured) while the first chain runs, before any frame between the keyframes is finished."""
+    import comfy.utils
+
+    import nodes
+
+    graph = flow_graph()
+    graph["11"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": K - 1, "length": 1}}
+    graph["5"]["inputs"]["batch_index"] = 0
+    graph["12"] = {"class_type": "ImageInvert", "inputs": {"image": ["11", 0]}}
+    graph["13"] = {"class_type": "ImageBatch", "inputs": {"image1": ["6", 0], "image2": ["12", 0]}}
+    graph["7"]["inputs"].update(reference=["13", 0], keyframe_indices=f"0, {K - 1}")
+    total = 2 + 2 * (K - 2) + 2  # the keyframes; each frame between them once for each chain, which ends on the other
+    events = []
+
+    def record(value, steps, preview, **kw):
+        if steps == total:
+            events.append(value)
+
+    comfy.utils.set_progress_bar_global_hook(record)
+    try:
+        host.run(graph, ["7"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert events == list(range(1, total + 1))
+
+    def cancel_in_first_chain(value, steps, preview, **kw):
+        record(value, steps, preview)
+        if steps == total and value == 4:  # the keyframes and two frames of the first chain: nothing else finished
+            nodes.interrupt_processing(True)
+
+    events.clear()
+    comfy.utils.set_progress_bar_global_hook(cancel_in_first_chain)
+    try:
+        with pytest.raises(GraphError) as err:
+            host.run(graph, ["7"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert err.value.exception_type == "interrupted" and events == [1, 2, 3, 4]

@@ -359,6 +359,45 @@ def test_a_cancel_with_two_keyframes_per_frame_stops_every_flow_worker(engine, c
     assert done == [1, 11, 0, 2]
 
 
+@pytest.mark.parametrize("per_frame", [1, 2])
+def test_progress_counts_every_chains_frames_and_cancels_within_a_gaps_first_chain(engine, clip, per_frame):
+    """progress(done, total) once per keyframe and per frame a chain carries, up to its total: with two keyframes per
+    frame the frames of a gap wait for its second chain to finish them, and the first chain's frames advance progress
+    (and a cancel raised there stops the run and its flow workers) before any of them is finished."""
+    import threading
+
+    keys, steps, finished = [1, 11], [], []
+    flow_propagate(clip.source.frames, clip.edit.frames[keys], keys, engine, keyframes_per_frame=per_frame,
+                   progress=lambda done, total: steps.append((done, total, len(finished))), callback=finished.append)
+    total = steps[0][1]
+    assert [s[:2] for s in steps] == [(n, total) for n in range(1, total + 1)]
+    k = clip.source.frames.shape[0]
+    # with one per frame the frames of the blend window are carried by two chains, the others by one; with two,
+    # every frame but the keyframes by two, and each keyframe by the chain that passes it on to the clip's end
+    assert total == (len(keys) + 2 * (k - len(keys)) + 2 if per_frame == 2 else k + len(keyframe_plan(keys, k)[1]))
+    if per_frame == 1:
+        return
+    # the gap's first chain (frame 10 back to 2: 9 frames) runs before any of its frames can be finished
+    assert [s[2] for s in steps[2:11]] == [2] * 9
+
+    class Cancel(Exception):
+        pass
+
+    def cancel(done: int, _total: int) -> None:
+        if done == 6:
+            raise Cancel
+
+    finished.clear()
+    try:
+        flow_propagate(clip.source.frames, clip.edit.frames[keys], keys, engine, progress=cancel,
+                       callback=finished.append)
+    except Cancel:
+        assert not [t for t in threading.enumerate() if t.name == "magicprop-flow-ahead" and t.is_alive()]
+    else:
+        raise AssertionError("the cancel raised by progress did not stop the run")
+    assert finished == keys
+
+
 def test_mask_keeps_the_source_outside_exactly(engine, clip):
     src, truth = clip.source.frames, clip.edit.frames
     mask = torch.zeros(1, *src.shape[1:3])

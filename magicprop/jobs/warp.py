@@ -249,10 +249,16 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
             outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
             if job.mask_out is not None:
                 outputs.open(job.mask_out, size, fps, "--mask-out", **codec)
-            with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="frame",
+            # one step per frame each chain carries (with two keyframes per frame, two a frame)
+            with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="step",
                       disable=not progress) as bar:
+
+                def step(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
                 flow_propagate(frames, references, indices, engine, strategy=strategy, window=job.keyframe_window,
-                               mask=mask, callback=lambda _i: bar.update(1), carry=job.carry or DEFAULT_CARRY,
+                               mask=mask, progress=step, carry=job.carry or DEFAULT_CARRY,
                                fill=job.fill or DEFAULT_FILL, dtype=torch.float16, on_frame=outputs.put,
                                device=job.device, keyframes_per_frame=job.keyframes_per_frame or
                                DEFAULT_KEYFRAMES_PER_FRAME)

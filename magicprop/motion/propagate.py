@@ -805,6 +805,7 @@ def flow_propagate(
     on_frame: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     device: torch.device | str = "cpu",
     keyframes_per_frame: int = DEFAULT_KEYFRAMES_PER_FRAME,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FlowResult:
     """Carry edited keyframes `references` (N, H, W, 3), at frame `indices`, through the clip `frames` (K, H, W, 3),
     float in [0, 1] or uint8 (converted a frame at a time), a tensor or a `FrameSpool` (read a frame at a time).
@@ -817,7 +818,10 @@ def flow_propagate(
     chain. Either way the nearer keyframe changes over `window` frames around the midpoint of two keyframes, blended
     linearly (no seam). mask (1 or K, H, W), a tensor or any object with that `shape` whose `mask[k]` is frame k's (H,
     W) float mask (read when needed): the edited region; outside it the source frame is kept exactly. callback(k) once
-    per finished frame k (it may raise to cancel). carry: what the flow carries (CARRIES). dtype: of the result's frames
+    per finished frame k (it may raise to cancel). progress(done, total) once per keyframe and per frame each chain
+    carries (total: the keyframes and every chain's frames; with two keyframes per frame a frame counts once for each
+    of its two chains, so a gap's first chain, whose frames wait for the second, advances it too; it may raise to
+    cancel, as callback may). carry: what the flow carries (CARRIES). dtype: of the result's frames
     and filled shares (float16 halves what a long clip holds). Hard cuts are found (and logged) once the frames are
     carried.
     fill: what the pixels the flow cannot see get (FILLS); seed: synthesis's random search (frame k uses
@@ -852,8 +856,15 @@ def flow_propagate(
     two = keyframes_per_frame == 2 and len(indices) > 1
     if two:  # index and window checks before the work
         groups, sides = two_keyframe_plan(indices, frames.shape[0], window)
+        chains = [c for group in groups for c in group]
     else:
         chains, blends = keyframe_plan(indices, frames.shape[0], window)
+    steps = [0, len(indices) + sum(len(c.indices) - 1 for c in chains)]  # (done, total) for progress
+
+    def step() -> None:
+        steps[0] += 1
+        if progress is not None:
+            progress(*steps)
     keyframes = set(indices)
     num, h, w, _ = frames.shape
     ctx = _Context(frames, engine, motion, device)
@@ -891,6 +902,7 @@ def flow_propagate(
 
     for n, i in enumerate(indices):
         finish(i, references[n].float().to(device), torch.zeros(h, w, device=device))
+        step()
     translations: dict[int, EditTranslation | None] = {}
 
     def run(chain: Chain) -> Iterator[tuple[int, int, tuple[torch.Tensor, torch.Tensor]]]:
@@ -950,6 +962,7 @@ def flow_propagate(
         pending: dict[int, dict[int, tuple]] = {}
         for chain in chains:
             for k, key, part in run(chain):
+                step()
                 part = meet(pending, blends, k, key, part)
                 if part is not None:
                     finish(k, *part)
@@ -960,6 +973,7 @@ def flow_propagate(
                 runs = [run(c) for c in group]
                 try:
                     for k, key, part in heapq.merge(*runs, key=lambda item: item[0], reverse=backward):
+                        step()
                         if k in keyframes:  # a chain passing another keyframe: the keyframe is the edit
                             continue
                         part = (part[0].clamp(0, 1), *part[1:])

@@ -22,6 +22,21 @@ def frame_callback(total: int):
     return on_item
 
 
+def steps_callback():
+    """flow_propagate's progress(done, total) -> one ComfyUI progress bar over the run's steps (every frame each chain
+    carries: with two keyframes per frame a gap's first chain advances it too), made at the first step, when the
+    total is known; and a stop when the user cancels the run."""
+    bar: list = []
+
+    def on_step(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if not bar:
+            bar.append(comfy.utils.ProgressBar(max(total, 1)))
+        bar[0].update_absolute(min(done, total), total)
+
+    return on_step
+
+
 def counted(on_done):
     """flow_propagate's per-frame callback (a frame index) -> a count of frames done for the progress bar."""
     done = [0]

@@ -20,7 +20,7 @@ from ...magicprop.motion.propagate import (
     flow_propagate,
 )
 from ..common.flow_inputs import check_flow, keyframe_engine, placed
-from ..common.progress import counted, frame_callback
+from ..common.progress import steps_callback
 from ..common.types import ExternalFlow, Flow
 from ..common.validation import UNCONNECTED, keyframes, parse_keyframe_indices, refusal
 
@@ -135,7 +135,7 @@ class FlowPropagate(io.ComfyNode):
         with placed(engine):
             result = flow_propagate(frames, reference[..., :3].float().cpu(), keys, engine, motion=flow,
                                     strategy=strategy, window=keyframe_window, mask=masks,
-                                    callback=counted(frame_callback(k)), carry=carry, fill=fill, seed=seed,
+                                    progress=steps_callback(), carry=carry, fill=fill, seed=seed,
                                     device=comfy.model_management.get_torch_device())
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.frames.to(device), result.filled.float().to(device))
