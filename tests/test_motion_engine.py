@@ -359,9 +359,9 @@ def test_bad_frames_refused():
     with pytest.raises(MagicPropError, match="at least 2"):
         engine.consecutive(torch.zeros(1, 8, 8, 3))
     with pytest.raises(MagicPropError, match="at least 2"):
-        engine.consecutive(iter([torch.zeros(8, 8, 3)]))
+        engine.consecutive(iter([torch.zeros(16, 16, 3)]))
     with pytest.raises(MagicPropError, match="one size"):
-        engine.consecutive(iter([torch.zeros(8, 8, 3), torch.zeros(8, 10, 3)]))
+        engine.consecutive(iter([torch.zeros(16, 16, 3), torch.zeros(16, 20, 3)]))
     with pytest.raises(MagicPropError, match=r"\(N, H, W, 3\)"):
         engine.flow(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))
 
@@ -394,6 +394,28 @@ def test_external_flow_finds_occlusions_with_the_other_direction_estimated(textu
     away[:, :8] = away[:, -8:] = False
     assert estimated.valid_forward[0][away].float().mean() > 0.95  # the background is still carried
     assert estimated.settings["other_direction"]["estimator"] == "dis"
+
+
+@pytest.mark.parametrize("sign,direction,warned", [
+    (1, "forward", None), (-1, "backward", None),  # flow_{a->b} said to be forward, flow_{b->a} backward
+    (-1, "forward", "set flow_direction to 'backward'"), (1, "backward", "set flow_direction to 'forward'"),
+    (0, "forward", "0 everywhere while the frames move"),
+])
+def test_external_flow_of_the_wrong_direction_or_no_motion_is_named_in_one_warning(texture, caplog, sign, direction,
+                                                                                   warned):
+    """Flow whose field points the other way than flow_direction says (a widget left wrong), or zero flow of moving
+    frames: one warning naming the fix; the right direction gives none."""
+    import logging
+
+    from magicprop.motion.external import external_motion
+
+    (a, b), _, _ = two_layers(texture, shift=14)
+    flow = torch.zeros(1, 256, 256, 2)
+    flow[..., 0] = 2.0 * sign  # the background moves +2 px from a to b (the square +14: the same sign)
+    with caplog.at_level(logging.WARNING, logger="magicprop"):
+        external_motion(flow, direction, (256, 256), frames=torch.cat([hwc(a), hwc(b)]), engine=FlowEngine())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (warnings == []) if warned is None else (len(warnings) == 1 and warned in warnings[0]), warnings
 
 
 RAFT_AUTHORS = os.environ.get("MAGICPROP_RAFT_DIR")  # raft-small.pth and raft-sintel.pth of princeton-vl/RAFT
@@ -451,3 +473,21 @@ def test_the_authors_key_layout_converts_to_torchvision_exactly(tmp_path, builde
     torch.save(_authors_names(state), tmp_path / "authors.pth")
     converted = load_raft_state(str(tmp_path / "authors.pth"))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("w,h,refused", [(10, 6, True), (12, 6, True), (11, 11, True), (12, 8, False),
+                                         (8, 12, False), (16, 8, False)])
+def test_frames_too_small_for_dis_are_refused_in_one_line(w, h, refused):
+    """OpenCV's DIS refuses frames under 8 px on the short side or 12 on the long one (a raw cv2.error): the engine
+    says so in one line, before estimating; the smallest sizes it takes are estimated."""
+    engine = FlowEngine()
+    frames = torch.rand(2, h, w, 3)
+    if refused:
+        with pytest.raises(MagicPropError) as err:
+            engine.consecutive(frames)
+        assert str(err.value) == (f"flow frames of {w}x{h} at the working resolution: DIS needs at least 8 pixels on "
+                                  "the short side and 12 on the long one; use larger frames or a larger flow "
+                                  "work size (--flow-size, OpticalFlowSequence's work_size), or estimator "
+                                  "'farneback'.")
+    else:
+        assert engine.consecutive(frames).forward.shape == (1, 2, h, w)

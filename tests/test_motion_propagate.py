@@ -398,6 +398,31 @@ def test_progress_counts_every_chains_frames_and_cancels_within_a_gaps_first_cha
     assert finished == keys
 
 
+def test_a_soft_mask_fits_the_edit_where_it_is_strongest_and_an_empty_keyframe_mask_is_refused(engine, clip):
+    """The edit's fits learn from the pixels at least half the keyframe mask's largest value, so a soft mask of any
+    strength works (the result is the mask's blend of the edit and the source); a mask that is empty at a keyframe is
+    refused in one line naming the keyframe, before any flow is estimated."""
+    src, truth = clip.source.frames, clip.edit.frames
+    whole = flow_propagate(src, truth[:1], [0], engine)
+    soft = flow_propagate(src, truth[:1], [0], engine, mask=torch.full((1, *src.shape[1:3]), 0.4))
+    assert torch.allclose(soft.frames, (0.4 * whole.frames + 0.6 * src).clamp(0, 1), atol=1e-5)
+    per_frame = torch.ones(src.shape[:3])
+    per_frame[0] = 0
+    calls = []
+    engine_calls = FlowEngine(engine.settings)
+    for name in ("flow", "consecutive", "to_keyframe"):
+        setattr(engine_calls, name, lambda *a, name=name, **k: calls.append(name))
+    with pytest.raises(MagicPropError) as err:
+        flow_propagate(src, truth[:1], [0], engine_calls, mask=per_frame)
+    assert str(err.value) == ("mask is empty at keyframe 0 (0 everywhere in frame 0): expected the edited region of "
+                              "every keyframe marked (above 0); paint the mask over frame 0's edit, or leave the mask "
+                              "out to edit whole frames.")
+    assert not calls
+    per_frame[0], per_frame[5] = 1, 0  # empty elsewhere: that frame keeps its source
+    result = flow_propagate(src, truth[:1], [0], engine, mask=per_frame)
+    assert torch.equal(result.frames[5], src[5])
+
+
 def test_mask_keeps_the_source_outside_exactly(engine, clip):
     src, truth = clip.source.frames, clip.edit.frames
     mask = torch.zeros(1, *src.shape[1:3])

@@ -147,6 +147,10 @@ class _OpenCVEstimator:
     def check(settings: FlowSettings) -> None:
         import_cv2()
 
+    @staticmethod
+    def check_size(h: int, w: int) -> None:
+        """One line before any estimate when frames of (h, w) at the working resolution are too small to estimate."""
+
     def _make(self, settings: FlowSettings):
         return None
 
@@ -169,6 +173,13 @@ class _DIS(_OpenCVEstimator):
                 f"DIS preset {settings.preset!r}: expected one of {list(DIS_PRESETS)} (faster to better)."
             )
         import_cv2()
+
+    @staticmethod
+    def check_size(h: int, w: int) -> None:
+        if min(h, w) < 8 or max(h, w) < 12:  # OpenCV's DIS refuses these (measured on every size up to 39x39)
+            raise MagicPropError(f"flow frames of {w}x{h} at the working resolution: DIS needs at least 8 pixels on "
+                                 "the short side and 12 on the long one; use larger frames or a larger flow work size "
+                                 "(--flow-size, OpticalFlowSequence's work_size), or estimator 'farneback'.")
 
     def _make(self, settings):
         preset = getattr(self.cv2, f"DISOPTICAL_FLOW_PRESET_{settings.preset.upper()}")
@@ -409,6 +420,13 @@ class FlowEngine:
         scale = min(1.0, self.settings.work_size / max(h, w))
         return max(1, round(h * scale)), max(1, round(w * scale))
 
+    def check_frames(self, h: int, w: int) -> tuple[int, int]:
+        """One line when frames of size (h, w) are too small for the estimator at the working resolution (before any
+        work when a caller knows the size); returns that resolution."""
+        h, w = self.work_shape(h, w)
+        ESTIMATORS[self.settings.estimator].check_size(h, w)
+        return h, w
+
     def prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) frames -> (N, h, w, 3) float32 at the working resolution (area-averaged when downscaled)."""
         frames = as_frame(frames)
@@ -416,7 +434,7 @@ class FlowEngine:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise MagicPropError(f"flow frames of shape {tuple(frames.shape)}: expected (N, H, W, 3) RGB images.")
-        h, w = self.work_shape(*frames.shape[1:3])
+        h, w = self.check_frames(*frames.shape[1:3])
         if (h, w) == tuple(frames.shape[1:3]):
             return frames
         x = F.interpolate(frames.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False,

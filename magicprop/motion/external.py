@@ -15,11 +15,16 @@ from __future__ import annotations
 import torch
 
 from ..errors import MagicPropError
+from ..log import get_logger
 from .engine import FlowEngine, Motion, consistency, resize_flow, warp
+
+log = get_logger(__name__)
 
 DIRECTIONS = ("forward", "backward")
 """forward: flow[k] = flow_{k->k+1} (controlnet_aux's default); backward: flow[k] = flow_{k+1->k}."""
 EXTERNAL = "external"
+MOVING = 0.5
+"""Pixels whose estimated motion is at least this (px) tell which way the given flow points (`_check_direction`)."""
 """The estimator name recorded with such flow: it cannot be extended to new frame pairs."""
 
 
@@ -36,6 +41,27 @@ def check_external_flow(flow, frames: int, size: tuple[int, int], what: str = "e
         )
     if not torch.isfinite(flow).all():
         raise MagicPropError(f"{what} holds NaN or infinite values: recompute the flow.")
+
+
+def _check_direction(given: torch.Tensor, other: torch.Tensor, direction: str) -> None:
+    """One warning line when the given flow (N, 2, h, w) looks like the wrong direction or no motion at all: where
+    the frames move (the estimated other direction, `other`, at least MOVING px), flow of the direction it is said
+    to be points against `other` (given + other near 0); flow of the other direction points with it."""
+    moving = other.square().sum(1).sqrt() >= MOVING
+    n = int(moving.sum())
+    if n == 0:
+        return
+    if float(given.abs().max()) == 0:
+        log.warning("external_flow is 0 everywhere while the frames move: the edit will not follow the motion; "
+                    "connect the flow node's output for these frames.")
+        return
+    same = (given - other).square().sum(1) < (given + other).square().sum(1)
+    share = float((same & moving).sum()) / n
+    if share > 0.5:
+        other_way = DIRECTIONS[1 - DIRECTIONS.index(direction)]
+        log.warning("external_flow points the other way on %.0f%% of the moving pixels: it looks like %s flow, but "
+                    "flow_direction is %r; set flow_direction to %r (most pixels will otherwise fail the "
+                    "forward-backward check and be filled).", 100 * share, other_way, direction, other_way)
 
 
 def invert_flow(flow: torch.Tensor, iterations: int = 20) -> torch.Tensor:
@@ -69,6 +95,7 @@ def external_motion(flow: torch.Tensor, direction: str, frame_size: tuple[int, i
         other = torch.cat([resize_flow(engine.flow(a[i:i + batch], b[i:i + batch]), tuple(given.shape[-2:]))
                            for i in range(0, given.shape[0], batch)])
         record["other_direction"] = engine.settings.record()
+        _check_direction(given, other, direction)
     forward, backward = (given, other) if direction == "forward" else (other, given)
     return Motion(forward.half(), backward.half(), consistency(forward, backward), consistency(backward, forward),
                   tuple(frame_size), record)

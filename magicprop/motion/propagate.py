@@ -751,6 +751,42 @@ def detect_cuts(motion: Motion | PairwiseMotion) -> list[int]:
     return cuts
 
 
+def _edited_region(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Keyframe k's (H, W) mask -> (H, W) float 0/1: the pixels the fits of its edit learn from, those at least half
+    the mask's largest value there (a binary mask's ones; a soft or feathered mask's core, whatever its strength).
+    An empty mask there is refused in one line: the keyframe would have no edit to carry."""
+    m = mask.float()
+    top = float(m.max())
+    if top <= 0:
+        raise MagicPropError(f"mask is empty at keyframe {k} (0 everywhere in frame {k}): expected the edited region "
+                             f"of every keyframe marked (above 0); paint the mask over frame {k}'s edit, or leave the "
+                             "mask out to edit whole frames.")
+    return (m >= 0.5 * top).float()
+
+
+def check_mask(mask, clip: tuple[int, int, int], indices: Sequence[int]):
+    """flow_propagate's mask, checked before any work against the clip's (K, H, W) and its keyframes: a tensor as
+    (1 or K, H, W) float ((H, W) and (.., 1) accepted), or any object with that `shape` whose `mask[k]` is frame k's
+    (H, W) mask; none empty at a keyframe (`_edited_region`). None stays None."""
+    if mask is None:
+        return None
+    k, h, w = clip
+    if isinstance(mask, torch.Tensor):
+        mask = mask.float()
+        if mask.ndim == 2:
+            mask = mask[None]
+        if mask.ndim == 4 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+    if len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
+        raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
+                             f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all; resize the mask "
+                             "to the frames' size.")
+    for i in indices:
+        if 0 <= i < k:  # (an index outside the clip is refused by the keyframe checks, with their message)
+            _edited_region(mask[i if mask.shape[0] > 1 else 0], i)
+    return mask
+
+
 def _check_inputs(frames, references, indices, strategy, mask, motion,
                   engine) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(frames, torch.Tensor | FrameSpool) or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -769,15 +805,7 @@ def _check_inputs(frames, references, indices, strategy, mask, motion,
                              f"{references.shape[0]} references; expected one index per edited reference.")
     if strategy not in STRATEGIES:
         raise MagicPropError(f"flow propagation strategy {strategy!r}: expected one of {sorted(STRATEGIES)}.")
-    if isinstance(mask, torch.Tensor):  # else any object with a `shape` whose `mask[k]` is frame k's (H, W) mask
-        mask = mask.float()
-        if mask.ndim == 2:
-            mask = mask[None]
-        if mask.ndim == 4 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
-    if mask is not None and (len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k)):
-        raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
-                             f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    mask = check_mask(mask, (k, h, w), indices)
     if engine is None and (motion is None or strategy in KEYFRAME_FLOW_STRATEGIES):
         need = "a motion" if motion is None else f"strategy {strategy!r} estimates flow to the keyframes"
         raise MagicPropError(f"flow propagation without a flow engine: {need}; pass a FlowEngine, or the motion with "
@@ -880,7 +908,11 @@ def flow_propagate(
     def mask_of(k: int) -> torch.Tensor | None:
         return None if mask is None else mask[k if mask.shape[0] > 1 else 0]
 
-    mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), mask_of(i))
+    def edited_region(k: int) -> torch.Tensor | None:  # keyframe k's mask as what the fits take (before any work)
+        return None if mask is None else _edited_region(mask_of(k), k)
+
+    regions = {i: edited_region(i) for i in indices}
+    mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), regions[i])
                                    for n, i in enumerate(indices)]
     out = filled = None
     if on_frame is None:
@@ -918,7 +950,7 @@ def flow_propagate(
         if fill == "learned":
             if key not in translations:  # a keyframe's two chains share what it learned (trained once)
                 translations[key] = _translation(frame, indices[key], references[key].float(),
-                                                 mappings[key].global_only(), mask_of(indices[key]),
+                                                 mappings[key].global_only(), regions[indices[key]],
                                                  frame_seed(seed, 0))
             if translations[key] is not None:  # the look starts from the frame's global mapping (`look` with residual)
                 learned = _learned_look(translations[key].to(device), full, look if carry == "residual" else

@@ -39,6 +39,10 @@ class RAFTEstimator:
     MIN_SIDE = 128
     refines_init = False  # torchvision's RAFT has no flow_init: its updates always start from zero flow
 
+    @staticmethod
+    def check_size(h: int, w: int) -> None:
+        """Any size: frames are padded to MIN_SIDE."""
+
     def __init__(self, settings: RAFTSettings):
         self.check(settings)
         from torchvision.models.optical_flow import raft_large, raft_small
