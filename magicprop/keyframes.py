@@ -51,24 +51,30 @@ class Chain:
     """Absolute frame indices, starting at the keyframe."""
 
 
-def check_keyframes(indices: Sequence[int], num_frames: int | None, references: int | None = None) -> list[int]:
+def check_keyframes(indices: Sequence[int], num_frames: int | None, references: int | None = None,
+                    name: str | None = None) -> list[int]:
     """Every check on keyframe indices, in one place (both front ends call it before any model work).
 
     One index per edited reference (when `references` is given), distinct and increasing, each inside the clip
-    (when `num_frames` is known). Returns the indices as a list.
+    (when `num_frames` is known). name: the input the indices came from (a node's `keyframe_indices` widget), named
+    by the messages; None for a run's reference indices. Returns the indices as a list.
     """
     indices = [int(i) for i in indices]
+    given = f"keyframe indices {indices}" if name is None else f"{name} {indices}"
     if references is not None and len(indices) != references:
         raise MagicPropError(
-            f"keyframe indices {indices} give {len(indices)} indices for {references} reference images: give one "
+            f"{given} give {len(indices)} indices for {references} reference images: give one "
             "frame index per edited reference, in the references' order."
         )
     if not indices:
         raise MagicPropError("keyframes: expected at least one edited reference.")
     if indices != sorted(set(indices)):
-        raise MagicPropError(f"keyframe indices {indices}: expected distinct indices in increasing order.")
+        raise MagicPropError(f"{given}: expected distinct indices in increasing order.")
     if num_frames is not None:
         for i in indices:
+            if name is not None and not 0 <= i < num_frames:
+                raise MagicPropError(f"{given}: frame {i} is out of range for a clip of {num_frames} frames: expected "
+                                     f"frames 0 to {num_frames - 1} (the frames that were edited, counted from 0).")
             chain_order(i, num_frames)  # range check with its message
     return indices
 

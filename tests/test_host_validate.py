@@ -262,6 +262,26 @@ def test_range_against_the_clip_is_checked_when_it_runs(host):
                                           "was edited).")
 
 
+@pytest.mark.parametrize("widget,message", [
+    (f"0, {K + 2}", f"keyframe_indices [0, {K + 2}]: frame {K + 2} is out of range for a clip of {K} frames: "
+                    f"expected frames 0 to {K - 1} (the frames that were edited, counted from 0)."),
+    ("1", f"reference_index={REF} and keyframe_indices '1' name different frames for the one edited reference: set "
+          "reference_index to 1, or clear keyframe_indices to use reference_index."),
+])
+def test_keyframes_from_the_widget_are_refused_naming_the_widget(host, widget, message):
+    """An index the keyframe_indices widget gave is named as the widget's when the clip refuses it; one reference
+    with the widget and reference_index naming different frames is refused (the edit would land on a guessed frame)."""
+    graph = flow_graph()
+    graph["7"]["inputs"]["keyframe_indices"] = widget
+    if "," in widget:  # two edited frames: the reference twice
+        graph["60"] = {"class_type": "ImageBatch", "inputs": {"image1": ["6", 0], "image2": ["6", 0]}}
+        graph["7"]["inputs"]["reference"] = ["60", 0]
+    valid, error, runs = submit(host, graph)
+    assert valid[0] and runs == 1
+    assert error["exception_type"] == "magicprop.MagicPropError"
+    assert error["exception_message"].strip() == message
+
+
 def test_a_widget_turned_into_a_socket_is_checked_when_it_runs_with_the_same_message(host):
     graph = flow_graph()
     graph["50"] = {"class_type": "PrimitiveString", "inputs": {"value": "0,, 5"}}

@@ -376,7 +376,7 @@ def flow_restyle() -> Graph:
           widgets={"reference_index": 0, "strategy": FLOW_STRATEGY, "flow_direction": "forward",
                    "keyframe_indices": "", "keyframe_window": 8, "carry": FLOW_CARRY, "fill": FLOW_FILL,
                    "seed": 0},  # every widget, in node order
-          outputs=[("IMAGE", "IMAGE"), ("filled", "MASK")], after={"seed": ["fixed"]})
+          outputs=[("IMAGE", "IMAGE"), ("filled", "MASK")])
     g.add(20, "CreateVideo", 6, inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
           links={"images": (31, 0), "fps": (2, 2), "audio": (2, 1)}, widgets={"fps": 30.0},
           outputs=[("VIDEO", "VIDEO")], title="Video (source fps and audio)")

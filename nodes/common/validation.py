@@ -22,6 +22,7 @@ import torch
 
 from ...magicprop.errors import MagicPropError
 from ...magicprop.io.images import GRID
+from ...magicprop.keyframes import check_keyframes
 
 UNCONNECTED = object()
 """Default of an optional socket in a `validate_inputs` signature: the host leaves it out when nothing is connected
@@ -65,11 +66,19 @@ def parse_keyframe_indices(text: str) -> list[int]:
     return indices
 
 
-def keyframes(reference_index: int, keyframe_indices: str, references: int) -> list[int]:
-    """Frame numbers of a run's references: `reference_index` for one reference and an empty keyframe_indices, else
-    the widget's list (its count and range are checked against the clip by the core's check_keyframes)."""
+def keyframes(reference_index: int, keyframe_indices: str, references: int, num_frames: int,
+              one_per_reference: bool = True) -> list[int]:
+    """Frame numbers of a run's references, checked against the clip (the core's check_keyframes, its messages naming
+    the widget when the numbers came from it): `reference_index` for one reference and an empty keyframe_indices, else
+    the widget's list, one per reference when `one_per_reference`. One reference with one index in the widget that is
+    not reference_index is refused: which frame was edited would be a guess."""
     indices = parse_keyframe_indices(keyframe_indices)
-    return [reference_index] if references == 1 and not indices else indices
+    if references == 1 and len(indices) == 1 and indices[0] != reference_index:
+        raise MagicPropError(f"reference_index={reference_index} and keyframe_indices {keyframe_indices!r} name "
+                             f"different frames for the one edited reference: set reference_index to {indices[0]}, or "
+                             "clear keyframe_indices to use reference_index.")
+    return check_keyframes([reference_index] if references == 1 and not indices else indices, num_frames,
+                           references if one_per_reference else None, name="keyframe_indices" if indices else None)
 
 
 def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:

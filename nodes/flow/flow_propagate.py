@@ -7,7 +7,6 @@ import torch
 from comfy_api.latest import io
 
 from ...magicprop.errors import MagicPropError
-from ...magicprop.keyframes import check_keyframes
 from ...magicprop.motion.engine import FlowEngine, FlowSettings, Motion
 from ...magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
 from ...magicprop.motion.propagate import (
@@ -17,6 +16,7 @@ from ...magicprop.motion.propagate import (
     DEFAULT_STRATEGY,
     FILLS,
     STRATEGIES,
+    check_mask,
     flow_propagate,
 )
 from ..common.flow_inputs import check_flow, keyframe_engine, placed
@@ -62,7 +62,9 @@ class FlowPropagate(io.ComfyNode):
                 ExternalFlow.Input("external_flow", optional=True,
                                    tooltip="Instead of flow: controlnet_aux's OPTICAL_FLOW (K-1, H, W, 2) in pixels, "
                                            "e.g. from its Unimatch node; see flow_direction. The other direction is "
-                                           "estimated from frames with DIS for the occlusion check."),
+                                           "estimated from frames with DIS for the occlusion check. It cannot be "
+                                           "extended to the keyframes, so the direct, mixed and guided strategies "
+                                           "use accumulate with it (logged)."),
                 io.Combo.Input("flow_direction", options=list(DIRECTIONS), default="forward", optional=True,
                                tooltip="Direction of external_flow: forward = frame k to k+1 (controlnet_aux's "
                                        "default), backward = k+1 to k (its backward_flow option)."),
@@ -91,9 +93,11 @@ class FlowPropagate(io.ComfyNode):
                                        "patches of the edited reference placed where the frame's own content guides "
                                        "them, made once and then carried along the flow (slower: about 0.25-1 s per "
                                        f"frame on a CPU). Default {DEFAULT_FILL}."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             optional=True, tooltip="The learned fill's training and synthesis's random search "
-                                                    "(the same seed gives the same frames)."),
+                # no control after generate: a seed the frontend randomized would redo the whole propagation at
+                # every queue and change the filled pixels each time
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True,
+                             tooltip="The learned fill's training and synthesis's random search (the same seed "
+                                     "gives the same frames; it stays as set between runs)."),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="All K frames with the edit carried along the flow."),
@@ -120,9 +124,8 @@ class FlowPropagate(io.ComfyNode):
         if reference.ndim != 4 or tuple(reference.shape[1:3]) != (h, w):
             raise MagicPropError(f"reference has shape {tuple(reference.shape)}: expected edited frame(s) of the "
                                  f"frames' size (N, {h}, {w}, 3); edit the frame at the video's size.")
-        keys = check_keyframes(keyframes(reference_index, keyframe_indices, reference.shape[0]), k,
-                               references=reference.shape[0])
-        masks = None if mask is None else mask.float().cpu()  # its shape is checked by the core, before any work
+        keys = keyframes(reference_index, keyframe_indices, reference.shape[0], k)
+        masks = check_mask(None if mask is None else mask.float().cpu(), (k, h, w), keys)  # before the flow's work
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))
             # the missing direction estimated from the frames by the default engine: occlusions are then found

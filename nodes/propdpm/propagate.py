@@ -10,7 +10,6 @@ from comfy_api.latest import io
 
 from ...magicprop.composite import DEFAULT_BORDER
 from ...magicprop.errors import MagicPropError
-from ...magicprop.keyframes import check_keyframes
 from ...magicprop.log import get_logger
 from ...magicprop.propdpm.depth import depth_from_image
 from ...magicprop.propdpm.motion_inputs import (
@@ -257,8 +256,7 @@ class AutoregressivePropagate(io.ComfyNode):
             )
         check_reference(reference, batch=True)
         k = depth.shape[0]
-        keys = check_keyframes(keyframes(reference_index, keyframe_indices, reference.shape[0]), k,
-                               references=reference.shape[0])
+        keys = keyframes(reference_index, keyframe_indices, reference.shape[0], k)
         check_inputs(model, positive, negative, depth, reference, keys, reference_depth, mask, source_frames, flow)
         if not decode:
             check_image_output_unused(cls.hidden.prompt, cls.hidden.unique_id)

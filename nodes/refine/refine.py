@@ -11,7 +11,6 @@ from comfy_api.latest import io
 
 from ...magicprop.composite import DEFAULT_BORDER
 from ...magicprop.errors import MagicPropError
-from ...magicprop.keyframes import check_keyframes
 from ...magicprop.refine.core import (
     MODES,
     NOISE_MODES,
@@ -220,7 +219,7 @@ class FlowRefine(io.ComfyNode):
                 max_batch: int = 0) -> io.NodeOutput:
         check_inputs(model, positive, negative, images, filled, flow, mode)
         k = images.shape[0]
-        keys = check_keyframes(keyframes(reference_index, keyframe_indices, 1), k)
+        keys = keyframes(reference_index, keyframe_indices, 1, k, one_per_reference=False)
         settings = RefineSettings(mode=mode, noise=noise, seed=seed, denoise=denoise, filled_denoise=filled_denoise,
                                   border=border, window=keyframe_window, max_batch=max_batch)
         frames = images[..., :3].float().cpu()
