@@ -131,8 +131,43 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--strategy", "teleport"), "--strategy", "direct")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--carry", "pixels"), "--carry", "residual")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--device", "gpu0"), "--device 'gpu0'", "'cuda'")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--reference-index", "9"),
+             "--reference-index [9]: frame 9 is out of range")
+    for name in ("frame_%04d.png", "still.png", "clip.webm"):
+        _refused(capsys, tmp_path, _args(bigbuckbunny, edit, tmp_path / name), f"{name}' is not an mp4 name", "'/'")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--crf", "-5"), "--crf -5", "0 (lossless) to 51")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--fps", "0"), "--fps 0.0", "above 0")
+    # the encoder is opened before any frame is made: an odd width is refused for yuv420p, with the fixes
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--width", "161"), "161x", "yuv420p needs an even",
+             "--pix-fmt yuv444p")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--pix-fmt", "yuv999"), "as yuv999", "--pix-fmt yuv420p")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow-size", "8"), "DIS needs at least 8",
+             "--flow-size")
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails as on a host without OpenCV
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out), "cv2", "pip install opencv-contrib-python-headless")
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, bigbuckbunny, edit, capsys):
+    """A PNG output folder is cleared when it is opened: --out or --mask-out naming the --video or --mask folder (or
+    a folder holding the reference) would delete the user's frames. Refused in one line before any work."""
+    plates = tmp_path / "plates"
+    write_frames(plates, resize_width(read_frames(bigbuckbunny, FRAMES), WIDTH))
+    frames = sorted(p.name for p in plates.iterdir())
+    copied = tmp_path / "ref" / "00000.png"
+    copied.parent.mkdir()
+    copied.write_bytes(Path(edit).read_bytes())
+    for argv, needles in (
+        (_args(plates, edit, f"{plates}/"), ("--out", "is also --video")),
+        (_args(plates, edit, tmp_path / "o.mp4", "--mask-out", f"{plates}/"), ("--mask-out", "is also --video")),
+        (_args(plates, edit, tmp_path / "o.mp4", "--mask", plates, "--mask-out", f"{plates}/"), ("--mask-out",)),
+        (_args(plates, copied, f"{copied.parent}/"), ("--out", "holds --reference")),
+        (_args(bigbuckbunny, edit, bigbuckbunny), ("--out", "is also --video")),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and all(n in err for n in needles), err
+        assert "give" in err and "a path of its own" in err, err
+    assert sorted(p.name for p in plates.iterdir()) == frames and copied.is_file()
 
 
 def test_external_flow_becomes_motion_both_ways():

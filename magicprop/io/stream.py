@@ -22,7 +22,15 @@ import torch
 
 from ..log import get_logger
 from .fileio import atomic_path
-from .video import FRAME_DIGITS, _AudioCopy, check_frame_folder_out, is_frame_folder, to_uint8, write_png
+from .video import (
+    FRAME_DIGITS,
+    _AudioCopy,
+    check_frame_folder_out,
+    is_frame_folder,
+    to_uint8,
+    video_stream,
+    write_png,
+)
 
 log = get_logger(__name__)
 
@@ -88,9 +96,8 @@ class VideoStream:
         self._src = None
         self._spill = None  # an unnamed temporary file, opened when the first frame has to wait
         try:
-            self._stream = self._out.add_stream(codec, rate=self.fps)
-            self._stream.height, self._stream.width, self._stream.pix_fmt = size[0], size[1], pix_fmt
-            self._stream.options = {"crf": str(crf)}
+            self._stream = video_stream(self._out, size, self.fps, crf, pix_fmt, codec,
+                                        f"{what} {os.fspath(self.path)!r}")
             self._audio = None
             if audio_from is not None and not is_frame_folder(audio_from):
                 self._src = av.open(str(audio_from))  # every stream must exist before the first packet is muxed

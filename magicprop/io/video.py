@@ -116,6 +116,42 @@ def check_frame_folder_out(path: str | Path, what: str = "--out") -> None:
             )
 
 
+def check_outputs_apart(outputs: Iterable[tuple[str, str | Path | None]],
+                        inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse, before any work, an output that is one of the inputs or a folder holding one: writing it would remove
+    or overwrite the input (a PNG output folder is cleared when it is opened). outputs, inputs: (option name, path)
+    pairs (path None: not given); the outputs are also kept apart from each other."""
+    seen = [(name, Path(p).resolve()) for name, p in inputs if p is not None]
+    for name, p in outputs:
+        if p is None:
+            continue
+        out = Path(p).resolve()
+        for other, path in seen:
+            if path == out or out in path.parents:
+                held = "is also" if path == out else "holds"
+                raise MagicPropError(f"{name} {os.fspath(p)!r} {held} {other} {os.fspath(path)!r}: writing there would "
+                                     f"remove or overwrite it; give {name} a path of its own.")
+        seen.append((name, out))
+
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
+"""What an output file may be named: the mp4 container is written (H.264)."""
+
+
+def check_out_path(path: str | Path, what: str = "--out") -> None:
+    """Refuse, before any work, an output that names neither a frame folder this module may write
+    (`check_frame_folder_out`) nor an mp4 file: an image name or a printf pattern (frame_%04d.png) would become one
+    mp4 file under that name."""
+    if is_frame_folder(path):
+        check_frame_folder_out(path, what)
+        return
+    p = Path(path)
+    if p.suffix.lower() not in VIDEO_SUFFIXES or "%" in p.name:
+        raise MagicPropError(f"{what} {os.fspath(path)!r} is not an mp4 name: pass a file ending in "
+                             f"{' / '.join(VIDEO_SUFFIXES)}, or a folder path ending in '/' for PNG frames "
+                             "(00000.png, 00001.png ...).")
+
+
 def write_frames(path: str | Path, frames: Iterable[torch.Tensor], bits: int = 8) -> Path:
     """Write (H, W, 3) or (H, W) frames in [0, 1] as 00000.png, 00001.png ... into the folder `path`, atomically.
 
@@ -233,6 +269,33 @@ def to_uint8(frame: torch.Tensor) -> np.ndarray:
     return (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
+"""Pixel formats whose chroma is subsampled across the width or height: x264 wants even sides for them."""
+
+
+def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: str, codec: str, where: str):
+    """The video stream of the open mp4 `out` for (H, W) frames, its encoder opened now, so that a size, pixel format
+    or rate it refuses is one line before any frame is made (an encoder opened at the first frame fails after the
+    run's work: flow propagation from the last keyframe makes frame 0 last)."""
+    import av
+
+    h, w = size
+    try:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width, stream.pix_fmt = h, w, pix_fmt
+        stream.options = {"crf": str(crf)}
+        stream.codec_context.open()
+    except (ValueError, av.error.FFmpegError) as e:
+        if (h % 2 or w % 2) and any(tag in pix_fmt for tag in SUBSAMPLED):
+            fix = (f"{pix_fmt} needs an even width and height: pass an even --width, --pix-fmt yuv444p, or a PNG "
+                   "folder (a path ending in '/')")
+        else:
+            fix = "use --pix-fmt yuv420p (players) or yuv444p and a --crf from 0 to 51"
+        raise MagicPropError(f"{where}: the {codec} encoder refuses {w}x{h} frames as {pix_fmt} at crf {crf}, "
+                             f"{float(fps):g} fps ({str(e).splitlines()[0]}); {fix}.") from None
+    return stream
+
+
 def write_video(
     path: str | Path,
     frames: Iterable[torch.Tensor],
@@ -264,10 +327,7 @@ def write_video(
     out_path = Path(path)
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
-        height, width = first.shape[:2]
-        stream = out.add_stream(codec, rate=fps)
-        stream.height, stream.width, stream.pix_fmt = height, width, pix_fmt
-        stream.options = {"crf": str(crf)}
+        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path))
         audio = None
         if audio_from is not None:  # every stream must exist before the first packet is muxed
             src = stack.enter_context(av.open(str(audio_from)))

@@ -9,6 +9,7 @@ weights file is refused naming the flag, before any frame is read.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,20 @@ class VideoOptions:
     crf: int = 18
     pix_fmt: str = "yuv420p"
     device: str = "cpu"
+
+    def check_video(self) -> None:
+        """The frame selection and the mp4's settings, in one line each before any work (the pixel format is checked
+        by the encoder when the output opens, against the frames' size: `io.stream.VideoStream`)."""
+        if self.max_frames is not None and self.max_frames < 1:
+            raise MagicPropError(f"--frames {self.max_frames}: expected 1 or more frames.")
+        if self.stride < 1:
+            raise MagicPropError(f"--stride {self.stride}: expected 1 or more (take every stride-th frame).")
+        if not 0 <= self.crf <= 51:
+            raise MagicPropError(f"--crf {self.crf}: expected 0 (lossless) to 51 (smallest), x264's range; 18 is "
+                                 "visually lossless.")
+        fps = getattr(self, "fps", None)
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise MagicPropError(f"--fps {fps}: expected a frame rate above 0, e.g. 24 or 29.97.")
 
 
 @dataclass(kw_only=True)

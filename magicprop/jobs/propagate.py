@@ -19,7 +19,7 @@ import torch
 from ..composite import DEFAULT_BORDER
 from ..errors import MagicPropError
 from ..io.images import check_reference_count, crop_to_grid, list_images, load_image, resize_width
-from ..io.video import VideoInfo, iter_frames, probe, to_uint8, write_video
+from ..io.video import VideoInfo, check_out_path, check_outputs_apart, iter_frames, probe, to_uint8, write_video
 from ..keyframes import check_keyframes, check_max_batch, keyframe_plan
 from ..log import get_logger
 from ..propdpm.checkpoint import inspect_checkpoint
@@ -87,6 +87,10 @@ def _prepare(images: torch.Tensor, job: PropagateJob, what: str, notice: bool = 
 
 
 def _check_files(job: PropagateJob) -> None:
+    job.check_video()
+    check_out_path(job.out, "--out")
+    check_outputs_apart([("--out", job.out)], [("--video", job.video), *(("--reference", p) for p in job.references),
+                                               ("--depth-frames", job.depth_frames)])
     for name, paths in (("checkpoint", [job.checkpoint]), ("video", [job.video]), ("reference", job.references),
                         ("reference-depth", job.reference_depths)):
         for p in map(Path, paths):

@@ -20,7 +20,15 @@ from ..errors import MagicPropError
 from ..io.images import list_images, load_image, resize
 from ..io.spool import FrameSpool
 from ..io.stream import Outputs
-from ..io.video import check_frame_folder_out, is_frame_folder, iter_frames, list_frames, probe, to_uint8
+from ..io.video import (
+    check_out_path,
+    check_outputs_apart,
+    is_frame_folder,
+    iter_frames,
+    list_frames,
+    probe,
+    to_uint8,
+)
 from ..keyframes import check_keyframes
 from ..log import get_logger
 from ..motion.engine import as_frame
@@ -179,12 +187,12 @@ def check_job(job: RefineJob) -> None:
     elif hints:
         raise MagicPropError(f"{hints[0]} gives ControlNet hints but no --controlnet is given: pass --controlnet DIR "
                              "(a diffusers ControlNetModel folder), or leave the hints out.")
-    if job.max_frames is not None and job.max_frames < 1:
-        raise MagicPropError(f"--frames {job.max_frames}: expected 1 or more frames.")
-    if job.stride < 1:
-        raise MagicPropError(f"--stride {job.stride}: expected 1 or more (take every stride-th frame).")
-    if is_frame_folder(job.out):
-        check_frame_folder_out(job.out, "--out")
+    job.check_video()
+    check_out_path(job.out, "--out")
+    check_outputs_apart([("--out", job.out)], [("--video", job.video), ("--carried", job.carried),
+                                                ("--filled-mask", job.filled_mask),
+                                                ("--control-frames", job.control_frames),
+                                                ("--depth-frames", job.depth_frames)])
     if job.mode == "loopback":
         from ..motion.engine import FlowEngine
 

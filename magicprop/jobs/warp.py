@@ -18,7 +18,8 @@ from ..io.images import check_reference_count, load_image, resize_width
 from ..io.spool import FrameSpool
 from ..io.stream import Outputs
 from ..io.video import (
-    check_frame_folder_out,
+    check_out_path,
+    check_outputs_apart,
     is_frame_folder,
     iter_frames,
     list_frames,
@@ -99,15 +100,12 @@ def _check_paths(job: WarpJob) -> None:
             raise MagicPropError(f"--reference {str(p)!r} does not exist; pass the edited frame as an image file.")
     if job.mask is not None and not Path(job.mask).exists():
         raise MagicPropError(f"--mask {str(job.mask)!r} does not exist; pass a mask image or a folder of masks.")
-    if job.max_frames is not None and job.max_frames < 1:
-        raise MagicPropError(f"--frames {job.max_frames}: expected 1 or more frames.")
-    if job.stride < 1:
-        raise MagicPropError(f"--stride {job.stride}: expected 1 or more (take every stride-th frame).")
+    job.check_video()
     for name, path in (("--out", job.out), ("--mask-out", job.mask_out)):
-        if path is not None and is_frame_folder(path):
-            check_frame_folder_out(path, name)
-    if job.mask_out is not None and Path(job.mask_out).resolve() == Path(job.out).resolve():
-        raise MagicPropError(f"--mask-out {str(job.mask_out)!r} is also --out: give the masks their own path.")
+        if path is not None:
+            check_out_path(path, name)
+    check_outputs_apart([("--out", job.out), ("--mask-out", job.mask_out)],
+                        [("--video", job.video), ("--mask", job.mask), *(("--reference", p) for p in job.reference)])
 
 
 def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
@@ -186,7 +184,7 @@ def check_job(job: WarpJob):
     known, RAFT weights present), the strategy's name, the video's info, the references at the output size and the
     mask (or None).
     """
-    from ..keyframes import keyframe_plan
+    from ..keyframes import check_keyframes, keyframe_plan
     from ..motion.engine import FlowEngine, check_device
 
     _check_paths(job)
@@ -196,8 +194,10 @@ def check_job(job: WarpJob):
     info = probe(job.video, job.fps)
     size = (info.height, info.width)
     references = _load_references(job, size)
+    engine.check_frames(*references.shape[1:3])
     expected = selected_count(job, info.frames)
     if expected is not None:
+        check_keyframes(job.reference_index, expected, name="--reference-index")
         keyframe_plan(list(job.reference_index), expected, job.keyframe_window)
     mask = _load_mask(job, size, expected)
     return engine, strategy, info, references, mask
@@ -229,14 +229,15 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from ..keyframes import keyframe_plan
+    from ..keyframes import check_keyframes, keyframe_plan
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_KEYFRAMES_PER_FRAME, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
     with read_selected(job) as frames:
         k = frames.shape[0]
         indices = list(job.reference_index)
-        keyframe_plan(indices, k, job.keyframe_window)  # for containers that do not say how many frames they hold
+        check_keyframes(indices, k, name="--reference-index")  # for containers that do not say how many frames
+        keyframe_plan(indices, k, job.keyframe_window)  # they hold
         if mask is not None and mask.shape[0] > 1:
             if mask.shape[0] < k:
                 raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected "
