@@ -1,5 +1,13 @@
 """`python -m magicprop ...`: see magicprop.cli."""
 
-from .cli import main
+import os
+
+# Before torch loads GNU OpenMP: its threads spin this many times (default 300000) waiting for work before they sleep.
+# Spinning threads of two busy processes (shots run side by side, a host beside the CLI) starve each other: two runs
+# at once took 67 s each where one takes 9 s on 2 cores; 10000 keeps the idle time (docs/decisions.md, "Thread
+# counts"). A value the user set is kept; a host (ComfyUI) is never changed: this is the CLI's own process.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+from .cli import main  # noqa: E402
 
 raise SystemExit(main())
