@@ -79,6 +79,37 @@ def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_p
     assert probe(tmp_path / "masks.mp4").frames == FRAMES
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_paint_layer_with_transparency_is_laid_over_its_frame(tmp_path, bigbuckbunny, edit, bits):
+    """A reference PNG with alpha (a paint layer: the edit where it is opaque, transparent elsewhere) gives the same
+    run as the layer flattened over its frame; before, its transparent pixels were carried as a black edit."""
+    import av
+    import numpy as np
+
+    source = read_frames(bigbuckbunny, R + 1)[R]
+    painted = load_image(edit)[0]
+    alpha = torch.zeros(*source.shape[:2], 1)
+    alpha[:, : source.shape[1] // 2] = 1  # the left half painted, the right half transparent
+    alpha[:, source.shape[1] // 2: source.shape[1] // 2 + 8] = 0.5  # a soft edge
+    top, fmt, png = (65535, "rgba64le", "rgba64be") if bits == 16 else (255, "rgba", "rgba")
+    layer = (torch.cat([painted, alpha], -1) * top).round().numpy().astype(np.uint16 if bits == 16 else np.uint8)
+    path = tmp_path / "layer.png"
+    with av.open(str(path), "w", format="image2") as out:  # a paint layer as a compositor exports it
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = source.shape[1], source.shape[0], png
+        for packet in stream.encode(av.VideoFrame.from_ndarray(layer, format=fmt).reformat(format=png)):
+            out.mux(packet)
+        out.mux(stream.encode())
+    flat = tmp_path / "flat.png"
+    save_image(flat, alpha * painted + (1 - alpha) * source)
+    assert main(_args(bigbuckbunny, path, f"{tmp_path}/layer/", "--fill", "colour")) == 0
+    assert main(_args(bigbuckbunny, flat, f"{tmp_path}/flat/", "--fill", "colour")) == 0
+    a, b = read_frames(tmp_path / "layer"), read_frames(tmp_path / "flat")
+    # the same run, to rounding and to the order of resizing and laying over (--width) at the soft edge
+    assert (a - b).abs().mean() < 0.5 / 255 and (a - b).abs().max() < 0.1, ((a - b).abs().mean(), (a - b).abs().max())
+    assert (a[R, :, -20:] - resize_width(source[None], WIDTH)[0, :, -20:]).abs().mean() < 0.02  # the source there
+
+
 def test_png_folder_works_as_video(tmp_path, bigbuckbunny, edit):
     source = tmp_path / "source"
     write_frames(source, iter(read_frames(bigbuckbunny, FRAMES)))

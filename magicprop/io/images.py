@@ -62,8 +62,9 @@ def crop_to_grid(frames: torch.Tensor, what: str = "frames", notice: bool = True
     return frames[:, top : top + h, left : left + w]
 
 
-def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
-    """An image file -> (1, H, W, 3) float32 in [0, 1] (PNG through `video.read_png`, other formats through PIL)."""
+def load_image(path: str | Path, what: str = "image", alpha: bool = False) -> torch.Tensor:
+    """An image file -> (1, H, W, 3) float32 in [0, 1] (PNG through `video.read_png`, other formats through PIL);
+    with `alpha` (1, H, W, 4), the fourth channel its alpha (1 where the file has none)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -73,10 +74,10 @@ def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
     if p.suffix.lower() == ".png":  # 16-bit PNGs keep their depth, as in a frame folder
         from .video import read_png
 
-        return read_png(p, what)[None]
+        return read_png(p, what, alpha)[None]
     try:
         with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            arr = np.asarray(im.convert("RGBA" if alpha else "RGB"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as e:
         raise MagicPropError(f"{what} {str(p)!r} is not a readable image ({e}).") from None
     return torch.from_numpy(arr)[None]

@@ -69,9 +69,10 @@ def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
     return files
 
 
-def read_png(path: str | Path, what: str = "frame") -> torch.Tensor:
-    """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder.
-    The one PNG reader: frame folders, masks and single images (`frames.load_image`) keep their bit depth alike."""
+def read_png(path: str | Path, what: str = "frame", alpha: bool = False) -> torch.Tensor:
+    """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder;
+    with `alpha` (H, W, 4), the fourth channel its alpha (1 where the PNG has none). The one PNG reader: frame
+    folders, masks and single images (`frames.load_image`) keep their bit depth alike."""
     import av
 
     try:
@@ -79,9 +80,12 @@ def read_png(path: str | Path, what: str = "frame") -> torch.Tensor:
             frame = next(c.decode(video=0))
     except (av.error.FFmpegError, StopIteration) as e:
         raise MagicPropError(f"{what} {str(path)!r} is not a readable PNG ({e}); re-export it.") from None
-    if frame.format.name.startswith(("rgb48", "rgba64", "gray16", "ya16")):
-        return torch.from_numpy(frame.to_ndarray(format="rgb48le").astype(np.float32) / 65535.0)
-    return torch.from_numpy(frame.to_ndarray(format="rgb24")).float() / 255.0
+    deep = frame.format.name.startswith(("rgb48", "rgba64", "gray16", "ya16"))
+    if alpha:
+        fmt, top = ("rgba64le", 65535.0) if deep else ("rgba", 255.0)
+    else:
+        fmt, top = ("rgb48le", 65535.0) if deep else ("rgb24", 255.0)
+    return torch.from_numpy(frame.to_ndarray(format=fmt).astype(np.float32) / top)
 
 
 def write_png(path: str | Path, image: torch.Tensor, bits: int = 8) -> None:

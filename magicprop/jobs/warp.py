@@ -117,9 +117,11 @@ def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
 
 
 def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H', W', 4): the edited references at the output size, RGB and alpha (1 where the file has none: a paint
+    layer's transparent pixels are laid over their frame by `_over_frames`)."""
     images = []
     for path in job.reference:
-        image = load_image(path, "--reference")
+        image = load_image(path, "--reference", alpha=True)
         if image.shape[1:3] != size:
             raise MagicPropError(
                 f"--reference {Path(path).name} is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x"
@@ -129,6 +131,16 @@ def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
         images.append(image)
     # at 8 bits, like the frames and the output: the edited frames come out exactly as given (after --width)
     return resize_width(torch.cat(images), job.width).mul(255).round().div(255)
+
+
+def _over_frames(references: torch.Tensor, frames, indices: list[int]) -> torch.Tensor:
+    """(N, H, W, 4) references with alpha -> (N, H, W, 3) edited frames: each laid over the source frame it edits
+    (a paint layer with transparency edits what it covers), at 8 bits like the frames."""
+    rgb, a = references[..., :3], references[..., 3:]
+    if bool((a >= 1).all()):
+        return rgb
+    under = torch.stack([torch.as_tensor(frames[i]).float() / 255 for i in indices])
+    return (a * rgb + (1 - a) * under).mul(255).round().div(255)
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -238,6 +250,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         indices = list(job.reference_index)
         check_keyframes(indices, k, name="--reference-index")  # for containers that do not say how many frames
         keyframe_plan(indices, k, job.keyframe_window)  # they hold
+        references = _over_frames(references, frames, indices)
         if mask is not None and mask.shape[0] > 1:
             if mask.shape[0] < k:
                 raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected "
