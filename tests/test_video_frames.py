@@ -111,3 +111,20 @@ def test_a_single_png_and_a_frame_folder_are_read_alike_at_16_bits(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(MagicPropError, match=r"^--mask .*bad\.png' is not a readable PNG"):
         load_image(tmp_path / "bad.png", "--mask")
+
+
+def test_gaps_in_a_numbered_sequence_are_named_and_other_names_are_left_alone(tmp_path):
+    """A plate sequence that lacks frames (shot_1003.png) is named by the check, since every later frame's index moves;
+    names that are not one numbered sequence give nothing; a folder of JPEGs says what it holds."""
+    from magicprop.io.video import list_frames, missing_frames
+
+    for n in (1001, 1002, 1004, 1007):
+        (tmp_path / f"shot_{n}.png").write_bytes(b"")
+    assert missing_frames(list_frames(tmp_path)) == ["shot_1003.png", "shot_1005.png", "shot_1006.png"]
+    (tmp_path / "other.png").write_bytes(b"")
+    assert missing_frames(list_frames(tmp_path)) == []
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    (jpegs / "0001.jpg").write_bytes(b"")
+    with pytest.raises(MagicPropError, match=r"has no PNG frames \(it holds \.jpg files: export the frames as PNG\)"):
+        list_frames(jpegs, "--video")

@@ -64,9 +64,25 @@ def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
     files = sorted((f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES and not f.name.startswith(".")),
                    key=lambda f: _natural_key(f.name))
     if not files:
-        raise MagicPropError(f"{what} {os.fspath(folder)!r} has no PNG frames; expected numbered PNG files "
+        others = sorted({f.suffix.lower() for f in p.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".tif",
+                                                                                         ".tiff", ".exr", ".dpx")})
+        found = f" (it holds {', '.join(others)} files: export the frames as PNG)" if others else ""
+        raise MagicPropError(f"{what} {os.fspath(folder)!r} has no PNG frames{found}; expected numbered PNG files "
                              "(00000.png, 00001.png ...).")
     return files
+
+
+def missing_frames(files: list[Path]) -> list[str]:
+    """Names of the frames missing from a numbered sequence (`list_frames`' files that differ only in their last
+    number: shot_1001.png, shot_1002.png ...): a gap shifts every later frame's index, so callers warn of it. Empty
+    for names of other shapes."""
+    parts = [re.fullmatch(r"(.*?)(\d+)(\.\w+)", f.name) for f in files]
+    if not parts or None in parts or len({(m[1], m[3]) for m in parts}) != 1:
+        return []
+    numbers = sorted(int(m[2]) for m in parts)
+    have, width = set(numbers), len(parts[0][2])
+    head, tail = parts[0][1], parts[0][3]
+    return [f"{head}{n:0{width}d}{tail}" for n in range(numbers[0], numbers[-1] + 1) if n not in have]
 
 
 def read_png(path: str | Path, what: str = "frame", alpha: bool = False) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ..refine.core import (
 )
 from ..refine.diffusers_backend import DiffusersRefiner, SDModels
 from .options import FlowOptions
-from .warp import read_selected
+from .warp import read_selected, warn_missing
 
 log = get_logger(__name__)
 
@@ -169,7 +169,7 @@ def check_job(job: RefineJob) -> None:
     job.settings().check()  # mode, noise, denoise and filled_denoise, border
     for name, path in (("--video", job.video), ("--carried", job.carried)):
         if is_frame_folder(path):
-            list_frames(path, name)
+            warn_missing(list_frames(path, name), name)
         elif not Path(path).is_file():
             raise MagicPropError(f"{name} {str(path)!r} does not exist; pass a video file or a folder of PNG frames.")
     if job.filled_mask is not None and not Path(job.filled_mask).exists():

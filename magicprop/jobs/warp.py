@@ -23,6 +23,7 @@ from ..io.video import (
     is_frame_folder,
     iter_frames,
     list_frames,
+    missing_frames,
     probe,
     read_png,
     to_uint8,
@@ -88,10 +89,19 @@ def _strategy(job: WarpJob) -> str:
     return name
 
 
+def warn_missing(files: list[Path], what: str) -> None:
+    """One warning when a numbered frame sequence has gaps (each later frame's index is one less per gap)."""
+    missing = missing_frames(files)
+    if missing:
+        log.warning("%s lacks %d frame(s) of its numbered sequence (%s%s): frames are taken in name order, so every "
+                    "frame after a gap moves one index earlier (and --reference-index counts from the first file).",
+                    what, len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
+
+
 def _check_paths(job: WarpJob) -> None:
     video = Path(job.video)
     if is_frame_folder(job.video):
-        list_frames(job.video, "--video")
+        warn_missing(list_frames(job.video, "--video"), "--video")
     elif not video.is_file():
         raise MagicPropError(f"--video {str(video)!r} does not exist; pass a video file or a folder of PNG frames.")
     check_reference_count(len(job.reference), len(job.reference_index))
