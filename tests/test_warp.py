@@ -79,27 +79,46 @@ def test_warp_png_folder_equals_the_core_and_mp4_is_within_codec_tolerance(tmp_p
     assert probe(tmp_path / "masks.mp4").frames == FRAMES
 
 
+def _write_rgba(path: Path, rgb: torch.Tensor, alpha: torch.Tensor, bits: int = 8) -> None:
+    """(H, W, 3) colours and (H, W, 1) alpha in [0, 1] -> an RGBA PNG of 8 or 16 bits (straight alpha)."""
+    import av
+    import numpy as np
+
+    top, fmt, png = (65535, "rgba64le", "rgba64be") if bits == 16 else (255, "rgba", "rgba")
+    layer = (torch.cat([rgb, alpha], -1) * top).round().numpy().astype(np.uint16 if bits == 16 else np.uint8)
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], png
+        for packet in stream.encode(av.VideoFrame.from_ndarray(layer, format=fmt).reformat(format=png)):
+            out.mux(packet)
+        out.mux(stream.encode())
+
+
+def test_a_matte_in_the_masks_alpha_is_the_mask(tmp_path, bigbuckbunny, edit):
+    """A mask exported as a matte (white, the mask in its alpha) gives the same run as the mask drawn white on
+    black; before, its white colour made the whole frame the edited region."""
+    h, w = read_frames(bigbuckbunny, 1).shape[1:3]
+    mask = torch.zeros(h, w, 1)
+    mask[h // 4: 3 * h // 4, : w // 2] = 1
+    drawn, matte = tmp_path / "drawn.png", tmp_path / "matte.png"
+    save_image(drawn, mask.expand(h, w, 3))
+    _write_rgba(matte, torch.ones(h, w, 3), mask)
+    assert main(_args(bigbuckbunny, edit, f"{tmp_path}/drawn/", "--mask", drawn, "--fill", "colour")) == 0
+    assert main(_args(bigbuckbunny, edit, f"{tmp_path}/matte/", "--mask", matte, "--fill", "colour")) == 0
+    assert torch.equal(read_frames(tmp_path / "drawn"), read_frames(tmp_path / "matte"))
+
+
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_paint_layer_with_transparency_is_laid_over_its_frame(tmp_path, bigbuckbunny, edit, bits):
     """A reference PNG with alpha (a paint layer: the edit where it is opaque, transparent elsewhere) gives the same
     run as the layer flattened over its frame; before, its transparent pixels were carried as a black edit."""
-    import av
-    import numpy as np
-
     source = read_frames(bigbuckbunny, R + 1)[R]
     painted = load_image(edit)[0]
     alpha = torch.zeros(*source.shape[:2], 1)
     alpha[:, : source.shape[1] // 2] = 1  # the left half painted, the right half transparent
     alpha[:, source.shape[1] // 2: source.shape[1] // 2 + 8] = 0.5  # a soft edge
-    top, fmt, png = (65535, "rgba64le", "rgba64be") if bits == 16 else (255, "rgba", "rgba")
-    layer = (torch.cat([painted, alpha], -1) * top).round().numpy().astype(np.uint16 if bits == 16 else np.uint8)
     path = tmp_path / "layer.png"
-    with av.open(str(path), "w", format="image2") as out:  # a paint layer as a compositor exports it
-        stream = out.add_stream("png", rate=1)
-        stream.width, stream.height, stream.pix_fmt = source.shape[1], source.shape[0], png
-        for packet in stream.encode(av.VideoFrame.from_ndarray(layer, format=fmt).reformat(format=png)):
-            out.mux(packet)
-        out.mux(stream.encode())
+    _write_rgba(path, painted, alpha, bits)  # a paint layer as a compositor exports it
     flat = tmp_path / "flat.png"
     save_image(flat, alpha * painted + (1 - alpha) * source)
     assert main(_args(bigbuckbunny, path, f"{tmp_path}/layer/", "--fill", "colour")) == 0

@@ -154,8 +154,9 @@ def _over_frames(references: torch.Tensor, frames, indices: list[int]) -> torch.
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) -> (..., H, W): a mask drawn in any colour on black."""
-    return image.amax(-1)
+    """(..., H, W, 4) RGB and alpha -> (..., H, W): a mask drawn in any colour on black, times its alpha (a matte
+    exported as white with the mask in its alpha gives that alpha; an opaque mask its colour)."""
+    return image[..., :3].amax(-1) * image[..., 3]
 
 
 class MaskFolder:
@@ -171,7 +172,7 @@ class MaskFolder:
     def __getitem__(self, k):
         if isinstance(k, slice):
             return MaskFolder(self.files[k], self.width, self.shape[1:])
-        return _grey(resize_width(read_png(self.files[k])[None], self.width)).clamp(0, 1)[0]
+        return _grey(resize_width(read_png(self.files[k], alpha=True)[None], self.width)).clamp(0, 1)[0]
 
 
 def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | MaskFolder | None:
@@ -192,9 +193,10 @@ def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.
                                      f"{size[0]}: expected masks at the video's size.")
         out = resize_width(torch.zeros(1, *size, 1), job.width).shape[1:3]
         return MaskFolder(files, job.width, tuple(out))
-    image = load_image(job.mask, what)
+    image = load_image(job.mask, what, alpha=True)
     if image.shape[1:3] != size:
-        raise MagicPropError(f"--mask is {image.shape[2]}x{image.shape[1]} but the video is {size[1]}x{size[0]}: "
+        raise MagicPropError(f"--mask {Path(job.mask).name} is {image.shape[2]}x{image.shape[1]} but the video is "
+                             f"{size[1]}x{size[0]}: "
                              "expected a mask at the video's size (white = edit, black = keep the source).")
     return _grey(resize_width(image, job.width)).clamp(0, 1)
 
