@@ -177,7 +177,8 @@ class VideoStream:
 
     def describe(self) -> str:
         held = f" ({self.held()} later frames made but not yet in order are lost)" if self._waiting else ""
-        frames = f"0-{self.next - 1}" if self.next > 1 else ("0" if self.next else "none (no file written)")
+        kept = " (the file already there is left as it was)" if self.path.exists() else ""
+        frames = f"0-{self.next - 1}" if self.next > 1 else ("0" if self.next else f"none (no file written{kept})")
         return f"{self.what} {os.fspath(self.path)} holds {self.next} frames: {frames}{held}"
 
 
@@ -206,9 +207,9 @@ class Outputs:
     def put(self, k: int, *images: torch.Tensor) -> None:
         """Frame k: one image per stream, in the order they were opened (images past the last stream opened, outputs
         not asked for, are dropped)."""
-        self.made.append(k)
         for stream, image in zip(self.streams, images):
             stream.put(k, image)
+        self.made.append(k)  # (a frame whose write was stopped is not counted as made)
 
     def __enter__(self) -> Outputs:
         return self

@@ -153,10 +153,13 @@ def _over_frames(references: torch.Tensor, frames, indices: list[int]) -> torch.
     return (a * rgb + (1 - a) * under).mul(255).round().div(255)
 
 
-def _grey(image: torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 4) RGB and alpha -> (..., H, W): a mask drawn in any colour on black, times its alpha (a matte
-    exported as white with the mask in its alpha gives that alpha; an opaque mask its colour)."""
-    return image[..., :3].amax(-1) * image[..., 3]
+def _mask(image: torch.Tensor, width: int | None) -> torch.Tensor:
+    """(N, H, W, 4) RGB and alpha -> (N, H', W') at `width`: a mask drawn in any colour on black, times its alpha (a
+    matte exported as white with the mask in its alpha gives that alpha; an opaque mask its colour)."""
+    mask = resize_width(image[..., :3], width).amax(-1)
+    if not bool((image[..., 3] >= 1).all()):
+        mask = mask * resize_width(image[..., 3:], width)[..., 0]
+    return mask.clamp(0, 1)
 
 
 class MaskFolder:
@@ -172,7 +175,7 @@ class MaskFolder:
     def __getitem__(self, k):
         if isinstance(k, slice):
             return MaskFolder(self.files[k], self.width, self.shape[1:])
-        return _grey(resize_width(read_png(self.files[k], alpha=True)[None], self.width)).clamp(0, 1)[0]
+        return _mask(read_png(self.files[k], alpha=True)[None], self.width)[0]
 
 
 def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.Tensor | MaskFolder | None:
@@ -198,7 +201,7 @@ def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.
         raise MagicPropError(f"--mask {Path(job.mask).name} is {image.shape[2]}x{image.shape[1]} but the video is "
                              f"{size[1]}x{size[0]}: "
                              "expected a mask at the video's size (white = edit, black = keep the source).")
-    return _grey(resize_width(image, job.width)).clamp(0, 1)
+    return _mask(image, job.width)
 
 
 def check_job(job: WarpJob):
