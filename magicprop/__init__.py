@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from .errors import CheckpointError, MagicPropError
+from .errors import CheckpointError, MagicPropError, Terminated
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["CheckpointError", "MagicPropError", "__version__"]
+__all__ = ["CheckpointError", "MagicPropError", "Terminated", "__version__"]

@@ -8,6 +8,18 @@ import os
 # counts"). A value the user set is kept; a host (ComfyUI) is never changed: this is the CLI's own process.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+import signal  # noqa: E402
+
 from .cli import main  # noqa: E402
+from .errors import Terminated  # noqa: E402
+
+
+def _terminated(signum, _frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+for _name in ("SIGTERM", "SIGHUP"):  # stop as Ctrl-C does: outputs closed and logged (the CLI's own process only)
+    if hasattr(signal, _name):
+        signal.signal(getattr(signal, _name), _terminated)
 
 raise SystemExit(main())

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import MagicPropError
+from .errors import MagicPropError, Terminated
 from .jobs.options import (
     add_device_options,
     add_flow_options,
@@ -414,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the CLI's own output channel: one line, whatever logging the caller configured
         sys.stderr.write(f"magicprop {args.command}: error: {e}\n")
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: what was written is closed and logged by the command; no traceback
-        sys.stderr.write(f"magicprop {args.command}: interrupted\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM/SIGHUP: Terminated): what was written is closed and logged
+        stopped = isinstance(e, Terminated)  # by the command; no traceback
+        sys.stderr.write(f"magicprop {args.command}: {f'terminated ({e})' if stopped else 'interrupted'}\n")
+        return 143 if stopped else 130
     return 0

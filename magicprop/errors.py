@@ -21,3 +21,10 @@ class CheckpointError(MagicPropError):
     """A file that is not a loadable PropDPM checkpoint (or not a file of the expected kind)."""
 
     __module__ = "magicprop"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the command line (a scheduler stopping a job, a closed terminal): the run stops as on
+    Ctrl-C, its outputs closed (a valid shorter mp4, the PNG frames written) and logged."""
+
+    __module__ = "magicprop"

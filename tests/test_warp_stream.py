@@ -162,8 +162,9 @@ def _frames_of(text: str) -> set[int]:
     return out
 
 
-def _interrupt(args: list[str], folder: Path, after: int) -> str:
-    """Run the CLI in a subprocess, send SIGINT once `folder` holds `after` frames; returns its stderr."""
+def _interrupt(args: list[str], folder: Path, after: int, sig: int = signal.SIGINT) -> str:
+    """Run the CLI in a subprocess, send `sig` (Ctrl-C's SIGINT) once `folder` holds `after` frames; returns its
+    stderr."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     # Ctrl-C's default in the child, whatever the test's own: a runner started in the background (`cmd &` without job
     # control, nohup) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt
@@ -174,15 +175,16 @@ def _interrupt(args: list[str], folder: Path, after: int) -> str:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if folder.is_dir() and len([p for p in folder.glob("*.png")]) >= after:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
                 break
             time.sleep(0.02)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, f"expected an interrupted run (exit 130), got {proc.returncode}:\n{err}"
-    assert "magicprop warp: interrupted" in err and "Traceback" not in err, err
+    code, said = (130, "interrupted") if sig == signal.SIGINT else (143, f"terminated ({signal.Signals(sig).name})")
+    assert proc.returncode == code, f"expected a stopped run (exit {code}), got {proc.returncode}:\n{err}"
+    assert f"magicprop warp: {said}" in err and "Traceback" not in err, err
     return err
 
 
@@ -234,6 +236,22 @@ def test_interrupted_mp4_run_is_a_valid_shorter_video(tmp_path, bigbuckbunny):
     assert main(_warp(bigbuckbunny, [edit], [0], f"{clean}/", **dict(SLOW, frames=n))) == 0
     diff = (decoded.int() - _u8(read_frames(clean)).int()).abs()
     assert int(diff.max()) <= 2, f"mp4 frames differ from the clean run by up to {int(diff.max())}"
+
+
+def test_a_terminated_run_closes_its_mp4_as_ctrl_c_does(tmp_path, bigbuckbunny):
+    """SIGTERM (a scheduler stopping the job) stops the run as Ctrl-C does: the mp4 is finalised with the frames the
+    log names, exit status 143; before, the process died with the mp4 unwritten."""
+    import av
+
+    video, masks = tmp_path / "out.mp4", tmp_path / "masks"
+    edit = _edit_of(bigbuckbunny, 0, tmp_path)
+    err = _interrupt(_warp(bigbuckbunny, [edit], [0], video, "--mask-out", f"{masks}/", **SLOW), masks, 5,
+                     signal.SIGTERM)
+    said = re.search(r"warp stopped \(Terminated\) after making (\d+) of 80 frames; --out \S+ holds (\d+) frames",
+                     err)
+    assert said, err
+    with av.open(str(video)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == int(said.group(2)) >= 5
 
 
 def test_video_stream_encodes_in_frame_order_and_close_keeps_what_is_in_order(tmp_path):
