@@ -15,11 +15,13 @@ from .errors import Terminated  # noqa: E402
 
 
 def _terminated(signum, _frame):
-    raise Terminated(signal.Signals(signum).name)
+    raise Terminated(signal.Signals(signum).name, 128 + signum)
 
 
-for _name in ("SIGTERM", "SIGHUP"):  # stop as Ctrl-C does: outputs closed and logged (the CLI's own process only)
-    if hasattr(signal, _name):
+# stop as Ctrl-C does: outputs closed and logged (the CLI's own process only); a signal the process was started
+# ignoring stays ignored (`nohup` ignores SIGHUP so that a run outlives its terminal)
+for _name in ("SIGTERM", "SIGHUP"):
+    if hasattr(signal, _name) and signal.getsignal(getattr(signal, _name)) is signal.SIG_DFL:
         signal.signal(getattr(signal, _name), _terminated)
 
 raise SystemExit(main())

@@ -60,7 +60,8 @@ def _add_propagate(sub) -> None:
                         "are batched; 0 = all of them, 1 = one frame at a time (less memory)")
     p.add_argument("--anchor-strength", type=float, default=0.0,
                    help="drift control: pull each frame's latent statistics towards the reference's (0 = off)")
-    p.add_argument("--out", type=Path, required=True, help="the mp4 to write")
+    p.add_argument("--out", type=str, required=True,  # a str: a trailing '/' (a PNG folder) must survive
+                   help="the mp4 to write, or a folder for PNG frames (an existing folder or a path ending in '/')")
     p.add_argument("--vae", type=Path, required=True, help="local diffusers AutoencoderKL folder")
     p.add_argument("--clip-vision", type=Path, required=True, help="local CLIPVisionModelWithProjection folder")
     depth = p.add_mutually_exclusive_group(required=True)
@@ -416,6 +417,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM/SIGHUP: Terminated): what was written is closed and logged
         stopped = isinstance(e, Terminated)  # by the command; no traceback
-        sys.stderr.write(f"magicprop {args.command}: {f'terminated ({e})' if stopped else 'interrupted'}\n")
-        return 143 if stopped else 130
+        sys.stderr.write(f"magicprop {args.command}: {f'terminated ({e.args[0]})' if stopped else 'interrupted'}\n")
+        return e.status if stopped else 130
     return 0

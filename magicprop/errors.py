@@ -25,6 +25,11 @@ class CheckpointError(MagicPropError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP to the command line (a scheduler stopping a job, a closed terminal): the run stops as on
-    Ctrl-C, its outputs closed (a valid shorter mp4, the PNG frames written) and logged."""
+    Ctrl-C, its outputs closed (a valid shorter mp4, the PNG frames written) and logged. args: the signal's name and
+    the exit status that reports it (128 + its number: 143 for SIGTERM, 129 for SIGHUP)."""
 
     __module__ = "magicprop"
+
+    @property
+    def status(self) -> int:
+        return int(self.args[1]) if len(self.args) > 1 else 143

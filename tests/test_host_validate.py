@@ -120,6 +120,9 @@ def test_good_values_pass_and_run(host):
     graph["7"]["inputs"]["keyframe_indices"] = str(REF)
     valid, error, runs = submit(host, graph)
     assert valid[0] and error is None and runs == 1
+    graph["7"]["inputs"].update(reference_index=0, keyframe_indices="1")  # left at 0: the widget names the frame
+    valid, error, runs = submit(host, graph)
+    assert valid[0] and error is None and runs == 1
     assert asyncio.run(validate(spied_refine_graph() | {"20": loopback(spied_refine_graph()["20"])}))[0]
     assert asyncio.run(validate(spied_propagate_graph(keyframe_indices="0; 5, 9")))[0]
 
@@ -265,12 +268,13 @@ def test_range_against_the_clip_is_checked_when_it_runs(host):
 @pytest.mark.parametrize("widget,message", [
     (f"0, {K + 2}", f"keyframe_indices [0, {K + 2}]: frame {K + 2} is out of range for a clip of {K} frames: "
                     f"expected frames 0 to {K - 1} (the frames that were edited, counted from 0)."),
-    ("1", f"reference_index={REF} and keyframe_indices '1' name different frames for the one edited reference: set "
-          "reference_index to 1, or clear keyframe_indices to use reference_index."),
+    ("1", f"reference_index={REF} and keyframe_indices '1' name different edited frames: set reference_index to 1 "
+          "(or 0), or clear keyframe_indices to use reference_index."),
 ])
 def test_keyframes_from_the_widget_are_refused_naming_the_widget(host, widget, message):
     """An index the keyframe_indices widget gave is named as the widget's when the clip refuses it; one reference
-    with the widget and reference_index naming different frames is refused (the edit would land on a guessed frame)."""
+    with the widget and reference_index (set, not 0) naming different frames is refused (the edit would land on a
+    guessed frame); reference_index left at 0 lets the widget name the frame, as saved workflows do."""
     graph = flow_graph()
     graph["7"]["inputs"]["keyframe_indices"] = widget
     if "," in widget:  # two edited frames: the reference twice

@@ -487,7 +487,7 @@ def test_frames_too_small_for_dis_are_refused_in_one_line(w, h, refused):
             engine.consecutive(frames)
         assert str(err.value) == (f"flow frames of {w}x{h} at the working resolution: DIS needs at least 8 pixels on "
                                   "the short side and 12 on the long one; use larger frames or a larger flow "
-                                  "work size (--flow-size, OpticalFlowSequence's work_size), or estimator "
-                                  "'farneback'.")
+                                  "work size (--flow-size, OpticalFlowSequence's work_size), or the farneback "
+                                  "estimator.")
     else:
         assert engine.consecutive(frames).forward.shape == (1, 2, h, w)

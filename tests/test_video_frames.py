@@ -115,14 +115,21 @@ def test_a_single_png_and_a_frame_folder_are_read_alike_at_16_bits(tmp_path):
 
 def test_gaps_in_a_numbered_sequence_are_named_and_other_names_are_left_alone(tmp_path):
     """A plate sequence that lacks frames (shot_1003.png) is named by the check, since every later frame's index moves;
-    names that are not one numbered sequence give nothing; a folder of JPEGs says what it holds."""
+    names that are not one numbered sequence, or one numbered in steps (timestamps), give nothing; a folder of JPEGs
+    says what it holds."""
     from magicprop.io.video import list_frames, missing_frames
 
     for n in (1001, 1002, 1004, 1007):
         (tmp_path / f"shot_{n}.png").write_bytes(b"")
-    assert missing_frames(list_frames(tmp_path)) == ["shot_1003.png", "shot_1005.png", "shot_1006.png"]
+    assert missing_frames(list_frames(tmp_path)) == (3, ["shot_1003.png", "shot_1005.png", "shot_1006.png"])
+    assert missing_frames(list_frames(tmp_path), shown=2) == (3, ["shot_1003.png", "shot_1005.png"])
     (tmp_path / "other.png").write_bytes(b"")
-    assert missing_frames(list_frames(tmp_path)) == []
+    assert missing_frames(list_frames(tmp_path)) == (0, [])
+    steps = tmp_path / "steps"  # every 512th frame (timestamps): deliberate, not a gap
+    steps.mkdir()
+    for n in range(0, 512 * 2000, 512):
+        (steps / f"{n}.png").write_bytes(b"")
+    assert missing_frames(list_frames(steps)) == (0, [])
     jpegs = tmp_path / "jpegs"
     jpegs.mkdir()
     (jpegs / "0001.jpg").write_bytes(b"")

@@ -111,14 +111,16 @@ def test_a_matte_in_the_masks_alpha_is_the_mask(tmp_path, bigbuckbunny, edit):
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_paint_layer_with_transparency_is_laid_over_its_frame(tmp_path, bigbuckbunny, edit, bits):
     """A reference PNG with alpha (a paint layer: the edit where it is opaque, transparent elsewhere) gives the same
-    run as the layer flattened over its frame; before, its transparent pixels were carried as a black edit."""
+    run as the layer flattened over its frame, also at its edges after --width (premultiplied before resampling, the
+    black of its transparent pixels does not bleed in); before, its transparent pixels were carried as a black
+    edit."""
     source = read_frames(bigbuckbunny, R + 1)[R]
     painted = load_image(edit)[0]
     alpha = torch.zeros(*source.shape[:2], 1)
     alpha[:, : source.shape[1] // 2] = 1  # the left half painted, the right half transparent
     alpha[:, source.shape[1] // 2: source.shape[1] // 2 + 8] = 0.5  # a soft edge
     path = tmp_path / "layer.png"
-    _write_rgba(path, painted, alpha, bits)  # a paint layer as a compositor exports it
+    _write_rgba(path, painted * (alpha > 0), alpha, bits)  # as a paint program exports it: black where transparent
     flat = tmp_path / "flat.png"
     save_image(flat, alpha * painted + (1 - alpha) * source)
     assert main(_args(bigbuckbunny, path, f"{tmp_path}/layer/", "--fill", "colour")) == 0
@@ -190,7 +192,8 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
     # the encoder is opened before any frame is made: an odd width is refused for yuv420p, with the fixes
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--width", "161"), "161x", "yuv420p needs an even",
              "--pix-fmt yuv444p")
-    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--pix-fmt", "yuv999"), "as yuv999", "--pix-fmt yuv420p")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--pix-fmt", "yuv999"), "--pix-fmt 'yuv999'",
+             "--pix-fmt yuv420p")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--flow-size", "8"), "DIS needs at least 8",
              "--flow-size")
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails as on a host without OpenCV

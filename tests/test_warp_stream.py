@@ -254,6 +254,28 @@ def test_a_terminated_run_closes_its_mp4_as_ctrl_c_does(tmp_path, bigbuckbunny):
         assert sum(1 for _ in c.decode(video=0)) == int(said.group(2)) >= 5
 
 
+def test_a_run_started_ignoring_sighup_keeps_running_when_it_comes(tmp_path, bigbuckbunny):
+    """`nohup` starts a run with SIGHUP ignored so that it outlives its terminal: the CLI keeps that (it stops on
+    SIGHUP only when the signal has its default action)."""
+    out = tmp_path / "frames"
+    args = _warp(bigbuckbunny, [_edit_of(bigbuckbunny, 0, tmp_path)], [0], f"{out}/", **dict(SLOW, frames=24))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "magicprop", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.png"))) < 2:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert len(list_frames(out)) == 24
+
+
 def test_video_stream_encodes_in_frame_order_and_close_keeps_what_is_in_order(tmp_path):
     """Frames put backward then forward (a mid-clip keyframe's order) come out in frame order; frames waiting for an
     earlier one when the stream is closed are not in the file, which still decodes."""

@@ -177,7 +177,7 @@ class VideoStream:
 
     def describe(self) -> str:
         held = f" ({self.held()} later frames made but not yet in order are lost)" if self._waiting else ""
-        kept = " (the file already there is left as it was)" if self.path.exists() else ""
+        kept = "; the file already there is left as it was" if self.path.exists() else ""
         frames = f"0-{self.next - 1}" if self.next > 1 else ("0" if self.next else f"none (no file written{kept})")
         return f"{self.what} {os.fspath(self.path)} holds {self.next} frames: {frames}{held}"
 

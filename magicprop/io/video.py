@@ -72,17 +72,23 @@ def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
     return files
 
 
-def missing_frames(files: list[Path]) -> list[str]:
-    """Names of the frames missing from a numbered sequence (`list_frames`' files that differ only in their last
-    number: shot_1001.png, shot_1002.png ...): a gap shifts every later frame's index, so callers warn of it. Empty
-    for names of other shapes."""
+def missing_frames(files: list[Path], shown: int = 5) -> tuple[int, list[str]]:
+    """How many frames a numbered sequence (`list_frames`' files that differ only in their last number: shot_1001.png,
+    shot_1002.png ...) lacks between its first and last, and the names of the first `shown`: a gap shifts every later
+    frame's index, so callers warn of it. (0, []) for names of other shapes and for sequences numbered in steps of
+    more than 1 (every other frame, timestamps), whose gaps are deliberate."""
     parts = [re.fullmatch(r"(.*?)(\d+)(\.\w+)", f.name) for f in files]
-    if not parts or None in parts or len({(m[1], m[3]) for m in parts}) != 1:
-        return []
+    if len(parts) < 2 or None in parts or len({(m[1], m[3]) for m in parts}) != 1:
+        return 0, []
     numbers = sorted(int(m[2]) for m in parts)
-    have, width = set(numbers), len(parts[0][2])
-    head, tail = parts[0][1], parts[0][3]
-    return [f"{head}{n:0{width}d}{tail}" for n in range(numbers[0], numbers[-1] + 1) if n not in have]
+    steps = [b - a for a, b in zip(numbers, numbers[1:])]
+    if min(steps) != 1:
+        return 0, []
+    head, width, tail = parts[0][1], len(parts[0][2]), parts[0][3]
+    names = []
+    for a, b in zip(numbers, numbers[1:]):
+        names += [f"{head}{n:0{width}d}{tail}" for n in range(a + 1, min(b, a + 1 + shown - len(names)))]
+    return sum(s - 1 for s in steps), names
 
 
 def read_png(path: str | Path, what: str = "frame", alpha: bool = False) -> torch.Tensor:
@@ -140,18 +146,25 @@ def check_outputs_apart(outputs: Iterable[tuple[str, str | Path | None]],
                         inputs: Iterable[tuple[str, str | Path | None]]) -> None:
     """Refuse, before any work, an output that is one of the inputs or a folder holding one: writing it would remove
     or overwrite the input (a PNG output folder is cleared when it is opened). outputs, inputs: (option name, path)
-    pairs (path None: not given); the outputs are also kept apart from each other."""
-    seen = [(name, Path(p).resolve()) for name, p in inputs if p is not None]
+    pairs (path None: not given); two outputs may neither be one path nor hold one another. The same file under
+    another name (a case-insensitive file system, a link) counts as the same."""
+
+    def same(a: Path, b: Path) -> bool:
+        return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+    given = [(name, Path(p).resolve()) for name, p in inputs if p is not None]
+    done: list[tuple[str, Path]] = []
     for name, p in outputs:
         if p is None:
             continue
         out = Path(p).resolve()
-        for other, path in seen:
-            if path == out or out in path.parents:
-                held = "is also" if path == out else "holds"
+        for other, path in given + done:
+            inside = out in path.parents or (other in dict(done) and path in out.parents)
+            if same(path, out) or inside:
+                held = "is also" if same(path, out) else ("holds" if out in path.parents else "lies inside")
                 raise MagicPropError(f"{name} {os.fspath(p)!r} {held} {other} {os.fspath(path)!r}: writing there would "
                                      f"remove or overwrite it; give {name} a path of its own.")
-        seen.append((name, out))
+        done.append((name, out))
 
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
@@ -307,13 +320,30 @@ def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: s
         stream.codec_context.open()
     except (ValueError, av.error.FFmpegError) as e:
         if (h % 2 or w % 2) and any(tag in pix_fmt for tag in SUBSAMPLED):
-            fix = (f"{pix_fmt} needs an even width and height: pass an even --width, --pix-fmt yuv444p, or a PNG "
-                   "folder (a path ending in '/')")
+            fix = (f"{pix_fmt} needs an even width and height: pass a --width that gives both, --pix-fmt yuv444p, "
+                   "or a PNG folder (a path ending in '/')")
         else:
             fix = "use --pix-fmt yuv420p (players) or yuv444p and a --crf from 0 to 51"
         raise MagicPropError(f"{where}: the {codec} encoder refuses {w}x{h} frames as {pix_fmt} at crf {crf}, "
                              f"{float(fps):g} fps ({str(e).splitlines()[0]}); {fix}.") from None
     return stream
+
+
+def check_encoder(pix_fmt: str, crf: int, codec: str = "libx264") -> None:
+    """One line before any work when the mp4 encoder refuses `pix_fmt` or `crf` (an encoder opened in memory on a
+    small even frame; the frames' own size is checked when the output opens, `video_stream`)."""
+    import io
+
+    import av
+
+    out = av.open(io.BytesIO(), mode="w", format="mp4")
+    try:
+        video_stream(out, (64, 64), Fraction(25), crf, pix_fmt, codec, "--pix-fmt")
+    except MagicPropError:
+        raise MagicPropError(f"--pix-fmt {pix_fmt!r} with --crf {crf}: the {codec} encoder refuses them; use --pix-fmt "
+                             "yuv420p (players) or yuv444p and a --crf from 0 to 51.") from None
+    finally:
+        out.close()
 
 
 def write_video(

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MagicPropError
+from ..io.video import check_encoder
 from ..motion.engine import DIS_PRESETS, ESTIMATORS, FlowSettings
 from ..motion.raft import WEIGHTS_FILE
 
@@ -43,8 +44,8 @@ class VideoOptions:
     device: str = "cpu"
 
     def check_video(self) -> None:
-        """The frame selection and the mp4's settings, in one line each before any work (the pixel format is checked
-        by the encoder when the output opens, against the frames' size: `io.stream.VideoStream`)."""
+        """The frame selection and the mp4's settings, in one line each before any work (the encoder is opened in
+        memory with them; the frames' size is checked when the output opens: `io.video.video_stream`)."""
         if self.max_frames is not None and self.max_frames < 1:
             raise MagicPropError(f"--frames {self.max_frames}: expected 1 or more frames.")
         if self.stride < 1:
@@ -55,6 +56,7 @@ class VideoOptions:
         fps = getattr(self, "fps", None)
         if fps is not None and not (math.isfinite(fps) and fps > 0):
             raise MagicPropError(f"--fps {fps}: expected a frame rate above 0, e.g. 24 or 29.97.")
+        check_encoder(self.pix_fmt, self.crf)
 
 
 @dataclass(kw_only=True)

@@ -41,7 +41,7 @@ class PropagateJob(VideoOptions):
     """The edited frame, or several edited keyframes."""
     reference_index: int | list[int]
     """Its index among the selected frames (one per reference)."""
-    out: Path
+    out: str | Path
     vae: Path
     clip_vision: Path
     depth_model: Path | None = None

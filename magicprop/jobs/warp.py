@@ -91,11 +91,11 @@ def _strategy(job: WarpJob) -> str:
 
 def warn_missing(files: list[Path], what: str) -> None:
     """One warning when a numbered frame sequence has gaps (each later frame's index is one less per gap)."""
-    missing = missing_frames(files)
-    if missing:
+    count, names = missing_frames(files)
+    if count:
         log.warning("%s lacks %d frame(s) of its numbered sequence (%s%s): frames are taken in name order, so every "
-                    "frame after a gap moves one index earlier (and --reference-index counts from the first file).",
-                    what, len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
+                    "frame after a gap moves earlier by the frames missing before it (and --reference-index counts "
+                    "files from the first).", what, count, ", ".join(names), " ..." if count > len(names) else "")
 
 
 def _check_paths(job: WarpJob) -> None:
@@ -127,8 +127,9 @@ def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
 
 
 def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H', W', 4): the edited references at the output size, RGB and alpha (1 where the file has none: a paint
-    layer's transparent pixels are laid over their frame by `_over_frames`)."""
+    """(N, H', W', 4): the edited references at the output size, RGB premultiplied by alpha, and alpha (1 where the
+    file has none: a paint layer's transparent pixels are laid over their frame by `_over_frames`). Premultiplied
+    before --width resamples them, so the colour of transparent pixels does not bleed into the layer's edges."""
     images = []
     for path in job.reference:
         image = load_image(path, "--reference", alpha=True)
@@ -138,28 +139,27 @@ def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
                 f"{size[0]}: the edited reference must be a frame of this video at the video's size (edit the frame "
                 "exported from the video, before --width)."
             )
-        images.append(image)
+        images.append(torch.cat([image[..., :3] * image[..., 3:], image[..., 3:]], -1))
     # at 8 bits, like the frames and the output: the edited frames come out exactly as given (after --width)
     return resize_width(torch.cat(images), job.width).mul(255).round().div(255)
 
 
 def _over_frames(references: torch.Tensor, frames, indices: list[int]) -> torch.Tensor:
-    """(N, H, W, 4) references with alpha -> (N, H, W, 3) edited frames: each laid over the source frame it edits
-    (a paint layer with transparency edits what it covers), at 8 bits like the frames."""
+    """(N, H, W, 4) references, premultiplied RGB and alpha -> (N, H, W, 3) edited frames: each laid over the source
+    frame it edits (a paint layer with transparency edits what it covers), at 8 bits like the frames."""
     rgb, a = references[..., :3], references[..., 3:]
     if bool((a >= 1).all()):
         return rgb
     under = torch.stack([torch.as_tensor(frames[i]).float() / 255 for i in indices])
-    return (a * rgb + (1 - a) * under).mul(255).round().div(255)
+    return (rgb + (1 - a) * under).clamp(0, 1).mul(255).round().div(255)
 
 
 def _mask(image: torch.Tensor, width: int | None) -> torch.Tensor:
     """(N, H, W, 4) RGB and alpha -> (N, H', W') at `width`: a mask drawn in any colour on black, times its alpha (a
     matte exported as white with the mask in its alpha gives that alpha; an opaque mask its colour)."""
-    mask = resize_width(image[..., :3], width).amax(-1)
-    if not bool((image[..., 3] >= 1).all()):
-        mask = mask * resize_width(image[..., 3:], width)[..., 0]
-    return mask.clamp(0, 1)
+    if bool((image[..., 3] >= 1).all()):
+        return resize_width(image[..., :3], width).amax(-1).clamp(0, 1)
+    return resize_width((image[..., :3].amax(-1) * image[..., 3])[..., None], width)[..., 0].clamp(0, 1)
 
 
 class MaskFolder:

@@ -179,7 +179,7 @@ class _DIS(_OpenCVEstimator):
         if min(h, w) < 8 or max(h, w) < 12:  # OpenCV's DIS refuses these (measured on every size up to 39x39)
             raise MagicPropError(f"flow frames of {w}x{h} at the working resolution: DIS needs at least 8 pixels on "
                                  "the short side and 12 on the long one; use larger frames or a larger flow work size "
-                                 "(--flow-size, OpticalFlowSequence's work_size), or estimator 'farneback'.")
+                                 "(--flow-size, OpticalFlowSequence's work_size), or the farneback estimator.")
 
     def _make(self, settings):
         preset = getattr(self.cv2, f"DISOPTICAL_FLOW_PRESET_{settings.preset.upper()}")

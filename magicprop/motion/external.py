@@ -23,9 +23,12 @@ log = get_logger(__name__)
 DIRECTIONS = ("forward", "backward")
 """forward: flow[k] = flow_{k->k+1} (controlnet_aux's default); backward: flow[k] = flow_{k+1->k}."""
 EXTERNAL = "external"
+"""The estimator name recorded with such flow: it cannot be extended to new frame pairs."""
 MOVING = 0.5
 """Pixels whose estimated motion is at least this (px) tell which way the given flow points (`_check_direction`)."""
-"""The estimator name recorded with such flow: it cannot be extended to new frame pairs."""
+MOVING_SHARE = 0.01
+"""`_check_direction` judges only when this share of the pixels moves (a still clip's few noisy pixels decide
+nothing)."""
 
 
 def check_external_flow(flow, frames: int, size: tuple[int, int], what: str = "external_flow") -> None:
@@ -45,23 +48,27 @@ def check_external_flow(flow, frames: int, size: tuple[int, int], what: str = "e
 
 def _check_direction(given: torch.Tensor, other: torch.Tensor, direction: str) -> None:
     """One warning line when the given flow (N, 2, h, w) looks like the wrong direction or no motion at all: where
-    the frames move (the estimated other direction, `other`, at least MOVING px), flow of the direction it is said
-    to be points against `other` (given + other near 0); flow of the other direction points with it."""
-    moving = other.square().sum(1).sqrt() >= MOVING
-    n = int(moving.sum())
-    if n == 0:
+    the frames move (the estimated other direction, `other`, at least MOVING px on MOVING_SHARE of the pixels or
+    more), flow of the direction it is said to be points against `other` (given + other near 0); flow of the other
+    direction points with it. Pair by pair (no temporary the size of the clip's flow)."""
+    moving = same = 0
+    still = True
+    for g, o in zip(given, other):
+        m = o.square().sum(0) >= MOVING**2
+        moving += int(m.sum())
+        same += int((((g - o).square().sum(0) < (g + o).square().sum(0)) & m).sum())
+        still = still and float(g.abs().max()) == 0
+    if moving < MOVING_SHARE * given.shape[0] * given.shape[-2] * given.shape[-1]:
         return
-    if float(given.abs().max()) == 0:
+    if still:
         log.warning("external_flow is 0 everywhere while the frames move: the edit will not follow the motion; "
                     "connect the flow node's output for these frames.")
         return
-    same = (given - other).square().sum(1) < (given + other).square().sum(1)
-    share = float((same & moving).sum()) / n
-    if share > 0.5:
+    if same > 0.5 * moving:
         other_way = DIRECTIONS[1 - DIRECTIONS.index(direction)]
         log.warning("external_flow points the other way on %.0f%% of the moving pixels: it looks like %s flow, but "
                     "flow_direction is %r; set flow_direction to %r (most pixels will otherwise fail the "
-                    "forward-backward check and be filled).", 100 * share, other_way, direction, other_way)
+                    "forward-backward check and be filled).", 100 * same / moving, other_way, direction, other_way)
 
 
 def invert_flow(flow: torch.Tensor, iterations: int = 20) -> torch.Tensor:

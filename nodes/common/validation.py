@@ -70,13 +70,14 @@ def keyframes(reference_index: int, keyframe_indices: str, references: int, num_
               one_per_reference: bool = True) -> list[int]:
     """Frame numbers of a run's references, checked against the clip (the core's check_keyframes, its messages naming
     the widget when the numbers came from it): `reference_index` for one reference and an empty keyframe_indices, else
-    the widget's list, one per reference when `one_per_reference`. One reference with one index in the widget that is
-    not reference_index is refused: which frame was edited would be a guess."""
+    the widget's list, one per reference when `one_per_reference`. reference_index set (not its default 0) to another
+    frame than the widget's one index is refused: which frame was edited would be a guess (left at 0, the widget
+    names it, as it always has)."""
     indices = parse_keyframe_indices(keyframe_indices)
-    if references == 1 and len(indices) == 1 and indices[0] != reference_index:
+    if references == 1 and len(indices) == 1 and reference_index not in (0, indices[0]):
         raise MagicPropError(f"reference_index={reference_index} and keyframe_indices {keyframe_indices!r} name "
-                             f"different frames for the one edited reference: set reference_index to {indices[0]}, or "
-                             "clear keyframe_indices to use reference_index.")
+                             f"different edited frames: set reference_index to {indices[0]} (or 0), or clear "
+                             "keyframe_indices to use reference_index.")
     return check_keyframes([reference_index] if references == 1 and not indices else indices, num_frames,
                            references if one_per_reference else None, name="keyframe_indices" if indices else None)
 
