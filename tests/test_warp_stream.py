@@ -162,15 +162,20 @@ def _frames_of(text: str) -> set[int]:
     return out
 
 
-def _interrupt(args: list[str], folder: Path, after: int, sig: int = signal.SIGINT) -> str:
-    """Run the CLI in a subprocess, send `sig` (Ctrl-C's SIGINT) once `folder` holds `after` frames; returns its
-    stderr."""
+def _signalled(args: list[str], folder: Path, after: int, sig: int, ignored: int | None = None) -> tuple[int, str]:
+    """Run the CLI in a subprocess (started with `ignored` ignored, as `nohup` starts SIGHUP), send `sig` once
+    `folder` holds `after` frames; returns its exit status and stderr."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    # Ctrl-C's default in the child, whatever the test's own: a runner started in the background (`cmd &` without job
-    # control, nohup) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt
+
+    def start() -> None:
+        # Ctrl-C's default in the child, whatever the test's own: a runner started in the background (`cmd &` without
+        # job control, nohup) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if ignored is not None:
+            signal.signal(ignored, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "magicprop", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, preexec_fn=start)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -182,8 +187,15 @@ def _interrupt(args: list[str], folder: Path, after: int, sig: int = signal.SIGI
     finally:
         if proc.poll() is None:
             proc.kill()
-    code, said = (130, "interrupted") if sig == signal.SIGINT else (143, f"terminated ({signal.Signals(sig).name})")
-    assert proc.returncode == code, f"expected a stopped run (exit {code}), got {proc.returncode}:\n{err}"
+    return proc.returncode, err
+
+
+def _interrupt(args: list[str], folder: Path, after: int, sig: int = signal.SIGINT) -> str:
+    """`_signalled` with `sig` (Ctrl-C's SIGINT): the run stops with its exit status and one line; returns stderr."""
+    code, err = _signalled(args, folder, after, sig)
+    expected, said = (130, "interrupted") if sig == signal.SIGINT else \
+        (128 + sig, f"terminated ({signal.Signals(sig).name})")
+    assert code == expected, f"expected a stopped run (exit {expected}), got {code}:\n{err}"
     assert f"magicprop warp: {said}" in err and "Traceback" not in err, err
     return err
 
@@ -259,20 +271,8 @@ def test_a_run_started_ignoring_sighup_keeps_running_when_it_comes(tmp_path, big
     SIGHUP only when the signal has its default action)."""
     out = tmp_path / "frames"
     args = _warp(bigbuckbunny, [_edit_of(bigbuckbunny, 0, tmp_path)], [0], f"{out}/", **dict(SLOW, frames=24))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "magicprop", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.png"))) < 2:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    code, err = _signalled(args, out, 2, signal.SIGHUP, ignored=signal.SIGHUP)
+    assert code == 0, err
     assert len(list_frames(out)) == 24
 
 
