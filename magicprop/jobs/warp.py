@@ -184,7 +184,9 @@ def _load_mask(job: WarpJob, size: tuple[int, int], count: int | None) -> torch.
         return None
     what = "--mask"
     if Path(job.mask).is_dir():
-        files = list_frames(job.mask, what)[:: job.stride]
+        files = list_frames(job.mask, what)
+        warn_missing(files, what)
+        files = files[:: job.stride]
         if count is not None and len(files) < count:
             raise MagicPropError(f"--mask folder has {len(files)} masks for the {count} selected frames (stride "
                                  f"{job.stride}): expected one mask per source frame, in name order.")

@@ -908,11 +908,10 @@ def flow_propagate(
     def mask_of(k: int) -> torch.Tensor | None:
         return None if mask is None else mask[k if mask.shape[0] > 1 else 0]
 
-    def edited_region(k: int) -> torch.Tensor | None:  # keyframe k's mask as what the fits take (before any work)
+    def edited_region(k: int) -> torch.Tensor | None:  # keyframe k's mask as the fits take it (made when needed)
         return None if mask is None else _edited_region(mask_of(k), k)
 
-    regions = {i: edited_region(i) for i in indices}
-    mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), regions[i])
+    mappings: list[EditMapping] = [fit_edit_mapping(frame(i), references[n].float(), edited_region(i))
                                    for n, i in enumerate(indices)]
     out = filled = None
     if on_frame is None:
@@ -950,7 +949,7 @@ def flow_propagate(
         if fill == "learned":
             if key not in translations:  # a keyframe's two chains share what it learned (trained once)
                 translations[key] = _translation(frame, indices[key], references[key].float(),
-                                                 mappings[key].global_only(), regions[indices[key]],
+                                                 mappings[key].global_only(), edited_region(indices[key]),
                                                  frame_seed(seed, 0))
             if translations[key] is not None:  # the look starts from the frame's global mapping (`look` with residual)
                 learned = _learned_look(translations[key].to(device), full, look if carry == "residual" else
