@@ -6,6 +6,7 @@ Used by the host tests and the host benchmarks (`bench/`); see the README's deve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -59,6 +60,19 @@ class FakeServer:
 
     def queue_updated(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def progress_hook(hook):
+    """ComfyUI's global progress hook set to `hook(value, total, preview, **kw)` for the `with` block (every progress
+    bar a node updates calls it), and unset after it, also when the block raises."""
+    import comfy.utils
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        yield
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
 
 
 class GraphError(RuntimeError):

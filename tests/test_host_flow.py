@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from host import GraphError
+from host import GraphError, progress_hook
 
 pytestmark = pytest.mark.host
 
@@ -189,8 +189,6 @@ def test_progress_steps_through_a_gaps_first_chain_and_a_cancel_there_stops_the_
     """Two keyframes (0 and K-1): every frame between them is carried by both chains, the second finishing what the
     first left waiting; ComfyUI's progress bar counts each chain's frames, so it moves (and the user's cancel is
     honoured) while the first chain runs, before any frame between the keyframes is finished."""
-    import comfy.utils
-
     import nodes
 
     graph = flow_graph()
@@ -206,11 +204,8 @@ def test_progress_steps_through_a_gaps_first_chain_and_a_cancel_there_stops_the_
         if steps == total:
             events.append(value)
 
-    comfy.utils.set_progress_bar_global_hook(record)
-    try:
+    with progress_hook(record):
         host.run(graph, ["7"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
     assert events == list(range(1, total + 1))
 
     def cancel_in_first_chain(value, steps, preview, **kw):
@@ -219,10 +214,6 @@ def test_progress_steps_through_a_gaps_first_chain_and_a_cancel_there_stops_the_
             nodes.interrupt_processing(True)
 
     events.clear()
-    comfy.utils.set_progress_bar_global_hook(cancel_in_first_chain)
-    try:
-        with pytest.raises(GraphError) as err:
-            host.run(graph, ["7"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with progress_hook(cancel_in_first_chain), pytest.raises(GraphError) as err:
+        host.run(graph, ["7"])
     assert err.value.exception_type == "interrupted" and events == [1, 2, 3, 4]

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from graphs import DEPTH_MODEL, PROPDPM, VIDEO, add_depth_controlnet, propagation_graph
-from host import GraphError
+from host import GraphError, progress_hook
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.host
@@ -44,18 +44,12 @@ def test_graph_runs_end_to_end_and_is_seeded(comfy_host, files):
 
 
 def test_progress_reaches_every_frame_with_previews(comfy_host, files):
-    import comfy.utils
-
     def progress(max_batch: int) -> list:
         events = []
-        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append((value, total,
-                                                                                                   preview)))
         graph = propagation_graph(files, steps=2)  # reference 2 of 5: a forward and a backward chain of 2 frames
         graph["12"]["inputs"]["max_batch"] = max_batch
-        try:
+        with progress_hook(lambda value, total, preview, **kw: events.append((value, total, preview))):
             comfy_host.run(graph, ["12"], preview_method="latent2rgb")
-        finally:
-            comfy.utils.set_progress_bar_global_hook(None)
         mine = [e for e in events if e[1] == 4 * 2]  # (K-1) frames x steps
         assert mine and mine[-1][0] == 8
         assert any(p is not None for _, _, p in mine), "step previews are sent"
@@ -156,8 +150,6 @@ def test_mask_keeps_the_source_outside(comfy_host, files):
 
 
 def test_interrupt_between_frames_then_next_prompt_runs(comfy_host, files):
-    import comfy.utils
-
     import nodes
 
     calls = []
@@ -167,12 +159,8 @@ def test_interrupt_between_frames_then_next_prompt_runs(comfy_host, files):
         if total == 4 * 2 and value >= 2:
             nodes.interrupt_processing(True)
 
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(GraphError) as err:
-            comfy_host.run(propagation_graph(files, steps=2), ["12"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with progress_hook(hook), pytest.raises(GraphError) as err:
+        comfy_host.run(propagation_graph(files, steps=2), ["12"])
     assert err.value.exception_type == "interrupted"
     latents, _ = run_latent(comfy_host, propagation_graph(files, steps=2))
     assert latents.shape[0] == 5
@@ -188,8 +176,6 @@ def test_interrupt_between_frames_then_next_prompt_runs(comfy_host, files):
     ("clip_tokens", r"clip_vision gives 5 tokens of width 32.*trained with .*17 tokens"),
 ])
 def test_bad_inputs_are_refused_before_sampling(comfy_host, files, tmp_path, case, pattern):
-    import comfy.utils
-
     graph = propagation_graph(files)
     p = graph["12"]["inputs"]
     if case == "depth_count":
@@ -226,12 +212,8 @@ def test_bad_inputs_are_refused_before_sampling(comfy_host, files, tmp_path, cas
         other.save_pretrained(tmp_path / "clip16")
         graph["8"]["inputs"]["folder"] = str(tmp_path / "clip16")
     events = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append(total))
-    try:
-        with pytest.raises(GraphError) as err:
-            comfy_host.run(graph, ["12"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with progress_hook(lambda value, total, preview, **kw: events.append(total)), pytest.raises(GraphError) as err:
+        comfy_host.run(graph, ["12"])
     import re
 
     assert re.search(pattern, err.value.message), err.value.message

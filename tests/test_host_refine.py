@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 from graphs import PROPDPM, VIDEO, add_hand_refined_frame, refine_graph
-from host import GraphError
+from host import GraphError, progress_hook
 
 from magicprop.seeding import frame_seed
 
@@ -100,15 +100,10 @@ def test_per_pixel_levels_are_installed_on_a_clone(host):
 
 
 def test_loopback_runs_with_keyframes_unchanged_and_progress(host):
-    import comfy.utils
-
     events = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: events.append((value, total)))
-    try:
+    with progress_hook(lambda value, total, preview, **kw: events.append((value, total))):
         refined, carried = run(host, refine_graph(host.vae, K, REF, mode="loopback", steps=2, denoise=0.4,
                                                   filled_denoise=0.6))
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
     assert torch.equal(refined[REF], carried[REF])
     assert torch.isfinite(refined).all() and (refined - carried).abs().mean() > 1e-3
     mine = [v for v, total in events if total == (K - 1) * 2]
@@ -129,8 +124,6 @@ def test_batched_refine_equals_one_frame_at_a_time(host, mode):
 
 
 def test_cancel_stops_between_frames_and_the_next_prompt_runs(host):
-    import comfy.utils
-
     import nodes
 
     def hook(value, total, preview, **kw):
@@ -138,12 +131,8 @@ def test_cancel_stops_between_frames_and_the_next_prompt_runs(host):
             nodes.interrupt_processing(True)
 
     graph = refine_graph(host.vae, 3, 0, steps=2, denoise=0.3, filled_denoise=0.3)
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(GraphError) as err:
-            host.run(graph, ["20"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with progress_hook(hook), pytest.raises(GraphError) as err:
+        host.run(graph, ["20"])
     assert err.value.exception_type == "interrupted"
     assert run(host, graph, ["20"])[0].shape[0] == 3
 
