@@ -91,6 +91,15 @@ def missing_frames(files: list[Path], shown: int = 5) -> tuple[int, list[str]]:
     return sum(s - 1 for s in steps), names
 
 
+def warn_missing(files: list[Path], what: str) -> None:
+    """One warning when a numbered frame sequence has gaps (`missing_frames`): every later frame's index moves."""
+    count, names = missing_frames(files)
+    if count:
+        log.warning("%s lacks %d frame(s) of its numbered sequence (%s%s): frames are taken in name order, so every "
+                    "frame after a gap moves earlier by the frames missing before it (and --reference-index counts "
+                    "files from the first).", what, count, ", ".join(names), " ..." if count > len(names) else "")
+
+
 def read_png(path: str | Path, what: str = "frame", alpha: bool = False) -> torch.Tensor:
     """One PNG (8 or 16 bits, grey, RGB or RGBA) -> (H, W, 3) float32 in [0, 1], decoded by FFmpeg's PNG decoder;
     with `alpha` (H, W, 4), the fourth channel its alpha (1 where the PNG has none). The one PNG reader: frame
@@ -152,19 +161,23 @@ def check_outputs_apart(outputs: Iterable[tuple[str, str | Path | None]],
     def same(a: Path, b: Path) -> bool:
         return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
 
-    given = [(name, Path(p).resolve()) for name, p in inputs if p is not None]
-    done: list[tuple[str, Path]] = []
+    seen = [(name, Path(p).resolve(), False) for name, p in inputs if p is not None]  # (name, path, an output)
     for name, p in outputs:
         if p is None:
             continue
         out = Path(p).resolve()
-        for other, path in given + done:
-            inside = out in path.parents or (other in dict(done) and path in out.parents)
-            if same(path, out) or inside:
-                held = "is also" if same(path, out) else ("holds" if out in path.parents else "lies inside")
-                raise MagicPropError(f"{name} {os.fspath(p)!r} {held} {other} {os.fspath(path)!r}: writing there would "
-                                     f"remove or overwrite it; give {name} a path of its own.")
-        done.append((name, out))
+        for other, path, output in seen:
+            if same(path, out):
+                held = "is also"
+            elif out in path.parents:
+                held = "holds"
+            elif output and path in out.parents:
+                held = "lies inside"
+            else:
+                continue
+            raise MagicPropError(f"{name} {os.fspath(p)!r} {held} {other} {os.fspath(path)!r}: writing there would "
+                                 f"remove or overwrite it; give {name} a path of its own.")
+        seen.append((name, out, True))
 
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")

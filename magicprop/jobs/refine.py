@@ -28,6 +28,7 @@ from ..io.video import (
     list_frames,
     probe,
     to_uint8,
+    warn_missing,
 )
 from ..keyframes import check_keyframes
 from ..log import get_logger
@@ -41,7 +42,7 @@ from ..refine.core import (
 )
 from ..refine.diffusers_backend import DiffusersRefiner, SDModels
 from .options import FlowOptions
-from .warp import read_selected, warn_missing
+from .warp import read_selected
 
 log = get_logger(__name__)
 

@@ -23,10 +23,10 @@ from ..io.video import (
     is_frame_folder,
     iter_frames,
     list_frames,
-    missing_frames,
     probe,
     read_png,
     to_uint8,
+    warn_missing,
 )
 from ..log import get_logger
 from .options import FlowOptions
@@ -89,15 +89,6 @@ def _strategy(job: WarpJob) -> str:
     return name
 
 
-def warn_missing(files: list[Path], what: str) -> None:
-    """One warning when a numbered frame sequence has gaps (each later frame's index is one less per gap)."""
-    count, names = missing_frames(files)
-    if count:
-        log.warning("%s lacks %d frame(s) of its numbered sequence (%s%s): frames are taken in name order, so every "
-                    "frame after a gap moves earlier by the frames missing before it (and --reference-index counts "
-                    "files from the first).", what, count, ", ".join(names), " ..." if count > len(names) else "")
-
-
 def _check_paths(job: WarpJob) -> None:
     video = Path(job.video)
     if is_frame_folder(job.video):
@@ -116,6 +107,14 @@ def _check_paths(job: WarpJob) -> None:
             check_out_path(path, name)
     check_outputs_apart([("--out", job.out), ("--mask-out", job.mask_out)],
                         [("--video", job.video), ("--mask", job.mask), *(("--reference", p) for p in job.reference)])
+
+
+def _check_keyframes(job: WarpJob, count: int) -> None:
+    """--reference-index against the `count` selected frames (its messages naming the option) and --keyframe-window."""
+    from ..keyframes import check_keyframes, keyframe_plan
+
+    check_keyframes(job.reference_index, count, name="--reference-index")
+    keyframe_plan(list(job.reference_index), count, job.keyframe_window)
 
 
 def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
@@ -213,7 +212,6 @@ def check_job(job: WarpJob):
     known, RAFT weights present), the strategy's name, the video's info, the references at the output size and the
     mask (or None).
     """
-    from ..keyframes import check_keyframes, keyframe_plan
     from ..motion.engine import FlowEngine, check_device
 
     _check_paths(job)
@@ -226,8 +224,7 @@ def check_job(job: WarpJob):
     engine.check_frames(*references.shape[1:3])
     expected = selected_count(job, info.frames)
     if expected is not None:
-        check_keyframes(job.reference_index, expected, name="--reference-index")
-        keyframe_plan(list(job.reference_index), expected, job.keyframe_window)
+        _check_keyframes(job, expected)
     mask = _load_mask(job, size, expected)
     return engine, strategy, info, references, mask
 
@@ -258,15 +255,13 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from ..keyframes import check_keyframes, keyframe_plan
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_KEYFRAMES_PER_FRAME, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
     with read_selected(job) as frames:
         k = frames.shape[0]
         indices = list(job.reference_index)
-        check_keyframes(indices, k, name="--reference-index")  # for containers that do not say how many frames
-        keyframe_plan(indices, k, job.keyframe_window)  # they hold
+        _check_keyframes(job, k)  # for containers that do not say how many frames they hold
         references = _over_frames(references, frames, indices)
         if mask is not None and mask.shape[0] > 1:
             if mask.shape[0] < k:
