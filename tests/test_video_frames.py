@@ -19,6 +19,7 @@ from magicprop.io.video import (
     write_png,
     write_video,
 )
+from magicprop.log import PREFIX
 
 
 def _frames(k: int = 4, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:
@@ -53,6 +54,15 @@ def test_natural_order_stride_and_limit(tmp_path):
     info = probe(tmp_path, fps=12.5)
     assert (info.width, info.height, info.frames, info.fps, info.has_audio) == (10, 12, 12, Fraction(25, 2), False)
     assert probe(tmp_path).fps == 25
+
+
+def test_a_video_file_keeps_its_own_rate_and_says_when_fps_is_ignored(bigbuckbunny, caplog):
+    own = probe(bigbuckbunny).fps
+    with caplog.at_level("WARNING"):
+        assert probe(bigbuckbunny, fps=own).fps == own and not caplog.records  # the same rate: nothing to say
+        assert probe(bigbuckbunny, fps=12).fps == own
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [PREFIX + "--fps 12 ignored"]
+    assert f"its own frame rate ({float(own):g} fps)" in caplog.text
 
 
 def test_write_frames_is_atomic_and_replaces_its_own_folder(tmp_path):

@@ -250,7 +250,7 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
     """Size, frame rate, frame count and audio of a video file or frame folder.
 
     `fps` is the rate of a frame folder (which does not record one; default 25, with a notice); a video file's own
-    rate is used for files.
+    rate is used for files (a given `fps` is then ignored, with a warning).
     """
     if is_frame_folder(path):
         files = list_frames(path)
@@ -262,8 +262,11 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
         return VideoInfo(first.shape[1], first.shape[0], rate, len(files), False)
     with _open(path) as c:
         s = c.streams.video[0]
-        fps = s.average_rate or s.guessed_rate or Fraction(25)
-        return VideoInfo(s.codec_context.width, s.codec_context.height, Fraction(fps), s.frames or None,
+        rate = Fraction(s.average_rate or s.guessed_rate or 25)
+        if fps is not None and Fraction(fps).limit_denominator(100000) != rate:
+            log.warning("--fps %s ignored: video %s is a file with its own frame rate (%s fps); --fps sets the rate "
+                        "of a folder of PNG frames.", fps, os.fspath(path), f"{float(rate):g}")
+        return VideoInfo(s.codec_context.width, s.codec_context.height, rate, s.frames or None,
                          bool(c.streams.audio))
 
 
