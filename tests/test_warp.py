@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from media import write_turned
 
 from magicprop.cli import main
 from magicprop.io.images import load_image, resize_width, save_image
@@ -140,6 +141,22 @@ def test_png_folder_works_as_video(tmp_path, bigbuckbunny, edit):
     assert torch.equal(read_frames(tmp_path / "from_png"), read_frames(tmp_path / "from_mp4"))
     assert main(_args(source, edit, tmp_path / "from_png.mp4", "--fps", "24")) == 0
     assert probe(tmp_path / "from_png.mp4").fps == 24
+
+
+def test_a_portrait_phone_video_is_edited_upright(tmp_path, bigbuckbunny):
+    """A video stored on its side with a display rotation (what phones write) takes a reference edited upright, as
+    every player and image tool shows its frames, and the result is written upright: the same run as on the upright
+    frames as PNGs. Before, the reference was refused (its size was the stored one turned)."""
+    upright = read_frames(bigbuckbunny, FRAMES)[:, :, 440:840]  # portrait frames, 400x720
+    write_turned(tmp_path / "phone.mp4", upright, -90)  # as a phone held upright stores them
+    write_frames(tmp_path / "frames", iter(read_frames(tmp_path / "phone.mp4")))
+    path = tmp_path / "edit.png"
+    save_image(path, _edit(read_frames(tmp_path / "frames", R + 1)[R]))
+    assert main(_args(tmp_path / "phone.mp4", path, f"{tmp_path}/from_phone/")) == 0
+    assert main(_args(tmp_path / "frames", path, f"{tmp_path}/from_png/")) == 0
+    assert torch.equal(read_frames(tmp_path / "from_phone"), read_frames(tmp_path / "from_png"))
+    h, w = read_frames(tmp_path / "from_phone").shape[1:3]
+    assert w == WIDTH and h == round(WIDTH * 720 / 400)  # portrait, at --width
 
 
 def test_mask_keeps_the_source_outside(tmp_path, bigbuckbunny, edit):

@@ -246,8 +246,24 @@ def _open(path: str | Path):
     return container
 
 
+def _turns(frame) -> int:
+    """Quarter turns counter-clockwise that show a decoded frame upright: its display rotation (a phone's portrait
+    video is stored landscape with one), as players and FFmpeg's own tools apply it."""
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
+def _shown(frame) -> np.ndarray:
+    """A decoded video frame as an (H, W, 3) uint8 array, turned as players show it (`_turns`)."""
+    arr = frame.to_ndarray(format="rgb24")
+    turns = _turns(frame)
+    return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
+
+
 def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
     """Size, frame rate, frame count and audio of a video file or frame folder.
+
+    A file's size is the one players show: a display rotation of a quarter turn swaps its stored width and height
+    (the frames are read turned: `iter_frames`).
 
     `fps` is the rate of a frame folder (which does not record one; default 25, with a notice); a video file's own
     rate is used for files (a given `fps` is then ignored, with a warning).
@@ -266,8 +282,27 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
         if fps is not None and Fraction(fps).limit_denominator(100000) != rate:
             log.warning("--fps %s ignored: video %s is a file with its own frame rate (%s fps); --fps sets the rate "
                         "of a folder of PNG frames.", fps, os.fspath(path), f"{float(rate):g}")
-        return VideoInfo(s.codec_context.width, s.codec_context.height, rate, s.frames or None,
-                         bool(c.streams.audio))
+        width, height, frames = s.codec_context.width, s.codec_context.height, s.frames or None
+        has_audio = bool(c.streams.audio)
+        turns = _first_turns(c, path)
+    stored = (width, height)
+    if turns % 2:
+        width, height = height, width
+    if turns:
+        log.info("video %s is stored %dx%d and shown %dx%d (its display rotation, %d degrees counter-clockwise): its "
+                 "frames are read and written upright, as players show them.", os.fspath(path), *stored, width,
+                 height, 90 * turns)
+    return VideoInfo(width, height, rate, frames, has_audio)
+
+
+def _first_turns(container, path) -> int:
+    """`_turns` of the first frame of an open video (0 when it has none to decode)."""
+    import av
+
+    try:
+        return next((_turns(f) for f in container.decode(video=0)), 0)
+    except av.error.FFmpegError as e:
+        raise MagicPropError(f"video {os.fspath(path)!r} cannot be decoded ({e}); is the file complete?") from None
 
 
 def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1) -> Iterator[torch.Tensor]:
@@ -297,7 +332,7 @@ def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1
                 continue
             if max_frames is not None and n >= max_frames:
                 break
-            yield torch.from_numpy(frame.to_ndarray(format="rgb24")).float() / 255.0
+            yield torch.from_numpy(_shown(frame)).float() / 255.0
             n += 1
     except av.error.FFmpegError as e:
         raise MagicPropError(f"video {str(path)!r} could not be decoded after {n} frames ({e}).") from None
