@@ -10,6 +10,7 @@ import torch
 from media import write_turned
 
 from magicprop.errors import MagicPropError
+from magicprop.io.images import load_image
 from magicprop.io.video import (
     is_frame_folder,
     iter_frames,
@@ -86,6 +87,21 @@ def test_a_video_with_a_display_rotation_is_read_upright(tmp_path, degrees, capl
     shown = [capture.read()[1][..., ::-1] for _ in range(3)]
     capture.release()
     assert (got - torch.from_numpy(np.stack(shown).copy()).float() / 255).abs().mean() < 2 / 255
+
+
+def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path):
+    """A photo app's JPEG stored turned with an EXIF orientation (6: turn a quarter clockwise to view) is read as
+    viewers and ComfyUI's LoadImage show it, so it matches the video frame it edits."""
+    from PIL import Image
+
+    y, x = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 40), indexing="ij")
+    upright = torch.stack([x, y, x * y], -1)  # smooth, so the JPEG keeps it within a few levels
+    stored = np.ascontiguousarray(np.rot90((upright * 255).round().byte().numpy(), 1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=100, exif=exif)
+    got = load_image(tmp_path / "photo.jpg")[0]
+    assert got.shape == upright.shape and (got - upright).abs().mean() < 2 / 255
 
 
 def test_write_frames_is_atomic_and_replaces_its_own_folder(tmp_path):

@@ -63,10 +63,11 @@ def crop_to_grid(frames: torch.Tensor, what: str = "frames", notice: bool = True
 
 
 def load_image(path: str | Path, what: str = "image", alpha: bool = False) -> torch.Tensor:
-    """An image file -> (1, H, W, 3) float32 in [0, 1] (PNG through `video.read_png`, other formats through PIL);
-    with `alpha` (1, H, W, 4), the fourth channel its alpha (1 where the file has none)."""
+    """An image file -> (1, H, W, 3) float32 in [0, 1] (PNG through `video.read_png`, other formats through PIL,
+    turned upright by their EXIF orientation as viewers and ComfyUI's LoadImage show them); with `alpha`
+    (1, H, W, 4), the fourth channel its alpha (1 where the file has none)."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
@@ -77,7 +78,7 @@ def load_image(path: str | Path, what: str = "image", alpha: bool = False) -> to
         return read_png(p, what, alpha)[None]
     try:
         with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGBA" if alpha else "RGB"), dtype=np.float32) / 255.0
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGBA" if alpha else "RGB"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as e:
         raise MagicPropError(f"{what} {str(p)!r} is not a readable image ({e}).") from None
     return torch.from_numpy(arr)[None]
