@@ -7,7 +7,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from media import write_turned
 
 from magicprop.errors import MagicPropError
 from magicprop.io.images import load_image
@@ -66,27 +65,6 @@ def test_a_video_file_keeps_its_own_rate_and_says_when_fps_is_ignored(bigbuckbun
         assert probe(bigbuckbunny, fps=12).fps == own
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [PREFIX + "--fps 12 ignored"]
     assert f"its own frame rate ({float(own):g} fps)" in caplog.text
-
-
-@pytest.mark.parametrize("degrees", [90, -90, 180])
-def test_a_video_with_a_display_rotation_is_read_upright(tmp_path, degrees, caplog):
-    """A phone's portrait video (stored landscape, a display rotation to show it): read as players show it, the same
-    frames that OpenCV reads with its automatic orientation; before, it was read on its side."""
-    import cv2
-
-    frames = _frames(3, h=32, w=48)
-    path = tmp_path / "turned.mp4"
-    write_turned(path, frames, degrees)
-    with caplog.at_level("INFO"):
-        info = probe(path)
-    assert (info.width, info.height) == (48, 32)  # stored 32x48 when turned a quarter
-    assert "display rotation" in caplog.text
-    got = read_frames(path)
-    assert got.shape == frames.shape and (got - frames).abs().mean() < 2 / 255  # lossless but for RGB <-> YUV
-    capture = cv2.VideoCapture(str(path))  # an independent reader that applies the rotation
-    shown = [capture.read()[1][..., ::-1] for _ in range(3)]
-    capture.release()
-    assert (got - torch.from_numpy(np.stack(shown).copy()).float() / 255).abs().mean() < 2 / 255
 
 
 def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path):

@@ -126,14 +126,15 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
     from .real.report import write_strip
 
     clip = real_clip(REAL_CLIP)
-    fps = probe(data_folder() / clip.file).fps
+    info = probe(data_folder() / clip.file)  # its rate and colours (the clip is decoded by them)
     source = load_clip(clip.name, long_side, frames)  # (K, H, W, 3), reference first
     reference = stylize_and_decal(source[0])
     engine = FlowEngine(FlowSettings(estimator=DEFAULT_FLOW.estimator))
     result = flow_propagate(source, reference[None], [0], engine, strategy=DEFAULT_FLOW.strategy,
                             carry=DEFAULT_FLOW.carry, callback=lambda k: tick() if tick and k > 0 else None)
     k = source.shape[0]
-    write_video(out / "real.mp4", (torch.cat([source[t], result.frames[t]], 1) for t in range(k)), fps=fps, crf=18)
+    write_video(out / "real.mp4", (torch.cat([source[t], result.frames[t]], 1) for t in range(k)), fps=info.fps,
+                crf=18, tags=info.tags)
     picks = sorted({round(i * (k - 1) / REAL_STRIP_FRAMES) for i in range(1, REAL_STRIP_FRAMES + 1)})
     write_strip({(clip.name, REAL_EDIT): {t: (source[t], reference, result.frames[t],
                                               result.filled[t].float()[..., None].expand(-1, -1, 3)) for t in picks}},
@@ -141,7 +142,7 @@ def run_real_clip(out: Path, frames: int | None = None, long_side: int = 320,
                 ("source", "edited reference", "flow propagation", f"filled by the {DEFAULT_FILL} fill (white)"))
     filled = result.filled.float().flatten(1).mean(1)
     return {"clip": clip.name, "file": clip.file, "first": clip.first, "last": clip.first + k - 1, "frames": k,
-            "fps": float(fps), "size": list(source.shape[1:3]), "edit": REAL_EDIT, "method": DEFAULT_FLOW.name,
+            "fps": float(info.fps), "size": list(source.shape[1:3]), "edit": REAL_EDIT, "method": DEFAULT_FLOW.name,
             "fill": DEFAULT_FILL, "cuts": list(result.cuts), "filled_per_frame": [round(float(v), 4) for v in filled]}
 
 

@@ -24,6 +24,7 @@ from ..log import get_logger
 from .fileio import atomic_path
 from .video import (
     FRAME_DIGITS,
+    VideoTags,
     _AudioCopy,
     check_frame_folder_out,
     is_frame_folder,
@@ -86,10 +87,12 @@ class VideoStream:
     file); nothing is renamed when no frame was encoded."""
 
     def __init__(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, audio_from=None,
-                 crf: int = 18, pix_fmt: str = "yuv420p", codec: str = "libx264", what: str = "--out") -> None:
+                 crf: int = 18, pix_fmt: str = "yuv420p", codec: str = "libx264", what: str = "--out",
+                 tags: VideoTags | None = None) -> None:
         import av
 
         self.path, self.what, self.fps = Path(path), what, Fraction(fps).limit_denominator(100000)
+        self.tags, self.pix_fmt = tags or VideoTags(), pix_fmt
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.part"
         self._out = av.open(str(self._tmp), mode="w", format="mp4")
@@ -97,7 +100,7 @@ class VideoStream:
         self._spill = None  # an unnamed temporary file, opened when the first frame has to wait
         try:
             self._stream = video_stream(self._out, size, self.fps, crf, pix_fmt, codec,
-                                        f"{what} {os.fspath(self.path)!r}")
+                                        f"{what} {os.fspath(self.path)!r}", self.tags)
             self._audio = None
             if audio_from is not None and not is_frame_folder(audio_from):
                 self._src = av.open(str(audio_from))  # every stream must exist before the first packet is muxed
@@ -113,15 +116,13 @@ class VideoStream:
         self._closed = False
 
     def put(self, k: int, frame: torch.Tensor) -> None:
-        import av
-
         arr = to_uint8(frame.float())
         arr = np.ascontiguousarray(np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr)
         if k != self.next:
             self._wait(k, arr)
             return
         while True:
-            for packet in self._stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+            for packet in self._stream.encode(self.tags.frame(arr, self.pix_fmt)):
                 self._out.mux(packet)
             self.next += 1
             if self.next not in self._waiting:
@@ -167,7 +168,7 @@ class VideoStream:
             for packet in self._stream.encode():
                 self._out.mux(packet)
             if self._audio is not None:
-                self._audio.copy(0.0, self.next / float(self.fps))
+                self._audio.copy(self.tags.start, self.next / float(self.fps))
             self._out.close()
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())

@@ -29,6 +29,45 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class VideoTags:
+    """How a video's pictures are meant to be shown, copied to the videos made from it so that players show the
+    result as they show the source: the YUV matrix, range, primaries and transfer (FFmpeg's AVColorSpace,
+    AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic numbers; 2 / 0 = not said), the pixel aspect
+    (anamorphic footage) and the time of the first frame (the audio is placed against it).
+
+    The default is what a PNG folder (sRGB) becomes: BT.709, limited range, square pixels, starting at 0."""
+
+    colorspace: int = 1
+    color_range: int = 1
+    primaries: int = 1
+    trc: int = 1
+    sample_aspect: Fraction | None = None
+    start: float = 0.0
+
+    def frame(self, rgb: np.ndarray, pix_fmt: str):
+        """An (H, W, 3) uint8 RGB picture as a video frame in `pix_fmt`, converted by this matrix and range (the
+        inverse of how the source was decoded: an untagged source is decoded and written with FFmpeg's default) and
+        tagged with them."""
+        import av
+        from av.video.reformatter import Colorspace
+
+        matrix = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6: Colorspace.ITU601,
+                  7: Colorspace.SMPTE240M, 9: Colorspace.BT2020, 10: Colorspace.BT2020}.get(self.colorspace)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format=pix_fmt, dst_colorspace=matrix, dst_color_range=self.color_range or None)
+        frame.colorspace, frame.color_range = self.colorspace, self.color_range
+        return frame
+
+    def tag(self, stream) -> None:
+        """Tag an output video stream (before its encoder opens) with these."""
+        cc = stream.codec_context
+        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = (
+            self.colorspace, self.color_range, self.primaries, self.trc)
+        if self.sample_aspect is not None:
+            cc.sample_aspect_ratio = self.sample_aspect
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     width: int
     height: int
@@ -36,6 +75,7 @@ class VideoInfo:
     frames: int | None
     """Frame count from the container (None when it does not say)."""
     has_audio: bool
+    tags: VideoTags = VideoTags()
 
 
 FRAME_SUFFIXES = (".png",)
@@ -283,24 +323,29 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
             log.warning("--fps %s ignored: video %s is a file with its own frame rate (%s fps); --fps sets the rate "
                         "of a folder of PNG frames.", fps, os.fspath(path), f"{float(rate):g}")
         width, height, frames = s.codec_context.width, s.codec_context.height, s.frames or None
-        has_audio = bool(c.streams.audio)
-        turns = _first_turns(c, path)
+        has_audio, aspect = bool(c.streams.audio), s.codec_context.sample_aspect_ratio
+        first = _first_frame(c, path)
+    turns = 0 if first is None else _turns(first)
     stored = (width, height)
     if turns % 2:
         width, height = height, width
+        aspect = 1 / aspect if aspect else aspect
+    tags = VideoTags() if first is None else VideoTags(
+        first.colorspace, first.color_range, first.color_primaries, first.color_trc,
+        Fraction(aspect) if aspect and aspect != 1 else None, float(first.time or 0.0))
     if turns:
         log.info("video %s is stored %dx%d and shown %dx%d (its display rotation, %d degrees counter-clockwise): its "
                  "frames are read and written upright, as players show them.", os.fspath(path), *stored, width,
                  height, 90 * turns)
-    return VideoInfo(width, height, rate, frames, has_audio)
+    return VideoInfo(width, height, rate, frames, has_audio, tags)
 
 
-def _first_turns(container, path) -> int:
-    """`_turns` of the first frame of an open video (0 when it has none to decode)."""
+def _first_frame(container, path):
+    """The first frame of an open video (None when it has none to decode)."""
     import av
 
     try:
-        return next((_turns(f) for f in container.decode(video=0)), 0)
+        return next(container.decode(video=0), None)
     except av.error.FFmpegError as e:
         raise MagicPropError(f"video {os.fspath(path)!r} cannot be decoded ({e}); is the file complete?") from None
 
@@ -357,10 +402,12 @@ SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
 """Pixel formats whose chroma is subsampled across the width or height: x264 wants even sides for them."""
 
 
-def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: str, codec: str, where: str):
-    """The video stream of the open mp4 `out` for (H, W) frames, its encoder opened now, so that a size, pixel format
-    or rate it refuses is one line before any frame is made (an encoder opened at the first frame fails after the
-    run's work: flow propagation from the last keyframe makes frame 0 last)."""
+def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: str, codec: str, where: str,
+                 tags: VideoTags | None = None):
+    """The video stream of the open mp4 `out` for (H, W) frames, tagged as `tags` says (`VideoTags`), its encoder
+    opened now, so that a size, pixel format or rate it refuses is one line before any frame is made (an encoder
+    opened at the first frame fails after the run's work: flow propagation from the last keyframe makes frame 0
+    last)."""
     import av
 
     h, w = size
@@ -368,6 +415,7 @@ def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: s
         stream = out.add_stream(codec, rate=fps)
         stream.height, stream.width, stream.pix_fmt = h, w, pix_fmt
         stream.options = {"crf": str(crf)}
+        (tags or VideoTags()).tag(stream)
         stream.codec_context.open()
     except (ValueError, av.error.FFmpegError) as e:
         if (h % 2 or w % 2) and any(tag in pix_fmt for tag in SUBSAMPLED):
@@ -402,17 +450,18 @@ def write_video(
     frames: Iterable[torch.Tensor],
     fps: Fraction | float,
     audio_from: str | Path | None = None,
-    audio_start: float = 0.0,
     crf: int = 18,
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
+    tags: VideoTags | None = None,
 ) -> Path:
     """Encode (H, W, 3) frames in [0, 1] to an mp4 atomically; remux audio from `audio_from` if it has any.
 
-    The audio is cut to the written video's duration, starting at `audio_start` seconds of the source. Audio that
-    the mp4 container cannot hold as is gets transcoded to AAC. Frames may be a generator (streamed, flat memory).
-    A frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead (no audio; the codec arguments do
-    not apply).
+    `tags` are the source's (`probe(...).tags`: its colours, pixel aspect and start; default: a PNG folder's). The
+    audio is cut to the written video's duration from the source's first frame on (`VideoTags.start`), at the same
+    times against the picture. Audio that the mp4 container cannot hold as is gets transcoded to AAC. Frames may be
+    a generator (streamed, flat memory). A frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead
+    (no audio; the codec arguments do not apply).
     """
     import av
 
@@ -428,7 +477,8 @@ def write_video(
     out_path = Path(path)
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
-        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path))
+        tags = tags or VideoTags()
+        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path), tags)
         audio = None
         if audio_from is not None:  # every stream must exist before the first packet is muxed
             src = stack.enter_context(av.open(str(audio_from)))
@@ -436,12 +486,12 @@ def write_video(
                 audio = _AudioCopy(src, out)
         n = 0
         for frame in itertools.chain([first], it):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(to_uint8(frame), format="rgb24")):
+            for packet in stream.encode(tags.frame(to_uint8(frame), pix_fmt)):
                 out.mux(packet)
             n += 1
         out.mux(stream.encode())
         if audio is not None:
-            audio.copy(audio_start, n / float(fps))
+            audio.copy(tags.start, n / float(fps))
     return out_path
 
 
@@ -460,7 +510,14 @@ class _AudioCopy:
             self.remux = False
 
     def copy(self, start: float, duration: float) -> None:
-        end, tb, first_pts = start + duration, self.a_in.time_base, None
+        """The audio from `start` (seconds of the source: the time of the video's first frame written) for
+        `duration`, each packet at its own time against the picture (a track that begins later than the video
+        begins as late in the copy; streams whose times do not begin at 0 keep their sync)."""
+        from fractions import Fraction
+
+        end, tb = start + duration, self.a_in.time_base
+        shift = round(Fraction(start).limit_denominator(10**9) / tb)  # the start, in the audio's time base
+        rate = self.a_out.codec_context.sample_rate
         for packet in self.src.demux(self.a_in):
             if packet.pts is None:
                 continue
@@ -470,14 +527,14 @@ class _AudioCopy:
             if t >= end:
                 break
             if self.remux:
-                first_pts = packet.pts if first_pts is None else first_pts
-                packet.pts -= first_pts
-                packet.dts = packet.pts if packet.dts is None else packet.dts - first_pts
+                packet.pts -= shift
+                packet.dts = packet.pts if packet.dts is None else packet.dts - shift
                 packet.stream = self.a_out
                 self.out.mux(packet)
             else:
                 for frame in packet.decode():
-                    frame.pts = None
+                    frame.pts = round((float(frame.time) - start) * rate) if frame.time is not None else None
+                    frame.time_base = Fraction(1, rate)
                     for p in self.a_out.encode(frame):
                         self.out.mux(p)
         if not self.remux:

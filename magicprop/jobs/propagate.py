@@ -316,4 +316,4 @@ def run_propagate(job: PropagateJob, progress: bool = True) -> Path:
     fps = Fraction(loaded.info.fps) / job.stride
     frames = _decoded_frames(models, latents, loaded.carried, job.composite_border)
     return write_video(job.out, frames, fps, audio_from=job.video if job.audio else None, crf=job.crf,
-                       pix_fmt=job.pix_fmt)
+                       pix_fmt=job.pix_fmt, tags=loaded.info.tags)

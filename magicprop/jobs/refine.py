@@ -288,7 +288,8 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
         audio = job.video if job.audio and info.has_audio and not is_frame_folder(job.video) else None
         with Outputs("refine", k) as outputs, \
                 tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
-            outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt)
+            outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt,
+                         tags=info.tags)
             refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
                                        job.filled_denoise, hints, job.controlnet_scale)
             sampled = set(plan)

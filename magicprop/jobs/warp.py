@@ -272,9 +272,9 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         audio = job.video if job.audio and info.has_audio else None
         size, codec = tuple(frames.shape[1:3]), {"crf": job.crf, "pix_fmt": job.pix_fmt}
         with Outputs("warp", k) as outputs:  # closed also when the run stops: valid partial outputs, logged
-            outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
+            outputs.open(job.out, size, fps, "--out", audio_from=audio, tags=info.tags, **codec)
             if job.mask_out is not None:
-                outputs.open(job.mask_out, size, fps, "--mask-out", **codec)
+                outputs.open(job.mask_out, size, fps, "--mask-out", tags=info.tags, **codec)
             # one step per frame each chain carries (with two keyframes per frame, two a frame)
             with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="step",
                       disable=not progress) as bar:
