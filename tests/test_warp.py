@@ -204,6 +204,9 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
              "--reference-index [9]: frame 9 is out of range")
     for name in ("frame_%04d.png", "still.png", "clip.webm"):
         _refused(capsys, tmp_path, _args(bigbuckbunny, edit, tmp_path / name), f"{name}' is not an mp4 name", "'/'")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")  # before: a FileExistsError traceback
+    for name in ("notes.txt/out.mp4", "notes.txt/frames/"):
+        _refused(capsys, tmp_path, _args(bigbuckbunny, edit, f"{tmp_path}/{name}"), "notes.txt', which is a file")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--crf", "-5"), "--crf -5", "0 (lossless) to 51")
     _refused(capsys, tmp_path, _args(bigbuckbunny, edit, out, "--fps", "0"), "--fps 0.0", "above 0")
     # the encoder is opened before any frame is made: an odd width is refused for yuv420p, with the fixes

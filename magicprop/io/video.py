@@ -227,11 +227,15 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
 def check_out_path(path: str | Path, what: str = "--out") -> None:
     """Refuse, before any work, an output that names neither a frame folder this module may write
     (`check_frame_folder_out`) nor an mp4 file: an image name or a printf pattern (frame_%04d.png) would become one
-    mp4 file under that name."""
+    mp4 file under that name, or one under a file (a path that goes through an existing file)."""
+    p = Path(path)
+    above = next((a for a in p.absolute().parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise MagicPropError(f"{what} {os.fspath(path)!r} lies under {os.fspath(above)!r}, which is a file, not a "
+                             "folder: pass a path in a folder (missing folders are made).")
     if is_frame_folder(path):
         check_frame_folder_out(path, what)
         return
-    p = Path(path)
     if p.suffix.lower() not in VIDEO_SUFFIXES or "%" in p.name:
         raise MagicPropError(f"{what} {os.fspath(path)!r} is not an mp4 name: pass a file ending in "
                              f"{' / '.join(VIDEO_SUFFIXES)}, or a folder path ending in '/' for PNG frames "
