@@ -24,10 +24,11 @@ def write_turned(path, frames: torch.Tensor, degrees: int, pix_fmt: str = "yuv44
 
 def write_clip(path, frames: torch.Tensor, *, colorspace: int | None = None, color_range: int | None = None,
                sample_aspect=None, video_start: float = 0.0, audio_start: float | None = None,
-               click: float = 1.0, rate: int = 25, fmt: str | None = None) -> None:
+               click: float = 1.0, rate: int = 25, fmt: str | None = None, times: list[float] | None = None) -> None:
     """(K, H, W, 3) frames as a camera's file: x264 lossless, the YUV matrix and range tagged and used (FFmpeg's
-    numbers; None: untagged, FFmpeg's default matrix), a pixel aspect, the first frame at `video_start` seconds and,
-    with `audio_start`, a mono AAC track from then on, silent but for a click at `click` seconds (source time)."""
+    numbers; None: untagged, FFmpeg's default matrix), a pixel aspect, the first frame at `video_start` seconds (the
+    others `times` seconds after it: a variable frame rate; default one per 1/rate) and, with `audio_start`, a mono
+    AAC track from then on, silent but for a click at `click` seconds (source time)."""
     from fractions import Fraction
 
     import av
@@ -37,6 +38,8 @@ def write_clip(path, frames: torch.Tensor, *, colorspace: int | None = None, col
         video = out.add_stream("libx264", rate=rate, options={"crf": "0"})
         video.height, video.width = frames.shape[1:3]
         video.pix_fmt = "yuv444p"
+        base = Fraction(1, rate) if times is None else Fraction(1, 90000)
+        video.codec_context.time_base = video.time_base = base
         if colorspace is not None:
             video.codec_context.colorspace, video.codec_context.color_range = colorspace, color_range
         if sample_aspect is not None:
@@ -48,7 +51,8 @@ def write_clip(path, frames: torch.Tensor, *, colorspace: int | None = None, col
                 format="yuv444p", dst_colorspace=matrix, dst_color_range=color_range)
             if colorspace is not None:
                 frame.colorspace, frame.color_range = colorspace, color_range
-            frame.pts, frame.time_base = i + round(video_start * rate), Fraction(1, rate)
+            at = video_start + (i / rate if times is None else times[i])
+            frame.pts, frame.time_base = round(Fraction(at).limit_denominator(10**6) / base), base
             out.mux(video.encode(frame))
         out.mux(video.encode())
         if audio is not None:

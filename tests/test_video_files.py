@@ -13,7 +13,7 @@ from media import click_time, write_clip, write_turned
 from magicprop.cli import main
 from magicprop.io.images import save_image
 from magicprop.io.stream import Outputs
-from magicprop.io.video import probe, read_frames, write_video
+from magicprop.io.video import iter_frames, kept_times, probe, read_frames, write_video
 
 PATCHES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.94, 0.78, 0.12]])
 """Saturated colours, where a YUV matrix that differs from the one the file was written with shows most."""
@@ -115,13 +115,39 @@ def test_the_audio_keeps_its_place_against_the_picture(tmp_path, video_start, au
     assert click_time(tmp_path / "out.mp4") == pytest.approx(click - video_start, abs=0.005)
 
 
-def test_warp_carries_the_sources_colours_pixel_aspect_and_audio(tmp_path, bigbuckbunny):
+def _frame_times(path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [float(f.time) for f in c.decode(video=0)]
+
+
+def test_a_variable_frame_rate_keeps_each_frames_time(tmp_path, caplog):
+    """A phone's variable frame rate (30 fps falling to 15): the result's frames play at the source's times, so they
+    stay in sync with its audio; a constant rate is written as before (one frame per 1/fps)."""
+    times = [k / 30 for k in range(20)] + [20 / 30 + k / 15 for k in range(20)]
+    write_clip(tmp_path / "vfr.mp4", _patches(k=40), times=times)
+    write_clip(tmp_path / "cfr.mp4", _patches(k=40))
+    seen: list[float] = []
+    frames = torch.stack(list(iter_frames(tmp_path / "vfr.mp4", times=seen)))
+    assert seen == pytest.approx(times, abs=1e-4)
+    with caplog.at_level("INFO"):
+        kept = kept_times(seen, probe(tmp_path / "vfr.mp4").fps)
+    assert kept == pytest.approx(times, abs=1e-4) and "variable frame rate (frames 33 to 67 ms apart)" in caplog.text
+    write_video(tmp_path / "out.mp4", frames, probe(tmp_path / "vfr.mp4").fps, times=kept)
+    assert _frame_times(tmp_path / "out.mp4") == pytest.approx(times, abs=1e-4)
+    constant: list[float] = []
+    list(iter_frames(tmp_path / "cfr.mp4", times=constant))
+    assert kept_times(constant, probe(tmp_path / "cfr.mp4").fps) is None
+
+
+def test_warp_carries_the_sources_colours_pixel_aspect_audio_and_times(tmp_path, bigbuckbunny):
     """The wiring of the above through `warp` (mp4 and --mask-out)."""
     frames = read_frames(bigbuckbunny, 6)[:, ::6, ::6].contiguous()  # 120x214
     frames = frames[:, :120, :212]
-    source = tmp_path / "camera.mp4"
+    source, times = tmp_path / "camera.mp4", [0, 0.04, 0.08, 0.16, 0.24, 0.32]
     write_clip(source, frames, colorspace=1, color_range=1, sample_aspect=Fraction(4, 3), video_start=0.4,
-               audio_start=0.0, click=0.6)
+               audio_start=0.0, click=0.6, times=times)
     save_image(tmp_path / "edit.png", read_frames(source, 1)[0].flip(-1))
     assert main(["-q", "warp", "--video", str(source), "--reference", str(tmp_path / "edit.png"), "--reference-index",
                  "0", "--out", str(tmp_path / "out.mp4"), "--mask-out", str(tmp_path / "filled.mp4")]) == 0
@@ -129,3 +155,4 @@ def test_warp_carries_the_sources_colours_pixel_aspect_and_audio(tmp_path, bigbu
         tags = probe(tmp_path / out).tags
         assert (tags.colorspace, tags.color_range, tags.sample_aspect) == (1, 1, Fraction(4, 3))
     assert click_time(tmp_path / "out.mp4") == pytest.approx(0.2, abs=0.005)
+    assert _frame_times(tmp_path / "out.mp4") == pytest.approx(times, abs=1e-4)

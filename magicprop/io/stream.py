@@ -24,6 +24,7 @@ from ..log import get_logger
 from .fileio import atomic_path
 from .video import (
     FRAME_DIGITS,
+    Clock,
     VideoTags,
     _AudioCopy,
     check_frame_folder_out,
@@ -88,11 +89,11 @@ class VideoStream:
 
     def __init__(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, audio_from=None,
                  crf: int = 18, pix_fmt: str = "yuv420p", codec: str = "libx264", what: str = "--out",
-                 tags: VideoTags | None = None) -> None:
+                 tags: VideoTags | None = None, times: list[float] | None = None) -> None:
         import av
 
         self.path, self.what, self.fps = Path(path), what, Fraction(fps).limit_denominator(100000)
-        self.tags, self.pix_fmt = tags or VideoTags(), pix_fmt
+        self.tags, self.pix_fmt, self.clock = tags or VideoTags(), pix_fmt, Clock(self.fps, times)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(6)}.part"
         self._out = av.open(str(self._tmp), mode="w", format="mp4")
@@ -100,7 +101,7 @@ class VideoStream:
         self._spill = None  # an unnamed temporary file, opened when the first frame has to wait
         try:
             self._stream = video_stream(self._out, size, self.fps, crf, pix_fmt, codec,
-                                        f"{what} {os.fspath(self.path)!r}", self.tags)
+                                        f"{what} {os.fspath(self.path)!r}", self.tags, times is not None)
             self._audio = None
             if audio_from is not None and not is_frame_folder(audio_from):
                 self._src = av.open(str(audio_from))  # every stream must exist before the first packet is muxed
@@ -122,7 +123,7 @@ class VideoStream:
             self._wait(k, arr)
             return
         while True:
-            for packet in self._stream.encode(self.tags.frame(arr, self.pix_fmt)):
+            for packet in self._stream.encode(self.clock.stamp(self.tags.frame(arr, self.pix_fmt), self.next)):
                 self._out.mux(packet)
             self.next += 1
             if self.next not in self._waiting:
@@ -168,7 +169,7 @@ class VideoStream:
             for packet in self._stream.encode():
                 self._out.mux(packet)
             if self._audio is not None:
-                self._audio.copy(self.tags.start, self.next / float(self.fps))
+                self._audio.copy(self.tags.start, self.clock.duration(self.next))
             self._out.close()
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())

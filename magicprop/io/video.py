@@ -354,10 +354,12 @@ def _first_frame(container, path):
         raise MagicPropError(f"video {os.fspath(path)!r} cannot be decoded ({e}); is the file complete?") from None
 
 
-def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1) -> Iterator[torch.Tensor]:
+def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1,
+                times: list[float] | None = None) -> Iterator[torch.Tensor]:
     """Yield (H, W, 3) float32 frames in [0, 1]: every `stride`-th frame, at most `max_frames` of them.
 
-    A frame folder's frames must all have the first one's size."""
+    A frame folder's frames must all have the first one's size. `times`, a list, gets each yielded frame's time in
+    seconds of a video file (what `kept_times` reads)."""
     import av
 
     if stride < 1:
@@ -381,12 +383,55 @@ def iter_frames(path: str | Path, max_frames: int | None = None, stride: int = 1
                 continue
             if max_frames is not None and n >= max_frames:
                 break
+            if times is not None:
+                times.append(float("nan") if frame.time is None else float(frame.time))
             yield torch.from_numpy(_shown(frame)).float() / 255.0
             n += 1
     except av.error.FFmpegError as e:
         raise MagicPropError(f"video {str(path)!r} could not be decoded after {n} frames ({e}).") from None
     finally:
         c.close()
+
+
+VFR_TIME_BASE = Fraction(1, 90000)
+"""Time base of a video written at its source's own frame times (`kept_times`): MPEG's 90 kHz clock."""
+
+
+def kept_times(times: list[float], fps: Fraction | float, what: str = "video") -> list[float] | None:
+    """The frame times (seconds from the first frame) a video made from these source frames keeps: None when they are
+    evenly spaced at `fps` (within half a frame: written at that constant rate), else the source's own, so that a
+    variable-frame-rate clip (what phones record) keeps each frame at its time against the audio."""
+    if len(times) < 2 or any(t != t for t in times):  # (a frame without a time: NaN)
+        return None
+    step = 1 / float(fps)
+    kept = [t - times[0] for t in times]
+    if max(abs(t - k * step) for k, t in enumerate(kept)) <= step / 2:
+        return None
+    gaps = [b - a for a, b in zip(kept, kept[1:])]
+    log.info("%s has a variable frame rate (frames %.0f to %.0f ms apart): the result keeps each frame's time.", what,
+             1000 * min(gaps), 1000 * max(gaps))
+    return kept
+
+
+@dataclass(frozen=True)
+class Clock:
+    """When a written video's frames play: one per 1/fps, or at `kept_times` (seconds from the first)."""
+
+    fps: Fraction
+    times: list[float] | None = None
+
+    def stamp(self, frame, k: int):
+        """Frame k of the output, its time set (left to the encoder's count at a constant rate)."""
+        if self.times is not None:
+            frame.pts, frame.time_base = round(Fraction(self.times[k]).limit_denominator(10**9) / VFR_TIME_BASE), \
+                VFR_TIME_BASE
+        return frame
+
+    def duration(self, n: int) -> float:
+        """Seconds that n frames play (the audio copied is cut to it)."""
+        if self.times is None:
+            return n / float(self.fps)
+        return self.times[n] if n < len(self.times) else self.times[n - 1] + 1 / float(self.fps)
 
 
 def read_frames(path: str | Path, max_frames: int | None = None, stride: int = 1) -> torch.Tensor:
@@ -407,11 +452,11 @@ SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
 
 
 def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: str, codec: str, where: str,
-                 tags: VideoTags | None = None):
+                 tags: VideoTags | None = None, timed: bool = False):
     """The video stream of the open mp4 `out` for (H, W) frames, tagged as `tags` says (`VideoTags`), its encoder
     opened now, so that a size, pixel format or rate it refuses is one line before any frame is made (an encoder
     opened at the first frame fails after the run's work: flow propagation from the last keyframe makes frame 0
-    last)."""
+    last). `timed`: frames come with their own times (`VFR_TIME_BASE`), not one per 1/fps."""
     import av
 
     h, w = size
@@ -420,6 +465,8 @@ def video_stream(out, size: tuple[int, int], fps: Fraction, crf: int, pix_fmt: s
         stream.height, stream.width, stream.pix_fmt = h, w, pix_fmt
         stream.options = {"crf": str(crf)}
         (tags or VideoTags()).tag(stream)
+        if timed:
+            stream.codec_context.time_base = stream.time_base = VFR_TIME_BASE
         stream.codec_context.open()
     except (ValueError, av.error.FFmpegError) as e:
         if (h % 2 or w % 2) and any(tag in pix_fmt for tag in SUBSAMPLED):
@@ -458,14 +505,16 @@ def write_video(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     tags: VideoTags | None = None,
+    times: list[float] | None = None,
 ) -> Path:
     """Encode (H, W, 3) frames in [0, 1] to an mp4 atomically; remux audio from `audio_from` if it has any.
 
-    `tags` are the source's (`probe(...).tags`: its colours, pixel aspect and start; default: a PNG folder's). The
-    audio is cut to the written video's duration from the source's first frame on (`VideoTags.start`), at the same
-    times against the picture. Audio that the mp4 container cannot hold as is gets transcoded to AAC. Frames may be
-    a generator (streamed, flat memory). A frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead
-    (no audio; the codec arguments do not apply).
+    `tags` are the source's (`probe(...).tags`: its colours, pixel aspect and start; default: a PNG folder's);
+    `times` its frames' (`kept_times`; None: one per 1/fps). The audio is cut to the written video's duration from
+    the source's first frame on (`VideoTags.start`), at the same times against the picture. Audio that the mp4
+    container cannot hold as is gets transcoded to AAC. Frames may be a generator (streamed, flat memory). A
+    frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead (no audio; the codec arguments do not
+    apply).
     """
     import av
 
@@ -481,8 +530,9 @@ def write_video(
     out_path = Path(path)
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
-        tags = tags or VideoTags()
-        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path), tags)
+        tags, clock = tags or VideoTags(), Clock(fps, times)
+        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path), tags,
+                              times is not None)
         audio = None
         if audio_from is not None:  # every stream must exist before the first packet is muxed
             src = stack.enter_context(av.open(str(audio_from)))
@@ -490,12 +540,12 @@ def write_video(
                 audio = _AudioCopy(src, out)
         n = 0
         for frame in itertools.chain([first], it):
-            for packet in stream.encode(tags.frame(to_uint8(frame), pix_fmt)):
+            for packet in stream.encode(clock.stamp(tags.frame(to_uint8(frame), pix_fmt), n)):
                 out.mux(packet)
             n += 1
         out.mux(stream.encode())
         if audio is not None:
-            audio.copy(tags.start, n / float(fps))
+            audio.copy(tags.start, clock.duration(n))
     return out_path
 
 

@@ -25,6 +25,7 @@ from ..io.video import (
     check_outputs_apart,
     is_frame_folder,
     iter_frames,
+    kept_times,
     list_frames,
     probe,
     to_uint8,
@@ -261,7 +262,8 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
             raise MagicPropError(f"--carried frames are {w}x{h}: the VAE needs sides that are multiples of 8; warp a "
                                  "video resized to such a size (--width).")
         info = probe(job.video, job.fps)
-        source = held.enter_context(read_selected(job, k))
+        times: list[float] = []
+        source = held.enter_context(read_selected(job, k, times))
         if source.shape[0] != k:
             raise MagicPropError(f"--video gives {source.shape[0]} frames (after --stride {job.stride}) for {k} "
                                  "carried frames: pass the --frames/--stride/--width given to warp.")
@@ -289,7 +291,7 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
         with Outputs("refine", k) as outputs, \
                 tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
             outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt,
-                         tags=info.tags)
+                         tags=info.tags, times=kept_times(times, fps, f"--video {str(job.video)!r}"))
             refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
                                        job.filled_denoise, hints, job.controlnet_scale)
             sampled = set(plan)

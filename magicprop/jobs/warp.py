@@ -22,6 +22,7 @@ from ..io.video import (
     check_outputs_apart,
     is_frame_folder,
     iter_frames,
+    kept_times,
     list_frames,
     probe,
     read_png,
@@ -229,15 +230,15 @@ def check_job(job: WarpJob):
     return engine, strategy, info, references, mask
 
 
-def read_selected(job, count: int | None = None) -> FrameSpool:
+def read_selected(job, count: int | None = None, times: list[float] | None = None) -> FrameSpool:
     """(K, H', W', 3) uint8 frames of `job.video` the job works on: every stride-th, at most max_frames (and at most
-    `count`), resized to `width` (the `VideoOptions` fields).
+    `count`), resized to `width` (the `VideoOptions` fields); `times` gets their times (`iter_frames`).
 
     Decoded once into a `FrameSpool` (a temporary file read a frame at a time: flat memory whatever the clip's length;
     8 bits, like the output); close it when done."""
     limits = [n for n in (job.max_frames, count) if n is not None]
     frames = (to_uint8(resize_width(f[None], job.width)[0])
-              for f in iter_frames(job.video, min(limits) if limits else None, job.stride))
+              for f in iter_frames(job.video, min(limits) if limits else None, job.stride, times))
     return FrameSpool(frames, f"--video {str(job.video)!r}")
 
 
@@ -258,7 +259,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
     from ..motion.propagate import DEFAULT_CARRY, DEFAULT_FILL, DEFAULT_KEYFRAMES_PER_FRAME, flow_propagate
 
     engine, strategy, info, references, mask = check_job(job)
-    with read_selected(job) as frames:
+    times: list[float] = []
+    with read_selected(job, times=times) as frames:
         k = frames.shape[0]
         indices = list(job.reference_index)
         _check_keyframes(job, k)  # for containers that do not say how many frames they hold
@@ -270,11 +272,13 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
             mask = mask[:k]
         fps = Fraction(info.fps) / job.stride
         audio = job.video if job.audio and info.has_audio else None
-        size, codec = tuple(frames.shape[1:3]), {"crf": job.crf, "pix_fmt": job.pix_fmt}
+        size = tuple(frames.shape[1:3])
+        codec = {"crf": job.crf, "pix_fmt": job.pix_fmt, "tags": info.tags,
+                 "times": kept_times(times, fps, f"--video {str(job.video)!r}")}
         with Outputs("warp", k) as outputs:  # closed also when the run stops: valid partial outputs, logged
-            outputs.open(job.out, size, fps, "--out", audio_from=audio, tags=info.tags, **codec)
+            outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
             if job.mask_out is not None:
-                outputs.open(job.mask_out, size, fps, "--mask-out", tags=info.tags, **codec)
+                outputs.open(job.mask_out, size, fps, "--mask-out", **codec)
             # one step per frame each chain carries (with two keyframes per frame, two a frame)
             with tqdm(total=k, desc=f"flow + propagate ({job.flow}, {strategy})", unit="step",
                       disable=not progress) as bar:
