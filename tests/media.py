@@ -24,11 +24,12 @@ def write_turned(path, frames: torch.Tensor, degrees: int, pix_fmt: str = "yuv44
 
 def write_clip(path, frames: torch.Tensor, *, colorspace: int | None = None, color_range: int | None = None,
                sample_aspect=None, video_start: float = 0.0, audio_start: float | None = None,
-               click: float = 1.0, rate: int = 25, fmt: str | None = None, times: list[float] | None = None) -> None:
+               click: float = 1.0, rate: int = 25, fmt: str | None = None, times: list[float] | None = None,
+               audio_codec: str = "aac") -> None:
     """(K, H, W, 3) frames as a camera's file: x264 lossless, the YUV matrix and range tagged and used (FFmpeg's
     numbers; None: untagged, FFmpeg's default matrix), a pixel aspect, the first frame at `video_start` seconds (the
     others `times` seconds after it: a variable frame rate; default one per 1/rate) and, with `audio_start`, a mono
-    AAC track from then on, silent but for a click at `click` seconds (source time)."""
+    track (`audio_codec`) from then on, silent but for a click at `click` seconds (source time)."""
     from fractions import Fraction
 
     import av
@@ -44,7 +45,7 @@ def write_clip(path, frames: torch.Tensor, *, colorspace: int | None = None, col
             video.codec_context.colorspace, video.codec_context.color_range = colorspace, color_range
         if sample_aspect is not None:
             video.codec_context.sample_aspect_ratio = Fraction(sample_aspect)
-        audio = None if audio_start is None else out.add_stream("aac", rate=48000, layout="mono")
+        audio = None if audio_start is None else out.add_stream(audio_codec, rate=48000, layout="mono")
         matrix = {1: Colorspace.ITU709, 5: Colorspace.ITU601}.get(colorspace)
         for i, f in enumerate((frames * 255).round().byte().numpy()):
             frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(

@@ -115,6 +115,22 @@ def test_the_audio_keeps_its_place_against_the_picture(tmp_path, video_start, au
     assert click_time(tmp_path / "out.mp4") == pytest.approx(click - video_start, abs=0.005)
 
 
+@pytest.mark.parametrize(("audio_codec", "fmt", "written"), [("pcm_s16le", "mov", "aac"), ("aac", "mp4", "aac"),
+                                                             ("mp3", "mp4", "mp3")])
+def test_audio_players_cannot_play_from_mp4_becomes_aac(tmp_path, audio_codec, fmt, written):
+    """A camera's PCM (which FFmpeg would put in an mp4 as 'ipcm', unplayable in browsers) is transcoded to AAC, at
+    its time; AAC and MP3 are copied as they are."""
+    source = tmp_path / f"camera.{fmt}"
+    write_clip(source, _patches(k=40), audio_start=0.0, click=0.6, audio_codec=audio_codec)
+    info = probe(source)
+    write_video(tmp_path / "out.mp4", read_frames(source), info.fps, audio_from=source, tags=info.tags)
+    import av
+
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert [a.codec_context.codec.canonical_name for a in c.streams.audio] == [written]
+    assert click_time(tmp_path / "out.mp4") == pytest.approx(0.6, abs=0.03)  # (AAC's encoder delay)
+
+
 def _frame_times(path) -> list[float]:
     import av
 

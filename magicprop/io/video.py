@@ -549,19 +549,27 @@ def write_video(
     return out_path
 
 
+MP4_AUDIO = ("aac", "mp3", "ac3", "eac3", "alac")
+"""Audio codecs copied into an mp4 as they are: those that players and browsers play from mp4 (others, a camera's
+PCM or a webm's Opus, which FFmpeg would also put in an mp4, are transcoded to AAC)."""
+
+
 class _AudioCopy:
-    """The first audio stream of `src` copied into `out` (remuxed, or transcoded to AAC if mp4 cannot hold it)."""
+    """The first audio stream of `src` copied into `out` (remuxed, or transcoded to AAC: `MP4_AUDIO`)."""
 
     def __init__(self, src, out) -> None:
         import av
 
         self.src, self.out, self.a_in = src, out, src.streams.audio[0]
-        try:
-            self.a_out = out.add_stream_from_template(self.a_in)
-            self.remux = True
-        except (ValueError, av.error.FFmpegError):
-            self.a_out = out.add_stream("aac", rate=self.a_in.codec_context.sample_rate)
-            self.remux = False
+        self.remux = self.a_in.codec_context.codec.canonical_name in MP4_AUDIO  # (mp3, not its decoder mp3float)
+        if self.remux:
+            try:
+                self.a_out = out.add_stream_from_template(self.a_in)
+            except (ValueError, av.error.FFmpegError):
+                self.remux = False
+        if not self.remux:
+            self.a_out = out.add_stream("aac", rate=self.a_in.codec_context.sample_rate,
+                                        layout=self.a_in.codec_context.layout.name)
 
     def copy(self, start: float, duration: float) -> None:
         """The audio from `start` (seconds of the source: the time of the video's first frame written) for
