@@ -56,6 +56,8 @@ def test_natural_order_stride_and_limit(tmp_path):
     info = probe(tmp_path, fps=12.5)
     assert (info.width, info.height, info.frames, info.fps, info.has_audio) == (10, 12, 12, Fraction(25, 2), False)
     assert probe(tmp_path).fps == 25
+    assert [probe(tmp_path, fps=f).fps for f in (29.97, 23.976, 59.94, 24, 12.5)] == [
+        Fraction(30000, 1001), Fraction(24000, 1001), Fraction(60000, 1001), 24, Fraction(25, 2)]  # NTSC rates exact
 
 
 def test_a_video_file_keeps_its_own_rate_and_says_when_fps_is_ignored(bigbuckbunny, caplog):

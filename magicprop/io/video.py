@@ -303,6 +303,15 @@ def _shown(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
 
 
+def frame_rate(fps: float | Fraction) -> Fraction:
+    """A frame rate as given (e.g. --fps 29.97) as the exact rate it stands for: the NTSC rates n * 1000 / 1001
+    (23.976, 29.97, 59.94 ...) when it is one to 0.01 frames per second, else the rate itself."""
+    n = round(float(fps) * 1.001)
+    if float(fps) != int(fps) and abs(float(fps) * 1.001 - n) < 0.01:
+        return Fraction(n * 1000, 1001)
+    return Fraction(fps).limit_denominator(100000)
+
+
 def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
     """Size, frame rate, frame count and audio of a video file or frame folder.
 
@@ -318,12 +327,12 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
         if fps is None:
             log.info("video %s is a frame folder without a frame rate; using %s fps (pass --fps to set it).",
                      os.fspath(path), DEFAULT_FOLDER_FPS)
-        rate = DEFAULT_FOLDER_FPS if fps is None else Fraction(fps).limit_denominator(100000)
+        rate = DEFAULT_FOLDER_FPS if fps is None else frame_rate(fps)
         return VideoInfo(first.shape[1], first.shape[0], rate, len(files), False)
     with _open(path) as c:
         s = c.streams.video[0]
         rate = Fraction(s.average_rate or s.guessed_rate or 25)
-        if fps is not None and Fraction(fps).limit_denominator(100000) != rate:
+        if fps is not None and frame_rate(fps) != rate:
             log.warning("--fps %s ignored: video %s is a file with its own frame rate (%s fps); --fps sets the rate "
                         "of a folder of PNG frames.", fps, os.fspath(path), f"{float(rate):g}")
         width, height, frames = s.codec_context.width, s.codec_context.height, s.frames or None
