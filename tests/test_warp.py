@@ -204,6 +204,7 @@ def test_bad_inputs_are_refused_in_one_line_before_any_output(tmp_path, bigbuckb
              "--reference-index [9]: frame 9 is out of range")
     for name in ("frame_%04d.png", "still.png", "clip.webm"):
         _refused(capsys, tmp_path, _args(bigbuckbunny, edit, tmp_path / name), f"{name}' is not an mp4 name", "'/'")
+    _refused(capsys, tmp_path, _args(bigbuckbunny, tmp_path, out), f"--reference {str(tmp_path)!r} is a folder")
     (tmp_path / "notes.txt").write_text("a file, not a folder")  # before: a FileExistsError traceback
     for name in ("notes.txt/out.mp4", "notes.txt/frames/"):
         _refused(capsys, tmp_path, _args(bigbuckbunny, edit, f"{tmp_path}/{name}"), "notes.txt', which is a file")

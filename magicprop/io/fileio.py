@@ -31,6 +31,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def not_a_file(path: str | Path) -> str:
+    """Why `path` is not a file, for a message: 'is a folder' or 'does not exist'."""
+    return "is a folder" if Path(path).is_dir() else "does not exist"
+
+
 def model_folder(path: str | Path, what: str, expected: str) -> Path:
     """A local model folder (with config.json), or MagicPropError naming the input and what it should hold."""
     from ..errors import MagicPropError

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import MagicPropError
 from ..log import get_logger
+from .fileio import not_a_file
 
 log = get_logger(__name__)
 
@@ -71,7 +72,7 @@ def load_image(path: str | Path, what: str = "image", alpha: bool = False) -> to
 
     p = Path(path)
     if not p.is_file():
-        raise MagicPropError(f"{what} {str(p)!r} does not exist; pass the path of an image file (png, jpg ...).")
+        raise MagicPropError(f"{what} {str(p)!r} {not_a_file(p)}; pass the path of an image file (png, jpg ...).")
     if p.suffix.lower() == ".png":  # 16-bit PNGs keep their depth, as in a frame folder
         from .video import read_png
 

@@ -18,6 +18,7 @@ import torch
 
 from ..composite import DEFAULT_BORDER
 from ..errors import MagicPropError
+from ..io.fileio import not_a_file
 from ..io.images import check_reference_count, crop_to_grid, list_images, load_image, resize_width
 from ..io.video import VideoInfo, check_out_path, check_outputs_apart, iter_frames, probe, to_uint8, write_video
 from ..keyframes import check_keyframes, check_max_batch, keyframe_plan
@@ -99,7 +100,7 @@ def _check_files(job: PropagateJob) -> None:
                                      "make one with `python -m magicprop init --unet <this folder>` (untrained) or "
                                      "the trainer; to refine carried frames with it use `python -m magicprop refine`.")
             if not p.is_file():
-                raise MagicPropError(f"--{name} {str(p)!r} does not exist; pass an existing file.")
+                raise MagicPropError(f"--{name} {str(p)!r} {not_a_file(p)}; pass an existing file.")
     inspect_checkpoint(job.checkpoint)  # a file of another kind is named from its header, before any model runs
     check_max_batch(job.max_batch)
     check_reference_count(len(job.references), len(job.reference_indices))

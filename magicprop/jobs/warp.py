@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MagicPropError
+from ..io.fileio import not_a_file
 from ..io.images import check_reference_count, load_image, resize_width
 from ..io.spool import FrameSpool
 from ..io.stream import Outputs
@@ -99,7 +100,7 @@ def _check_paths(job: WarpJob) -> None:
     check_reference_count(len(job.reference), len(job.reference_index))
     for p in job.reference:
         if not Path(p).is_file():
-            raise MagicPropError(f"--reference {str(p)!r} does not exist; pass the edited frame as an image file.")
+            raise MagicPropError(f"--reference {str(p)!r} {not_a_file(p)}; pass the edited frame as an image file.")
     if job.mask is not None and not Path(job.mask).exists():
         raise MagicPropError(f"--mask {str(job.mask)!r} does not exist; pass a mask image or a folder of masks.")
     job.check_video()
