@@ -159,6 +159,19 @@ def test_a_portrait_phone_video_is_edited_upright(tmp_path, bigbuckbunny):
     assert w == WIDTH and h == round(WIDTH * 720 / 400)  # portrait, at --width
 
 
+def test_png_frames_out_keep_the_sources_frame_numbers(tmp_path, bigbuckbunny, edit):
+    """A compositor's plate.1001.png ... comes back as 01001.png ... (every stride-th: 01001, 01003 ...), the
+    frames and the filled masks alike, so the result lines up with the plate on the timeline; before, 00000.png ..."""
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    for i, frame in enumerate(read_frames(bigbuckbunny, FRAMES)):
+        save_image(plate / f"plate.{1001 + i}.png", frame)
+    assert main(_args(plate, edit, f"{tmp_path}/out/", "--stride", "2", "--reference-index", "1",
+                      "--mask-out", f"{tmp_path}/filled/")) == 0
+    for folder in ("out", "filled"):
+        assert sorted(f.name for f in (tmp_path / folder).iterdir()) == ["01001.png", "01003.png", "01005.png"]
+
+
 def test_mask_keeps_the_source_outside(tmp_path, bigbuckbunny, edit):
     frame = read_frames(bigbuckbunny, 1)[0]
     mask = torch.zeros_like(frame)

@@ -53,13 +53,14 @@ def _ranges(indices: list[int]) -> str:
 
 
 class FolderStream:
-    """Frames (H, W, 3) or (H, W) in [0, 1] written into a PNG folder as k:05d.png, in any order.
+    """Frames (H, W, 3) or (H, W) in [0, 1] written into a PNG folder as k:05d.png, in any order, or named after the
+    source's frame numbers (`numbers[k]`: `video.frame_numbers`).
 
     The folder's earlier frames (it may hold only frames; `check_frame_folder_out`) are removed when it is opened,
     so a partial run never mixes with an earlier one."""
 
-    def __init__(self, path: str | Path, what: str = "--out") -> None:
-        self.path, self.what = Path(path), what
+    def __init__(self, path: str | Path, what: str = "--out", numbers: list[int] | None = None) -> None:
+        self.path, self.what, self.numbers = Path(path), what, numbers
         check_frame_folder_out(self.path, what)
         self.path.mkdir(parents=True, exist_ok=True)
         for old in self.path.iterdir():
@@ -67,7 +68,8 @@ class FolderStream:
         self.written: list[int] = []
 
     def put(self, k: int, frame: torch.Tensor) -> None:
-        with atomic_path(self.path / f"{k:0{FRAME_DIGITS}d}.png") as tmp:
+        number = k if self.numbers is None else self.numbers[k]
+        with atomic_path(self.path / f"{number:0{FRAME_DIGITS}d}.png") as tmp:
             write_png(tmp, frame.float())
         self.written.append(k)
 
@@ -184,10 +186,12 @@ class VideoStream:
         return f"{self.what} {os.fspath(self.path)} holds {self.next} frames: {frames}{held}"
 
 
-def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out", **video):
-    """A FolderStream for a frame-folder path (see `is_frame_folder`), else a VideoStream (mp4)."""
+def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out",
+                numbers: list[int] | None = None, **video):
+    """A FolderStream for a frame-folder path (see `is_frame_folder`; its frames named after `numbers`), else a
+    VideoStream (mp4)."""
     if is_frame_folder(path):
-        return FolderStream(path, what)
+        return FolderStream(path, what, numbers)
     return VideoStream(path, size, fps, what=what, **video)
 
 
@@ -202,8 +206,9 @@ class Outputs:
         self.streams: list = []
         self.made: list[int] = []
 
-    def open(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out", **video):
-        self.streams.append(open_stream(path, size, fps, what, **video))
+    def open(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out",
+             numbers: list[int] | None = None, **video):
+        self.streams.append(open_stream(path, size, fps, what, numbers, **video))
         return self.streams[-1]
 
     def put(self, k: int, *images: torch.Tensor) -> None:

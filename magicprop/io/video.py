@@ -112,19 +112,45 @@ def list_frames(folder: str | Path, what: str = "video") -> list[Path]:
     return files
 
 
-def missing_frames(files: list[Path], shown: int = 5) -> tuple[int, list[str]]:
-    """How many frames a numbered sequence (`list_frames`' files that differ only in their last number: shot_1001.png,
-    shot_1002.png ...) lacks between its first and last, and the names of the first `shown`: a gap shifts every later
-    frame's index, so callers warn of it. (0, []) for names of other shapes and for sequences numbered in steps of
-    more than 1 (every other frame, timestamps), whose gaps are deliberate."""
+def _sequence(files: list[Path]) -> tuple[str, int, str, list[int]] | None:
+    """(head, digits, tail, numbers) of files that differ only in their last number (shot_1001.png, shot_1002.png
+    ...: a numbered sequence), in their order; None for names of other shapes or a number given twice."""
     parts = [re.fullmatch(r"(.*?)(\d+)(\.\w+)", f.name) for f in files]
-    if len(parts) < 2 or None in parts or len({(m[1], m[3]) for m in parts}) != 1:
+    if not parts or None in parts or len({(m[1], m[3]) for m in parts}) != 1:
+        return None
+    numbers = [int(m[2]) for m in parts]
+    if len(set(numbers)) != len(numbers):
+        return None
+    return parts[0][1], len(parts[0][2]), parts[0][3], numbers
+
+
+def frame_numbers(files: list[Path]) -> list[int] | None:
+    """The numbers of a numbered sequence's frames (`_sequence`): what frames written from them are named after, so a
+    compositor's plate.1001.png ... comes back as 01001.png ... (None: not a numbered sequence)."""
+    sequence = _sequence(files)
+    return None if sequence is None else sequence[3]
+
+
+def selected_numbers(path: str | Path, stride: int, count: int) -> list[int] | None:
+    """`frame_numbers` of the `count` frames a job takes from a frame folder (every stride-th); None for a video file
+    or a folder that is not a numbered sequence."""
+    numbers = frame_numbers(list_frames(path)) if is_frame_folder(path) else None
+    return None if numbers is None else numbers[::stride][:count]
+
+
+def missing_frames(files: list[Path], shown: int = 5) -> tuple[int, list[str]]:
+    """How many frames a numbered sequence (`_sequence`: shot_1001.png, shot_1002.png ...) lacks between its first
+    and last, and the names of the first `shown`: a gap shifts every later frame's index, so callers warn of it.
+    (0, []) for names of other shapes and for sequences numbered in steps of more than 1 (every other frame,
+    timestamps), whose gaps are deliberate."""
+    sequence = _sequence(files)
+    if sequence is None or len(files) < 2:
         return 0, []
-    numbers = sorted(int(m[2]) for m in parts)
+    head, width, tail, numbers = sequence
+    numbers = sorted(numbers)
     steps = [b - a for a, b in zip(numbers, numbers[1:])]
     if min(steps) != 1:
         return 0, []
-    head, width, tail = parts[0][1], len(parts[0][2]), parts[0][3]
     names = []
     for a, b in zip(numbers, numbers[1:]):
         names += [f"{head}{n:0{width}d}{tail}" for n in range(a + 1, min(b, a + 1 + shown - len(names)))]

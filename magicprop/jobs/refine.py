@@ -28,6 +28,7 @@ from ..io.video import (
     kept_times,
     list_frames,
     probe,
+    selected_numbers,
     to_uint8,
     warn_missing,
 )
@@ -291,7 +292,8 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
         with Outputs("refine", k) as outputs, \
                 tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
             outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt,
-                         tags=info.tags, times=kept_times(times, fps, f"--video {str(job.video)!r}"))
+                         tags=info.tags, times=kept_times(times, fps, f"--video {str(job.video)!r}"),
+                         numbers=selected_numbers(job.video, job.stride, k))
             refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
                                        job.filled_denoise, hints, job.controlnet_scale)
             sampled = set(plan)

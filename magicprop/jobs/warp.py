@@ -27,6 +27,7 @@ from ..io.video import (
     list_frames,
     probe,
     read_png,
+    selected_numbers,
     to_uint8,
     warn_missing,
 )
@@ -275,7 +276,8 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         audio = job.video if job.audio and info.has_audio else None
         size = tuple(frames.shape[1:3])
         codec = {"crf": job.crf, "pix_fmt": job.pix_fmt, "tags": info.tags,
-                 "times": kept_times(times, fps, f"--video {str(job.video)!r}")}
+                 "times": kept_times(times, fps, f"--video {str(job.video)!r}"),
+                 "numbers": selected_numbers(job.video, job.stride, k)}
         with Outputs("warp", k) as outputs:  # closed also when the run stops: valid partial outputs, logged
             outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
             if job.mask_out is not None:
