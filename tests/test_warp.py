@@ -172,6 +172,30 @@ def test_png_frames_out_keep_the_sources_frame_numbers(tmp_path, bigbuckbunny, e
         assert sorted(f.name for f in (tmp_path / folder).iterdir()) == ["01001.png", "01003.png", "01005.png"]
 
 
+def test_a_keyed_plates_matte_is_kept_in_png_frames_out(tmp_path, bigbuckbunny, edit, caplog):
+    """PNG frames with an alpha channel (a keyed element): the result's frames carry each source frame's own matte
+    (at --width), their colours the same as from the frames without it; an mp4 --out says it cannot keep it."""
+    frames = read_frames(bigbuckbunny, FRAMES)
+    h, w = frames.shape[1:3]
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    keyed, flat = tmp_path / "keyed", tmp_path / "flat"
+    keyed.mkdir()
+    for i, frame in enumerate(frames):  # a soft disc that moves: the matte differs per frame
+        matte = ((1 - ((x - w / 3 - 20 * i) ** 2 + (y - h / 2) ** 2).sqrt() / (h / 3)).clamp(0, 1) * 4).clamp(0, 1)
+        _write_rgba(keyed / f"{i:04d}.png", frame, matte[..., None])
+    write_frames(flat, iter(frames))
+    assert main(_args(keyed, edit, f"{tmp_path}/out/", "--fill", "colour")) == 0
+    assert main(_args(flat, edit, f"{tmp_path}/out_flat/", "--fill", "colour")) == 0
+    out = [load_image(f, alpha=True)[0] for f in sorted((tmp_path / "out").iterdir())]
+    written = torch.stack([load_image(f, alpha=True)[0, ..., 3:] for f in sorted(keyed.iterdir())])
+    expected = resize_width(written, WIDTH).clamp(0, 1)
+    assert all(((o[..., 3:] - e).abs().max() <= 0.5 / 255 + 1e-6) for o, e in zip(out, expected, strict=True))
+    assert torch.equal(torch.stack([o[..., :3] for o in out]), read_frames(tmp_path / "out_flat"))
+    with caplog.at_level("INFO"):
+        assert main(_args(keyed, edit, tmp_path / "out.mp4", "--fill", "colour")) == 0
+    assert "holds an alpha channel, which an mp4 --out cannot keep" in caplog.text
+
+
 def test_mask_keeps_the_source_outside(tmp_path, bigbuckbunny, edit):
     frame = read_frames(bigbuckbunny, 1)[0]
     mask = torch.zeros_like(frame)

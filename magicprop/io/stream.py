@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -54,13 +55,15 @@ def _ranges(indices: list[int]) -> str:
 
 class FolderStream:
     """Frames (H, W, 3) or (H, W) in [0, 1] written into a PNG folder as k:05d.png, in any order, or named after the
-    source's frame numbers (`numbers[k]`: `video.frame_numbers`).
+    source's frame numbers (`numbers[k]`: `video.frame_numbers`); with `alpha`, frame k gets `alpha(k)`, (H, W, 1),
+    as its alpha channel (a keyed plate's matte, kept).
 
     The folder's earlier frames (it may hold only frames; `check_frame_folder_out`) are removed when it is opened,
     so a partial run never mixes with an earlier one."""
 
-    def __init__(self, path: str | Path, what: str = "--out", numbers: list[int] | None = None) -> None:
-        self.path, self.what, self.numbers = Path(path), what, numbers
+    def __init__(self, path: str | Path, what: str = "--out", numbers: list[int] | None = None,
+                 alpha: Callable[[int], torch.Tensor] | None = None) -> None:
+        self.path, self.what, self.numbers, self.alpha = Path(path), what, numbers, alpha
         check_frame_folder_out(self.path, what)
         self.path.mkdir(parents=True, exist_ok=True)
         for old in self.path.iterdir():
@@ -69,8 +72,9 @@ class FolderStream:
 
     def put(self, k: int, frame: torch.Tensor) -> None:
         number = k if self.numbers is None else self.numbers[k]
+        frame = frame.float() if self.alpha is None else torch.cat([frame.float(), self.alpha(k).float()], -1)
         with atomic_path(self.path / f"{number:0{FRAME_DIGITS}d}.png") as tmp:
-            write_png(tmp, frame.float())
+            write_png(tmp, frame)
         self.written.append(k)
 
     def close(self) -> None:
@@ -187,11 +191,11 @@ class VideoStream:
 
 
 def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out",
-                numbers: list[int] | None = None, **video):
-    """A FolderStream for a frame-folder path (see `is_frame_folder`; its frames named after `numbers`), else a
-    VideoStream (mp4)."""
+                numbers: list[int] | None = None, alpha: Callable[[int], torch.Tensor] | None = None, **video):
+    """A FolderStream for a frame-folder path (see `is_frame_folder`; its frames named after `numbers`, with `alpha`),
+    else a VideoStream (mp4: no alpha)."""
     if is_frame_folder(path):
-        return FolderStream(path, what, numbers)
+        return FolderStream(path, what, numbers, alpha)
     return VideoStream(path, size, fps, what=what, **video)
 
 
@@ -207,8 +211,8 @@ class Outputs:
         self.made: list[int] = []
 
     def open(self, path: str | Path, size: tuple[int, int], fps: Fraction | float, what: str = "--out",
-             numbers: list[int] | None = None, **video):
-        self.streams.append(open_stream(path, size, fps, what, numbers, **video))
+             numbers: list[int] | None = None, alpha: Callable[[int], torch.Tensor] | None = None, **video):
+        self.streams.append(open_stream(path, size, fps, what, numbers, alpha, **video))
         return self.streams[-1]
 
     def put(self, k: int, *images: torch.Tensor) -> None:

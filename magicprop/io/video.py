@@ -185,16 +185,34 @@ def read_png(path: str | Path, what: str = "frame", alpha: bool = False) -> torc
     return torch.from_numpy(frame.to_ndarray(format=fmt).astype(np.float32) / top)
 
 
-def write_png(path: str | Path, image: torch.Tensor, bits: int = 8) -> None:
-    """(H, W, 3) or (H, W) float in [0, 1] -> an RGB or grey PNG of 8 or 16 bits (rounded, not truncated)."""
+ALPHA_FORMATS = ("rgba", "rgba64be", "rgba64le", "ya8", "ya16be", "ya16le")
+"""FFmpeg's names of the PNG pixel formats that hold an alpha channel."""
+
+
+def has_alpha(path: str | Path) -> bool:
+    """Whether a PNG holds an alpha channel (a keyed plate's matte)."""
     import av
 
-    grey = image.ndim == 2
+    try:
+        with av.open(str(path)) as c:
+            return c.streams.video[0].codec_context.pix_fmt in ALPHA_FORMATS
+    except av.error.FFmpegError:
+        return False
+
+
+def write_png(path: str | Path, image: torch.Tensor, bits: int = 8) -> None:
+    """(H, W, 4), (H, W, 3) or (H, W) float in [0, 1] -> an RGBA (straight alpha), RGB or grey PNG of 8 or 16 bits
+    (rounded, not truncated)."""
+    import av
+
+    grey, rgba = image.ndim == 2, image.ndim == 3 and image.shape[-1] == 4
     if bits == 8:
-        arr, fmt, out_fmt = to_uint8(image), "gray" if grey else "rgb24", "gray" if grey else "rgb24"
+        fmt = "gray" if grey else "rgba" if rgba else "rgb24"
+        arr, out_fmt = to_uint8(image), fmt
     elif bits == 16:
         arr = (image.clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
-        fmt, out_fmt = ("gray16le", "gray16be") if grey else ("rgb48le", "rgb48be")
+        fmt, out_fmt = (("gray16le", "gray16be") if grey else ("rgba64le", "rgba64be") if rgba
+                        else ("rgb48le", "rgb48be"))
     else:
         raise MagicPropError(f"PNG bits={bits}: expected 8 or 16.")
     codec = av.CodecContext.create("png", "w")

@@ -44,7 +44,7 @@ from ..refine.core import (
 )
 from ..refine.diffusers_backend import DiffusersRefiner, SDModels
 from .options import FlowOptions
-from .warp import read_selected
+from .warp import read_selected, source_alpha
 
 log = get_logger(__name__)
 
@@ -293,7 +293,7 @@ def run_refine(job: RefineJob, progress: bool = True) -> Path:
                 tqdm(total=len(plan), desc=f"refine ({job.mode})", unit="frame", disable=not progress) as bar:
             outputs.open(job.out, (h, w), fps, "--out", audio_from=audio, crf=job.crf, pix_fmt=job.pix_fmt,
                          tags=info.tags, times=kept_times(times, fps, f"--video {str(job.video)!r}"),
-                         numbers=selected_numbers(job.video, job.stride, k))
+                         numbers=selected_numbers(job.video, job.stride, k), alpha=source_alpha(job, k))
             refiner = DiffusersRefiner(models, job.prompt, job.negative_prompt, job.steps, job.cfg, job.denoise,
                                        job.filled_denoise, hints, job.controlnet_scale)
             sampled = set(plan)

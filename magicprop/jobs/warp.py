@@ -7,6 +7,7 @@ a video file or a folder of numbered PNG frames (magicprop.io.video).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..io.stream import Outputs
 from ..io.video import (
     check_out_path,
     check_outputs_apart,
+    has_alpha,
     is_frame_folder,
     iter_frames,
     kept_times,
@@ -244,6 +246,22 @@ def read_selected(job, count: int | None = None, times: list[float] | None = Non
     return FrameSpool(frames, f"--video {str(job.video)!r}")
 
 
+def source_alpha(job, count: int):
+    """The matte of each of the `count` selected frames of a frame-folder --video whose PNGs hold an alpha channel
+    (a keyed plate), at --width, for a PNG-folder --out to keep: a function of the frame's index; None otherwise (an
+    mp4 keeps no alpha: said once)."""
+    if not is_frame_folder(job.video):
+        return None
+    files = list_frames(job.video)[:: job.stride][:count]
+    if not has_alpha(files[0]):
+        return None
+    if not is_frame_folder(job.out):
+        log.info("--video %s holds an alpha channel, which an mp4 --out cannot keep: pass a folder (a path ending in "
+                 "'/') to get PNG frames with it.", os.fspath(job.video))
+        return None
+    return lambda k: resize_width(read_png(files[k], "--video frame", alpha=True)[None, ..., 3:], job.width)[0]
+
+
 def run_warp(job: WarpJob, progress: bool = True) -> Path:
     """Run the job; returns the written video's path (mp4 or PNG folder). Inputs are checked before any work.
 
@@ -279,7 +297,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
                  "times": kept_times(times, fps, f"--video {str(job.video)!r}"),
                  "numbers": selected_numbers(job.video, job.stride, k)}
         with Outputs("warp", k) as outputs:  # closed also when the run stops: valid partial outputs, logged
-            outputs.open(job.out, size, fps, "--out", audio_from=audio, **codec)
+            outputs.open(job.out, size, fps, "--out", audio_from=audio, alpha=source_alpha(job, k), **codec)
             if job.mask_out is not None:
                 outputs.open(job.mask_out, size, fps, "--mask-out", **codec)
             # one step per frame each chain carries (with two keyframes per frame, two a frame)
