@@ -42,3 +42,19 @@ def composite(base: torch.Tensor, new: torch.Tensor, region: torch.Tensor,
     """
     w = feather(region, border).to(base.dtype)[..., None]
     return torch.where(w > 0, w * new.to(base.dtype) + (1 - w) * base, base)
+
+
+def over_frames(layers: torch.Tensor, frames, indices: list[int]) -> torch.Tensor:
+    """(N, H, W, 4) paint layers, premultiplied RGB and alpha -> (N, H, W, 3) edited frames: each laid over the source
+    frame it edits, frames[indices[n]] ((H, W, 3), uint8 or float in [0, 1]), so a layer with transparency edits what
+    it covers; a layer opaque everywhere is its RGB as it is."""
+    rgb, a = layers[..., :3], layers[..., 3:]
+    if bool((a >= 1).all()):
+        return rgb
+
+    def as_float(frame) -> torch.Tensor:
+        frame = torch.as_tensor(frame)
+        return frame.float() / 255 if frame.dtype == torch.uint8 else frame[..., :3].float()
+
+    under = torch.stack([as_float(frames[i]) for i in indices]).to(rgb.device)
+    return (rgb + (1 - a) * under).clamp(0, 1)

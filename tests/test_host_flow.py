@@ -173,16 +173,65 @@ def test_flow_of_other_frames_is_refused_in_one_line(host):
 
 def test_mask_keeps_the_source_outside(host):
     graph = flow_graph()
-    graph["12"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": WIDTH, "height": HEIGHT}}
-    graph["13"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 32}}
-    graph["14"] = {"class_type": "MaskComposite", "inputs": {"destination": ["12", 0], "source": ["13", 0],
-                                                             "x": 16, "y": 16, "operation": "add"}}
-    graph["7"]["inputs"]["mask"] = ["14", 0]
+    graph["7"]["inputs"]["mask"] = _box_mask(graph, 1.0)
     executor = host.run(graph)
     images, filled, frames = host.output(executor, "7", 0), host.output(executor, "7", 1), host.output(executor, "4")
     outside = host.output(executor, "14")[0] == 0
     assert torch.equal(images[:, outside], frames[:, outside]) and not filled[:, outside].any()
     assert (images[:, ~outside] - frames[:, ~outside]).abs().mean() > 0.2  # inverted colours inside
+
+
+def _box_mask(graph: dict, value_in: float) -> list:
+    """A mask node in `graph`: `value_in` in a 48x32 box at (16, 16), the other value outside."""
+    graph["12"] = {"class_type": "SolidMask", "inputs": {"value": 1.0 - value_in, "width": WIDTH, "height": HEIGHT}}
+    graph["13"] = {"class_type": "SolidMask", "inputs": {"value": value_in, "width": 48, "height": 32}}
+    graph["14"] = {"class_type": "MaskComposite", "inputs": {"destination": ["12", 0], "source": ["13", 0],
+                                                             "x": 16, "y": 16, "operation": "add" if value_in else
+                                                             "multiply"}}
+    return ["14", 0]
+
+
+def test_a_paint_layer_with_alpha_is_laid_over_its_frame(host):
+    """An RGBA reference (JoinImageWithAlpha: the inverted frame, opaque in a box only) edits only what it covers:
+    the rest of the keyframe is the source frame, and the box's edit is carried. Before, the layer's RGB under its
+    transparent pixels (anything) was carried as the edit."""
+    graph = flow_graph()
+    graph["15"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["6", 0], "alpha": _box_mask(graph, 0.0)}}
+    graph["7"]["inputs"]["reference"] = ["15", 0]
+    executor = host.run(graph)
+    images, frames = host.output(executor, "7", 0), host.output(executor, "4")
+    inside = host.output(executor, "14")[0] == 0  # (the mask given to JoinImageWithAlpha is 1 - alpha)
+    torch.testing.assert_close(images[REF, ~inside], frames[REF, ~inside], rtol=0, atol=1e-6)
+    torch.testing.assert_close(images[REF, inside], 1 - frames[REF, inside], rtol=0, atol=1e-6)
+    assert (images[:, ~inside] - frames[:, ~inside]).abs().mean() < 0.05
+    assert (images[:, inside] - frames[:, inside]).abs().mean() > 0.2
+
+
+def test_the_empty_mask_of_an_image_without_alpha_is_explained(host):
+    """LoadImage gives an empty 64x64 mask for an image without alpha: the refusal says so (not 'resize the mask')."""
+    graph = flow_graph()
+    graph["12"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    graph["7"]["inputs"]["mask"] = ["12", 0]
+    with pytest.raises(GraphError) as e:
+        host.run(graph)
+    assert e.value.message.strip().startswith("mask is an empty 64x64 mask, what LoadImage gives for an image without")
+
+
+def test_depth_maps_at_a_preprocessors_resolution_are_fitted_to_the_frames(host):
+    """Depth maps of the frames' shape at another resolution (a preprocessor's `resolution`) are resized to the
+    frames' size; another shape is refused naming both."""
+    graph = {n: node for n, node in flow_graph().items() if n in ("1", "2", "3", "4")}
+    graph["20"] = {"class_type": "ImageScale", "inputs": {
+        "image": ["4", 0], "upscale_method": "area", "width": WIDTH // 2, "height": HEIGHT // 2, "crop": "disabled"}}
+    graph["21"] = {"class_type": "DepthSequence", "inputs": {"frames": ["4", 0], "depth_model": "none",
+                                                             "batch_size": 8, "depth_images": ["20", 0]}}
+    depth = host.output(host.run(graph, ["21"]), "21")
+    assert depth.shape == (K, HEIGHT, WIDTH, 3) and torch.isfinite(depth).all()
+    graph["20"]["inputs"].update(width=WIDTH // 2, height=WIDTH // 2)  # square maps for 2:1 frames
+    with pytest.raises(GraphError) as e:
+        host.run(graph, ["21"])
+    assert e.value.message.strip().startswith(f"depth_images has shape ({K}, {WIDTH // 2}, {WIDTH // 2}) but frames "
+                                              f"has ({K}, {HEIGHT}, {WIDTH})")
 
 
 def test_progress_steps_through_a_gaps_first_chain_and_a_cancel_there_stops_the_run(host):

@@ -253,7 +253,8 @@ def test_keyframes_and_anchoring_in_the_node(comfy_host, files):
     graph["40"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": 5, "length": 1}}
     graph["41"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["40", 0]}}
     graph["11"]["inputs"]["reference"] = ["41", 0]
-    graph["12"]["inputs"].update(reference=["41", 0], keyframe_indices="0, 5", keyframe_window=2, anchor_strength=0.5)
+    # (a trailing comma in keyframe_indices, as lists are often typed, is fine)
+    graph["12"]["inputs"].update(reference=["41", 0], keyframe_indices="0, 5,", keyframe_window=2, anchor_strength=0.5)
     graph["42"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["41", 0], "vae": ["7", 0]}}
     ex = comfy_host.run(graph, ["12", "42"])
     latents = comfy_host.output(ex, "12", 0)["samples"]

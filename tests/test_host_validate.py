@@ -142,7 +142,7 @@ async def validate(prompt: dict):
 
 @pytest.mark.parametrize("text,message", [
     ("0,, 5", f"keyframe_indices '0,, 5': item 2 is empty: {KEYFRAME_FORMAT}."),
-    ("0, 5,", f"keyframe_indices '0, 5,': item 3 is empty: {KEYFRAME_FORMAT}."),
+    ("0, 5,,", f"keyframe_indices '0, 5,,': item 3 is empty: {KEYFRAME_FORMAT}."),  # (one trailing comma is fine)
     ("0, a", f"keyframe_indices '0, a': 'a' is not a frame number: {KEYFRAME_FORMAT}."),
     ("1.5", f"keyframe_indices '1.5': '1.5' is not a frame number: {KEYFRAME_FORMAT}."),
     ("-1, 3", f"keyframe_indices '-1, 3': -1 is negative (frames count from 0): {KEYFRAME_FORMAT}."),
@@ -270,6 +270,8 @@ def test_range_against_the_clip_is_checked_when_it_runs(host):
                     f"expected frames 0 to {K - 1} (the frames that were edited, counted from 0)."),
     ("1", f"reference_index={REF} and keyframe_indices '1' name different edited frames: set reference_index to 1 "
           "(or 0), or clear keyframe_indices to use reference_index."),
+    ("", f'reference holds 2 images but keyframe_indices is empty: set keyframe_indices to the frame each one edits, '
+         f'in order (e.g. "0, {K - 1}"), or pick one image of the batch with ImageFromBatch.'),
 ])
 def test_keyframes_from_the_widget_are_refused_naming_the_widget(host, widget, message):
     """An index the keyframe_indices widget gave is named as the widget's when the clip refuses it; one reference
@@ -277,7 +279,7 @@ def test_keyframes_from_the_widget_are_refused_naming_the_widget(host, widget, m
     guessed frame); reference_index left at 0 lets the widget name the frame, as saved workflows do."""
     graph = flow_graph()
     graph["7"]["inputs"]["keyframe_indices"] = widget
-    if "," in widget:  # two edited frames: the reference twice
+    if "," in widget or not widget:  # two edited frames: the reference twice
         graph["60"] = {"class_type": "ImageBatch", "inputs": {"image1": ["6", 0], "image2": ["6", 0]}}
         graph["7"]["inputs"]["reference"] = ["60", 0]
     valid, error, runs = submit(host, graph)

@@ -22,6 +22,7 @@ from magicprop.motion.propagate import (
     DEFAULT_CARRY,
     DEFAULT_STRATEGY,
     STRATEGIES,
+    check_mask,
     detect_cuts,
     flow_propagate,
 )
@@ -421,6 +422,18 @@ def test_a_soft_mask_fits_the_edit_where_it_is_strongest_and_an_empty_keyframe_m
     per_frame[0], per_frame[5] = 1, 0  # empty elsewhere: that frame keeps its source
     result = flow_propagate(src, truth[:1], [0], engine, mask=per_frame)
     assert torch.equal(result.frames[5], src[5])
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ((3, 64, 96), "mask holds 3 masks for 8 frames: expected one mask for every frame, or one for all."),
+    ((1, 32, 48), "mask is 48x32 but the frames are 96x64: resize the mask to the frames' size."),
+    ((2, 1, 64, 96), "mask of shape (2, 1, 64, 96): expected (1, H, W) or (K, H, W) masks with (K, H, W) = "
+                     "(8, 64, 96): one mask for every frame, or one for all."),
+])
+def test_a_mask_that_does_not_fit_is_refused_naming_what_differs(shape, message):
+    with pytest.raises(MagicPropError) as err:
+        check_mask(torch.ones(shape), (8, 64, 96), [0])
+    assert str(err.value) == message
 
 
 def test_mask_keeps_the_source_outside_exactly(engine, clip):

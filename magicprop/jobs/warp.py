@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..composite import over_frames
 from ..errors import MagicPropError
 from ..io.fileio import not_a_file
 from ..io.images import check_reference_count, load_image, resize_width
@@ -132,8 +133,9 @@ def selected_count(job: WarpJob, container_frames: int | None) -> int | None:
 
 def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
     """(N, H', W', 4): the edited references at the output size, RGB premultiplied by alpha, and alpha (1 where the
-    file has none: a paint layer's transparent pixels are laid over their frame by `_over_frames`). Premultiplied
-    before --width resamples them, so the colour of transparent pixels does not bleed into the layer's edges."""
+    file has none: a paint layer's transparent pixels are laid over their frame by `composite.over_frames`).
+    Premultiplied before --width resamples them, so the colour of transparent pixels does not bleed into the layer's
+    edges."""
     images = []
     for path in job.reference:
         image = load_image(path, "--reference", alpha=True)
@@ -146,16 +148,6 @@ def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
         images.append(torch.cat([image[..., :3] * image[..., 3:], image[..., 3:]], -1))
     # at 8 bits, like the frames and the output: the edited frames come out exactly as given (after --width)
     return resize_width(torch.cat(images), job.width).mul(255).round().div(255)
-
-
-def _over_frames(references: torch.Tensor, frames, indices: list[int]) -> torch.Tensor:
-    """(N, H, W, 4) references, premultiplied RGB and alpha -> (N, H, W, 3) edited frames: each laid over the source
-    frame it edits (a paint layer with transparency edits what it covers), at 8 bits like the frames."""
-    rgb, a = references[..., :3], references[..., 3:]
-    if bool((a >= 1).all()):
-        return rgb
-    under = torch.stack([torch.as_tensor(frames[i]).float() / 255 for i in indices])
-    return (rgb + (1 - a) * under).clamp(0, 1).mul(255).round().div(255)
 
 
 def _mask(image: torch.Tensor, width: int | None) -> torch.Tensor:
@@ -284,7 +276,7 @@ def run_warp(job: WarpJob, progress: bool = True) -> Path:
         k = frames.shape[0]
         indices = list(job.reference_index)
         _check_keyframes(job, k)  # for containers that do not say how many frames they hold
-        references = _over_frames(references, frames, indices)
+        references = over_frames(references, frames, indices).mul(255).round().div(255)  # 8 bits, as the frames
         if mask is not None and mask.shape[0] > 1:
             if mask.shape[0] < k:
                 raise MagicPropError(f"--mask folder has {mask.shape[0]} masks for the {k} selected frames: expected "

@@ -777,10 +777,15 @@ def check_mask(mask, clip: tuple[int, int, int], indices: Sequence[int]):
             mask = mask[None]
         if mask.ndim == 4 and mask.shape[-1] == 1:
             mask = mask[..., 0]
-    if len(mask.shape) != 3 or tuple(mask.shape[1:]) != (h, w) or mask.shape[0] not in (1, k):
-        raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) with "
-                             f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all; resize the mask "
-                             "to the frames' size.")
+    if len(mask.shape) != 3:
+        raise MagicPropError(f"mask of shape {tuple(mask.shape)}: expected (1, H, W) or (K, H, W) masks with "
+                             f"(K, H, W) = {(k, h, w)}: one mask for every frame, or one for all.")
+    if tuple(mask.shape[1:]) != (h, w):
+        raise MagicPropError(f"mask is {mask.shape[2]}x{mask.shape[1]} but the frames are {w}x{h}: resize the mask to "
+                             "the frames' size.")
+    if mask.shape[0] not in (1, k):
+        raise MagicPropError(f"mask holds {mask.shape[0]} masks for {k} frames: expected one mask for every frame, or "
+                             "one for all.")
     for i in indices:
         if 0 <= i < k:  # (an index outside the clip is refused by the keyframe checks, with their message)
             _edited_region(mask[i if mask.shape[0] > 1 else 0], i)

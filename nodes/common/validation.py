@@ -49,6 +49,8 @@ def parse_keyframe_indices(text: str) -> list[int]:
     if not text.strip():
         return []
     items = [item.strip() for item in text.replace(";", ",").split(",")]
+    if len(items) > 1 and not items[-1]:  # a trailing separator ("0, 60,"), as lists are often typed
+        items.pop()
     for n, item in enumerate(items, 1):
         if not item:
             raise MagicPropError(f"keyframe_indices {text!r}: item {n} is empty: {KEYFRAME_FORMAT}.")
@@ -74,6 +76,11 @@ def keyframes(reference_index: int, keyframe_indices: str, references: int, num_
     frame than the widget's one index is refused: which frame was edited would be a guess (left at 0, the widget
     names it, as it always has)."""
     indices = parse_keyframe_indices(keyframe_indices)
+    if references > 1 and not indices and one_per_reference:
+        example = ", ".join(str(n * (num_frames - 1) // (references - 1)) for n in range(references))
+        raise MagicPropError(f"reference holds {references} images but keyframe_indices is empty: set keyframe_indices "
+                             f"to the frame each one edits, in order (e.g. \"{example}\"), or pick one image of the "
+                             "batch with ImageFromBatch.")
     if references == 1 and len(indices) == 1 and reference_index not in (0, indices[0]):
         raise MagicPropError(f"reference_index={reference_index} and keyframe_indices {keyframe_indices!r} name "
                              f"different edited frames: set reference_index to {indices[0]} (or 0), or clear "

@@ -6,6 +6,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
+from ...magicprop.composite import over_frames
 from ...magicprop.errors import MagicPropError
 from ...magicprop.motion.engine import FlowEngine, FlowSettings, Motion
 from ...magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
@@ -50,7 +51,9 @@ class FlowPropagate(io.ComfyNode):
                 io.Image.Input("frames", tooltip="The source video frames (K, H, W, 3), as given to "
                                                  "OpticalFlowSequence."),
                 io.Image.Input("reference", tooltip="The edited frame (one image, the frames' size), or several edited "
-                                                    "frames (a batch) with keyframe_indices."),
+                                                    "frames (a batch) with keyframe_indices. An image with alpha "
+                                                    "(JoinImageWithAlpha: a paint layer) is laid over the frame it "
+                                                    "edits."),
                 io.Int.Input("reference_index", default=0, min=0, max=1_000_000,
                              tooltip="Which frame of the clip was edited (0 = first)."),
                 io.Combo.Input("strategy", options=sorted(STRATEGIES), default=DEFAULT_STRATEGY,
@@ -125,7 +128,14 @@ class FlowPropagate(io.ComfyNode):
             raise MagicPropError(f"reference has shape {tuple(reference.shape)}: expected edited frame(s) of the "
                                  f"frames' size (N, {h}, {w}, 3); edit the frame at the video's size.")
         keys = keyframes(reference_index, keyframe_indices, reference.shape[0], k)
+        if mask is not None and tuple(mask.shape[-2:]) == (64, 64) != (h, w) and not bool(mask.any()):
+            raise MagicPropError("mask is an empty 64x64 mask, what LoadImage gives for an image without an alpha "
+                                 "channel: paint the mask into the image's alpha, or load a black-and-white mask "
+                                 "image and turn it into a mask with ImageToMask.")
         masks = check_mask(None if mask is None else mask.float().cpu(), (k, h, w), keys)  # before the flow's work
+        if reference.shape[-1] == 4:  # a paint layer with transparency (JoinImageWithAlpha): laid over its frame
+            alpha = reference[..., 3:].float().cpu()
+            reference = over_frames(torch.cat([reference[..., :3].float().cpu() * alpha, alpha], -1), frames, keys)
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))
             # the missing direction estimated from the frames by the default engine: occlusions are then found

@@ -9,9 +9,13 @@ import torch
 from comfy_api.latest import io
 
 from ...magicprop.errors import MagicPropError
+from ...magicprop.io.images import resize
+from ...magicprop.log import get_logger
 from ...magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_from_image
 from ..common.folders import NO_DEPTH_MODEL, depth_model_folders, depth_model_path
 from ..common.validation import UNCONNECTED, refusal
+
+log = get_logger(__name__)
 
 
 def resolve_depth_model(name: str) -> str:
@@ -23,6 +27,20 @@ def resolve_depth_model(name: str) -> str:
             f"depth_model {name!r} is not a folder with config.json under models/depth_estimation; put a "
             "transformers depth-estimation model there (e.g. Depth-Anything-V2-Small-hf)."
         ) from None
+
+
+def fit_depth_images(depth_images: torch.Tensor, clip: tuple[int, int, int]) -> torch.Tensor:
+    """One depth map per frame at the frames' (K, H, W) size: maps of the frames' shape at another resolution (a
+    preprocessor's `resolution`) are resized to it, logged; another count or shape is refused."""
+    k, h, w = clip
+    dk, dh, dw = depth_images.shape[:3]
+    if dk != k or abs(dw / dh - w / h) > 0.05 * w / h:
+        raise MagicPropError(f"depth_images has shape {(dk, dh, dw)} but frames has {(k, h, w)}: expected one depth "
+                             "map per frame, of the frames' shape (any resolution).")
+    if (dh, dw) == (h, w):
+        return depth_images
+    log.info("depth_images are %dx%d, the frames %dx%d: resized to the frames' size.", dw, dh, w, h)
+    return resize(depth_images[..., :3].float(), h, w)
 
 
 def check_depth_source(depth_model: str | None, depth_images) -> None:
@@ -94,12 +112,7 @@ class DepthSequence(io.ComfyNode):
             raise MagicPropError(
                 f"frames has shape {tuple(frames.shape)}: expected a batch of video frames (K, H, W, 3).")
         if depth_images is not None:
-            if depth_images.shape[:3] != frames.shape[:3]:
-                raise MagicPropError(
-                    f"depth_images has shape {tuple(depth_images.shape[:3])} but frames has {tuple(frames.shape[:3])}: "
-                    "expected one depth map per frame at the frames' size."
-                )
-            relative = depth_from_image(depth_images)
+            relative = depth_from_image(fit_depth_images(depth_images, frames.shape[:3]))
         else:  # depth_model is a folder: check_depth_source
             relative = estimate_depth(depth_model, frames, batch_size)
         aligned = align_clip_depth(relative)  # (K, 1, H, W) in [0, 1]
