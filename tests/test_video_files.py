@@ -91,6 +91,23 @@ def test_frames_without_a_source_are_written_as_bt709(tmp_path):
     assert (_shown(tmp_path / "out.mp4", 1) - _patches()[0]).abs().max() <= 3 / 255
 
 
+def test_a_source_stored_as_rgb_gives_a_bt709_video(tmp_path):
+    """x264's RGB mode (tagged RGB, full range): the result, YUV, is written and tagged as BT.709 limited range, as
+    from PNGs; its tags copied, players would read the YUV as RGB."""
+    import av
+
+    with av.open(str(tmp_path / "rgb.mkv"), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "rgb24"
+        for f in (_patches() * 255).round().byte().numpy():
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+    tags = probe(tmp_path / "rgb.mkv").tags
+    assert (tags.colorspace, tags.color_range) == (1, 1)
+    write_video(tmp_path / "out.mp4", read_frames(tmp_path / "rgb.mkv"), 25, crf=0, pix_fmt="yuv444p", tags=tags)
+    assert (_shown(tmp_path / "out.mp4", 1) - _patches()[0]).abs().max() <= 3 / 255
+
+
 def test_an_anamorphic_video_keeps_its_pixel_aspect(tmp_path):
     write_clip(tmp_path / "source.mp4", _patches(), sample_aspect=Fraction(4, 3))
     info = probe(tmp_path / "source.mp4")

@@ -28,6 +28,10 @@ from .fileio import atomic_path
 log = get_logger(__name__)
 
 
+MATRICES = {1: "itu709", 4: "fcc", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+"""FFmpeg's YUV matrices (AVColorSpace numbers) that PyAV's converter (swscale) writes, by its names."""
+
+
 @dataclass(frozen=True)
 class VideoTags:
     """How a video's pictures are meant to be shown, copied to the videos made from it so that players show the
@@ -35,7 +39,9 @@ class VideoTags:
     AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic numbers; 2 / 0 = not said), the pixel aspect
     (anamorphic footage) and the time of the first frame (the audio is placed against it).
 
-    The default is what a PNG folder (sRGB) becomes: BT.709, limited range, square pixels, starting at 0."""
+    The default is what a PNG folder (sRGB) becomes: BT.709, limited range, square pixels, starting at 0; a source
+    stored as RGB (PNG in a mov, x264's RGB mode) or in a matrix that is not written (`MATRICES`) becomes the same
+    (`of`)."""
 
     colorspace: int = 1
     color_range: int = 1
@@ -44,17 +50,22 @@ class VideoTags:
     sample_aspect: Fraction | None = None
     start: float = 0.0
 
+    @classmethod
+    def of(cls, frame, sample_aspect: Fraction | None) -> VideoTags:
+        """The tags of a source whose first decoded frame is `frame`."""
+        start = float(frame.time or 0.0)
+        if frame.colorspace != 2 and frame.colorspace not in MATRICES:  # RGB, or a matrix not written: as a PNG's
+            return cls(sample_aspect=sample_aspect, start=start)
+        return cls(frame.colorspace, frame.color_range, frame.color_primaries, frame.color_trc, sample_aspect, start)
+
     def frame(self, rgb: np.ndarray, pix_fmt: str):
         """An (H, W, 3) uint8 RGB picture as a video frame in `pix_fmt`, converted by this matrix and range (the
         inverse of how the source was decoded: an untagged source is decoded and written with FFmpeg's default) and
         tagged with them."""
         import av
-        from av.video.reformatter import Colorspace
 
-        matrix = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6: Colorspace.ITU601,
-                  7: Colorspace.SMPTE240M, 9: Colorspace.BT2020, 10: Colorspace.BT2020}.get(self.colorspace)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-            format=pix_fmt, dst_colorspace=matrix, dst_color_range=self.color_range or None)
+            format=pix_fmt, dst_colorspace=MATRICES.get(self.colorspace), dst_color_range=self.color_range or None)
         frame.colorspace, frame.color_range = self.colorspace, self.color_range
         return frame
 
@@ -387,9 +398,7 @@ def probe(path: str | Path, fps: float | Fraction | None = None) -> VideoInfo:
     if turns % 2:
         width, height = height, width
         aspect = 1 / aspect if aspect else aspect
-    tags = VideoTags() if first is None else VideoTags(
-        first.colorspace, first.color_range, first.color_primaries, first.color_trc,
-        Fraction(aspect) if aspect and aspect != 1 else None, float(first.time or 0.0))
+    tags = VideoTags() if first is None else VideoTags.of(first, Fraction(aspect) if aspect and aspect != 1 else None)
     if turns:
         log.info("video %s is stored %dx%d and shown %dx%d (its display rotation, %d degrees counter-clockwise): its "
                  "frames are read and written upright, as players show them.", os.fspath(path), *stored, width,
