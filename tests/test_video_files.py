@@ -132,20 +132,24 @@ def test_the_audio_keeps_its_place_against_the_picture(tmp_path, video_start, au
     assert click_time(tmp_path / "out.mp4") == pytest.approx(click - video_start, abs=0.005)
 
 
-@pytest.mark.parametrize(("audio_codec", "fmt", "written"), [("pcm_s16le", "mov", "aac"), ("aac", "mp4", "aac"),
-                                                             ("mp3", "mp4", "mp3")])
-def test_audio_players_cannot_play_from_mp4_becomes_aac(tmp_path, audio_codec, fmt, written):
+@pytest.mark.parametrize(("audio_codec", "fmt", "written", "video_start", "audio_start"), [
+    ("pcm_s16le", "mov", "aac", 0.0, 0.0), ("pcm_s16le", "mov", "aac", 0.0, 0.4), ("pcm_s16le", "mov", "aac", 0.4, 0.0),
+    ("aac", "mp4", "aac", 0.0, 0.0), ("mp3", "mp4", "mp3", 0.0, 0.0)])
+def test_audio_players_cannot_play_from_mp4_becomes_aac(tmp_path, audio_codec, fmt, written, video_start,
+                                                         audio_start):
     """A camera's PCM (which FFmpeg would put in an mp4 as 'ipcm', unplayable in browsers) is transcoded to AAC, at
-    its time; AAC and MP3 are copied as they are."""
+    its time against the picture (a track starting later, or earlier, than the video); AAC and MP3 are copied."""
     source = tmp_path / f"camera.{fmt}"
-    write_clip(source, _patches(k=40), audio_start=0.0, click=0.6, audio_codec=audio_codec)
+    click = max(video_start, audio_start) + 0.6
+    write_clip(source, _patches(k=40), video_start=video_start, audio_start=audio_start, click=click,
+               audio_codec=audio_codec)
     info = probe(source)
     write_video(tmp_path / "out.mp4", read_frames(source), info.fps, audio_from=source, tags=info.tags)
     import av
 
     with av.open(str(tmp_path / "out.mp4")) as c:
         assert [a.codec_context.codec.canonical_name for a in c.streams.audio] == [written]
-    assert click_time(tmp_path / "out.mp4") == pytest.approx(0.6, abs=0.03)  # (AAC's encoder delay)
+    assert click_time(tmp_path / "out.mp4") == pytest.approx(click - video_start, abs=0.03)  # (AAC's encoder delay)
 
 
 def _frame_times(path) -> list[float]:
@@ -172,6 +176,32 @@ def test_a_variable_frame_rate_keeps_each_frames_time(tmp_path, caplog):
     constant: list[float] = []
     list(iter_frames(tmp_path / "cfr.mp4", times=constant))
     assert kept_times(constant, probe(tmp_path / "cfr.mp4").fps) is None
+
+
+def test_the_audio_ends_with_the_frames_kept_at_their_times(tmp_path):
+    """The first 20 frames of a clip at 30 fps that falls to 15 (average 20 fps) play 0.68 s, not 20 / 20 = 1 s:
+    the audio copied ends with them."""
+    import av
+
+    times = [k / 30 for k in range(20)] + [20 / 30 + k / 15 for k in range(20)]
+    write_clip(tmp_path / "vfr.mp4", _patches(k=40), times=times, audio_start=0.0, click=0.3)
+    info = probe(tmp_path / "vfr.mp4")
+    seen: list[float] = []
+    frames = torch.stack(list(iter_frames(tmp_path / "vfr.mp4", max_frames=20, times=seen)))
+    kept = kept_times(seen, info.fps)
+    write_video(tmp_path / "out.mp4", frames, info.fps, audio_from=tmp_path / "vfr.mp4", tags=info.tags, times=kept)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        end = max(float(f.time) + f.samples / f.sample_rate for f in c.decode(c.streams.audio[0]))
+    assert end == pytest.approx(19 / 30 + 1 / 20, abs=0.03)
+
+
+def test_frame_times_that_go_backwards_are_not_kept(caplog):
+    """Two clips joined end to end (cat a.ts b.ts), a clock reset: no time line to keep, so a constant rate, said
+    once (keeping them made the encoder refuse the file at the end of the run)."""
+    joined = [k / 25 for k in range(10)] * 2
+    with caplog.at_level("WARNING"):
+        assert kept_times(joined, 25) is None
+    assert "frame times go backwards (or repeat) at frame 10 (0.000 s after 0.360 s)" in caplog.text
 
 
 def test_warp_carries_the_sources_colours_pixel_aspect_audio_and_times(tmp_path, bigbuckbunny):

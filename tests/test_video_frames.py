@@ -10,7 +10,9 @@ import torch
 
 from magicprop.errors import MagicPropError
 from magicprop.io.images import load_image
+from magicprop.io.stream import FolderStream
 from magicprop.io.video import (
+    has_alpha,
     is_frame_folder,
     iter_frames,
     list_frames,
@@ -84,6 +86,27 @@ def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path):
     assert got.shape == upright.shape and (got - upright).abs().mean() < 2 / 255
 
 
+def test_alpha_is_found_in_rgba_grey_alpha_and_palette_pngs(tmp_path):
+    from PIL import Image
+
+    rgb = (_frames(1)[0] * 255).round().byte().numpy()
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("LA").save(tmp_path / "la.png")
+    palette = Image.fromarray(rgb).convert("P")
+    palette.save(tmp_path / "opaque_palette.png")
+    palette.save(tmp_path / "palette.png", transparency=int(np.asarray(palette)[0, 0]))  # pngquant-style matte
+    assert [has_alpha(tmp_path / f"{n}.png") for n in ("rgb", "rgba", "la", "opaque_palette", "palette")] == [
+        False, True, True, False, True]
+
+
+def test_a_numbered_folder_stream_says_which_frames_it_holds(tmp_path):
+    stream = FolderStream(tmp_path / "out", numbers=[1001, 1003, 1005])
+    stream.put(1, _frames(1)[0])
+    assert [f.name for f in (tmp_path / "out").iterdir()] == ["01003.png"]
+    assert stream.describe().endswith("holds 1 frames (named by the source's frame numbers): 1003")
+
+
 def test_write_frames_is_atomic_and_replaces_its_own_folder(tmp_path):
     out = tmp_path / "out"
     write_video(f"{out}/", iter(_frames(5)), fps=30)
@@ -130,8 +153,6 @@ def test_mp4_and_folder_hold_the_same_frames(tmp_path, bikes):
 
 def test_a_single_png_and_a_frame_folder_are_read_alike_at_16_bits(tmp_path):
     """`--mask image.png` and a mask folder take the same PNG reader: a 16-bit mask keeps its depth in both."""
-    from magicprop.io.images import load_image
-
     ramp = torch.linspace(0, 1, 12 * 10).reshape(12, 10, 1).expand(12, 10, 3).contiguous()
     write_png(tmp_path / "mask.png", ramp, bits=16)
     single = load_image(tmp_path / "mask.png", "--mask")

@@ -75,7 +75,7 @@ class FolderStream:
         frame = frame.float() if self.alpha is None else torch.cat([frame.float(), self.alpha(k).float()], -1)
         with atomic_path(self.path / f"{number:0{FRAME_DIGITS}d}.png") as tmp:
             write_png(tmp, frame)
-        self.written.append(k)
+        self.written.append(number)
 
     def close(self) -> None:
         pass
@@ -84,7 +84,9 @@ class FolderStream:
         return 0
 
     def describe(self) -> str:
-        return f"{self.what} {os.fspath(self.path)} holds {len(self.written)} frames: {_ranges(self.written) or 'none'}"
+        named = " (named by the source's frame numbers)" if self.numbers is not None else ""
+        return (f"{self.what} {os.fspath(self.path)} holds {len(self.written)} frames{named}: "
+                f"{_ranges(self.written) or 'none'}")
 
 
 class VideoStream:
@@ -153,6 +155,11 @@ class VideoStream:
     def held(self) -> int:
         """Frames made but waiting for an earlier one (lost if the run stops now)."""
         return len(self._waiting)
+
+    def discard(self) -> None:
+        """Stop without writing anything at `path` (what `close` would finish is removed)."""
+        self._closed = True
+        self._abandon()
 
     def _abandon(self) -> None:
         self._out.close()

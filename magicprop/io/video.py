@@ -7,7 +7,6 @@ order (frame2 before frame10), 8-bit or 16-bit; written atomically as zero-padde
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -23,7 +22,6 @@ import torch
 
 from ..errors import MagicPropError
 from ..log import get_logger
-from .fileio import atomic_path
 
 log = get_logger(__name__)
 
@@ -201,14 +199,16 @@ ALPHA_FORMATS = ("rgba", "rgba64be", "rgba64le", "ya8", "ya16be", "ya16le")
 
 
 def has_alpha(path: str | Path) -> bool:
-    """Whether a PNG holds an alpha channel (a keyed plate's matte)."""
+    """Whether a PNG holds an alpha channel (a keyed plate's matte): an RGBA or grey-and-alpha PNG, or a palette PNG
+    with a transparent colour."""
     import av
 
     try:
         with av.open(str(path)) as c:
-            return c.streams.video[0].codec_context.pix_fmt in ALPHA_FORMATS
+            fmt = c.streams.video[0].codec_context.pix_fmt
     except av.error.FFmpegError:
         return False
+    return fmt in ALPHA_FORMATS or (fmt == "pal8" and bool((read_png(path, alpha=True)[..., 3] < 1).any()))
 
 
 def write_png(path: str | Path, image: torch.Tensor, bits: int = 8) -> None:
@@ -470,6 +470,11 @@ def kept_times(times: list[float], fps: Fraction | float, what: str = "video") -
     if max(abs(t - k * step) for k, t in enumerate(kept)) <= step / 2:
         return None
     gaps = [b - a for a, b in zip(kept, kept[1:])]
+    back = next((k + 1 for k, gap in enumerate(gaps) if gap < float(VFR_TIME_BASE)), None)
+    if back is not None:  # clips joined end to end, a clock reset: no time line to keep
+        log.warning("%s: its frame times go backwards (or repeat) at frame %d (%.3f s after %.3f s): written at a "
+                    "constant %s fps instead.", what, back, times[back], times[back - 1], f"{float(fps):g}")
+        return None
     log.info("%s has a variable frame rate (frames %.0f to %.0f ms apart): the result keeps each frame's time.", what,
              1000 * min(gaps), 1000 * max(gaps))
     return kept
@@ -576,39 +581,26 @@ def write_video(
     the source's first frame on (`VideoTags.start`), at the same times against the picture. Audio that the mp4
     container cannot hold as is gets transcoded to AAC. Frames may be a generator (streamed, flat memory). A
     frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead (no audio; the codec arguments do not
-    apply).
+    apply). The one mp4 writer is `stream.VideoStream`, fed in order; an error leaves no file at `path`.
     """
-    import av
+    from .stream import VideoStream
 
     if is_frame_folder(path):
         return write_frames(path, frames)
-    if audio_from is not None and is_frame_folder(audio_from):
-        audio_from = None  # a frame folder has no audio
-    fps = Fraction(fps).limit_denominator(100000)
     it = iter(frames)
     first = next(it, None)
     if first is None:
         raise MagicPropError("no frames to write: the video would be empty.")
-    out_path = Path(path)
-    with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
-        out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
-        tags, clock = tags or VideoTags(), Clock(fps, times)
-        stream = video_stream(out, tuple(first.shape[:2]), fps, crf, pix_fmt, codec, os.fspath(path), tags,
-                              times is not None)
-        audio = None
-        if audio_from is not None:  # every stream must exist before the first packet is muxed
-            src = stack.enter_context(av.open(str(audio_from)))
-            if src.streams.audio:
-                audio = _AudioCopy(src, out)
-        n = 0
-        for frame in itertools.chain([first], it):
-            for packet in stream.encode(clock.stamp(tags.frame(to_uint8(frame), pix_fmt), n)):
-                out.mux(packet)
-            n += 1
-        out.mux(stream.encode())
-        if audio is not None:
-            audio.copy(tags.start, clock.duration(n))
-    return out_path
+    stream = VideoStream(path, tuple(first.shape[:2]), fps, audio_from, crf, pix_fmt, codec, what="video", tags=tags,
+                         times=times)
+    try:
+        for k, frame in enumerate(itertools.chain([first], it)):
+            stream.put(k, frame)
+    except BaseException:
+        stream.discard()
+        raise
+    stream.close()
+    return Path(path)
 
 
 MP4_AUDIO = ("aac", "mp3", "ac3", "eac3", "alac")
