@@ -133,7 +133,7 @@ def node_child(frames: int, size: int, work: Path, flow_guided: bool = False) ->
 
 
 def make_video(path: Path, frames: int, size: int) -> None:
-    from magicprop.io.video import write_video
+    from magicprop.io.stream import write_video
     from magicprop.synthetic import SceneConfig, make_clip
 
     clip = make_clip(5, SceneConfig(size=size, frames=frames), edit=False)

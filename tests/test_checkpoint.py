@@ -169,7 +169,7 @@ def test_a_file_of_another_kind_is_named(tmp_path, name, content, what):
 
         Image.new("RGB", (16, 16), (200, 30, 30)).save(path, format="JPEG")
     elif name.endswith(".mp4"):
-        from magicprop.io.video import write_video
+        from magicprop.io.stream import write_video
 
         write_video(path, torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0)), fps=25)
     else:

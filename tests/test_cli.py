@@ -14,7 +14,8 @@ from tiny import TINY_UNET_CONFIG
 
 from magicprop.cli import main
 from magicprop.io.images import crop_to_grid, resize_width, save_image
-from magicprop.io.video import probe, read_frames, write_video
+from magicprop.io.stream import write_video
+from magicprop.io.video import probe, read_frames
 from magicprop.log import PREFIX
 from magicprop.propdpm.depth import DepthEstimator, align_clip_depth, depth_to_latent_grid
 from magicprop.propdpm.diffusers_backend import DiffusersDenoiser, StandaloneModels

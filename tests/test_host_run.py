@@ -11,7 +11,8 @@ from graphs import propagation_graph
 from test_host_graph import files  # noqa: F401  (the fixture)
 
 from magicprop.io.images import load_image, save_image
-from magicprop.io.video import read_frames, write_video
+from magicprop.io.stream import write_video
+from magicprop.io.video import read_frames
 from magicprop.jobs.propagate import PropagateJob, propagate_latents
 from magicprop.synthetic import SceneConfig, make_clip
 

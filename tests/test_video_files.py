@@ -12,8 +12,8 @@ from media import click_time, write_clip, write_turned
 
 from magicprop.cli import main
 from magicprop.io.images import save_image
-from magicprop.io.stream import Outputs
-from magicprop.io.video import iter_frames, kept_times, probe, read_frames, write_video
+from magicprop.io.stream import Outputs, write_video
+from magicprop.io.video import iter_frames, kept_times, probe, read_frames
 
 PATCHES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.94, 0.78, 0.12]])
 """Saturated colours, where a YUV matrix that differs from the one the file was written with shows most."""

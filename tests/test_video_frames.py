@@ -10,7 +10,7 @@ import torch
 
 from magicprop.errors import MagicPropError
 from magicprop.io.images import load_image
-from magicprop.io.stream import FolderStream
+from magicprop.io.stream import FolderStream, write_video
 from magicprop.io.video import (
     has_alpha,
     is_frame_folder,
@@ -21,7 +21,6 @@ from magicprop.io.video import (
     read_png,
     write_frames,
     write_png,
-    write_video,
 )
 from magicprop.log import PREFIX
 

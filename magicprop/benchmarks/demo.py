@@ -42,7 +42,7 @@ import torch
 from ..errors import MagicPropError
 from ..io.fileio import atomic_path
 from ..io.images import save_image
-from ..io.video import write_video
+from ..io.stream import write_video
 from ..log import get_logger
 from ..synthetic import SceneConfig, make_clip
 from .methods import COPY, DEFAULT_FLOW, DEMO_FLOW_METHODS, DEMO_MODEL_METHODS, run_method

@@ -11,16 +11,18 @@ written, the container closed) and renamed into place, so a stopped run leaves a
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import MagicPropError
 from ..log import get_logger
 from .fileio import atomic_path
 from .video import (
@@ -32,6 +34,7 @@ from .video import (
     is_frame_folder,
     to_uint8,
     video_stream,
+    write_frames,
     write_png,
 )
 
@@ -204,6 +207,44 @@ def open_stream(path: str | Path, size: tuple[int, int], fps: Fraction | float, 
     if is_frame_folder(path):
         return FolderStream(path, what, numbers, alpha)
     return VideoStream(path, size, fps, what=what, **video)
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[torch.Tensor],
+    fps: Fraction | float,
+    audio_from: str | Path | None = None,
+    crf: int = 18,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    tags: VideoTags | None = None,
+    times: list[float] | None = None,
+) -> Path:
+    """Encode (H, W, 3) frames in [0, 1] to an mp4 atomically; remux audio from `audio_from` if it has any.
+
+    `tags` are the source's (`probe(...).tags`: its colours, pixel aspect and start; default: a PNG folder's);
+    `times` its frames' (`kept_times`; None: one per 1/fps). The audio is cut to the written video's duration from
+    the source's first frame on (`VideoTags.start`), at the same times against the picture. Audio that the mp4
+    container cannot hold as is gets transcoded to AAC. Frames may be a generator (streamed, flat memory). A
+    frame-folder `path` (see `is_frame_folder`) gets 8-bit PNG frames instead (no audio; the codec arguments do not
+    apply). The one mp4 writer is `VideoStream`, fed in order; an error leaves no file at `path`.
+    """
+    if is_frame_folder(path):
+        return write_frames(path, frames)
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise MagicPropError("no frames to write: the video would be empty.")
+    stream = VideoStream(path, tuple(first.shape[:2]), fps, audio_from, crf, pix_fmt, codec, what="video", tags=tags,
+                         times=times)
+    try:
+        for k, frame in enumerate(itertools.chain([first], it)):
+            stream.put(k, frame)
+    except BaseException:
+        stream.discard()
+        raise
+    stream.close()
+    return Path(path)
 
 
 class Outputs:

@@ -20,7 +20,8 @@ from ..composite import DEFAULT_BORDER
 from ..errors import MagicPropError
 from ..io.fileio import not_a_file
 from ..io.images import check_reference_count, crop_to_grid, list_images, load_image, resize_width
-from ..io.video import VideoInfo, check_out_path, check_outputs_apart, iter_frames, probe, to_uint8, write_video
+from ..io.stream import write_video
+from ..io.video import VideoInfo, check_out_path, check_outputs_apart, iter_frames, probe, to_uint8
 from ..keyframes import check_keyframes, check_max_batch, keyframe_plan
 from ..log import get_logger
 from ..propdpm.checkpoint import inspect_checkpoint
