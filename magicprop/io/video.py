@@ -1,4 +1,6 @@
-"""Video with PyAV: decode frames, write an mp4 at the source fps with the source audio remuxed.
+"""Video with PyAV: decode frames as players show them, and what an mp4 made from a source keeps of it (its colour
+tags, pixel aspect, frame times and audio: `VideoTags`, `kept_times`, `_AudioCopy`; written by `stream.write_video`
+and `stream.VideoStream`).
 
 A video may also be a folder of numbered PNG frames (what compositing tools and EbSynth exchange; lossless): a path
 that is an existing folder, or that ends in a slash, is read and written as one. Frames are read in natural name
