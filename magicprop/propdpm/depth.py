@@ -240,8 +240,13 @@ class DepthEstimator:
 
         folder = model_folder(path, "depth model", "a transformers depth-estimation model with its "
                               "preprocessor_config.json, e.g. a saved depth-anything/Depth-Anything-V2-Small-hf")
-        model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
-        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        try:
+            model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
+            processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except (ValueError, OSError) as e:
+            raise MagicPropError(f"depth model {str(folder)!r} is not a transformers depth-estimation model "
+                                 f"({str(e).splitlines()[0][:160]}); pass a saved one, e.g. "
+                                 "depth-anything/Depth-Anything-V2-Small-hf.") from None
         kind = output_kind or DEPTH_OUTPUT_KIND.get(model.config.model_type)
         if kind not in ("inverse", "metric"):
             raise MagicPropError(
