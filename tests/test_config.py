@@ -104,3 +104,37 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("magicprop train: error: config train.batch_size = 16.0"), lines
     assert "expected an integer" in lines[0] and "train.batch_size=16" in lines[0]
     assert not (tmp_path / "run").exists(), "nothing is written"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.batch_size=0", "config train.batch_size = 0: expected an integer >= 1"),
+    ('train.lr_schedule="cosin"', "did you mean 'cosine'?"),
+    ("data.gaps=[1, 2]", "expected one weight per gap"),
+    ("data.gap_weights=[0, 0, 0, 0]", "config data.gap_weights = [0.0, 0.0, 0.0, 0.0]: expected weights >= 0"),
+    ("train.log_every=0", "config train.log_every = 0: expected an integer >= 1"),
+    ("train.checkpoint_every=0", "config train.checkpoint_every = 0: expected an integer >= 1"),
+    ("train.validation_steps=0", "config train.validation_steps = 0: expected an integer >= 1"),
+    ("data.backward=1.5", "config data.backward = 1.5: expected a probability in [0, 1]"),
+    ("train.appearance_dropout=1.5", "config train.appearance_dropout = 1.5: expected a probability"),
+])
+def test_bad_values_are_refused_as_the_config_loads(override, expected):
+    message = error_of([override])
+    assert expected in message, message
+
+
+def test_model_inputs_are_checked_before_loading(tmp_path, tiny_models):
+    """A VAE folder that holds CLIP, a CLIP folder that holds a VAE, a missing unet_config: one line each."""
+    from magicprop.train.config import check_inputs
+
+    good = [f"model.vae={tiny_models['vae']}", f"model.clip_vision={tiny_models['clip_vision']}"]
+    check_inputs(load_config(None, good))
+    for override, expected in (
+        (f"model.vae={tiny_models['clip_vision']}", "holds CLIPVisionModelWithProjection (its config.json): expected "
+                                                    "a diffusers AutoencoderKL"),
+        (f"model.clip_vision={tiny_models['vae']}", "holds AutoencoderKL (its config.json): expected a transformers "
+                                                    "CLIPVisionModelWithProjection"),
+        (f"model.unet_config={tmp_path / 'nope.json'}", "is not a readable JSON file (FileNotFoundError)"),
+    ):
+        with pytest.raises(MagicPropError) as e:
+            check_inputs(load_config(None, good + [override]))
+        assert expected in str(e.value) and override.split("=")[0] in str(e.value), str(e.value)

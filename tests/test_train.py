@@ -215,3 +215,63 @@ def test_rollout_training_uses_the_models_own_previous_frames(tmp_path, tiny_mod
     assert losses(tmp_path / "roll") == losses(tmp_path / "again")
     assert losses(tmp_path / "roll") != losses(tmp_path / "plain")
     assert inspect_checkpoint(tmp_path / "roll" / "propdpm.safetensors").training["rollout_probability"] == 1.0
+
+
+def write_shards(folder: Path, clips: int, seed: int = 0, depth_model: str = "tiny-depth") -> Path:
+    """Prepared shards (the prepare format, through its writer) of `clips` 4-frame 32 px synthetic clips."""
+    from magicprop.train.data import SyntheticSource
+    from magicprop.train.shards import ShardWriter, encode_clip_npz, new_index
+
+    source = SyntheticSource(clips, seed, 32, 4)
+    folder.mkdir(parents=True)
+    writer = ShardWriter(folder, new_index({"size": 32, "frames": 4}, depth_model), clips_per_shard=8)
+    for i in range(clips):
+        c = source.clip(i)
+        writer.add(f"clip{seed + i}", encode_clip_npz(c.frames.numpy(), c.depth.numpy()),
+                   {"video": f"v{seed + i}", "frames": 4})
+    writer.flush()
+    return folder
+
+
+def test_shard_checkpoint_records_the_shards_size_and_depth_model(tmp_path, tiny_models):
+    shards = write_shards(tmp_path / "shards", 2)
+    args = run_args(tiny_models, tmp_path / "run", steps=1) + ["data.source=shards", f"data.shards={shards}"]
+    cfg = inspect_checkpoint(train(load_config(None, args), progress=False))
+    assert cfg.resolution == 32 and cfg.depth.model == "tiny-depth", (cfg.resolution, cfg.depth.model)
+    assert cfg.training["data"]["size"] == 32 and cfg.training["data"]["fingerprint"]
+
+
+def test_latent_disk_cache_of_other_clips_is_encoded_again(tmp_path, tiny_models):
+    """A cache written for 2 clips is not read as the 3 (other) clips of other shards: they are encoded again."""
+    from magicprop.train.encoders import ClipCache, FrozenEncoders, encode_clip
+    from magicprop.train.shards import ShardSource
+
+    enc = FrozenEncoders(tiny_models["vae"], tiny_models["clip_vision"], torch.device("cpu"))
+    path = tmp_path / "clips.safetensors"
+    ClipCache(ShardSource(write_shards(tmp_path / "a", 2)), enc, disk=path)
+    other = ShardSource(write_shards(tmp_path / "b", 3, seed=10))
+    cache = ClipCache(other, enc, disk=path)
+    for i in range(3):
+        fresh = encode_clip(enc, other.clip(i)).latents.half().float()
+        assert torch.equal(cache.get(i).latents, fresh), i
+    again = ClipCache(other, enc, disk=path)  # now it is this data's cache: loaded
+    assert torch.equal(again.get(2).latents, cache.get(2).latents)
+
+
+def test_resume_refuses_a_changed_config_and_allows_more_steps(tmp_path, tiny_models):
+    """Resuming with another learning rate or EMA would silently keep the restored ones: refused in one line, before
+    any work; train.steps may change (train longer)."""
+    from magicprop.errors import MagicPropError
+
+    out = tmp_path / "run"
+    train(load_config(None, run_args(tiny_models, out, steps=2, checkpoint_every=2)), progress=False)
+    before = (out / "log.jsonl").read_text()
+    for change, key in (({"learning_rate": 0.01}, "train.learning_rate = 0.01, was 0.001"),
+                        ({"ema_decay": 0.9}, "train.ema_decay = 0.9, was null")):
+        with pytest.raises(MagicPropError) as e:
+            train(load_config(None, run_args(tiny_models, out, steps=4, checkpoint_every=2, **change)), progress=False)
+        assert key in str(e.value) and "use a new train.output_dir" in str(e.value) and "\n" not in str(e.value)
+        assert (out / "log.jsonl").read_text() == before, "refused before any work"
+    path = train(load_config(None, run_args(tiny_models, out, steps=3, checkpoint_every=2, log_every=2)),
+                 progress=False)
+    assert inspect_checkpoint(path).training["steps"] == 3

@@ -4,6 +4,7 @@ model folders, and naming what a file is by its first bytes when it is not what 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -36,8 +37,11 @@ def not_a_file(path: str | Path) -> str:
     return "is a folder" if Path(path).is_dir() else "does not exist"
 
 
-def model_folder(path: str | Path, what: str, expected: str) -> Path:
-    """A local model folder (with config.json), or MagicPropError naming the input and what it should hold."""
+def model_folder(path: str | Path, what: str, expected: str, kinds: tuple[str, ...] = ()) -> Path:
+    """A local model folder (with config.json), or MagicPropError naming the input and what it should hold.
+
+    `kinds`: the model classes or types the folder may hold (config.json's diffusers "_class_name", transformers
+    "architectures" or "model_type"), checked before any weights are read; empty accepts any."""
     from ..errors import MagicPropError
 
     folder = Path(path)
@@ -45,6 +49,19 @@ def model_folder(path: str | Path, what: str, expected: str) -> Path:
         raise MagicPropError(
             f"{what} {str(folder)!r}: expected a local folder with config.json and weights: {expected}."
         )
+    if kinds:
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            cfg = None
+        found = ([cfg.get("_class_name")] + list(cfg.get("architectures") or []) + [cfg.get("model_type")]
+                 if isinstance(cfg, dict) else [])
+        if not any(f in kinds for f in found if f):
+            held = next((f for f in found if f), "no model class")
+            raise MagicPropError(
+                f"{what} {str(folder)!r} holds {held} (its config.json): expected {expected}; point {what} at such a "
+                "folder."
+            )
     return folder
 
 

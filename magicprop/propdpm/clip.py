@@ -109,12 +109,18 @@ def check_clip_compatible(spec: ClipSpec, token_dim: int, num_tokens: int, finge
         )
 
 
+def clip_vision_folder(path: str | Path, what: str = "clip vision model") -> Path:
+    """A local CLIP vision folder (a CLIPVisionModelWithProjection, or a whole CLIP model it loads from), or one
+    MagicPropError line naming `what` (checked before loading)."""
+    return model_folder(path, what, "a transformers CLIPVisionModelWithProjection, e.g. a saved "
+                        "openai/clip-vit-large-patch14", kinds=("clip_vision_model", "clip"))
+
+
 def load_clip_vision(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Load a transformers CLIPVisionModelWithProjection from a local folder (never the hub)."""
     from transformers import CLIPVisionModelWithProjection
 
-    folder = model_folder(path, "clip vision model", "a transformers CLIPVisionModelWithProjection, e.g. a saved "
-                          "openai/clip-vit-large-patch14")
+    folder = clip_vision_folder(path)
     model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, dtype=dtype)
     return model.to(device).eval().requires_grad_(False)
 

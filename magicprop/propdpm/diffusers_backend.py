@@ -109,6 +109,12 @@ def check_clip_model(model, spec: ClipSpec) -> None:
     check_clip_compatible(spec, cfg.projection_dim, 1 + grid * grid, fingerprint)
 
 
+def vae_folder(path: str | Path, what: str = "vae") -> Path:
+    """A local diffusers AutoencoderKL folder, or one MagicPropError line naming `what` (checked before loading)."""
+    return model_folder(path, what, "a diffusers AutoencoderKL, e.g. the vae/ folder of Stable Diffusion 1.5",
+                        kinds=("AutoencoderKL",))
+
+
 class FrozenEncoders:
     """The frozen models around PropDPM: the VAE (latents <-> images) and CLIP vision (reference tokens).
 
@@ -127,8 +133,7 @@ class FrozenEncoders:
         else:
             from diffusers import AutoencoderKL
 
-            expected = "a diffusers AutoencoderKL, e.g. the vae/ folder of Stable Diffusion 1.5"
-            folder = model_folder(vae, vae_input, expected)
+            folder = vae_folder(vae, vae_input)
             self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.vae = self.vae.to(device).eval().requires_grad_(False)
         self.clip, self.mean, self.std = None, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

@@ -60,12 +60,14 @@ class DataConfig:
     cache_latents: bool = True
     """Encode each clip once with the frozen VAE and CLIP and keep the results in memory."""
     latent_cache: str | None = None
-    """A file to encode the whole source into once (fp16 safetensors) and reuse in later runs."""
+    """A file to encode the whole source into once (fp16 safetensors) and reuse in later runs with the same clips and
+    encoders (recorded in the file; another source or encoder encodes it again)."""
     depth_model: str = DepthSpec.model
-    """Recorded in the checkpoint: what made the training depth."""
+    """Recorded in the checkpoint: what made the training depth, for shards whose index does not record it."""
     motion_cache: str | None = None
     """train.flow_guided: a file to compute every clip's motion inputs into once (fp16 safetensors, with the
-    estimator's record) and reuse in later runs; without it they are computed as clips are drawn, kept in memory."""
+    estimator's record and the data's identity) and reuse in later runs; without it they are computed as clips are
+    drawn, kept in memory."""
 
 
 @dataclass
@@ -250,7 +252,8 @@ def _parse_value(text: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """A typed RunConfig from a TOML file plus `section.key=value` overrides; MagicPropError on any bad key or type."""
+    """A typed RunConfig from a TOML file plus `section.key=value` overrides; MagicPropError on any bad key, type or
+    value (``check_values``)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -273,4 +276,133 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not isinstance(section, dict):
             raise MagicPropError(f"--set {item!r}: {parts[0]} is not a section of the config.")
         section[parts[1]] = _parse_value(value)
-    return _build(RunConfig, data, "")
+    cfg = _build(RunConfig, data, "")
+    check_values(cfg)
+    return cfg
+
+
+# -- values and inputs, checked before any work ---------------------------------------------------------------------
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def lr_schedules() -> list[str]:
+    """train.lr_schedule's options: diffusers' schedulers, less piecewise_constant (it needs step rules a run config
+    cannot give)."""
+    from diffusers.optimization import SchedulerType
+
+    return [s.value for s in SchedulerType if s.value != "piecewise_constant"]
+
+
+def _at_least(key: str, value: int, low: int, fix: str) -> None:
+    if value < low:
+        raise MagicPropError(f"config {key} = {value}: expected an integer >= {low}; {fix}.")
+
+
+def _probability(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise MagicPropError(f"config {key} = {value}: expected a probability in [0, 1]; write e.g. {key}=0.5.")
+
+
+def check_values(cfg: RunConfig) -> None:
+    """The values of a run, each against what it means (types are checked as they are read): one MagicPropError
+    line naming the key, the value, what is allowed and the fix. Pure: no file is read (load_config runs it)."""
+    t, d = cfg.train, cfg.data
+    _at_least("train.steps", t.steps, 0, "write the number of optimizer steps, e.g. train.steps=1000")
+    _at_least("train.batch_size", t.batch_size, 1, "write e.g. train.batch_size=16")
+    _at_least("train.warmup_steps", t.warmup_steps, 0, "write 0 for no warmup")
+    _at_least("train.log_every", t.log_every, 1, "write e.g. train.log_every=50 (steps between log lines)")
+    _at_least("train.checkpoint_every", t.checkpoint_every, 1,
+              "write e.g. train.checkpoint_every=500 (steps between resumable checkpoints)")
+    _at_least("train.validate_every", t.validate_every, 0, "write 0 to turn validation off")
+    _at_least("train.validation_steps", t.validation_steps, 1,
+              "write e.g. train.validation_steps=10 (sampling steps of the validation propagation)")
+    _at_least("train.keep_checkpoints", t.keep_checkpoints, 0, "write 0 to keep every checkpoint")
+    _at_least("train.rollout_length", t.rollout_length, 1, "write e.g. train.rollout_length=3")
+    _at_least("train.rollout_steps", t.rollout_steps, 1, "write e.g. train.rollout_steps=4")
+    if not t.learning_rate > 0:
+        raise MagicPropError(f"config train.learning_rate = {t.learning_rate}: expected a number > 0; write e.g. "
+                             "train.learning_rate=0.0001.")
+    schedules = lr_schedules()
+    if t.lr_schedule not in schedules:
+        close = difflib.get_close_matches(t.lr_schedule, schedules, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MagicPropError(f"config train.lr_schedule = {t.lr_schedule!r} is unknown: {hint}expected one of "
+                             f"{', '.join(schedules)}.")
+    if t.mixed_precision not in MIXED_PRECISION:
+        raise MagicPropError(f"config train.mixed_precision = {t.mixed_precision!r}: expected one of "
+                             f"{', '.join(MIXED_PRECISION)}.")
+    if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+        raise MagicPropError(f"config train.ema_decay = {t.ema_decay}: expected a decay in (0, 1), e.g. 0.9999, or "
+                             "null for no EMA.")
+    for key in ("appearance_dropout", "rollout_probability"):
+        _probability(f"train.{key}", getattr(t, key))
+    _probability("data.backward", d.backward)
+    if t.prev_noise_augmentation < 0:
+        raise MagicPropError(f"config train.prev_noise_augmentation = {t.prev_noise_augmentation}: expected a noise "
+                             "std >= 0; write 0 for none.")
+    if not d.gaps or len(d.gaps) != len(d.gap_weights):
+        raise MagicPropError(f"config data.gaps = {_show(d.gaps)} and data.gap_weights = {_show(d.gap_weights)}: "
+                             "expected one weight per gap; write as many data.gap_weights as data.gaps (not empty).")
+    if min(d.gaps) < 1:
+        raise MagicPropError(f"config data.gaps = {_show(d.gaps)}: expected frame distances >= 1.")
+    if min(d.gap_weights) < 0 or sum(d.gap_weights) <= 0:
+        raise MagicPropError(f"config data.gap_weights = {_show(d.gap_weights)}: expected weights >= 0 with a "
+                             "positive sum (a gap's weight is its share of the samples).")
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """The files a run reads, before any of them is loaded: the VAE and CLIP vision folders hold those models, the
+    unet_config file is a JSON table."""
+    from ..propdpm.clip import clip_vision_folder
+    from ..propdpm.diffusers_backend import vae_folder
+
+    m = cfg.model
+    vae_folder(m.vae, "model.vae")
+    clip_vision_folder(m.clip_vision, "model.clip_vision")
+    if isinstance(m.unet_config, str) and not m.init_checkpoint:
+        p = Path(m.unet_config)
+        try:
+            table = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise MagicPropError(f"config model.unet_config = {m.unet_config!r} is not a readable JSON file "
+                                 f"({type(e).__name__}): point it at a diffusers UNet config.json, or write the "
+                                 "table itself ([model.unet_config]).") from None
+        if not isinstance(table, dict):
+            raise MagicPropError(f"config model.unet_config = {m.unet_config!r} holds {type(table).__name__}: expected "
+                                 "a JSON table (a diffusers UNet config.json).")
+
+
+RESUMABLE = frozenset({
+    "train.steps", "train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.validate_every",
+    "train.log_every", "train.validation_steps", "train.gradient_checkpointing", "data.cache_latents",
+    "data.latent_cache", "data.motion_cache",
+})
+"""Keys a resumed run may change; any other change refuses to resume (`check_resume`).
+
+Allowed: train.steps (train longer or stop earlier; with a decaying lr_schedule the remaining steps follow the new
+length), the cadence of logs, checkpoints and validation, how many checkpoints are kept, the output folder itself,
+gradient checkpointing (memory, not numbers) and the caches (where encoded clips are kept; a disk cache is tied to its
+data by its own identity check). Refused: everything the restored state or the sample stream depends on: the model
+(shapes, initialisation), the optimizer and schedule (the restored optimizer would silently keep its old values), the
+EMA (its state is restored), the data and its sampling, the recorded training settings, precision and the seed."""
+
+
+def _flat(d: dict) -> dict[str, Any]:
+    """{"train.steps": 6, ...}: the sections' keys (tables inside a section, e.g. unet_config, compare whole)."""
+    return {f"{section}.{k}": v for section, table in d.items() if isinstance(table, dict)
+            for k, v in table.items()}
+
+
+def check_resume(saved: dict, cfg: RunConfig, where: str) -> None:
+    """Refuse to resume the run saved as `saved` (its config.json) with `cfg` if a key outside RESUMABLE changed.
+    Keys one of them lacks (a MagicProp version apart) are not compared."""
+    old, new = _flat(saved), _flat(json.loads(json.dumps(cfg.to_dict())))
+    changed = [k for k in new if k in old and k not in RESUMABLE and old[k] != new[k]]
+    if changed:
+        diffs = "; ".join(f"{k} = {_show(new[k])}, was {_show(old[k])}" for k in changed)
+        raise MagicPropError(
+            f"train.output_dir {where!r} holds a run made with another config ({diffs}): resuming would mix the two; "
+            f"use a new train.output_dir, or set {', '.join(changed)} back to resume "
+            f"(a resumed run may change only {', '.join(sorted(RESUMABLE))})."
+        )

@@ -43,6 +43,10 @@ class SyntheticSource:
         return {"source": "synthetic", "clips": self.n, "seed": self.seed, "size": self.scene.size,
                 "frames": self.scene.frames}
 
+    def fingerprint(self) -> str:
+        """The identity of the clips: they are a function of (count, seed, size, frames) alone."""
+        return "synthetic-{clips}-{seed}-{size}-{frames}".format(**self.describe())
+
 
 # -- deterministic triplets ------------------------------------------------------------------------------------------
 

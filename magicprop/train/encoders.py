@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ..log import get_logger
 from ..propdpm.depth import depth_to_latent_grid
 from ..propdpm.diffusers_backend import FrozenEncoders
 from .clips import ClipData
 
-__all__ = ["ClipCache", "EncodedClip", "FrozenEncoders", "encode_clip"]
+__all__ = ["ClipCache", "EncodedClip", "FrozenEncoders", "cache_identity", "encode_clip"]
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -36,11 +39,23 @@ def encode_clip(encoders: FrozenEncoders, clip: ClipData, chunk: int = 16) -> En
     return EncodedClip(latents, torch.cat(tokens), depth)
 
 
+def cache_identity(source, encoders: FrozenEncoders) -> str:
+    """What a disk cache of encoded (or flow-carried) clips is a function of: the clips (the source's fingerprint)
+    and the frozen encoders (VAE scale and weights, CLIP projection)."""
+    from ..propdpm.clip import projection_fingerprint
+
+    vae = projection_fingerprint(next(encoders.vae.parameters()))
+    clip = projection_fingerprint(encoders.clip.visual_projection.weight) if encoders.clip is not None else "none"
+    return f"data {source.fingerprint()}, vae {vae} (scale {encoders.latent_scale:g}), clip {clip}"
+
+
 class ClipCache:
     """Encoded clips by index: encoded once and kept (cache=True), or encoded each time they are drawn.
 
     With `disk` set, the whole source is encoded up front into one safetensors file (atomically), which later runs
-    with the same data and encoders load instead of encoding again.
+    load instead of encoding again. The file records the identity of what it was made from (``cache_identity``: the
+    source's fingerprint and the encoders'); a file made from other clips or encoders is encoded again (logged), never
+    read as this data's.
     """
 
     def __init__(self, source, encoders: FrozenEncoders, cache: bool = True, disk: str | Path | None = None,
@@ -51,16 +66,23 @@ class ClipCache:
             self._load_or_build(Path(disk), progress)
 
     def _load_or_build(self, path: Path, progress: bool) -> None:
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
         from tqdm.auto import tqdm
 
         from ..io.fileio import atomic_path
 
+        identity = cache_identity(self.source, self.encoders)
         if path.is_file():
-            t = load_file(str(path))
-            for i in range(len(self.source)):
-                self.store[i] = EncodedClip(*(t[f"{i}.{k}"].float() for k in ("latents", "tokens", "depth")))
-            return
+            with safe_open(str(path), "pt") as f:
+                stored = (f.metadata() or {}).get("identity")
+            if stored == identity:
+                t = load_file(str(path))
+                for i in range(len(self.source)):
+                    self.store[i] = EncodedClip(*(t[f"{i}.{k}"].float() for k in ("latents", "tokens", "depth")))
+                return
+            log.warning("data.latent_cache %s was encoded from other clips or encoders (%s, not %s): encoding it "
+                        "again", path, stored, identity)
         tensors = {}
         for i in tqdm(range(len(self.source)), desc="encode clips", unit="clip", disable=not progress):
             e = encode_clip(self.encoders, self.source.clip(i))
@@ -68,7 +90,7 @@ class ClipCache:
             self.store[i] = EncodedClip(e.latents.half().float(), e.tokens.half().float(), e.depth.half().float())
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
+            save_file(tensors, str(tmp), metadata={"identity": identity})
 
     def get(self, index: int) -> EncodedClip:
         hit = self.store.get(index)

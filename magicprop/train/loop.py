@@ -37,7 +37,7 @@ from ..propdpm.loop import FrameRequest
 from ..propdpm.motion_inputs import check_flow_record, motion_record
 from ..propdpm.schedule import ScheduleConfig, train_scheduler
 from ..seeding import frame_seed
-from .config import RunConfig
+from .config import RunConfig, check_inputs, check_resume, check_values
 from .data import make_source, sample_spec
 from .encoders import ClipCache, FrozenEncoders
 from .motion import flow_settings
@@ -117,8 +117,8 @@ def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, sour
         gap=GapDistribution(tuple(d.gaps), tuple(d.gap_weights), d.backward),
         prev_noise_augmentation=t.prev_noise_augmentation,
         previous_frame=t.previous_frame,
-        resolution=int(source_desc.get("size", 0)) or 256,
-        depth=DepthSpec(model="synthetic (exact)" if d.source == "synthetic" else d.depth_model),
+        resolution=int(source_desc.get("size") or 0) or 256,
+        depth=DepthSpec(model=depth_model_of(cfg, source_desc)),
         vae={"scaling_factor": encoders.latent_scale, "config": {k: v for k, v in dict(encoders.vae.config).items()
                                                                  if not k.startswith("_")}},
         training={"steps": step, "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed,
@@ -129,6 +129,14 @@ def propdpm_config(cfg: RunConfig, unet, adapter, encoders: FrozenEncoders, sour
         motion=motion,
         motion_noise_augmentation=t.motion_noise_augmentation if t.flow_guided else 0.0,
     )
+
+
+def depth_model_of(cfg: RunConfig, source_desc: dict) -> str:
+    """What made the training depth: exact for synthetic clips; for shards, the depth model their index records
+    (prepare's), else data.depth_model (shards from before the index recorded it)."""
+    if cfg.data.source == "synthetic":
+        return "synthetic (exact)"
+    return source_desc.get("depth_model") or cfg.data.depth_model
 
 
 class Batcher:
@@ -245,6 +253,15 @@ def latest_checkpoint(out: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def check_resumable(cfg: RunConfig) -> None:
+    """Before any work: a run resuming in train.output_dir must have the config it was saved with, but for the keys
+    `config.RESUMABLE` lets change (one MagicPropError line otherwise)."""
+    out = Path(cfg.train.output_dir)
+    saved = out / "config.json"
+    if latest_checkpoint(out) is not None and saved.is_file():
+        check_resume(json.loads(saved.read_text()), cfg, str(out))
+
+
 def save_training_state(acc, out: Path, state: TrainState, keep: int) -> Path:
     """accelerate's full state (model, optimizer, LR schedule, RNG, loop state), written to a temporary folder
     and renamed into place; the `latest` pointer moves only after the rename, so a crash at any point leaves
@@ -279,6 +296,9 @@ def train(cfg: RunConfig, progress: bool = True, stop_after: int | None = None) 
     from tqdm.auto import tqdm
 
     t_cfg = cfg.train
+    check_values(cfg)
+    check_inputs(cfg)
+    check_resumable(cfg)
     # without an accelerator, several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`) run as
     # accelerate's MULTI_CPU over gloo
     acc = Accelerator(mixed_precision=t_cfg.mixed_precision, cpu=not torch.accelerator.is_available())

@@ -24,6 +24,7 @@ from ..errors import MagicPropError
 from ..log import get_logger
 from ..propdpm.motion_inputs import carry_frames, motion_record
 from .config import RunConfig
+from .encoders import cache_identity
 
 log = get_logger(__name__)
 
@@ -89,13 +90,20 @@ class MotionCache:
         from ..io.fileio import atomic_path
 
         record = json.dumps(self.record, sort_keys=True)
+        data = cache_identity(self.source, self.encoders)
         if path.is_file():
             with safe_open(str(path), "pt") as f:
-                stored = (f.metadata() or {}).get("motion")
+                meta = f.metadata() or {}
+            stored, stored_data = meta.get("motion"), meta.get("data")
             if stored != record:
                 raise MagicPropError(
                     f"data.motion_cache {str(path)!r} holds motion made with {stored}, not {record}: point "
                     "data.motion_cache at another file (or delete it) to compute the motion inputs again."
+                )
+            if stored_data != data:
+                raise MagicPropError(
+                    f"data.motion_cache {str(path)!r} holds the motion of other clips or encoders ({stored_data}, not "
+                    f"{data}): point data.motion_cache at another file (or delete it) to compute them for this data."
                 )
             t = load_file(str(path))
             for i in range(len(self.source)):
@@ -108,7 +116,7 @@ class MotionCache:
                             f"{i}.valid": m.valid.contiguous()})
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"motion": record})
+            save_file(tensors, str(tmp), metadata={"motion": record, "data": data})
         log.info("wrote the motion inputs of %d clips to %s", len(self.source), path)
 
 

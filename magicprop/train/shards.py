@@ -15,6 +15,7 @@ shard, so an interrupted `prepare` resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -148,7 +149,18 @@ class ShardSource:
             return decode_clip_npz(f.read(entry["size"]))
 
     def describe(self) -> dict:
-        return {"source": "shards", "clips": len(self.clips), "location": self.root.rsplit("/", 1)[-1]}
+        """What the checkpoint records of its data: the shards' frame size and depth model come from their index."""
+        settings = self.index.get("config", {})
+        return {"source": "shards", "clips": len(self.clips), "location": self.root.rsplit("/", 1)[-1],
+                "size": settings.get("size"), "depth_model": self.index.get("depth_model"),
+                "fingerprint": self.fingerprint()}
+
+    def fingerprint(self) -> str:
+        """The identity of the clips (keys, lengths and encoded sizes, the prepare settings, the depth model), not of
+        where they are: the same shards moved elsewhere have the same fingerprint, other clips another one."""
+        ident = {"config": self.index.get("config"), "depth_model": self.index.get("depth_model"),
+                 "clips": [(c["key"], c["frames"], c["size"]) for c in self.clips]}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _open(location: str):
