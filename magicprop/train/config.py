@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MagicPropError
+from ..io.fileio import not_a_file
 from ..motion.propagate import DEFAULT_STRATEGY
 from ..propdpm.config import DepthSpec, GapDistribution, PropDPMConfig
 from ..propdpm.motion_inputs import TRAIN_CARRY
@@ -258,7 +259,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise MagicPropError(f"--config {str(p)!r} does not exist; pass a TOML training config.")
+            raise MagicPropError(f"--config {str(p)!r} {not_a_file(p)}; pass a TOML training config.")
         try:
             import tomllib
         except ModuleNotFoundError:  # Python < 3.11
