@@ -248,6 +248,19 @@ def test_full_size_vae_and_clip_vision_through_the_host_loaders(comfy_host, file
     assert torch.isfinite(latents).all() and torch.isfinite(images).all()
 
 
+def test_a_paint_layer_reference_is_refused_with_the_way_to_flatten_it(comfy_host, files):
+    """An RGBA reference with transparent pixels (JoinImageWithAlpha) would be encoded as its RGB, whatever lies
+    under the transparent pixels: refused in one line by both PropDPM nodes that take it."""
+    graph = propagation_graph(files, frames=3, steps=1)
+    graph["30"] = {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 128, "height": 64}}
+    graph["31"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["10", 0], "alpha": ["30", 0]}}
+    for node in ("11", "12"):
+        graph[node]["inputs"]["reference"] = ["31", 0]
+    with pytest.raises(GraphError) as e:
+        comfy_host.run(graph, ["12"])
+    assert e.value.message.strip().startswith("reference has an alpha channel with transparent pixels (a paint layer)")
+
+
 def test_keyframes_and_anchoring_in_the_node(comfy_host, files):
     graph = propagation_graph(files, frames=6, ref=0, steps=2)
     graph["40"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["4", 0], "batch_index": 5, "length": 1}}

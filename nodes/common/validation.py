@@ -90,12 +90,19 @@ def keyframes(reference_index: int, keyframe_indices: str, references: int, num_
 
 
 def check_reference(reference: torch.Tensor, name: str = "reference", batch: bool = True) -> None:
-    """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16."""
+    """The edited frame(s): (N, H, W, 3), N = 1 unless `batch` (several keyframes), sides multiples of 16; an alpha
+    channel only if opaque (a paint layer is laid over its frame by FlowPropagate, not here)."""
     if reference.ndim != 4 or reference.shape[0] == 0 or (not batch and reference.shape[0] != 1):
         expected = "images (N, H, W, 3)" if batch else "one image (1, H, W, 3)"
         raise MagicPropError(
             f"{name} has shape {tuple(reference.shape)}: expected {expected}, "
             "the edited frame(s); pick images of a batch with ImageFromBatch."
+        )
+    if reference.shape[-1] == 4 and bool((reference[..., 3] < 1).any()):
+        raise MagicPropError(
+            f"{name} has an alpha channel with transparent pixels (a paint layer): PropDPM takes the edited frame "
+            "itself; lay the layer over its frame first (ImageCompositeMasked, its mask from the layer's alpha), or "
+            "use FlowPropagate, which lays it over the frame it edits."
         )
     h, w = reference.shape[1:3]
     if h % GRID or w % GRID:
