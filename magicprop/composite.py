@@ -44,6 +44,13 @@ def composite(base: torch.Tensor, new: torch.Tensor, region: torch.Tensor,
     return torch.where(w > 0, w * new.to(base.dtype) + (1 - w) * base, base)
 
 
+def premultiplied(rgba: torch.Tensor) -> torch.Tensor:
+    """(..., 4) straight alpha (PNG's, ComfyUI's JoinImageWithAlpha's) -> (..., 4) RGB premultiplied by alpha, and
+    alpha: what `over_frames` takes, and what resamples without the colour of transparent pixels bleeding in."""
+    alpha = rgba[..., 3:]
+    return torch.cat([rgba[..., :3] * alpha, alpha], -1)
+
+
 def over_frames(layers: torch.Tensor, frames, indices: list[int]) -> torch.Tensor:
     """(N, H, W, 4) paint layers, premultiplied RGB and alpha -> (N, H, W, 3) edited frames: each laid over the source
     frame it edits, frames[indices[n]] ((H, W, 3), uint8 or float in [0, 1]), so a layer with transparency edits what

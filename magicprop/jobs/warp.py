@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..composite import over_frames
+from ..composite import over_frames, premultiplied
 from ..errors import MagicPropError
 from ..io.fileio import not_a_file
 from ..io.images import check_reference_count, load_image, resize_width
@@ -145,7 +145,7 @@ def _load_references(job: WarpJob, size: tuple[int, int]) -> torch.Tensor:
                 f"{size[0]}: the edited reference must be a frame of this video at the video's size (edit the frame "
                 "exported from the video, before --width)."
             )
-        images.append(torch.cat([image[..., :3] * image[..., 3:], image[..., 3:]], -1))
+        images.append(premultiplied(image))
     # at 8 bits, like the frames and the output: the edited frames come out exactly as given (after --width)
     return resize_width(torch.cat(images), job.width).mul(255).round().div(255)
 

@@ -6,7 +6,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ...magicprop.composite import over_frames
+from ...magicprop.composite import over_frames, premultiplied
 from ...magicprop.errors import MagicPropError
 from ...magicprop.motion.engine import FlowEngine, FlowSettings, Motion
 from ...magicprop.motion.external import DIRECTIONS, check_external_flow, external_motion
@@ -134,8 +134,7 @@ class FlowPropagate(io.ComfyNode):
                                  "image and turn it into a mask with ImageToMask.")
         masks = check_mask(None if mask is None else mask.float().cpu(), (k, h, w), keys)  # before the flow's work
         if reference.shape[-1] == 4:  # a paint layer with transparency (JoinImageWithAlpha): laid over its frame
-            alpha = reference[..., 3:].float().cpu()
-            reference = over_frames(torch.cat([reference[..., :3].float().cpu() * alpha, alpha], -1), frames, keys)
+            reference = over_frames(premultiplied(reference.float().cpu()), frames, keys)
         if external_flow is not None:
             check_external_flow(external_flow, k, (h, w))
             # the missing direction estimated from the frames by the default engine: occlusions are then found
